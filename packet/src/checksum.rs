@@ -1,0 +1,165 @@
+//! Internet checksum (RFC 1071), full and incremental (RFC 1624).
+
+/// One's-complement sum of `data` folded into 32 bits (not yet complemented).
+/// Odd trailing byte is padded with zero, as RFC 1071 says.
+#[inline]
+pub fn sum(data: &[u8]) -> u32 {
+    let mut acc: u64 = 0;
+    let mut chunks = data.chunks_exact(8);
+    for c in &mut chunks {
+        let v = u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        // Add the two 32-bit halves so carries stay inside 64 bits.
+        acc += v >> 32;
+        acc += v & 0xffff_ffff;
+    }
+    let rest = chunks.remainder();
+    let mut pairs = rest.chunks_exact(2);
+    for p in &mut pairs {
+        acc += u64::from(u16::from_be_bytes([p[0], p[1]]));
+    }
+    if let [last] = pairs.remainder() {
+        acc += u64::from(*last) << 8;
+    }
+    fold64(acc)
+}
+
+#[inline]
+fn fold64(mut acc: u64) -> u32 {
+    while acc >> 32 != 0 {
+        acc = (acc & 0xffff_ffff) + (acc >> 32);
+    }
+    acc as u32
+}
+
+/// Fold a 32-bit partial sum into 16 bits (not complemented).
+#[inline]
+pub fn fold(mut acc: u32) -> u16 {
+    while acc >> 16 != 0 {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
+/// Add partial sums.
+#[inline]
+pub fn combine(parts: &[u32]) -> u32 {
+    fold64(parts.iter().map(|&p| u64::from(p)).sum())
+}
+
+/// The checksum field value for `data` (complement of the folded sum).
+#[inline]
+pub fn checksum(data: &[u8]) -> u16 {
+    !fold(sum(data))
+}
+
+/// Pseudo-header partial sum for TCP/UDP over IPv4.
+#[inline]
+pub fn pseudo_header_v4(src: [u8; 4], dst: [u8; 4], protocol: u8, length: u16) -> u32 {
+    let s = u32::from(u16::from_be_bytes([src[0], src[1]]))
+        + u32::from(u16::from_be_bytes([src[2], src[3]]))
+        + u32::from(u16::from_be_bytes([dst[0], dst[1]]))
+        + u32::from(u16::from_be_bytes([dst[2], dst[3]]))
+        + u32::from(protocol)
+        + u32::from(length);
+    s
+}
+
+/// RFC 1624 eqn. 3: update checksum `hc` when a 16-bit field changes from `old` to `new`.
+/// `HC' = ~(~HC + ~m + m')`.
+#[inline]
+pub fn update16(hc: u16, old: u16, new: u16) -> u16 {
+    let acc = u32::from(!hc) + u32::from(!old) + u32::from(new);
+    !fold(acc)
+}
+
+/// RFC 1624 update for a 32-bit field (an IPv4 address).
+#[inline]
+pub fn update32(hc: u16, old: u32, new: u32) -> u16 {
+    let acc = u32::from(!hc)
+        + u32::from(!(old >> 16) as u16)
+        + u32::from(!(old as u16))
+        + (new >> 16)
+        + (new & 0xffff);
+    !fold(acc)
+}
+
+/// RFC 1624 update for an arbitrary run of bytes at an even offset changing from `old` to `new`
+/// (same length). Odd-length runs are padded with zero, so callers must pass even-aligned runs.
+#[inline]
+pub fn update_bytes(hc: u16, old: &[u8], new: &[u8]) -> u16 {
+    let acc = u32::from(!hc) + u32::from(!fold(sum(old))) + u32::from(fold(sum(new)));
+    !fold(fold(acc) as u32)
+}
+
+/// UDP special case: a computed checksum of zero is sent as 0xffff.
+#[inline]
+pub fn udp_nonzero(c: u16) -> u16 {
+    if c == 0 {
+        0xffff
+    } else {
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn rfc1071_example() {
+        // RFC 1071 section 3 example: 00 01 f2 03 f4 f5 f6 f7 sums to ddf2.
+        let d = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(fold(sum(&d)), 0xddf2);
+        assert_eq!(checksum(&d), !0xddf2);
+    }
+
+    #[test]
+    fn odd_length() {
+        assert_eq!(fold(sum(&[0x12, 0x34, 0x56])), 0x1234 + 0x5600);
+    }
+
+    proptest! {
+        #[test]
+        fn wide_sum_matches_naive(data in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let mut naive: u32 = 0;
+            for ch in data.chunks(2) {
+                let w = if ch.len() == 2 { u16::from_be_bytes([ch[0], ch[1]]) } else { u16::from(ch[0]) << 8 };
+                naive += u32::from(w);
+            }
+            prop_assert_eq!(fold(sum(&data)), fold(naive));
+        }
+
+        #[test]
+        fn incremental_matches_full(mut data in proptest::collection::vec(any::<u8>(), 4..100), pos in 0usize..48, new in any::<u16>()) {
+            let pos = (pos % (data.len() / 2)) * 2;
+            let before = checksum(&data);
+            let old = u16::from_be_bytes([data[pos], data[pos + 1]]);
+            data[pos..pos + 2].copy_from_slice(&new.to_be_bytes());
+            let after = checksum(&data);
+            // One's complement has two zeros; compare the summed values.
+            let inc = update16(before, old, new);
+            prop_assert_eq!(fold(u32::from(!inc)) % 0xffff, fold(u32::from(!after)) % 0xffff);
+        }
+
+        #[test]
+        fn incremental32_matches_full(mut data in proptest::collection::vec(any::<u8>(), 8..100), new in any::<u32>()) {
+            let before = checksum(&data);
+            let old = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
+            data[4..8].copy_from_slice(&new.to_be_bytes());
+            let after = checksum(&data);
+            let inc = update32(before, old, new);
+            prop_assert_eq!(fold(u32::from(!inc)) % 0xffff, fold(u32::from(!after)) % 0xffff);
+        }
+
+        #[test]
+        fn incremental_bytes_matches_full(mut data in proptest::collection::vec(any::<u8>(), 40..100), new in proptest::collection::vec(any::<u8>(), 16)) {
+            let before = checksum(&data);
+            let old = data[8..24].to_vec();
+            data[8..24].copy_from_slice(&new);
+            let after = checksum(&data);
+            let inc = update_bytes(before, &old, &new);
+            prop_assert_eq!(fold(u32::from(!inc)) % 0xffff, fold(u32::from(!after)) % 0xffff);
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! UDP (RFC 768).
+
+use crate::checksum;
+use crate::ipv4::protocol;
+use crate::{be16, put16, Error, Ipv4Addr, Result};
+
+/// UDP header length.
+pub const HEADER_LEN: usize = 8;
+
+/// A view of a UDP datagram; `new_checked` verifies the length field against the buffer.
+#[derive(Debug, Clone)]
+pub struct UdpPacket<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> UdpPacket<T> {
+    pub const fn new_unchecked(buffer: T) -> Self {
+        UdpPacket { buffer }
+    }
+    pub fn new_checked(buffer: T) -> Result<Self> {
+        let b = buffer.as_ref();
+        if b.len() < HEADER_LEN {
+            return Err(Error::Truncated);
+        }
+        let l = usize::from(be16(b, 4));
+        if l < HEADER_LEN {
+            return Err(Error::Malformed);
+        }
+        if l > b.len() {
+            return Err(Error::Truncated);
+        }
+        Ok(UdpPacket { buffer })
+    }
+    pub fn src_port(&self) -> u16 {
+        be16(self.buffer.as_ref(), 0)
+    }
+    pub fn dst_port(&self) -> u16 {
+        be16(self.buffer.as_ref(), 2)
+    }
+    pub fn len(&self) -> u16 {
+        be16(self.buffer.as_ref(), 4)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() as usize <= HEADER_LEN
+    }
+    pub fn checksum(&self) -> u16 {
+        be16(self.buffer.as_ref(), 6)
+    }
+    pub fn payload(&self) -> &[u8] {
+        &self.buffer.as_ref()[HEADER_LEN..usize::from(self.len())]
+    }
+    /// Verify against the IPv4 pseudo-header; a zero checksum means "not computed" and passes.
+    pub fn verify_checksum(&self, src: Ipv4Addr, dst: Ipv4Addr) -> bool {
+        if self.checksum() == 0 {
+            return true;
+        }
+        let seg = &self.buffer.as_ref()[..usize::from(self.len())];
+        let ph = checksum::pseudo_header_v4(src.octets(), dst.octets(), protocol::UDP, self.len());
+        checksum::fold(checksum::combine(&[ph, checksum::sum(seg)])) == 0xffff
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpPacket<T> {
+    pub fn set_src_port(&mut self, v: u16) {
+        put16(self.buffer.as_mut(), 0, v)
+    }
+    pub fn set_dst_port(&mut self, v: u16) {
+        put16(self.buffer.as_mut(), 2, v)
+    }
+    pub fn set_len(&mut self, v: u16) {
+        put16(self.buffer.as_mut(), 4, v)
+    }
+    pub fn set_checksum(&mut self, v: u16) {
+        put16(self.buffer.as_mut(), 6, v)
+    }
+    pub fn payload_mut(&mut self) -> &mut [u8] {
+        let l = usize::from(self.len());
+        &mut self.buffer.as_mut()[HEADER_LEN..l]
+    }
+    pub fn fill_checksum(&mut self, src: Ipv4Addr, dst: Ipv4Addr) {
+        self.set_checksum(0);
+        let l = self.len();
+        let ph = checksum::pseudo_header_v4(src.octets(), dst.octets(), protocol::UDP, l);
+        let s = checksum::sum(&self.buffer.as_ref()[..usize::from(l)]);
+        let c = checksum::udp_nonzero(!checksum::fold(checksum::combine(&[ph, s])));
+        self.set_checksum(c);
+    }
+}
+
+/// Parsed UDP header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpRepr {
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+impl UdpRepr {
+    pub fn parse<T: AsRef<[u8]>>(p: &UdpPacket<T>, src: Ipv4Addr, dst: Ipv4Addr) -> Result<Self> {
+        if p.dst_port() == 0 {
+            return Err(Error::Malformed);
+        }
+        if !p.verify_checksum(src, dst) {
+            return Err(Error::Checksum);
+        }
+        Ok(UdpRepr {
+            src_port: p.src_port(),
+            dst_port: p.dst_port(),
+        })
+    }
+    pub const fn header_len(&self) -> usize {
+        HEADER_LEN
+    }
+    /// Emit the header for a payload already in place, with the checksum.
+    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        p: &mut UdpPacket<T>,
+        payload_len: usize,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+    ) {
+        p.set_src_port(self.src_port);
+        p.set_dst_port(self.dst_port);
+        p.set_len((HEADER_LEN + payload_len) as u16);
+        p.fill_checksum(src, dst);
+    }
+}
