@@ -1,0 +1,178 @@
+//! `router`: run the appliance, or validate a config file.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use router::config::{BackendKind, Config, Placement};
+use router::port::soft::{SoftBackend, SoftPortSpec, Wire};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tracing_subscriber::{prelude::*, reload, EnvFilter};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "DPDK service-virtualization router")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Start the router.
+    Run {
+        /// The TOML configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Override dataplane.workers (comma-separated CPUs).
+        #[arg(long, value_delimiter = ',')]
+        workers: Option<Vec<usize>>,
+        /// Override dataplane.placement.
+        #[arg(long, value_parser = ["run-to-completion", "split"])]
+        placement: Option<String>,
+        /// Override dataplane.io_cpu (split placement).
+        #[arg(long)]
+        io_cpu: Option<usize>,
+        /// Override admin.socket.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Override log.level (a tracing filter such as `info` or `router=debug`).
+        #[arg(long)]
+        log_level: Option<String>,
+        /// Override dataplane.idle_sleep_max_us (0 polls flat out).
+        #[arg(long)]
+        idle_sleep_max_us: Option<u64>,
+        /// Extra EAL arguments appended to eal.args.
+        #[arg(long = "eal", allow_hyphen_values = true)]
+        eal: Vec<String>,
+    },
+    /// Validate a configuration file without starting; exits non-zero naming the bad key.
+    CheckConfig {
+        /// The TOML configuration file.
+        config: PathBuf,
+    },
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("router: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::CheckConfig { config } => {
+            let cfg = Config::load(&config)?;
+            let routes = cfg.routes.len() + cfg.file_routes()?.len();
+            println!(
+                "{}: ok ({} ports, {} routes, {} workers, {:?} placement, {:?} backend)",
+                config.display(),
+                cfg.ports.len(),
+                routes,
+                cfg.dataplane.workers.len(),
+                cfg.dataplane.placement,
+                cfg.dataplane.backend
+            );
+            Ok(())
+        }
+        Cmd::Run {
+            config,
+            workers,
+            placement,
+            io_cpu,
+            socket,
+            log_level,
+            idle_sleep_max_us,
+            eal,
+        } => {
+            let mut cfg = Config::load(&config)?;
+            if let Some(w) = workers {
+                cfg.dataplane.workers = w;
+            }
+            if let Some(p) = placement {
+                cfg.dataplane.placement = if p == "split" {
+                    Placement::Split
+                } else {
+                    Placement::RunToCompletion
+                };
+            }
+            if io_cpu.is_some() {
+                cfg.dataplane.io_cpu = io_cpu;
+            }
+            if let Some(s) = socket {
+                cfg.admin.socket = s;
+            }
+            if let Some(l) = log_level {
+                cfg.log.level = l;
+            }
+            if let Some(i) = idle_sleep_max_us {
+                cfg.dataplane.idle_sleep_max_us = i;
+            }
+            cfg.eal.args.extend(eal);
+            cfg.validate()?;
+            run(cfg)
+        }
+    }
+}
+
+fn run(cfg: Config) -> Result<()> {
+    let filter = EnvFilter::try_new(&cfg.log.level).context("log.level")?;
+    let (filter, handle) = reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_target(false))
+        .init();
+    let set_level: router::LogLevelSetter = Box::new(move |lvl: &str| {
+        let f = EnvFilter::try_new(lvl).map_err(|e| format!("bad log level {lvl:?}: {e}"))?;
+        handle.reload(f).map_err(|e| e.to_string())
+    });
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    ctrlc::set_handler(move || s.store(true, Ordering::SeqCst))
+        .context("installing the SIGINT/SIGTERM handler")?;
+    if let Some(cpu) = cfg.dataplane.mgmt_cpu {
+        if cfg.dataplane.pin {
+            core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+        }
+    }
+
+    match cfg.dataplane.backend {
+        BackendKind::Soft => {
+            let mut specs = Vec::new();
+            for (i, p) in cfg.ports.iter().enumerate() {
+                let mac = match &p.mac {
+                    Some(m) => m.parse().map_err(|_| anyhow::anyhow!("ports[{i}].mac"))?,
+                    None => packet::ethernet::EthernetAddress([0x02, 0, 0, 0, 0, i as u8 + 1]),
+                };
+                let spec = if p.device == "pcap" {
+                    SoftPortSpec::Pcap {
+                        rx: p.rx_pcap.clone(),
+                        tx: p.tx_pcap.clone(),
+                    }
+                } else {
+                    SoftPortSpec::Memory(Arc::new(Wire::default()))
+                };
+                specs.push((p.name.clone(), mac, spec));
+            }
+            let be = Arc::new(SoftBackend::new(specs).context("opening pcap ports")?);
+            router::run(cfg, be, stop, set_level, || {})?;
+        }
+        BackendKind::Dpdk => run_dpdk(cfg, stop, set_level)?,
+    }
+    Ok(())
+}
+
+#[cfg(feature = "dpdk")]
+fn run_dpdk(cfg: Config, stop: Arc<AtomicBool>, set_level: router::LogLevelSetter) -> Result<()> {
+    let be = Arc::new(router::port::dpdk::DpdkBackend::init(&cfg)?);
+    router::run(cfg, be, stop, set_level, || {})?;
+    Ok(())
+}
+
+#[cfg(not(feature = "dpdk"))]
+fn run_dpdk(_: Config, _: Arc<AtomicBool>, _: router::LogLevelSetter) -> Result<()> {
+    use anyhow::bail;
+    bail!("dataplane.backend = \"dpdk\" but this build has no DPDK: rebuild with the default features (apt-get install libdpdk-dev)")
+}

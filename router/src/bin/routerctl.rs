@@ -1,0 +1,395 @@
+//! `routerctl`: the admin-socket client.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use router::admin::{AdminClient, Request};
+use serde_json::Value;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Manage a running router through its admin socket")]
+struct Cli {
+    /// The router's admin socket.
+    #[arg(
+        short,
+        long,
+        env = "ROUTERCTL_SOCKET",
+        default_value = "/run/router/admin.sock",
+        global = true
+    )]
+    socket: PathBuf,
+    /// Print the raw JSON response.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Version, uptime, placement, table sizes.
+    Status,
+    /// Ports with their devices, MACs and addresses.
+    Ports,
+    /// Per-port, per-core and per-stage counters.
+    Stats {
+        /// Print rates every interval until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between samples with --watch.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Stop --watch after this many samples.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Routes.
+    Route {
+        #[command(subcommand)]
+        cmd: RouteCmd,
+    },
+    /// Neighbours (ARP).
+    Neigh {
+        #[command(subcommand)]
+        cmd: NeighCmd,
+    },
+    /// Change the log filter (e.g. `debug`, `info,router=trace`).
+    LogLevel { level: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum RouteCmd {
+    /// Add or replace a route: `route add 10.9.0.0/16 via 10.0.2.2 [port NAME]`,
+    /// `route add 10.9.0.0/16 port NAME`, `route add 10.9.0.0/16 blackhole`.
+    Add {
+        prefix: String,
+        /// `via GW`, `port NAME`, `blackhole`, in any combination the router accepts.
+        #[arg(num_args = 1..=4)]
+        spec: Vec<String>,
+    },
+    /// Delete a static route.
+    Del { prefix: String },
+    /// List routes.
+    List {
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum NeighCmd {
+    /// List neighbours.
+    List,
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("routerctl: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn call(c: &mut AdminClient, req: &Request) -> Result<Value> {
+    let r = c.call(req).context("talking to the router")?;
+    if !r.ok {
+        bail!("{}", r.error.unwrap_or_else(|| "error".into()));
+    }
+    Ok(r.data)
+}
+
+fn real_main() -> Result<()> {
+    let cli = Cli::parse();
+    let mut c = AdminClient::connect(&cli.socket).with_context(|| {
+        format!(
+            "connecting to {} (is the router running? see --socket)",
+            cli.socket.display()
+        )
+    })?;
+    let req = match &cli.cmd {
+        Cmd::Status => Request::Status,
+        Cmd::Ports => Request::Ports,
+        Cmd::Stats {
+            watch: true,
+            interval,
+            count,
+        } => return watch(&mut c, *interval, *count, cli.json),
+        Cmd::Stats { .. } => Request::Stats,
+        Cmd::Route {
+            cmd: RouteCmd::Add { prefix, spec },
+        } => parse_route_add(prefix, spec)?,
+        Cmd::Route {
+            cmd: RouteCmd::Del { prefix },
+        } => Request::RouteDel {
+            prefix: prefix.clone(),
+        },
+        Cmd::Route {
+            cmd: RouteCmd::List { limit },
+        } => Request::RouteList {
+            limit: Some(*limit),
+        },
+        Cmd::Neigh {
+            cmd: NeighCmd::List,
+        } => Request::NeighList,
+        Cmd::LogLevel { level } => Request::LogLevel {
+            level: level.clone(),
+        },
+    };
+    let data = call(&mut c, &req)?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&data)?);
+        return Ok(());
+    }
+    match &cli.cmd {
+        Cmd::Status => {
+            for (k, v) in data.as_object().into_iter().flatten() {
+                println!("{k:<12} {}", plain(v));
+            }
+        }
+        Cmd::Ports => {
+            println!(
+                "{:<4} {:<10} {:<18} {:<6} {:<20} {:<5} {}",
+                "id", "name", "mac", "mtu", "addresses", "rxq", "device"
+            );
+            for p in data.as_array().into_iter().flatten() {
+                println!(
+                    "{:<4} {:<10} {:<18} {:<6} {:<20} {:<5} {}",
+                    plain(&p["port"]),
+                    plain(&p["name"]),
+                    plain(&p["mac"]),
+                    plain(&p["mtu"]),
+                    p["addresses"]
+                        .as_array()
+                        .map(|a| a.iter().map(plain).collect::<Vec<_>>().join(","))
+                        .unwrap_or_default(),
+                    plain(&p["rx_queues"]),
+                    plain(&p["device"])
+                );
+            }
+        }
+        Cmd::Stats { .. } => print_stats(&data, None, 0.0),
+        Cmd::Route {
+            cmd: RouteCmd::List { .. },
+        } => {
+            println!(
+                "{:<20} {:<10} {:<10} {:<16} {:<10} {}",
+                "prefix", "origin", "kind", "via", "port", "resolved"
+            );
+            for r in data["routes"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<20} {:<10} {:<10} {:<16} {:<10} {}",
+                    plain(&r["prefix"]),
+                    plain(&r["origin"]),
+                    plain(&r["kind"]),
+                    plain(&r["via"]),
+                    plain(&r["port"]),
+                    plain(&r["resolved"])
+                );
+            }
+            let shown = data["routes"].as_array().map_or(0, |a| a.len());
+            println!("({shown} of {} routes)", plain(&data["total"]));
+        }
+        Cmd::Neigh { .. } => {
+            println!(
+                "{:<16} {:<10} {:<18} {:<11} {:>8} {:>5}",
+                "address", "port", "mac", "state", "age(s)", "held"
+            );
+            for n in data.as_array().into_iter().flatten() {
+                println!(
+                    "{:<16} {:<10} {:<18} {:<11} {:>8.1} {:>5}",
+                    plain(&n["address"]),
+                    plain(&n["port"]),
+                    plain(&n["mac"]),
+                    plain(&n["state"]),
+                    n["age_secs"].as_f64().unwrap_or(0.0),
+                    plain(&n["held"])
+                );
+            }
+        }
+        _ => println!("ok: {}", plain(&data)),
+    }
+    Ok(())
+}
+
+fn parse_route_add(prefix: &str, spec: &[String]) -> Result<Request> {
+    let (mut via, mut port, mut blackhole) = (None, None, false);
+    let mut it = spec.iter();
+    while let Some(w) = it.next() {
+        match w.as_str() {
+            "via" => {
+                via = Some(
+                    it.next()
+                        .context("via needs an address")?
+                        .parse()
+                        .context("via: not an IPv4 address")?,
+                )
+            }
+            "port" | "dev" => port = Some(it.next().context("port needs a name")?.clone()),
+            "blackhole" => blackhole = true,
+            other => bail!("unexpected {other:?}: use `via GW`, `port NAME` or `blackhole`"),
+        }
+    }
+    Ok(Request::RouteAdd {
+        prefix: prefix.to_string(),
+        via,
+        port,
+        blackhole,
+    })
+}
+
+fn plain(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+/// Print counters; with `prev` and `dt`, print rates over the interval.
+fn print_stats(now: &Value, prev: Option<&Value>, dt: f64) {
+    let at = |v: &Value, ptr: &str| v.pointer(ptr).and_then(Value::as_u64).unwrap_or(0);
+    let rate = |ptr: &str| -> String {
+        match prev {
+            Some(p) if dt > 0.0 => format!(
+                "{:.0}/s",
+                at(now, ptr).saturating_sub(at(p, ptr)) as f64 / dt
+            ),
+            _ => at(now, ptr).to_string(),
+        }
+    };
+    println!(
+        "uptime {:.1}s  routes {}  next-hops {}  tbl8 {}/{}  mempool free {}",
+        now["uptime_secs"].as_f64().unwrap_or(0.0),
+        plain(&now["fib"]["routes"]),
+        plain(&now["fib"]["next_hops"]),
+        plain(&now["fib"]["tbl8_used"]),
+        plain(&now["fib"]["tbl8_groups"]),
+        plain(&now["mempool_free"])
+    );
+    println!(
+        "{:<10} {:>14} {:>14} {:>16} {:>16} {:>12} {:>10}",
+        "port", "rx", "tx", "rx-bytes", "tx-bytes", "tx-full", "imissed"
+    );
+    for (i, p) in now["ports"].as_array().into_iter().flatten().enumerate() {
+        let r = |k: &str| rate(&format!("/ports/{i}/{k}"));
+        println!(
+            "{:<10} {:>14} {:>14} {:>16} {:>16} {:>12} {:>10}",
+            plain(&p["name"]),
+            r("rx"),
+            r("tx"),
+            r("rx_bytes"),
+            r("tx_bytes"),
+            r("tx_full"),
+            plain(&p["driver"]["imissed"])
+        );
+    }
+    println!(
+        "{:<10} {:>5} {:>14} {:>10} {:>10} {:>10}",
+        "core", "cpu", "packets", "busy", "ns/pkt", "ring-full"
+    );
+    for (i, c) in now["cores"].as_array().into_iter().flatten().enumerate() {
+        let d = |ptr: &str| {
+            at(now, &format!("/cores/{i}{ptr}"))
+                .saturating_sub(prev.map_or(0, |p| at(p, &format!("/cores/{i}{ptr}"))))
+        };
+        let (busy, polls) = (d("/busy_polls"), d("/polls"));
+        let busy_pct = if polls > 0 {
+            100.0 * busy as f64 / polls as f64
+        } else {
+            0.0
+        };
+        let (pk, ns) = (d("/stages/0/packets"), d("/stages/0/busy_ns"));
+        let nspp = if pk > 0 { ns as f64 / pk as f64 } else { 0.0 };
+        println!(
+            "{:<10} {:>5} {:>14} {:>9.1}% {:>10.1} {:>10}",
+            format!("{}{}", plain(&c["role"]), plain(&c["core"])),
+            plain(&c["cpu"]),
+            rate(&format!("/cores/{i}/stages/0/packets")),
+            busy_pct,
+            nspp,
+            u(&c["ring_full"]) + u(&c["punt_ring_full"])
+        );
+    }
+    // Drops and punts summed over cores, by stage and reason.
+    let mut lines = Vec::new();
+    if let Some(first) = now["cores"].as_array().and_then(|a| a.first()) {
+        for (si, st) in first["stages"].as_array().into_iter().flatten().enumerate() {
+            for kind in ["drops", "punts"] {
+                for (ri, pair) in st[kind].as_array().into_iter().flatten().enumerate() {
+                    let sum = |v: &Value| -> u64 {
+                        let n = v["cores"].as_array().map_or(0, |a| a.len());
+                        (0..n)
+                            .map(|ci| at(v, &format!("/cores/{ci}/stages/{si}/{kind}/{ri}/1")))
+                            .sum()
+                    };
+                    let total = sum(now);
+                    if total == 0 {
+                        continue;
+                    }
+                    let shown = match prev {
+                        Some(p) if dt > 0.0 => {
+                            format!("{:.0}/s", total.saturating_sub(sum(p)) as f64 / dt)
+                        }
+                        _ => total.to_string(),
+                    };
+                    lines.push(format!(
+                        "  {}.{}.{} {}",
+                        plain(&st["name"]),
+                        kind,
+                        plain(&pair[0]),
+                        shown
+                    ));
+                }
+            }
+        }
+    }
+    if !lines.is_empty() {
+        println!("drops and punts:");
+        for l in lines {
+            println!("{l}");
+        }
+    }
+    let interesting: Vec<String> = now["mgmt"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, v)| v.as_u64().is_some_and(|x| x > 0))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if !interesting.is_empty() {
+        println!("mgmt: {}", interesting.join(" "));
+    }
+}
+
+fn watch(c: &mut AdminClient, interval: f64, count: Option<u64>, json: bool) -> Result<()> {
+    let interval = Duration::from_secs_f64(interval.max(0.1));
+    let mut prev = call(c, &Request::Stats)?;
+    let mut t_prev = Instant::now();
+    let mut n = 0;
+    let tty = std::io::stdout().is_terminal();
+    loop {
+        std::thread::sleep(interval);
+        let now = call(c, &Request::Stats)?;
+        let dt = t_prev.elapsed().as_secs_f64();
+        t_prev = Instant::now();
+        if json {
+            println!("{}", serde_json::to_string(&now)?);
+        } else {
+            if tty {
+                print!("\x1b[2J\x1b[H");
+            }
+            println!("--- rates over {dt:.2}s ---");
+            print_stats(&now, Some(&prev), dt);
+        }
+        prev = now;
+        n += 1;
+        if count.is_some_and(|c| n >= c) {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,603 @@
+//! The router's configuration: one TOML file. Unknown keys are errors; every semantic check
+//! names the key it rejects.
+
+use packet::ethernet::EthernetAddress;
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// A configuration problem, naming the key.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Parse(String),
+    #[error("{key}: {msg}")]
+    Invalid { key: String, msg: String },
+}
+
+fn invalid(key: impl Into<String>, msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), msg: msg.into() }
+}
+
+/// Which device layer runs the ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendKind {
+    /// DPDK ethdev (the production path).
+    #[default]
+    Dpdk,
+    /// pcap files and in-memory wires, without DPDK.
+    Soft,
+}
+
+/// Where the pipeline's stages run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Placement {
+    /// Each worker owns an RX and a TX queue of every port and runs every stage.
+    #[default]
+    RunToCompletion,
+    /// One I/O core polls RX and does TX; workers run the stages; SPSC rings join them.
+    Split,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EalConfig {
+    /// Extra EAL arguments (e.g. `--no-huge`, `-m 512`, `--file-prefix rtr0`, `--in-memory`).
+    #[serde(default)]
+    pub args: Vec<String>,
+}
+
+fn d_burst() -> usize {
+    32
+}
+fn d_ring() -> usize {
+    1024
+}
+fn d_idle() -> u64 {
+    200
+}
+fn d_workers() -> Vec<usize> {
+    vec![0]
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataplaneConfig {
+    #[serde(default)]
+    pub backend: BackendKind,
+    #[serde(default)]
+    pub placement: Placement,
+    /// CPUs of the worker lcores (one worker per entry).
+    #[serde(default = "d_workers")]
+    pub workers: Vec<usize>,
+    /// CPU of the I/O lcore in the split placement.
+    #[serde(default)]
+    pub io_cpu: Option<usize>,
+    /// CPU of the management core.
+    #[serde(default)]
+    pub mgmt_cpu: Option<usize>,
+    /// Packets per RX burst (1..=256).
+    #[serde(default = "d_burst")]
+    pub burst: usize,
+    /// Slots of each SPSC ring (power of two).
+    #[serde(default = "d_ring")]
+    pub ring_size: usize,
+    /// Upper bound of the idle back-off sleep in µs; 0 polls flat out (benchmarks).
+    #[serde(default = "d_idle")]
+    pub idle_sleep_max_us: u64,
+    /// Pin threads to their CPUs.
+    #[serde(default = "d_true")]
+    pub pin: bool,
+}
+
+fn d_true() -> bool {
+    true
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        toml::from_str("").unwrap_or_else(|_| unreachable_default())
+    }
+}
+
+fn unreachable_default() -> DataplaneConfig {
+    DataplaneConfig {
+        backend: BackendKind::Dpdk,
+        placement: Placement::RunToCompletion,
+        workers: d_workers(),
+        io_cpu: None,
+        mgmt_cpu: None,
+        burst: d_burst(),
+        ring_size: d_ring(),
+        idle_sleep_max_us: d_idle(),
+        pin: true,
+    }
+}
+
+fn d_mbufs() -> u32 {
+    8191
+}
+fn d_cache() -> u32 {
+    256
+}
+fn d_mbuf_size() -> u16 {
+    2048 + 128
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MempoolConfig {
+    #[serde(default = "d_mbufs")]
+    pub mbufs: u32,
+    #[serde(default = "d_cache")]
+    pub cache: u32,
+    /// Data room per mbuf including headroom.
+    #[serde(default = "d_mbuf_size")]
+    pub mbuf_size: u16,
+}
+
+impl Default for MempoolConfig {
+    fn default() -> Self {
+        MempoolConfig { mbufs: d_mbufs(), cache: d_cache(), mbuf_size: d_mbuf_size() }
+    }
+}
+
+fn d_mtu() -> u16 {
+    1500
+}
+fn d_desc() -> u16 {
+    1024
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortConfig {
+    pub name: String,
+    /// DPDK: a vdev devargs string (`net_af_packet0,iface=veth0`) or a PCI address.
+    /// Soft: `pcap` or `memory`.
+    pub device: String,
+    /// Soft pcap ports: file to read frames from.
+    #[serde(default)]
+    pub rx_pcap: Option<PathBuf>,
+    /// Soft pcap ports: file to write transmitted frames to.
+    #[serde(default)]
+    pub tx_pcap: Option<PathBuf>,
+    /// Addresses with prefix length, e.g. `["10.0.1.1/24"]`.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Override the device's MAC.
+    #[serde(default)]
+    pub mac: Option<String>,
+    #[serde(default = "d_mtu")]
+    pub mtu: u16,
+    #[serde(default = "d_desc")]
+    pub rx_desc: u16,
+    #[serde(default = "d_desc")]
+    pub tx_desc: u16,
+    #[serde(default = "d_true")]
+    pub promiscuous: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub prefix: String,
+    /// Gateway address; omitted for a route straight out of `port`.
+    #[serde(default)]
+    pub via: Option<Ipv4Addr>,
+    /// Output port name; inferred from the connected subnet of `via` when omitted.
+    #[serde(default)]
+    pub port: Option<String>,
+    /// Discard traffic to this prefix.
+    #[serde(default)]
+    pub blackhole: bool,
+}
+
+fn d_tbl8() -> usize {
+    4096
+}
+fn d_max_routes() -> usize {
+    2_000_000
+}
+fn d_max_nh() -> usize {
+    65_536
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FibConfig {
+    #[serde(default = "d_tbl8")]
+    pub tbl8_groups: usize,
+    #[serde(default = "d_max_routes")]
+    pub max_routes: usize,
+    #[serde(default = "d_max_nh")]
+    pub max_next_hops: usize,
+    /// A file of routes, one per line: `PREFIX via GATEWAY` or `PREFIX port NAME`.
+    #[serde(default)]
+    pub routes_file: Option<PathBuf>,
+}
+
+impl Default for FibConfig {
+    fn default() -> Self {
+        FibConfig { tbl8_groups: d_tbl8(), max_routes: d_max_routes(), max_next_hops: d_max_nh(), routes_file: None }
+    }
+}
+
+fn d_hold() -> usize {
+    4
+}
+fn d_hold_total() -> usize {
+    1024
+}
+fn d_retries() -> u32 {
+    3
+}
+fn d_retry_ms() -> u64 {
+    1000
+}
+fn d_reach() -> u64 {
+    300
+}
+fn d_max_neigh() -> usize {
+    16_384
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NeighbourConfig {
+    /// Packets held per unresolved neighbour.
+    #[serde(default = "d_hold")]
+    pub hold_per_neighbour: usize,
+    /// Packets held in all.
+    #[serde(default = "d_hold_total")]
+    pub hold_total: usize,
+    #[serde(default = "d_retries")]
+    pub arp_retries: u32,
+    #[serde(default = "d_retry_ms")]
+    pub arp_retry_ms: u64,
+    /// Seconds a learned neighbour stays valid before it is refreshed.
+    #[serde(default = "d_reach")]
+    pub reachable_secs: u64,
+    #[serde(default = "d_max_neigh")]
+    pub max_neighbours: usize,
+}
+
+impl Default for NeighbourConfig {
+    fn default() -> Self {
+        toml::from_str("").unwrap_or(NeighbourConfig {
+            hold_per_neighbour: d_hold(),
+            hold_total: d_hold_total(),
+            arp_retries: d_retries(),
+            arp_retry_ms: d_retry_ms(),
+            reachable_secs: d_reach(),
+            max_neighbours: d_max_neigh(),
+        })
+    }
+}
+
+fn d_socket() -> PathBuf {
+    PathBuf::from("/run/router/admin.sock")
+}
+fn d_icmp_rate() -> u32 {
+    1000
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "d_socket")]
+    pub socket: PathBuf,
+    /// Group allowed to use the socket (mode 0660); without it the mode is 0600.
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { socket: d_socket(), group: None }
+    }
+}
+
+fn d_level() -> String {
+    "info".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default = "d_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: d_level() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IcmpConfig {
+    /// ICMP errors generated per second at most.
+    #[serde(default = "d_icmp_rate")]
+    pub errors_per_sec: u32,
+}
+
+impl Default for IcmpConfig {
+    fn default() -> Self {
+        IcmpConfig { errors_per_sec: d_icmp_rate() }
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub eal: EalConfig,
+    #[serde(default)]
+    pub dataplane: DataplaneConfig,
+    #[serde(default)]
+    pub mempool: MempoolConfig,
+    #[serde(default)]
+    pub ports: Vec<PortConfig>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub fib: FibConfig,
+    #[serde(default)]
+    pub neighbours: NeighbourConfig,
+    #[serde(default)]
+    pub icmp: IcmpConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// A route after validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub prefix: Ipv4Addr,
+    pub len: u8,
+    pub target: RouteTarget,
+}
+
+/// Where a route sends traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteTarget {
+    Via { gateway: Ipv4Addr, port: u16 },
+    Port(u16),
+    Blackhole,
+}
+
+impl Config {
+    /// Parse TOML text and validate it.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Read and validate a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Io { path: path.display().to_string(), source })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse(m) => ConfigError::Parse(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Semantic checks beyond the TOML schema.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let dp = &self.dataplane;
+        if dp.workers.is_empty() {
+            return Err(invalid("dataplane.workers", "at least one worker CPU is needed"));
+        }
+        if dp.workers.len() > 64 {
+            return Err(invalid("dataplane.workers", "at most 64 workers"));
+        }
+        if !(1..=256).contains(&dp.burst) {
+            return Err(invalid("dataplane.burst", "must be 1..=256"));
+        }
+        if !dp.ring_size.is_power_of_two() || dp.ring_size < 64 {
+            return Err(invalid("dataplane.ring_size", "must be a power of two >= 64"));
+        }
+        if self.mempool.mbufs < 512 {
+            return Err(invalid("mempool.mbufs", "at least 512"));
+        }
+        if self.mempool.mbuf_size < 1024 {
+            return Err(invalid("mempool.mbuf_size", "at least 1024"));
+        }
+        if self.ports.is_empty() {
+            return Err(invalid("ports", "at least one port is needed"));
+        }
+        if self.ports.len() > 32 {
+            return Err(invalid("ports", "at most 32 ports"));
+        }
+        for (i, p) in self.ports.iter().enumerate() {
+            let k = |f: &str| format!("ports[{i}].{f}");
+            if p.name.is_empty() || self.ports.iter().filter(|q| q.name == p.name).count() > 1 {
+                return Err(invalid(k("name"), format!("{:?} is empty or not unique", p.name)));
+            }
+            if p.device.is_empty() {
+                return Err(invalid(k("device"), "empty"));
+            }
+            if dp.backend == BackendKind::Soft && p.device != "pcap" && p.device != "memory" {
+                return Err(invalid(k("device"), "the soft backend takes \"pcap\" or \"memory\""));
+            }
+            if !(68..=9600).contains(&p.mtu) {
+                return Err(invalid(k("mtu"), "must be 68..=9600"));
+            }
+            if let Some(m) = &p.mac {
+                m.parse::<EthernetAddress>().map_err(|_| invalid(k("mac"), format!("{m:?} is not a MAC address")))?;
+            }
+            for a in &p.addresses {
+                match packet::ipv4::parse_prefix(a) {
+                    Some((_, l)) if a.contains('/') && l > 0 => {}
+                    _ => return Err(invalid(k("addresses"), format!("{a:?} is not ADDRESS/LEN"))),
+                }
+            }
+        }
+        for (i, _) in self.routes.iter().enumerate() {
+            self.route_spec(i)?;
+        }
+        if self.fib.tbl8_groups == 0 || self.fib.tbl8_groups > (1 << 24) {
+            return Err(invalid("fib.tbl8_groups", "must be 1..=16777216"));
+        }
+        if self.fib.max_next_hops < 16 || self.fib.max_next_hops > (1 << 24) {
+            return Err(invalid("fib.max_next_hops", "must be 16..=16777216"));
+        }
+        if let Some(f) = &self.fib.routes_file {
+            if !f.exists() {
+                return Err(invalid("fib.routes_file", format!("{} does not exist", f.display())));
+            }
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(invalid("log.level", format!("{:?} is not a log filter", self.log.level)));
+        }
+        Ok(())
+    }
+
+    /// Port id by name.
+    pub fn port_id(&self, name: &str) -> Option<u16> {
+        self.ports.iter().position(|p| p.name == name).map(|i| i as u16)
+    }
+
+    /// Every (port, address, prefix length).
+    pub fn addresses(&self) -> Vec<(u16, Ipv4Addr, u8)> {
+        let mut v = Vec::new();
+        for (i, p) in self.ports.iter().enumerate() {
+            for a in &p.addresses {
+                if let Some((ip, l)) = packet::ipv4::parse_prefix(a) {
+                    v.push((i as u16, ip, l));
+                }
+            }
+        }
+        v
+    }
+
+    /// The port whose connected subnet holds `ip`.
+    pub fn connected_port(&self, ip: Ipv4Addr) -> Option<u16> {
+        self.addresses()
+            .into_iter()
+            .filter(|(_, a, l)| u32::from(*a) & packet::ipv4::mask(*l) == u32::from(ip) & packet::ipv4::mask(*l))
+            .max_by_key(|(_, _, l)| *l)
+            .map(|(p, _, _)| p)
+    }
+
+    /// Resolve a route's target given its fields.
+    pub fn resolve_route(&self, prefix: &str, via: Option<Ipv4Addr>, port: Option<&str>, blackhole: bool) -> Result<RouteSpec, String> {
+        let (ip, len) = packet::ipv4::parse_prefix(prefix).ok_or_else(|| format!("{prefix:?} is not a prefix"))?;
+        let ip = Ipv4Addr::from(u32::from(ip) & packet::ipv4::mask(len));
+        let port_id = match port {
+            Some(n) => Some(self.port_id(n).ok_or_else(|| format!("no port named {n:?}"))?),
+            None => None,
+        };
+        let target = match (blackhole, via, port_id) {
+            (true, None, None) => RouteTarget::Blackhole,
+            (true, _, _) => return Err("a blackhole route takes neither via nor port".into()),
+            (false, Some(gw), Some(p)) => RouteTarget::Via { gateway: gw, port: p },
+            (false, Some(gw), None) => RouteTarget::Via {
+                gateway: gw,
+                port: self.connected_port(gw).ok_or_else(|| format!("gateway {gw} is on no connected subnet; give a port"))?,
+            },
+            (false, None, Some(p)) => RouteTarget::Port(p),
+            (false, None, None) => return Err("give via, port or blackhole".into()),
+        };
+        Ok(RouteSpec { prefix: ip, len, target })
+    }
+
+    /// Validate `routes[i]`.
+    pub fn route_spec(&self, i: usize) -> Result<RouteSpec, ConfigError> {
+        let r = &self.routes[i];
+        self.resolve_route(&r.prefix, r.via, r.port.as_deref(), r.blackhole)
+            .map_err(|m| invalid(format!("routes[{i}]"), m))
+    }
+
+    /// Parse `fib.routes_file` lines.
+    pub fn file_routes(&self) -> Result<Vec<RouteSpec>, ConfigError> {
+        let Some(path) = &self.fib.routes_file else { return Ok(Vec::new()) };
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Io { path: path.display().to_string(), source })?;
+        let mut out = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let r = match f.as_slice() {
+                [p, "via", gw] => gw
+                    .parse::<Ipv4Addr>()
+                    .map_err(|e| e.to_string())
+                    .and_then(|g| self.resolve_route(p, Some(g), None, false)),
+                [p, "via", gw, "port", name] => gw
+                    .parse::<Ipv4Addr>()
+                    .map_err(|e| e.to_string())
+                    .and_then(|g| self.resolve_route(p, Some(g), Some(name), false)),
+                [p, "port", name] => self.resolve_route(p, None, Some(name), false),
+                [p, "blackhole"] => self.resolve_route(p, None, None, true),
+                _ => Err("expected `PREFIX via GW [port NAME]`, `PREFIX port NAME` or `PREFIX blackhole`".into()),
+            };
+            out.push(r.map_err(|m| invalid(format!("fib.routes_file line {}", n + 1), m))?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[dataplane]
+backend = "soft"
+workers = [0]
+[[ports]]
+name = "a"
+device = "memory"
+addresses = ["10.0.1.1/24"]
+[[ports]]
+name = "b"
+device = "memory"
+addresses = ["10.0.2.1/24"]
+[[routes]]
+prefix = "192.168.0.0/16"
+via = "10.0.2.2"
+"#;
+
+    #[test]
+    fn good_config() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(
+            c.route_spec(0).unwrap().target,
+            RouteTarget::Via { gateway: "10.0.2.2".parse().unwrap(), port: 1 }
+        );
+        assert_eq!(c.dataplane.burst, 32);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::parse(&GOOD.replace("workers = [0]", "workerz = [0]")).unwrap_err().to_string();
+        assert!(e.contains("workerz"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let e = Config::parse(&GOOD.replace("10.0.2.2\"", "10.9.9.9\"")).unwrap_err().to_string();
+        assert!(e.starts_with("routes[0]"), "{e}");
+        let e = Config::parse(&GOOD.replace("10.0.1.1/24", "10.0.1.1")).unwrap_err().to_string();
+        assert!(e.starts_with("ports[0].addresses"), "{e}");
+        let e = Config::parse(&format!("{GOOD}\n[fib]\ntbl8_groups = 0\n")).unwrap_err().to_string();
+        assert!(e.starts_with("fib.tbl8_groups"), "{e}");
+        let e = Config::parse(&GOOD.replace("workers = [0]", "workers = [0]\nburst = 999")).unwrap_err().to_string();
+        assert!(e.starts_with("dataplane.burst"), "{e}");
+    }
+}

@@ -1,0 +1,87 @@
+//! The packet engine: ports (DPDK ethdev, or pcap/in-memory for tests), lcores in either
+//! placement, the IPv4 router stage, the management core, the admin socket, config and stats.
+//!
+//! `unsafe` lives only in `port::dpdk` (each block with a `// SAFETY:` comment).
+#![deny(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod counters;
+pub mod engine;
+pub mod fib;
+pub mod ipv4;
+pub mod mgmt;
+pub mod port;
+pub mod qsbr;
+
+use config::Config;
+use engine::{Engine, Pipeline};
+use fib::{Fib, FibSizes};
+use ipv4::Ipv4Stage;
+use mgmt::Mgmt;
+use port::Backend;
+use qsbr::Qsbr;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::{mpsc, Arc};
+use thiserror::Error;
+
+/// Why the router could not run.
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error("routes: {0}")]
+    Routes(String),
+    #[error("starting lcores: {0}")]
+    Lcores(std::io::Error),
+    #[error("admin socket {path}: {source}")]
+    Admin { path: String, source: std::io::Error },
+    #[error("port {port}: {msg}")]
+    Port { port: String, msg: String },
+}
+
+/// Changes the log filter at run time (`routerctl log-level`).
+pub type LogLevelSetter = Box<dyn Fn(&str) -> Result<(), String> + Send>;
+
+/// Run the router on `backend` until `stop` is set; `ready` is called once the lcores and the
+/// admin socket are up. Stops lcores cleanly and releases the ports before returning.
+pub fn run<B: Backend>(
+    cfg: Config,
+    backend: Arc<B>,
+    stop: Arc<AtomicBool>,
+    set_log_level: LogLevelSetter,
+    ready: impl FnOnce(),
+) -> Result<(), RunError> {
+    let workers = cfg.dataplane.workers.len();
+    for (d, pc) in backend.ports().iter().zip(&cfg.ports) {
+        if cfg.dataplane.placement == config::Placement::RunToCompletion && usize::from(d.rx_queues) < workers && d.driver != "soft" {
+            return Err(RunError::Port {
+                port: pc.name.clone(),
+                msg: format!("{} RX queues for {workers} run-to-completion workers", d.rx_queues),
+            });
+        }
+    }
+    let qsbr = Arc::new(Qsbr::new(workers));
+    let sizes = FibSizes { tbl8_groups: cfg.fib.tbl8_groups, max_routes: cfg.fib.max_routes, max_next_hops: cfg.fib.max_next_hops };
+    let mut fib = Fib::new(sizes, qsbr.clone());
+    let mut origins = HashMap::new();
+    Mgmt::<B>::install_initial_routes(&cfg, &mut fib, &mut origins).map_err(RunError::Routes)?;
+    let ports: Arc<[ipv4::PortInfo]> = mgmt::port_infos(&cfg, &*backend).into();
+    let stage = Ipv4Stage::new(fib.view(), ports);
+    let (admin_tx, admin_rx) = mpsc::channel();
+    let admin = admin::AdminServer::start(&cfg.admin.socket, cfg.admin.group.as_deref(), admin_tx)
+        .map_err(|source| RunError::Admin { path: cfg.admin.socket.display().to_string(), source })?;
+    let (engine, rings) = Engine::start(&cfg, backend.clone(), Pipeline { ipv4: stage.clone() }, qsbr).map_err(RunError::Lcores)?;
+    let cores = engine.counters.clone();
+    let mut mgmt = Mgmt::new(cfg, backend.clone(), fib, origins, stage, rings, cores, set_log_level);
+    tracing::info!("router running: {} ports, {} workers", backend.ports().len(), workers);
+    ready();
+    mgmt.run(&stop, &admin_rx);
+    tracing::info!("stopping lcores");
+    drop(admin);
+    engine.stop_and_join();
+    // Packets still held by the management core go back to the pool before the ports close.
+    drop(mgmt);
+    backend.shutdown();
+    tracing::info!("stopped");
+    Ok(())
+}

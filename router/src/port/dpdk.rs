@@ -1,0 +1,417 @@
+//! The DPDK backend: EAL initialisation, one mbuf pool, ethdev ports (any PMD — PCI NICs or
+//! `net_af_packet`, `net_pcap`, `net_null`, `net_ring`, `net_tap` vdevs) with one RX and TX
+//! queue per worker (run-to-completion) or one each (split), and `Mbuf`, the packet buffer.
+//!
+//! This module and `dpdk-sys` are the only places with `unsafe`.
+#![allow(unsafe_code)]
+
+use super::{Backend, DriverStats, PortDesc};
+use crate::config::{Config, Placement};
+use dpdk_sys as sys;
+use packet::ethernet::EthernetAddress;
+use packet::{Buffer, BufferError};
+use std::ffi::{CStr, CString};
+use std::ptr::NonNull;
+use std::sync::OnceLock;
+use thiserror::Error;
+
+/// DPDK set-up failures.
+#[derive(Debug, Error)]
+pub enum DpdkError {
+    #[error("EAL init failed ({0}); EAL arguments were: {1}")]
+    Eal(String, String),
+    #[error("mbuf pool: {0} (mempool.mbufs / mempool.mbuf_size, or give EAL more memory with -m)")]
+    Pool(String),
+    #[error("ports[{index}] ({device}): {msg}")]
+    Port { index: usize, device: String, msg: String },
+}
+
+fn errno_str(code: i32) -> String {
+    // SAFETY: rte_strerror returns a pointer to a static or thread-local NUL-terminated string.
+    unsafe { CStr::from_ptr(sys::rte_strerror(code.abs())) }.to_string_lossy().into_owned()
+}
+
+fn rte_errno() -> i32 {
+    // SAFETY: reads the calling thread's rte_errno through the shim; no preconditions.
+    unsafe { sys::shim_rte_errno() }
+}
+
+/// A packet in a DPDK mbuf (single segment), owned: dropping it returns it to its pool.
+#[repr(transparent)]
+#[derive(Debug)]
+pub struct Mbuf(NonNull<sys::rte_mbuf>);
+
+// SAFETY: an Mbuf is the only owner of its rte_mbuf; DPDK allows an mbuf to be freed or
+// transmitted by any registered lcore, and the engine moves each Mbuf to one thread at a time.
+unsafe impl Send for Mbuf {}
+
+impl Drop for Mbuf {
+    fn drop(&mut self) {
+        // SAFETY: we own the mbuf; it came from rx_burst or pktmbuf_alloc and is freed once.
+        unsafe { sys::shim_rte_pktmbuf_free(self.0.as_ptr()) }
+    }
+}
+
+impl Mbuf {
+    #[inline]
+    fn m(&self) -> &sys::rte_mbuf {
+        // SAFETY: the pointer is valid and uniquely owned for the Mbuf's lifetime.
+        unsafe { self.0.as_ref() }
+    }
+    #[inline]
+    fn m_mut(&mut self) -> &mut sys::rte_mbuf {
+        // SAFETY: as above, and &mut self gives exclusive access.
+        unsafe { self.0.as_mut() }
+    }
+}
+
+impl Buffer for Mbuf {
+    #[inline]
+    fn data(&self) -> &[u8] {
+        let m = self.m();
+        // SAFETY: buf_addr + data_off .. + data_len lies inside the mbuf's data room
+        // (DPDK's invariant for a single-segment mbuf), and we own the mbuf.
+        unsafe { std::slice::from_raw_parts((m.buf_addr as *const u8).add(usize::from(m.data_off)), usize::from(m.data_len)) }
+    }
+    #[inline]
+    fn data_mut(&mut self) -> &mut [u8] {
+        let m = self.m_mut();
+        // SAFETY: as in `data`, with exclusive access through &mut self.
+        unsafe { std::slice::from_raw_parts_mut((m.buf_addr as *mut u8).add(usize::from(m.data_off)), usize::from(m.data_len)) }
+    }
+    #[inline]
+    fn headroom(&self) -> usize {
+        usize::from(self.m().data_off)
+    }
+    #[inline]
+    fn tailroom(&self) -> usize {
+        let m = self.m();
+        usize::from(m.buf_len) - usize::from(m.data_off) - usize::from(m.data_len)
+    }
+    fn prepend(&mut self, n: usize) -> Result<(), BufferError> {
+        if n > self.headroom() {
+            return Err(BufferError::NoHeadroom);
+        }
+        let m = self.m_mut();
+        m.data_off -= n as u16;
+        m.data_len += n as u16;
+        m.pkt_len += n as u32;
+        Ok(())
+    }
+    fn adj(&mut self, n: usize) -> Result<(), BufferError> {
+        if n > self.len() {
+            return Err(BufferError::OutOfRange);
+        }
+        let m = self.m_mut();
+        m.data_off += n as u16;
+        m.data_len -= n as u16;
+        m.pkt_len -= n as u32;
+        Ok(())
+    }
+    fn append(&mut self, n: usize) -> Result<(), BufferError> {
+        if n > self.tailroom() {
+            return Err(BufferError::NoTailroom);
+        }
+        let m = self.m_mut();
+        m.data_len += n as u16;
+        m.pkt_len += n as u32;
+        Ok(())
+    }
+    fn trim(&mut self, n: usize) -> Result<(), BufferError> {
+        if n > self.len() {
+            return Err(BufferError::OutOfRange);
+        }
+        let m = self.m_mut();
+        m.data_len -= n as u16;
+        m.pkt_len -= n as u32;
+        Ok(())
+    }
+    #[inline]
+    fn port(&self) -> u16 {
+        self.m().port
+    }
+    #[inline]
+    fn set_port(&mut self, port: u16) {
+        self.m_mut().port = port;
+    }
+}
+
+/// EAL may be initialised once per process.
+static EAL: OnceLock<Result<(), String>> = OnceLock::new();
+
+/// Initialise EAL with `args` (argv[0] included), once per process.
+pub fn eal_init(args: &[String]) -> Result<(), DpdkError> {
+    let res = EAL.get_or_init(|| {
+        let cargs: Vec<CString> = args.iter().map(|a| CString::new(a.as_str()).unwrap_or_default()).collect();
+        let mut argv: Vec<*mut std::os::raw::c_char> = cargs.iter().map(|c| c.as_ptr() as *mut _).collect();
+        argv.push(std::ptr::null_mut());
+        // SAFETY: argv holds argc valid NUL-terminated strings followed by NULL; EAL may permute
+        // the pointer array but not the strings, which outlive the call (EAL copies what it keeps).
+        let rc = unsafe { sys::rte_eal_init(cargs.len() as i32, argv.as_mut_ptr()) };
+        if rc < 0 {
+            Err(errno_str(rte_errno()))
+        } else {
+            Ok(())
+        }
+    });
+    res.clone().map_err(|e| DpdkError::Eal(e, args.join(" ")))
+}
+
+/// The DPDK device layer.
+#[derive(Debug)]
+pub struct DpdkBackend {
+    pool: NonNull<sys::rte_mempool>,
+    /// Our port index → DPDK port id.
+    ids: Vec<u16>,
+    descs: Vec<PortDesc>,
+}
+
+// SAFETY: the mempool is thread-safe by DPDK's design (per-lcore caches for registered lcores,
+// a lock-free ring underneath); ethdev queues are used by one thread each (the engine's rule);
+// the remaining fields are immutable after init.
+unsafe impl Send for DpdkBackend {}
+// SAFETY: as above.
+unsafe impl Sync for DpdkBackend {}
+
+fn looks_like_pci(dev: &str) -> bool {
+    let b = dev.as_bytes();
+    b.len() >= 7 && dev.contains(':') && dev.contains('.') && !dev.contains(',') && b[0].is_ascii_hexdigit()
+}
+
+/// Build the EAL argument vector for a config: the user's `eal.args`, one `--vdev` or `-a`
+/// per port, and a core list when the user gave none.
+pub fn eal_args(cfg: &Config) -> Vec<String> {
+    let mut v = vec!["router".to_string()];
+    v.extend(cfg.eal.args.iter().cloned());
+    let has_cores = cfg.eal.args.iter().any(|a| a == "-l" || a == "-c" || a.starts_with("--lcores") || a.starts_with("-l"));
+    if !has_cores {
+        v.push("-l".into());
+        v.push(cfg.dataplane.mgmt_cpu.unwrap_or(0).to_string());
+    }
+    for p in &cfg.ports {
+        if looks_like_pci(&p.device) {
+            v.push("-a".into());
+        } else {
+            v.push("--vdev".into());
+        }
+        v.push(p.device.clone());
+    }
+    v
+}
+
+impl DpdkBackend {
+    /// Initialise EAL, create the mbuf pool and start every port of the config.
+    pub fn init(cfg: &Config) -> Result<Self, DpdkError> {
+        let args = eal_args(cfg);
+        tracing::info!("EAL: {}", args.join(" "));
+        eal_init(&args)?;
+        let queues: u16 = match cfg.dataplane.placement {
+            Placement::RunToCompletion => cfg.dataplane.workers.len() as u16,
+            Placement::Split => 1,
+        };
+        let name = CString::new(format!("router_pool_{}", std::process::id())).unwrap_or_default();
+        // SAFETY: EAL is initialised; the name is NUL-terminated; sizes are validated by config.
+        let pool = unsafe {
+            sys::rte_pktmbuf_pool_create(name.as_ptr(), cfg.mempool.mbufs, cfg.mempool.cache, 0, cfg.mempool.mbuf_size, -1)
+        };
+        let pool = NonNull::new(pool).ok_or_else(|| DpdkError::Pool(errno_str(rte_errno())))?;
+        let mut ids = Vec::new();
+        let mut descs = Vec::new();
+        for (index, p) in cfg.ports.iter().enumerate() {
+            let perr = |msg: String| DpdkError::Port { index, device: p.device.clone(), msg };
+            let dev_name = p.device.split(',').next().unwrap_or_default();
+            let cname = CString::new(dev_name).map_err(|_| perr("device name has a NUL byte".into()))?;
+            let mut id: u16 = 0;
+            // SAFETY: valid C string and out-pointer.
+            let rc = unsafe { sys::rte_eth_dev_get_port_by_name(cname.as_ptr(), &mut id) };
+            if rc != 0 {
+                return Err(perr(format!("no such DPDK device {dev_name:?} ({})", errno_str(rc))));
+            }
+            let mut info = sys::rte_eth_dev_info::default();
+            // SAFETY: valid port id and out-pointer to a default-initialised struct.
+            let rc = unsafe { sys::rte_eth_dev_info_get(id, &mut info) };
+            if rc != 0 {
+                return Err(perr(format!("dev_info_get: {}", errno_str(rc))));
+            }
+            if info.max_rx_queues < queues || info.max_tx_queues < queues {
+                return Err(perr(format!(
+                    "{queues} queues needed for {} workers, the device has {} RX / {} TX (net_pcap: repeat rx_pcap=/tx_pcap=; net_af_packet: qpairs=N)",
+                    cfg.dataplane.workers.len(),
+                    info.max_rx_queues,
+                    info.max_tx_queues
+                )));
+            }
+            let conf = sys::rte_eth_conf::default();
+            // SAFETY: valid port id; conf is a zeroed (all offloads off) configuration.
+            let rc = unsafe { sys::rte_eth_dev_configure(id, queues, queues, &conf) };
+            if rc != 0 {
+                return Err(perr(format!("configure: {}", errno_str(rc))));
+            }
+            let (mut rxd, mut txd) = (p.rx_desc, p.tx_desc);
+            // SAFETY: valid port id and out-pointers.
+            unsafe { sys::rte_eth_dev_adjust_nb_rx_tx_desc(id, &mut rxd, &mut txd) };
+            // SAFETY: valid port id.
+            let socket = unsafe { sys::rte_eth_dev_socket_id(id) };
+            let socket = if socket < 0 { u32::MAX } else { socket as u32 };
+            for q in 0..queues {
+                // SAFETY: configured port, queue < configured count, pool valid; NULL conf = defaults.
+                let rc = unsafe { sys::rte_eth_rx_queue_setup(id, q, rxd, socket, std::ptr::null(), pool.as_ptr()) };
+                if rc != 0 {
+                    return Err(perr(format!("rx queue {q}: {}", errno_str(rc))));
+                }
+                // SAFETY: as above.
+                let rc = unsafe { sys::rte_eth_tx_queue_setup(id, q, txd, socket, std::ptr::null()) };
+                if rc != 0 {
+                    return Err(perr(format!("tx queue {q}: {}", errno_str(rc))));
+                }
+            }
+            // SAFETY: valid port id. Virtual devices may not support MTU changes: warn only.
+            let rc = unsafe { sys::rte_eth_dev_set_mtu(id, p.mtu) };
+            if rc != 0 {
+                tracing::debug!("port {}: set MTU {}: {}", p.name, p.mtu, errno_str(rc));
+            }
+            // SAFETY: configured port with all queues set up.
+            let rc = unsafe { sys::rte_eth_dev_start(id) };
+            if rc != 0 {
+                return Err(perr(format!("start: {}", errno_str(rc))));
+            }
+            if p.promiscuous {
+                // SAFETY: started port.
+                unsafe { sys::rte_eth_promiscuous_enable(id) };
+            }
+            let mut mac = sys::rte_ether_addr::default();
+            // SAFETY: valid port id and out-pointer.
+            unsafe { sys::rte_eth_macaddr_get(id, &mut mac) };
+            let driver = if info.driver_name.is_null() {
+                String::new()
+            } else {
+                // SAFETY: driver_name is a static NUL-terminated string owned by the driver.
+                unsafe { CStr::from_ptr(info.driver_name) }.to_string_lossy().into_owned()
+            };
+            tracing::info!("port {} ({}): dpdk port {id}, driver {driver}, {queues} queue pairs, {rxd}/{txd} descriptors", p.name, p.device);
+            ids.push(id);
+            descs.push(PortDesc {
+                name: p.name.clone(),
+                device: p.device.clone(),
+                mac: EthernetAddress(mac.addr_bytes),
+                rx_queues: queues,
+                tx_queues: queues,
+                driver,
+            });
+        }
+        Ok(DpdkBackend { pool, ids, descs })
+    }
+}
+
+const MAX_BURST: usize = 256;
+
+impl Backend for DpdkBackend {
+    type Buf = Mbuf;
+
+    fn ports(&self) -> &[PortDesc] {
+        &self.descs
+    }
+
+    #[inline]
+    fn rx_burst(&self, port: u16, queue: u16, out: &mut Vec<Mbuf>) -> usize {
+        let Some(&id) = self.ids.get(usize::from(port)) else { return 0 };
+        let room = (out.capacity() - out.len()).min(MAX_BURST);
+        let mut raw: [*mut sys::rte_mbuf; MAX_BURST] = [std::ptr::null_mut(); MAX_BURST];
+        // SAFETY: raw has room for `room` pointers; this thread owns (port, queue) for RX.
+        let n = usize::from(unsafe { sys::shim_rte_eth_rx_burst(id, queue, raw.as_mut_ptr(), room as u16) });
+        for &m in &raw[..n] {
+            let Some(nn) = NonNull::new(m) else { continue };
+            let mut b = Mbuf(nn);
+            if b.m().nb_segs != 1 {
+                // Chained mbufs (frames above the mbuf data room) are not handled: drop.
+                continue;
+            }
+            b.set_port(port);
+            out.push(b);
+        }
+        n
+    }
+
+    #[inline]
+    fn tx_burst(&self, port: u16, queue: u16, pkts: &mut Vec<Mbuf>) -> usize {
+        let Some(&id) = self.ids.get(usize::from(port)) else { return 0 };
+        let mut sent = 0usize;
+        while sent < pkts.len() {
+            let chunk = (pkts.len() - sent).min(MAX_BURST);
+            // SAFETY: Mbuf is repr(transparent) over NonNull<rte_mbuf>, so the Vec's buffer is an
+            // array of valid rte_mbuf pointers; this thread owns (port, queue) for TX. The driver
+            // takes ownership of the first `n` mbufs.
+            let n = usize::from(unsafe {
+                sys::shim_rte_eth_tx_burst(id, queue, pkts.as_mut_ptr().add(sent).cast::<*mut sys::rte_mbuf>(), chunk as u16)
+            });
+            sent += n;
+            if n < chunk {
+                break;
+            }
+        }
+        let left = pkts.len() - sent;
+        // SAFETY: the first `sent` mbufs now belong to the driver: move the unsent tail to the
+        // front and shrink the length without running their destructors. Both ranges are inside
+        // the Vec's initialised length; ptr::copy handles the overlap.
+        unsafe {
+            std::ptr::copy(pkts.as_ptr().add(sent), pkts.as_mut_ptr(), left);
+            pkts.set_len(left);
+        }
+        sent
+    }
+
+    fn alloc(&self) -> Option<Mbuf> {
+        // SAFETY: the pool is valid for the backend's lifetime.
+        let m = unsafe { sys::shim_rte_pktmbuf_alloc(self.pool.as_ptr()) };
+        NonNull::new(m).map(Mbuf)
+    }
+
+    fn register_thread(&self) -> Result<(), String> {
+        // SAFETY: no preconditions; returns LCORE_ID_ANY (u32::MAX) for unregistered threads.
+        if unsafe { sys::shim_rte_lcore_id() } != u32::MAX {
+            return Ok(());
+        }
+        // SAFETY: EAL is initialised (the backend exists only after eal_init).
+        if unsafe { sys::rte_thread_register() } != 0 {
+            return Err(format!("rte_thread_register: {}", errno_str(rte_errno())));
+        }
+        Ok(())
+    }
+
+    fn driver_stats(&self, port: u16) -> Option<DriverStats> {
+        let id = *self.ids.get(usize::from(port))?;
+        let mut s = sys::rte_eth_stats::default();
+        // SAFETY: valid port id and out-pointer.
+        if unsafe { sys::rte_eth_stats_get(id, &mut s) } != 0 {
+            return None;
+        }
+        Some(DriverStats {
+            ipackets: s.ipackets,
+            opackets: s.opackets,
+            ibytes: s.ibytes,
+            obytes: s.obytes,
+            imissed: s.imissed,
+            ierrors: s.ierrors,
+            oerrors: s.oerrors,
+            rx_nombuf: s.rx_nombuf,
+        })
+    }
+
+    fn pool_free(&self) -> Option<u64> {
+        // SAFETY: the pool is valid.
+        Some(u64::from(unsafe { sys::shim_rte_mempool_avail_count(self.pool.as_ptr()) }))
+    }
+
+    fn shutdown(&self) {
+        for (&id, d) in self.ids.iter().zip(&self.descs) {
+            // SAFETY: valid port ids; the engine threads that used them have been joined.
+            unsafe {
+                sys::rte_eth_dev_stop(id);
+                sys::rte_eth_dev_close(id);
+            }
+            tracing::info!("port {} closed", d.name);
+        }
+        // SAFETY: every port is closed and no mbuf is alive (engine and management core dropped).
+        unsafe { sys::rte_eal_cleanup() };
+    }
+}

@@ -1,0 +1,143 @@
+//! A router on in-memory wires for tests: the full engine (workers, management core, admin
+//! socket) with the soft backend.
+#![allow(dead_code)]
+
+use packet::ethernet::EthernetAddress;
+use router::admin::{AdminClient, Request};
+use router::config::Config;
+use router::port::soft::{SoftBackend, SoftPortSpec, Wire};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct Harness {
+    pub wires: Vec<Arc<Wire>>,
+    pub socket: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    dir: PathBuf,
+}
+
+static N: AtomicUsize = AtomicUsize::new(0);
+
+pub fn mac(s: &str) -> EthernetAddress {
+    s.parse().unwrap()
+}
+
+impl Harness {
+    /// Start a router from TOML (ports must use `device = "memory"`, MACs given).
+    pub fn start(toml_text: &str) -> Harness {
+        let dir = std::env::temp_dir().join(format!(
+            "router-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("admin.sock");
+        let mut cfg = Config::parse(toml_text).unwrap();
+        cfg.admin.socket = socket.clone();
+        let wires: Vec<Arc<Wire>> = cfg
+            .ports
+            .iter()
+            .map(|_| Arc::new(Wire::default()))
+            .collect();
+        let specs = cfg
+            .ports
+            .iter()
+            .zip(&wires)
+            .map(|(p, w)| {
+                (
+                    p.name.clone(),
+                    mac(p.mac.as_deref().unwrap()),
+                    SoftPortSpec::Memory(w.clone()),
+                )
+            })
+            .collect();
+        let be = Arc::new(SoftBackend::new(specs).unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            router::run(cfg, be, s, Box::new(|_| Ok(())), move || {
+                let _ = ready_tx.send(());
+            })
+            .unwrap();
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("router did not start");
+        Harness {
+            wires,
+            socket,
+            stop,
+            thread: Some(thread),
+            dir,
+        }
+    }
+
+    pub fn inject(&self, port: usize, frame: &[u8]) {
+        self.wires[port].inject(frame);
+    }
+
+    /// Wait until `port` transmitted `n` frames (or the timeout), and take them.
+    pub fn expect_tx(&self, port: usize, n: usize) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut got = Vec::new();
+        while got.len() < n && Instant::now() < deadline {
+            got.extend(self.wires[port].take());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(
+            got.len(),
+            n,
+            "port {port} sent {} frames, expected {n}",
+            got.len()
+        );
+        got
+    }
+
+    /// Give the router time to act, then assert a port sent nothing.
+    pub fn expect_silence(&self, port: usize) {
+        std::thread::sleep(Duration::from_millis(100));
+        let got = self.wires[port].take();
+        assert!(
+            got.is_empty(),
+            "port {port} sent {} unexpected frames",
+            got.len()
+        );
+    }
+
+    pub fn admin(&self) -> AdminClient {
+        AdminClient::connect(&self.socket).unwrap()
+    }
+
+    pub fn call(&self, req: Request) -> serde_json::Value {
+        let r = self.admin().call(&req).unwrap();
+        assert!(r.ok, "{req:?} failed: {:?}", r.error);
+        r.data
+    }
+
+    /// Sum of a drop counter of the ipv4 stage over every core.
+    pub fn drops(&self, reason: &str) -> u64 {
+        let s = self.call(Request::Stats);
+        s["cores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|c| c["stages"][0]["drops"].as_array().unwrap().iter())
+            .filter(|p| p[0] == reason)
+            .map(|p| p[1].as_u64().unwrap())
+            .sum()
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
