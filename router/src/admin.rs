@@ -60,10 +60,18 @@ pub struct Response {
 
 impl Response {
     pub fn ok(data: serde_json::Value) -> Self {
-        Response { ok: true, error: None, data }
+        Response {
+            ok: true,
+            error: None,
+            data,
+        }
     }
     pub fn err(msg: impl Into<String>) -> Self {
-        Response { ok: false, error: Some(msg.into()), data: serde_json::Value::Null }
+        Response {
+            ok: false,
+            error: Some(msg.into()),
+            data: serde_json::Value::Null,
+        }
     }
 }
 
@@ -84,7 +92,11 @@ pub struct AdminServer {
 
 impl AdminServer {
     /// Bind `path` and serve requests, forwarding them to the management core through `tx`.
-    pub fn start(path: &Path, group: Option<&str>, tx: mpsc::Sender<Pending>) -> std::io::Result<Self> {
+    pub fn start(
+        path: &Path,
+        group: Option<&str>,
+        tx: mpsc::Sender<Pending>,
+    ) -> std::io::Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -102,7 +114,10 @@ impl AdminServer {
         let listener = UnixListener::bind(path)?;
         let mode = if let Some(g) = group {
             let gid = group_id(g).ok_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::NotFound, format!("admin.group {g:?} does not exist"))
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("admin.group {g:?} does not exist"),
+                )
             })?;
             std::os::unix::fs::chown(path, None, Some(gid))?;
             0o660
@@ -113,39 +128,50 @@ impl AdminServer {
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
-        let thread = std::thread::Builder::new().name("admin".into()).spawn(move || {
-            let active = Arc::new(AtomicUsize::new(0));
-            while !stop2.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        if active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
-                            let mut s = stream;
-                            let _ = write_response(&mut s, &Response::err("too many admin connections"));
-                            continue;
+        let thread = std::thread::Builder::new()
+            .name("admin".into())
+            .spawn(move || {
+                let active = Arc::new(AtomicUsize::new(0));
+                while !stop2.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            if active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+                                let mut s = stream;
+                                let _ = write_response(
+                                    &mut s,
+                                    &Response::err("too many admin connections"),
+                                );
+                                continue;
+                            }
+                            active.fetch_add(1, Ordering::SeqCst);
+                            let tx = tx.clone();
+                            let active = active.clone();
+                            let stop = stop2.clone();
+                            let spawned = std::thread::Builder::new()
+                                .name("admin-conn".into())
+                                .spawn(move || {
+                                    serve(stream, &tx, &stop);
+                                    active.fetch_sub(1, Ordering::SeqCst);
+                                });
+                            if spawned.is_err() {
+                                tracing::warn!("admin: could not spawn a connection thread");
+                            }
                         }
-                        active.fetch_add(1, Ordering::SeqCst);
-                        let tx = tx.clone();
-                        let active = active.clone();
-                        let stop = stop2.clone();
-                        let spawned = std::thread::Builder::new().name("admin-conn".into()).spawn(move || {
-                            serve(stream, &tx, &stop);
-                            active.fetch_sub(1, Ordering::SeqCst);
-                        });
-                        if spawned.is_err() {
-                            tracing::warn!("admin: could not spawn a connection thread");
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(20));
                         }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    Err(e) => {
-                        tracing::warn!("admin accept: {e}");
-                        std::thread::sleep(Duration::from_millis(100));
+                        Err(e) => {
+                            tracing::warn!("admin accept: {e}");
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
                     }
                 }
-            }
-        })?;
-        Ok(AdminServer { path: path.to_path_buf(), stop, thread: Some(thread) })
+            })?;
+        Ok(AdminServer {
+            path: path.to_path_buf(),
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 
@@ -163,29 +189,41 @@ fn group_id(name: &str) -> Option<u32> {
     let text = std::fs::read_to_string("/etc/group").ok()?;
     text.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
-        (f.first() == Some(&name)).then(|| f.get(2)?.parse().ok()).flatten()
+        (f.first() == Some(&name))
+            .then(|| f.get(2)?.parse().ok())
+            .flatten()
     })
 }
 
 fn write_response(s: &mut UnixStream, r: &Response) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(r).unwrap_or_else(|_| br#"{"ok":false,"error":"encoding"}"#.to_vec());
+    let mut line =
+        serde_json::to_vec(r).unwrap_or_else(|_| br#"{"ok":false,"error":"encoding"}"#.to_vec());
     line.push(b'\n');
     s.write_all(&line)
 }
 
 fn serve(stream: UnixStream, tx: &mpsc::Sender<Pending>, stop: &AtomicBool) {
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    let Ok(mut out) = stream.try_clone() else { return };
+    let Ok(mut out) = stream.try_clone() else {
+        return;
+    };
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         line.clear();
         // Read one line, at most MAX_REQUEST + 1 bytes.
-        let res = (&mut reader).take(MAX_REQUEST as u64 + 1).read_until(b'\n', &mut line);
+        let res = (&mut reader)
+            .take(MAX_REQUEST as u64 + 1)
+            .read_until(b'\n', &mut line);
         match res {
             Ok(0) => return,
             Ok(_) => {}
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
                 if line.len() > MAX_REQUEST {
                     let _ = write_response(&mut out, &Response::err("request too large"));
                     return;
@@ -195,7 +233,10 @@ fn serve(stream: UnixStream, tx: &mpsc::Sender<Pending>, stop: &AtomicBool) {
             Err(_) => return,
         }
         if line.len() > MAX_REQUEST || line.last() != Some(&b'\n') && line.len() > MAX_REQUEST {
-            let _ = write_response(&mut out, &Response::err(format!("request larger than {MAX_REQUEST} bytes")));
+            let _ = write_response(
+                &mut out,
+                &Response::err(format!("request larger than {MAX_REQUEST} bytes")),
+            );
             return;
         }
         let text = String::from_utf8_lossy(&line);
@@ -215,7 +256,9 @@ fn serve(stream: UnixStream, tx: &mpsc::Sender<Pending>, stop: &AtomicBool) {
             let _ = write_response(&mut out, &Response::err("router is shutting down"));
             return;
         }
-        let resp = rrx.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| Response::err("management core did not answer"));
+        let resp = rrx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| Response::err("management core did not answer"));
         if write_response(&mut out, &resp).is_err() {
             return;
         }
@@ -233,7 +276,10 @@ impl AdminClient {
     pub fn connect(path: &Path) -> std::io::Result<Self> {
         let s = UnixStream::connect(path)?;
         s.set_read_timeout(Some(Duration::from_secs(15)))?;
-        Ok(AdminClient { writer: s.try_clone()?, reader: BufReader::new(s) })
+        Ok(AdminClient {
+            writer: s.try_clone()?,
+            reader: BufReader::new(s),
+        })
     }
 
     /// Send one request, wait for its response.
@@ -248,7 +294,10 @@ impl AdminClient {
         self.writer.write_all(bytes)?;
         let mut resp = String::new();
         if self.reader.read_line(&mut resp)? == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "router closed the connection"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "router closed the connection",
+            ));
         }
         serde_json::from_str(&resp).map_err(std::io::Error::other)
     }

@@ -11,7 +11,10 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Parse(String),
     #[error("{key}: {msg}")]
@@ -19,7 +22,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, msg: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), msg: msg.into() }
+    ConfigError::Invalid {
+        key: key.into(),
+        msg: msg.into(),
+    }
 }
 
 /// Which device layer runs the ports.
@@ -143,7 +149,11 @@ pub struct MempoolConfig {
 
 impl Default for MempoolConfig {
     fn default() -> Self {
-        MempoolConfig { mbufs: d_mbufs(), cache: d_cache(), mbuf_size: d_mbuf_size() }
+        MempoolConfig {
+            mbufs: d_mbufs(),
+            cache: d_cache(),
+            mbuf_size: d_mbuf_size(),
+        }
     }
 }
 
@@ -224,7 +234,12 @@ pub struct FibConfig {
 
 impl Default for FibConfig {
     fn default() -> Self {
-        FibConfig { tbl8_groups: d_tbl8(), max_routes: d_max_routes(), max_next_hops: d_max_nh(), routes_file: None }
+        FibConfig {
+            tbl8_groups: d_tbl8(),
+            max_routes: d_max_routes(),
+            max_next_hops: d_max_nh(),
+            routes_file: None,
+        }
     }
 }
 
@@ -299,7 +314,10 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { socket: d_socket(), group: None }
+        AdminConfig {
+            socket: d_socket(),
+            group: None,
+        }
     }
 }
 
@@ -330,7 +348,9 @@ pub struct IcmpConfig {
 
 impl Default for IcmpConfig {
     fn default() -> Self {
-        IcmpConfig { errors_per_sec: d_icmp_rate() }
+        IcmpConfig {
+            errors_per_sec: d_icmp_rate(),
+        }
     }
 }
 
@@ -386,8 +406,10 @@ impl Config {
 
     /// Read and validate a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Io { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
         Self::parse(&text).map_err(|e| match e {
             ConfigError::Parse(m) => ConfigError::Parse(format!("{}: {m}", path.display())),
             other => other,
@@ -398,7 +420,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let dp = &self.dataplane;
         if dp.workers.is_empty() {
-            return Err(invalid("dataplane.workers", "at least one worker CPU is needed"));
+            return Err(invalid(
+                "dataplane.workers",
+                "at least one worker CPU is needed",
+            ));
         }
         if dp.workers.len() > 64 {
             return Err(invalid("dataplane.workers", "at most 64 workers"));
@@ -407,7 +432,10 @@ impl Config {
             return Err(invalid("dataplane.burst", "must be 1..=256"));
         }
         if !dp.ring_size.is_power_of_two() || dp.ring_size < 64 {
-            return Err(invalid("dataplane.ring_size", "must be a power of two >= 64"));
+            return Err(invalid(
+                "dataplane.ring_size",
+                "must be a power of two >= 64",
+            ));
         }
         if self.mempool.mbufs < 512 {
             return Err(invalid("mempool.mbufs", "at least 512"));
@@ -424,19 +452,26 @@ impl Config {
         for (i, p) in self.ports.iter().enumerate() {
             let k = |f: &str| format!("ports[{i}].{f}");
             if p.name.is_empty() || self.ports.iter().filter(|q| q.name == p.name).count() > 1 {
-                return Err(invalid(k("name"), format!("{:?} is empty or not unique", p.name)));
+                return Err(invalid(
+                    k("name"),
+                    format!("{:?} is empty or not unique", p.name),
+                ));
             }
             if p.device.is_empty() {
                 return Err(invalid(k("device"), "empty"));
             }
             if dp.backend == BackendKind::Soft && p.device != "pcap" && p.device != "memory" {
-                return Err(invalid(k("device"), "the soft backend takes \"pcap\" or \"memory\""));
+                return Err(invalid(
+                    k("device"),
+                    "the soft backend takes \"pcap\" or \"memory\"",
+                ));
             }
             if !(68..=9600).contains(&p.mtu) {
                 return Err(invalid(k("mtu"), "must be 68..=9600"));
             }
             if let Some(m) = &p.mac {
-                m.parse::<EthernetAddress>().map_err(|_| invalid(k("mac"), format!("{m:?} is not a MAC address")))?;
+                m.parse::<EthernetAddress>()
+                    .map_err(|_| invalid(k("mac"), format!("{m:?} is not a MAC address")))?;
             }
             for a in &p.addresses {
                 match packet::ipv4::parse_prefix(a) {
@@ -456,18 +491,27 @@ impl Config {
         }
         if let Some(f) = &self.fib.routes_file {
             if !f.exists() {
-                return Err(invalid("fib.routes_file", format!("{} does not exist", f.display())));
+                return Err(invalid(
+                    "fib.routes_file",
+                    format!("{} does not exist", f.display()),
+                ));
             }
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            return Err(invalid("log.level", format!("{:?} is not a log filter", self.log.level)));
+            return Err(invalid(
+                "log.level",
+                format!("{:?} is not a log filter", self.log.level),
+            ));
         }
         Ok(())
     }
 
     /// Port id by name.
     pub fn port_id(&self, name: &str) -> Option<u16> {
-        self.ports.iter().position(|p| p.name == name).map(|i| i as u16)
+        self.ports
+            .iter()
+            .position(|p| p.name == name)
+            .map(|i| i as u16)
     }
 
     /// Every (port, address, prefix length).
@@ -487,31 +531,52 @@ impl Config {
     pub fn connected_port(&self, ip: Ipv4Addr) -> Option<u16> {
         self.addresses()
             .into_iter()
-            .filter(|(_, a, l)| u32::from(*a) & packet::ipv4::mask(*l) == u32::from(ip) & packet::ipv4::mask(*l))
+            .filter(|(_, a, l)| {
+                u32::from(*a) & packet::ipv4::mask(*l) == u32::from(ip) & packet::ipv4::mask(*l)
+            })
             .max_by_key(|(_, _, l)| *l)
             .map(|(p, _, _)| p)
     }
 
     /// Resolve a route's target given its fields.
-    pub fn resolve_route(&self, prefix: &str, via: Option<Ipv4Addr>, port: Option<&str>, blackhole: bool) -> Result<RouteSpec, String> {
-        let (ip, len) = packet::ipv4::parse_prefix(prefix).ok_or_else(|| format!("{prefix:?} is not a prefix"))?;
+    pub fn resolve_route(
+        &self,
+        prefix: &str,
+        via: Option<Ipv4Addr>,
+        port: Option<&str>,
+        blackhole: bool,
+    ) -> Result<RouteSpec, String> {
+        let (ip, len) = packet::ipv4::parse_prefix(prefix)
+            .ok_or_else(|| format!("{prefix:?} is not a prefix"))?;
         let ip = Ipv4Addr::from(u32::from(ip) & packet::ipv4::mask(len));
         let port_id = match port {
-            Some(n) => Some(self.port_id(n).ok_or_else(|| format!("no port named {n:?}"))?),
+            Some(n) => Some(
+                self.port_id(n)
+                    .ok_or_else(|| format!("no port named {n:?}"))?,
+            ),
             None => None,
         };
         let target = match (blackhole, via, port_id) {
             (true, None, None) => RouteTarget::Blackhole,
             (true, _, _) => return Err("a blackhole route takes neither via nor port".into()),
-            (false, Some(gw), Some(p)) => RouteTarget::Via { gateway: gw, port: p },
+            (false, Some(gw), Some(p)) => RouteTarget::Via {
+                gateway: gw,
+                port: p,
+            },
             (false, Some(gw), None) => RouteTarget::Via {
                 gateway: gw,
-                port: self.connected_port(gw).ok_or_else(|| format!("gateway {gw} is on no connected subnet; give a port"))?,
+                port: self.connected_port(gw).ok_or_else(|| {
+                    format!("gateway {gw} is on no connected subnet; give a port")
+                })?,
             },
             (false, None, Some(p)) => RouteTarget::Port(p),
             (false, None, None) => return Err("give via, port or blackhole".into()),
         };
-        Ok(RouteSpec { prefix: ip, len, target })
+        Ok(RouteSpec {
+            prefix: ip,
+            len,
+            target,
+        })
     }
 
     /// Validate `routes[i]`.
@@ -523,9 +588,13 @@ impl Config {
 
     /// Parse `fib.routes_file` lines.
     pub fn file_routes(&self) -> Result<Vec<RouteSpec>, ConfigError> {
-        let Some(path) = &self.fib.routes_file else { return Ok(Vec::new()) };
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Io { path: path.display().to_string(), source })?;
+        let Some(path) = &self.fib.routes_file else {
+            return Ok(Vec::new());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
         let mut out = Vec::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.split('#').next().unwrap_or("").trim();
@@ -578,26 +647,39 @@ via = "10.0.2.2"
         let c = Config::parse(GOOD).unwrap();
         assert_eq!(
             c.route_spec(0).unwrap().target,
-            RouteTarget::Via { gateway: "10.0.2.2".parse().unwrap(), port: 1 }
+            RouteTarget::Via {
+                gateway: "10.0.2.2".parse().unwrap(),
+                port: 1
+            }
         );
         assert_eq!(c.dataplane.burst, 32);
     }
 
     #[test]
     fn unknown_key_is_named() {
-        let e = Config::parse(&GOOD.replace("workers = [0]", "workerz = [0]")).unwrap_err().to_string();
+        let e = Config::parse(&GOOD.replace("workers = [0]", "workerz = [0]"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("workerz"), "{e}");
     }
 
     #[test]
     fn bad_values_name_their_key() {
-        let e = Config::parse(&GOOD.replace("10.0.2.2\"", "10.9.9.9\"")).unwrap_err().to_string();
+        let e = Config::parse(&GOOD.replace("10.0.2.2\"", "10.9.9.9\""))
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("routes[0]"), "{e}");
-        let e = Config::parse(&GOOD.replace("10.0.1.1/24", "10.0.1.1")).unwrap_err().to_string();
+        let e = Config::parse(&GOOD.replace("10.0.1.1/24", "10.0.1.1"))
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("ports[0].addresses"), "{e}");
-        let e = Config::parse(&format!("{GOOD}\n[fib]\ntbl8_groups = 0\n")).unwrap_err().to_string();
+        let e = Config::parse(&format!("{GOOD}\n[fib]\ntbl8_groups = 0\n"))
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("fib.tbl8_groups"), "{e}");
-        let e = Config::parse(&GOOD.replace("workers = [0]", "workers = [0]\nburst = 999")).unwrap_err().to_string();
+        let e = Config::parse(&GOOD.replace("workers = [0]", "workers = [0]\nburst = 999"))
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("dataplane.burst"), "{e}");
     }
 }

@@ -12,7 +12,10 @@ impl Counter {
     /// Add `n` (only the owning core calls this).
     #[inline]
     pub fn add(&self, n: u64) {
-        self.0.store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
     }
     /// Add one.
     #[inline]
@@ -47,7 +50,10 @@ impl StageCounters {
             busy_ns: Counter::default(),
             drops: drop_names.iter().map(|_| Counter::default()).collect(),
             drop_names,
-            punts: packet::PuntReason::ALL.iter().map(|_| Counter::default()).collect(),
+            punts: packet::PuntReason::ALL
+                .iter()
+                .map(|_| Counter::default())
+                .collect(),
         }
     }
 
@@ -115,7 +121,13 @@ pub struct CoreCounters {
 }
 
 impl CoreCounters {
-    pub fn new(core: usize, role: &'static str, cpu: Option<usize>, ports: usize, stages: Vec<StageCounters>) -> Self {
+    pub fn new(
+        core: usize,
+        role: &'static str,
+        cpu: Option<usize>,
+        ports: usize,
+        stages: Vec<StageCounters>,
+    ) -> Self {
         CoreCounters {
             core,
             role,

@@ -43,7 +43,11 @@ struct Backoff {
 
 impl Backoff {
     fn new(max_us: u64) -> Self {
-        Backoff { idle_polls: 0, sleep_us: 0, max_us }
+        Backoff {
+            idle_polls: 0,
+            sleep_us: 0,
+            max_us,
+        }
     }
     #[inline]
     fn busy(&mut self) {
@@ -101,10 +105,20 @@ struct TxStage<T> {
 
 impl<T: Buffer> TxStage<T> {
     fn new(ports: usize, burst: usize) -> Self {
-        TxStage { per_port: (0..ports).map(|_| Vec::with_capacity(burst * 2)).collect(), burst }
+        TxStage {
+            per_port: (0..ports).map(|_| Vec::with_capacity(burst * 2)).collect(),
+            burst,
+        }
     }
     #[inline]
-    fn push<B: Backend<Buf = T>>(&mut self, be: &B, queue: u16, port: u16, pkt: T, c: &CoreCounters) {
+    fn push<B: Backend<Buf = T>>(
+        &mut self,
+        be: &B,
+        queue: u16,
+        port: u16,
+        pkt: T,
+        c: &CoreCounters,
+    ) {
         let Some(q) = self.per_port.get_mut(usize::from(port)) else {
             c.stages[0].drop(Ipv4Drop::BadPort.index());
             return;
@@ -115,7 +129,13 @@ impl<T: Buffer> TxStage<T> {
         }
     }
     #[inline]
-    fn flush_one<B: Backend<Buf = T>>(be: &B, queue: u16, port: u16, q: &mut Vec<T>, c: &CoreCounters) {
+    fn flush_one<B: Backend<Buf = T>>(
+        be: &B,
+        queue: u16,
+        port: u16,
+        q: &mut Vec<T>,
+        c: &CoreCounters,
+    ) {
         let pc = &c.ports[usize::from(port)];
         let bytes: usize = q.iter().map(|b| b.len()).sum();
         let want = q.len();
@@ -187,12 +207,20 @@ impl Engine {
         let (inject_tx, inject_rx) = rtrb::RingBuffer::<B::Buf>::new(dp.ring_size);
         let mut inject_rx = Some(inject_rx);
 
-        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| std::thread::Builder::new().name(name).spawn(f);
+        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new().name(name).spawn(f)
+        };
 
         match dp.placement {
             Placement::RunToCompletion => {
                 for (w, &cpu) in dp.workers.iter().enumerate() {
-                    let c = Arc::new(CoreCounters::new(w, "worker", Some(cpu), nports, Pipeline::stage_counters()));
+                    let c = Arc::new(CoreCounters::new(
+                        w,
+                        "worker",
+                        Some(cpu),
+                        nports,
+                        Pipeline::stage_counters(),
+                    ));
                     counters.push(c.clone());
                     let (punt_tx, punt_rx) = rtrb::RingBuffer::new(dp.ring_size);
                     punt_consumers.push(punt_rx);
@@ -207,6 +235,7 @@ impl Engine {
                         punt: punt_tx,
                         burst: dp.burst,
                         idle_max: dp.idle_sleep_max_us,
+                        verdicts: [Verdict::Next; MAX_BURST],
                     };
                     let pinning = dp.pin;
                     threads.push(spawn(
@@ -222,7 +251,13 @@ impl Engine {
                 let mut to_workers = Vec::new();
                 let mut from_workers = Vec::new();
                 for (w, &cpu) in dp.workers.iter().enumerate() {
-                    let c = Arc::new(CoreCounters::new(w, "worker", Some(cpu), nports, Pipeline::stage_counters()));
+                    let c = Arc::new(CoreCounters::new(
+                        w,
+                        "worker",
+                        Some(cpu),
+                        nports,
+                        Pipeline::stage_counters(),
+                    ));
                     counters.push(c.clone());
                     let (punt_tx, punt_rx) = rtrb::RingBuffer::new(dp.ring_size);
                     punt_consumers.push(punt_rx);
@@ -240,6 +275,7 @@ impl Engine {
                         punt: punt_tx,
                         burst: dp.burst,
                         idle_max: dp.idle_sleep_max_us,
+                        verdicts: [Verdict::Next; MAX_BURST],
                     };
                     let pinning = dp.pin;
                     threads.push(spawn(
@@ -251,7 +287,13 @@ impl Engine {
                     )?);
                 }
                 let io_cpu = dp.io_cpu;
-                let c = Arc::new(CoreCounters::new(workers, "io", io_cpu, nports, Pipeline::stage_counters()));
+                let c = Arc::new(CoreCounters::new(
+                    workers,
+                    "io",
+                    io_cpu,
+                    nports,
+                    Pipeline::stage_counters(),
+                ));
                 counters.push(c.clone());
                 let io = IoCtx {
                     be: backend.clone(),
@@ -273,7 +315,18 @@ impl Engine {
                 )?);
             }
         }
-        Ok((Engine { threads, stop, counters, qsbr }, MgmtRings { punt: punt_consumers, inject: inject_tx }))
+        Ok((
+            Engine {
+                threads,
+                stop,
+                counters,
+                qsbr,
+            },
+            MgmtRings {
+                punt: punt_consumers,
+                inject: inject_tx,
+            },
+        ))
     }
 
     /// Ask every lcore to stop and wait for them.
@@ -297,16 +350,28 @@ struct WorkerCtx<B: Backend> {
     punt: rtrb::Producer<Punted<B::Buf>>,
     burst: usize,
     idle_max: u64,
+    verdicts: [Verdict; MAX_BURST],
 }
 
+/// Largest burst (config `dataplane.burst` is validated against it).
+pub const MAX_BURST: usize = 256;
+
 impl<B: Backend> WorkerCtx<B> {
-    /// Run the pipeline over a burst; returns packets to transmit via `emit`.
+    /// Run the pipeline over a burst, vector style: every stage decision first (timed, no I/O),
+    /// then dispatch: packets to transmit go to `emit`, punts to the management ring.
     #[inline]
     fn process_burst(&mut self, burst: &mut Vec<B::Buf>, mut emit: impl FnMut(u16, B::Buf)) {
+        let n = burst.len().min(MAX_BURST);
+        if n == 0 {
+            return;
+        }
         let t0 = Instant::now();
-        let n = burst.len();
-        for mut pkt in burst.drain(..) {
-            match self.pipe.process(&mut pkt, &self.c) {
+        for (pkt, v) in burst.iter_mut().zip(self.verdicts.iter_mut()) {
+            *v = self.pipe.process(pkt, &self.c);
+        }
+        self.c.stages[0].busy_ns.add(t0.elapsed().as_nanos() as u64);
+        for (mut pkt, &v) in burst.drain(..).zip(self.verdicts.iter()) {
+            match v {
                 Verdict::Tx(port) => {
                     pkt.set_port(port);
                     emit(port, pkt)
@@ -318,9 +383,6 @@ impl<B: Backend> WorkerCtx<B> {
                 }
                 Verdict::Drop(_) | Verdict::Next => {}
             }
-        }
-        if n > 0 {
-            self.c.stages[0].busy_ns.add(t0.elapsed().as_nanos() as u64);
         }
     }
 
@@ -371,7 +433,11 @@ impl<B: Backend> WorkerCtx<B> {
         self.qsbr.offline(self.id);
     }
 
-    fn split_worker(mut self, mut input: rtrb::Consumer<B::Buf>, mut output: rtrb::Producer<B::Buf>) {
+    fn split_worker(
+        mut self,
+        mut input: rtrb::Consumer<B::Buf>,
+        mut output: rtrb::Producer<B::Buf>,
+    ) {
         if let Err(e) = self.be.register_thread() {
             tracing::error!("worker {}: {e}", self.id);
             return;
@@ -443,7 +509,11 @@ impl<B: Backend> IoCtx<B> {
                 pc.rx.add(n as u64);
                 pc.rx_bytes.add(burst.iter().map(|b| b.len() as u64).sum());
                 for pkt in burst.drain(..) {
-                    let w = if nworkers == 1 { 0 } else { steer_hash(pkt.data()) % nworkers };
+                    let w = if nworkers == 1 {
+                        0
+                    } else {
+                        steer_hash(pkt.data()) % nworkers
+                    };
                     if self.to_workers[w as usize].push(pkt).is_err() {
                         c.ring_full.inc();
                     }

@@ -60,7 +60,10 @@ pub struct Lpm {
 impl Lpm {
     fn new(tbl8_groups: usize) -> Self {
         let z = |n: usize| -> Box<[AtomicU32]> { (0..n).map(|_| AtomicU32::new(0)).collect() };
-        Lpm { tbl24: z(TBL24_LEN), tbl8: z(tbl8_groups * GROUP_LEN) }
+        Lpm {
+            tbl24: z(TBL24_LEN),
+            tbl8: z(tbl8_groups * GROUP_LEN),
+        }
     }
 
     /// Longest-prefix match: the next-hop index, or `None` when no route covers `ip`.
@@ -153,7 +156,9 @@ pub struct NextHopTable {
 
 impl NextHopTable {
     fn new(n: usize) -> Self {
-        NextHopTable { entries: (0..n.max(2)).map(|_| NextHopEntry::default()).collect() }
+        NextHopTable {
+            entries: (0..n.max(2)).map(|_| NextHopEntry::default()).collect(),
+        }
     }
 
     /// Read next hop `i` (fast path).
@@ -216,7 +221,11 @@ pub struct FibSizes {
 
 impl Default for FibSizes {
     fn default() -> Self {
-        FibSizes { tbl8_groups: 4096, max_routes: 2_000_000, max_next_hops: 65_536 }
+        FibSizes {
+            tbl8_groups: 4096,
+            max_routes: 2_000_000,
+            max_next_hops: 65_536,
+        }
     }
 }
 
@@ -256,7 +265,10 @@ pub struct Fib {
 impl Fib {
     /// An empty FIB.
     pub fn new(sizes: FibSizes, qsbr: Arc<Qsbr>) -> Self {
-        let view = Arc::new(FibView { lpm: Lpm::new(sizes.tbl8_groups), next_hops: NextHopTable::new(sizes.max_next_hops) });
+        let view = Arc::new(FibView {
+            lpm: Lpm::new(sizes.tbl8_groups),
+            next_hops: NextHopTable::new(sizes.max_next_hops),
+        });
         let n = view.next_hops.capacity();
         Fib {
             view,
@@ -294,13 +306,25 @@ impl Fib {
     }
 
     /// Find or create the next hop (kind, port, gateway) and take a reference on it.
-    pub fn next_hop_ref(&mut self, kind: NextHopKind, port: u16, gw: Ipv4Addr) -> Result<u32, FibError> {
-        let key = NhKey { kind: kind.code() as u8, port, gw: u32::from(gw) };
+    pub fn next_hop_ref(
+        &mut self,
+        kind: NextHopKind,
+        port: u16,
+        gw: Ipv4Addr,
+    ) -> Result<u32, FibError> {
+        let key = NhKey {
+            kind: kind.code() as u8,
+            port,
+            gw: u32::from(gw),
+        };
         if let Some(&i) = self.nh_by_key.get(&key) {
             self.nh_refs[i as usize] += 1;
             return Ok(i);
         }
-        let i = self.nh_free.pop().ok_or(FibError::NextHopsFull(self.nh_refs.len()))?;
+        let i = self
+            .nh_free
+            .pop()
+            .ok_or(FibError::NextHopsFull(self.nh_refs.len()))?;
         self.view.next_hops.set(i, kind, port, gw);
         self.nh_by_key.insert(key, i);
         self.nh_keys[i as usize] = Some(key);
@@ -310,7 +334,9 @@ impl Fib {
 
     /// Drop a reference; the slot is freed at zero.
     pub fn next_hop_unref(&mut self, i: u32) {
-        let Some(r) = self.nh_refs.get_mut(i as usize) else { return };
+        let Some(r) = self.nh_refs.get_mut(i as usize) else {
+            return;
+        };
         if *r == 0 {
             return;
         }
@@ -330,7 +356,11 @@ impl Fib {
 
     /// Set (or clear) the resolved MAC of every next hop through `gw` on `port`.
     pub fn resolve(&mut self, port: u16, gw: Ipv4Addr, mac: Option<EthernetAddress>) -> usize {
-        let key = NhKey { kind: NextHopKind::Gateway.code() as u8, port, gw: u32::from(gw) };
+        let key = NhKey {
+            kind: NextHopKind::Gateway.code() as u8,
+            port,
+            gw: u32::from(gw),
+        };
         match self.nh_by_key.get(&key) {
             Some(&i) => {
                 self.view.next_hops.set_mac(i, mac);
@@ -362,7 +392,11 @@ impl Fib {
         let mut v = Vec::with_capacity(self.route_count);
         for (d, m) in self.rules.iter().enumerate() {
             for (&p, &nh) in m {
-                v.push(Route { prefix: Ipv4Addr::from(p), len: d as u8, next_hop: nh });
+                v.push(Route {
+                    prefix: Ipv4Addr::from(p),
+                    len: d as u8,
+                    next_hop: nh,
+                });
             }
         }
         v.sort_by_key(|r| (u32::from(r.prefix), r.len));
@@ -399,7 +433,9 @@ impl Fib {
             return Err(FibError::BadDepth(len));
         }
         let ip = u32::from(prefix) & packet::ipv4::mask(len);
-        let nh = self.rules[usize::from(len)].remove(&ip).ok_or(FibError::NoSuchRoute(Ipv4Addr::from(ip), len))?;
+        let nh = self.rules[usize::from(len)]
+            .remove(&ip)
+            .ok_or(FibError::NoSuchRoute(Ipv4Addr::from(ip), len))?;
         self.route_count -= 1;
         // The covering rule that takes over, if any.
         let cover = (0..len).rev().find_map(|d| {
@@ -528,7 +564,14 @@ mod tests {
     use proptest::prelude::*;
 
     fn fib() -> Fib {
-        Fib::new(FibSizes { tbl8_groups: 64, max_routes: 10_000, max_next_hops: 1024 }, Arc::new(Qsbr::new(0)))
+        Fib::new(
+            FibSizes {
+                tbl8_groups: 64,
+                max_routes: 10_000,
+                max_next_hops: 1024,
+            },
+            Arc::new(Qsbr::new(0)),
+        )
     }
 
     fn ip(s: &str) -> Ipv4Addr {
@@ -538,9 +581,15 @@ mod tests {
     #[test]
     fn longest_prefix_wins_and_delete_restores_cover() {
         let mut f = fib();
-        let a = f.next_hop_ref(NextHopKind::Gateway, 0, ip("10.0.0.1")).unwrap();
-        let b = f.next_hop_ref(NextHopKind::Gateway, 1, ip("10.0.0.2")).unwrap();
-        let c = f.next_hop_ref(NextHopKind::Gateway, 1, ip("10.0.0.3")).unwrap();
+        let a = f
+            .next_hop_ref(NextHopKind::Gateway, 0, ip("10.0.0.1"))
+            .unwrap();
+        let b = f
+            .next_hop_ref(NextHopKind::Gateway, 1, ip("10.0.0.2"))
+            .unwrap();
+        let c = f
+            .next_hop_ref(NextHopKind::Gateway, 1, ip("10.0.0.3"))
+            .unwrap();
         f.add(ip("10.0.0.0"), 8, a).unwrap();
         f.add(ip("10.1.0.0"), 16, b).unwrap();
         f.add(ip("10.1.2.128"), 25, c).unwrap();
@@ -556,15 +605,22 @@ mod tests {
         assert_eq!(f.tbl8_used(), 0, "group collapsed and freed");
         f.del(ip("10.1.0.0"), 16).unwrap();
         assert_eq!(v.lpm.lookup(u32::from(ip("10.1.2.200"))), Some(a));
-        assert_eq!(f.del(ip("10.1.0.0"), 16), Err(FibError::NoSuchRoute(ip("10.1.0.0"), 16)));
+        assert_eq!(
+            f.del(ip("10.1.0.0"), 16),
+            Err(FibError::NoSuchRoute(ip("10.1.0.0"), 16))
+        );
         assert_eq!(f.len(), 1);
     }
 
     #[test]
     fn default_route_and_host_route() {
         let mut f = fib();
-        let a = f.next_hop_ref(NextHopKind::Gateway, 0, ip("1.1.1.1")).unwrap();
-        let l = f.next_hop_ref(NextHopKind::Local, 0, Ipv4Addr::UNSPECIFIED).unwrap();
+        let a = f
+            .next_hop_ref(NextHopKind::Gateway, 0, ip("1.1.1.1"))
+            .unwrap();
+        let l = f
+            .next_hop_ref(NextHopKind::Local, 0, Ipv4Addr::UNSPECIFIED)
+            .unwrap();
         f.add(Ipv4Addr::UNSPECIFIED, 0, a).unwrap();
         f.add(ip("192.0.2.1"), 32, l).unwrap();
         let v = f.view();
@@ -576,13 +632,23 @@ mod tests {
     #[test]
     fn next_hops_are_shared_and_freed() {
         let mut f = fib();
-        let a = f.next_hop_ref(NextHopKind::Gateway, 0, ip("1.1.1.1")).unwrap();
-        let a2 = f.next_hop_ref(NextHopKind::Gateway, 0, ip("1.1.1.1")).unwrap();
+        let a = f
+            .next_hop_ref(NextHopKind::Gateway, 0, ip("1.1.1.1"))
+            .unwrap();
+        let a2 = f
+            .next_hop_ref(NextHopKind::Gateway, 0, ip("1.1.1.1"))
+            .unwrap();
         assert_eq!(a, a2);
         f.add(ip("2.0.0.0"), 8, a).unwrap();
         f.add(ip("3.0.0.0"), 8, a2).unwrap();
-        assert_eq!(f.resolve(0, ip("1.1.1.1"), Some(EthernetAddress([2, 0, 0, 0, 0, 9]))), 1);
-        assert_eq!(f.view().next_hops.get(a).unwrap().mac, Some(EthernetAddress([2, 0, 0, 0, 0, 9])));
+        assert_eq!(
+            f.resolve(0, ip("1.1.1.1"), Some(EthernetAddress([2, 0, 0, 0, 0, 9]))),
+            1
+        );
+        assert_eq!(
+            f.view().next_hops.get(a).unwrap().mac,
+            Some(EthernetAddress([2, 0, 0, 0, 0, 9]))
+        );
         f.del(ip("2.0.0.0"), 8).unwrap();
         assert_eq!(f.next_hops().len(), 1);
         f.del(ip("3.0.0.0"), 8).unwrap();
@@ -591,10 +657,21 @@ mod tests {
 
     #[test]
     fn tbl8_exhaustion_is_an_error() {
-        let mut f = Fib::new(FibSizes { tbl8_groups: 1, max_routes: 100, max_next_hops: 16 }, Arc::new(Qsbr::new(0)));
-        let a = f.next_hop_ref(NextHopKind::Gateway, 0, ip("1.1.1.1")).unwrap();
+        let mut f = Fib::new(
+            FibSizes {
+                tbl8_groups: 1,
+                max_routes: 100,
+                max_next_hops: 16,
+            },
+            Arc::new(Qsbr::new(0)),
+        );
+        let a = f
+            .next_hop_ref(NextHopKind::Gateway, 0, ip("1.1.1.1"))
+            .unwrap();
         f.add(ip("10.0.0.1"), 32, a).unwrap();
-        let a = f.next_hop_ref(NextHopKind::Gateway, 0, ip("1.1.1.1")).unwrap();
+        let a = f
+            .next_hop_ref(NextHopKind::Gateway, 0, ip("1.1.1.1"))
+            .unwrap();
         assert_eq!(f.add(ip("10.0.1.1"), 32, a), Err(FibError::Tbl8Full));
     }
 

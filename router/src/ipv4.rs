@@ -75,7 +75,12 @@ impl Ipv4Stage {
         &self.ports
     }
 
-    fn arp<T: AsRef<[u8]> + AsMut<[u8]>>(&self, port: u16, info: &PortInfo, eth: &mut EthernetFrame<T>) -> Verdict {
+    fn arp<T: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        port: u16,
+        info: &PortInfo,
+        eth: &mut EthernetFrame<T>,
+    ) -> Verdict {
         let Ok(mut pkt) = ArpPacket::new_checked(eth.payload_mut()) else {
             return Ipv4Drop::Truncated.drop();
         };
@@ -131,7 +136,12 @@ impl Ipv4Stage {
             let ip = Ipv4Packet::new_unchecked(&frame[packet::ethernet::HEADER_LEN..]);
             ip.dst_u32()
         };
-        let Some(nh) = self.fib.lpm.lookup(dst).and_then(|i| self.fib.next_hops.get(i)) else {
+        let Some(nh) = self
+            .fib
+            .lpm
+            .lookup(dst)
+            .and_then(|i| self.fib.next_hops.get(i))
+        else {
             return Verdict::Punt(PuntReason::NoRoute);
         };
         match nh.kind {
@@ -144,7 +154,10 @@ impl Ipv4Stage {
 
     /// Next hop for a destination (management core).
     pub fn next_hop(&self, dst: Ipv4Addr) -> Option<NextHop> {
-        self.fib.lpm.lookup(u32::from(dst)).and_then(|i| self.fib.next_hops.get(i))
+        self.fib
+            .lpm
+            .lookup(u32::from(dst))
+            .and_then(|i| self.fib.next_hops.get(i))
     }
 
     fn local(&self, f: &mut [u8]) -> Verdict {
@@ -211,7 +224,12 @@ impl Stage for Ipv4Stage {
             }
             (ip.dst_u32(), ip.ttl())
         };
-        let Some(nh) = self.fib.lpm.lookup(dst).and_then(|i| self.fib.next_hops.get(i)) else {
+        let Some(nh) = self
+            .fib
+            .lpm
+            .lookup(dst)
+            .and_then(|i| self.fib.next_hops.get(i))
+        else {
             return Verdict::Punt(PuntReason::NoRoute);
         };
         match nh.kind {

@@ -34,7 +34,10 @@ pub enum RunError {
     #[error("starting lcores: {0}")]
     Lcores(std::io::Error),
     #[error("admin socket {path}: {source}")]
-    Admin { path: String, source: std::io::Error },
+    Admin {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("port {port}: {msg}")]
     Port { port: String, msg: String },
 }
@@ -53,15 +56,25 @@ pub fn run<B: Backend>(
 ) -> Result<(), RunError> {
     let workers = cfg.dataplane.workers.len();
     for (d, pc) in backend.ports().iter().zip(&cfg.ports) {
-        if cfg.dataplane.placement == config::Placement::RunToCompletion && usize::from(d.rx_queues) < workers && d.driver != "soft" {
+        if cfg.dataplane.placement == config::Placement::RunToCompletion
+            && usize::from(d.rx_queues) < workers
+            && d.driver != "soft"
+        {
             return Err(RunError::Port {
                 port: pc.name.clone(),
-                msg: format!("{} RX queues for {workers} run-to-completion workers", d.rx_queues),
+                msg: format!(
+                    "{} RX queues for {workers} run-to-completion workers",
+                    d.rx_queues
+                ),
             });
         }
     }
     let qsbr = Arc::new(Qsbr::new(workers));
-    let sizes = FibSizes { tbl8_groups: cfg.fib.tbl8_groups, max_routes: cfg.fib.max_routes, max_next_hops: cfg.fib.max_next_hops };
+    let sizes = FibSizes {
+        tbl8_groups: cfg.fib.tbl8_groups,
+        max_routes: cfg.fib.max_routes,
+        max_next_hops: cfg.fib.max_next_hops,
+    };
     let mut fib = Fib::new(sizes, qsbr.clone());
     let mut origins = HashMap::new();
     Mgmt::<B>::install_initial_routes(&cfg, &mut fib, &mut origins).map_err(RunError::Routes)?;
@@ -69,11 +82,35 @@ pub fn run<B: Backend>(
     let stage = Ipv4Stage::new(fib.view(), ports);
     let (admin_tx, admin_rx) = mpsc::channel();
     let admin = admin::AdminServer::start(&cfg.admin.socket, cfg.admin.group.as_deref(), admin_tx)
-        .map_err(|source| RunError::Admin { path: cfg.admin.socket.display().to_string(), source })?;
-    let (engine, rings) = Engine::start(&cfg, backend.clone(), Pipeline { ipv4: stage.clone() }, qsbr).map_err(RunError::Lcores)?;
+        .map_err(|source| RunError::Admin {
+            path: cfg.admin.socket.display().to_string(),
+            source,
+        })?;
+    let (engine, rings) = Engine::start(
+        &cfg,
+        backend.clone(),
+        Pipeline {
+            ipv4: stage.clone(),
+        },
+        qsbr,
+    )
+    .map_err(RunError::Lcores)?;
     let cores = engine.counters.clone();
-    let mut mgmt = Mgmt::new(cfg, backend.clone(), fib, origins, stage, rings, cores, set_log_level);
-    tracing::info!("router running: {} ports, {} workers", backend.ports().len(), workers);
+    let mut mgmt = Mgmt::new(
+        cfg,
+        backend.clone(),
+        fib,
+        origins,
+        stage,
+        rings,
+        cores,
+        set_log_level,
+    );
+    tracing::info!(
+        "router running: {} ports, {} workers",
+        backend.ports().len(),
+        workers
+    );
     ready();
     mgmt.run(&stop, &admin_rx);
     tracing::info!("stopping lcores");

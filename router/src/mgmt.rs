@@ -11,7 +11,9 @@ use crate::fib::{Fib, NextHopKind};
 use crate::ipv4::{Ipv4Stage, PortInfo, DEFAULT_TTL};
 use crate::port::Backend;
 use packet::arp::{self, ArpPacket, ArpRepr};
-use packet::ethernet::{ethertype, EthernetAddress, EthernetFrame, EthernetRepr, HEADER_LEN as ETH_LEN};
+use packet::ethernet::{
+    ethertype, EthernetAddress, EthernetFrame, EthernetRepr, HEADER_LEN as ETH_LEN,
+};
 use packet::icmp::{self, IcmpPacket, IcmpRepr};
 use packet::ipv4::{protocol, Ipv4Packet, Ipv4Repr};
 use packet::{Buffer, PuntReason, Verdict};
@@ -105,7 +107,9 @@ pub struct Mgmt<B: Backend> {
 
 impl<B: Backend> std::fmt::Debug for Mgmt<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mgmt").field("routes", &self.fib.len()).finish()
+        f.debug_struct("Mgmt")
+            .field("routes", &self.fib.len())
+            .finish()
     }
 }
 
@@ -116,24 +120,40 @@ pub fn port_infos<B: Backend>(cfg: &Config, be: &B) -> Vec<PortInfo> {
         .zip(&cfg.ports)
         .map(|(d, pc)| PortInfo {
             name: pc.name.clone(),
-            mac: pc.mac.as_deref().and_then(|m| m.parse().ok()).unwrap_or(d.mac),
+            mac: pc
+                .mac
+                .as_deref()
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(d.mac),
             mtu: pc.mtu,
-            addrs: pc.addresses.iter().filter_map(|a| packet::ipv4::parse_prefix(a)).collect(),
+            addrs: pc
+                .addresses
+                .iter()
+                .filter_map(|a| packet::ipv4::parse_prefix(a))
+                .collect(),
         })
         .collect()
 }
 
 impl<B: Backend> Mgmt<B> {
     /// Install connected, local and configured routes into `fib`.
-    pub fn install_initial_routes(cfg: &Config, fib: &mut Fib, origins: &mut HashMap<(u32, u8), RouteOrigin>) -> Result<(), String> {
+    pub fn install_initial_routes(
+        cfg: &Config,
+        fib: &mut Fib,
+        origins: &mut HashMap<(u32, u8), RouteOrigin>,
+    ) -> Result<(), String> {
         for (port, ip, len) in cfg.addresses() {
             let net = Ipv4Addr::from(u32::from(ip) & packet::ipv4::mask(len));
             if !origins.contains_key(&(u32::from(net), len)) {
-                let nh = fib.next_hop_ref(NextHopKind::Connected, port, Ipv4Addr::UNSPECIFIED).map_err(|e| e.to_string())?;
+                let nh = fib
+                    .next_hop_ref(NextHopKind::Connected, port, Ipv4Addr::UNSPECIFIED)
+                    .map_err(|e| e.to_string())?;
                 fib.add(net, len, nh).map_err(|e| e.to_string())?;
                 origins.insert((u32::from(net), len), RouteOrigin::Connected);
             }
-            let nh = fib.next_hop_ref(NextHopKind::Local, port, Ipv4Addr::UNSPECIFIED).map_err(|e| e.to_string())?;
+            let nh = fib
+                .next_hop_ref(NextHopKind::Local, port, Ipv4Addr::UNSPECIFIED)
+                .map_err(|e| e.to_string())?;
             fib.add(ip, 32, nh).map_err(|e| e.to_string())?;
             origins.insert((u32::from(ip), 32), RouteOrigin::Local);
         }
@@ -147,11 +167,20 @@ impl<B: Backend> Mgmt<B> {
         for (i, s) in specs.into_iter().enumerate() {
             add_route(fib, origins, s, RouteOrigin::Static)?;
             if total >= 100_000 && (i + 1) % 250_000 == 0 {
-                tracing::info!("loaded {}/{} routes ({:.1}s)", i + 1, total, t0.elapsed().as_secs_f64());
+                tracing::info!(
+                    "loaded {}/{} routes ({:.1}s)",
+                    i + 1,
+                    total,
+                    t0.elapsed().as_secs_f64()
+                );
             }
         }
         if total > 0 {
-            tracing::info!("{} routes installed in {:.2}s", total, t0.elapsed().as_secs_f64());
+            tracing::info!(
+                "{} routes installed in {:.2}s",
+                total,
+                t0.elapsed().as_secs_f64()
+            );
         }
         Ok(())
     }
@@ -219,7 +248,9 @@ impl<B: Backend> Mgmt<B> {
         let mut n = 0;
         for w in 0..self.rings.punt.len() {
             while n < budget {
-                let Ok(Punted { reason, buf }) = self.rings.punt[w].pop() else { break };
+                let Ok(Punted { reason, buf }) = self.rings.punt[w].pop() else {
+                    break;
+                };
                 n += 1;
                 self.counters.punts[reason as usize].inc();
                 self.punted(reason, buf);
@@ -290,7 +321,9 @@ impl<B: Backend> Mgmt<B> {
             }
         }
         let q = self.held.entry(key).or_default();
-        if q.len() >= self.cfg.neighbours.hold_per_neighbour || self.held_total >= self.cfg.neighbours.hold_total {
+        if q.len() >= self.cfg.neighbours.hold_per_neighbour
+            || self.held_total >= self.cfg.neighbours.hold_total
+        {
             self.counters.hold_full.inc();
         } else {
             q.push_back(buf);
@@ -305,7 +338,13 @@ impl<B: Backend> Mgmt<B> {
             }
             self.neigh.insert(
                 key,
-                Neighbour { mac: None, state: NeighState::Incomplete, updated: now, probes: 1, last_probe: now },
+                Neighbour {
+                    mac: None,
+                    state: NeighState::Incomplete,
+                    updated: now,
+                    probes: 1,
+                    last_probe: now,
+                },
             );
             self.send_arp_request(key.0, key.1, None);
         } else if let Some(n) = self.neigh.get_mut(&key) {
@@ -334,10 +373,11 @@ impl<B: Backend> Mgmt<B> {
     fn install_neighbour(&mut self, port: u16, ip: Ipv4Addr, mac: EthernetAddress) {
         self.fib.resolve(port, ip, Some(mac));
         // A host on a connected subnet gets a /32 through itself.
-        let on_connected = self
-            .ports
-            .get(usize::from(port))
-            .is_some_and(|p| p.addrs.iter().any(|(a, l)| u32::from(*a) & packet::ipv4::mask(*l) == u32::from(ip) & packet::ipv4::mask(*l)));
+        let on_connected = self.ports.get(usize::from(port)).is_some_and(|p| {
+            p.addrs.iter().any(|(a, l)| {
+                u32::from(*a) & packet::ipv4::mask(*l) == u32::from(ip) & packet::ipv4::mask(*l)
+            })
+        });
         let key = (u32::from(ip), 32);
         if on_connected && !self.origins.contains_key(&key) {
             if let Ok(nh) = self.fib.next_hop_ref(NextHopKind::Gateway, port, ip) {
@@ -357,19 +397,32 @@ impl<B: Backend> Mgmt<B> {
 
     fn arp_input(&mut self, buf: &B::Buf) {
         let port = buf.port();
-        let Ok(eth) = EthernetFrame::new_checked(buf.data()) else { return };
-        let Ok(p) = ArpPacket::new_checked(eth.payload()) else { return };
+        let Ok(eth) = EthernetFrame::new_checked(buf.data()) else {
+            return;
+        };
+        let Ok(p) = ArpPacket::new_checked(eth.payload()) else {
+            return;
+        };
         let Ok(r) = ArpRepr::parse(&p) else { return };
         let key = (port, r.source_protocol_addr);
         let known = self.neigh.contains_key(&key);
-        let for_us = self.ports.get(usize::from(port)).is_some_and(|i| i.addrs.iter().any(|(a, _)| *a == r.target_protocol_addr));
+        let for_us = self
+            .ports
+            .get(usize::from(port))
+            .is_some_and(|i| i.addrs.iter().any(|(a, _)| *a == r.target_protocol_addr));
         if !known && !for_us {
             return; // Gratuitous ARP from a host we do not talk to.
         }
         let now = Instant::now();
         self.neigh.insert(
             key,
-            Neighbour { mac: Some(r.source_hardware_addr), state: NeighState::Reachable, updated: now, probes: 0, last_probe: now },
+            Neighbour {
+                mac: Some(r.source_hardware_addr),
+                state: NeighState::Reachable,
+                updated: now,
+                probes: 0,
+                last_probe: now,
+            },
         );
         self.counters.arp_learned.inc();
         self.install_neighbour(port, r.source_protocol_addr, r.source_hardware_addr);
@@ -394,18 +447,28 @@ impl<B: Backend> Mgmt<B> {
     }
 
     fn send_arp_request(&mut self, port: u16, target: Ipv4Addr, unicast: Option<EthernetAddress>) {
-        let Some(info) = self.ports.get(usize::from(port)).cloned() else { return };
+        let Some(info) = self.ports.get(usize::from(port)).cloned() else {
+            return;
+        };
         let src_ip = info
             .addrs
             .iter()
-            .find(|(a, l)| u32::from(*a) & packet::ipv4::mask(*l) == u32::from(target) & packet::ipv4::mask(*l))
+            .find(|(a, l)| {
+                u32::from(*a) & packet::ipv4::mask(*l) == u32::from(target) & packet::ipv4::mask(*l)
+            })
             .or(info.addrs.first())
             .map_or(Ipv4Addr::UNSPECIFIED, |(a, _)| *a);
-        let Some(mut b) = self.alloc_frame(ETH_LEN + arp::PACKET_LEN) else { return };
+        let Some(mut b) = self.alloc_frame(ETH_LEN + arp::PACKET_LEN) else {
+            return;
+        };
         {
             let mut eth = EthernetFrame::new_unchecked(b.data_mut());
-            EthernetRepr { src_addr: info.mac, dst_addr: unicast.unwrap_or(EthernetAddress::BROADCAST), ethertype: ethertype::ARP }
-                .emit(&mut eth);
+            EthernetRepr {
+                src_addr: info.mac,
+                dst_addr: unicast.unwrap_or(EthernetAddress::BROADCAST),
+                ethertype: ethertype::ARP,
+            }
+            .emit(&mut eth);
             ArpRepr {
                 operation: arp::op::REQUEST,
                 source_hardware_addr: info.mac,
@@ -423,7 +486,9 @@ impl<B: Backend> Mgmt<B> {
     fn icmp_allowed(&mut self) -> bool {
         let rate = f64::from(self.cfg.icmp.errors_per_sec);
         let now = Instant::now();
-        self.icmp_tokens = (self.icmp_tokens + now.duration_since(self.icmp_last).as_secs_f64() * rate).min(rate.max(1.0));
+        self.icmp_tokens = (self.icmp_tokens
+            + now.duration_since(self.icmp_last).as_secs_f64() * rate)
+            .min(rate.max(1.0));
         self.icmp_last = now;
         if self.icmp_tokens >= 1.0 {
             self.icmp_tokens -= 1.0;
@@ -437,9 +502,19 @@ impl<B: Backend> Mgmt<B> {
     /// Answer the packet in `orig` (an Ethernet frame) with an ICMP error.
     fn icmp_error(&mut self, orig: &B::Buf, kind: u8, code: u8, mtu: u16) {
         let in_port = orig.port();
-        let Some(ip) = orig.data().get(ETH_LEN..).and_then(|b| Ipv4Packet::new_checked(b).ok()) else { return };
+        let Some(ip) = orig
+            .data()
+            .get(ETH_LEN..)
+            .and_then(|b| Ipv4Packet::new_checked(b).ok())
+        else {
+            return;
+        };
         // RFC 1812 4.3.2.7: no errors about ICMP errors, non-first fragments, or broadcasts.
-        if ip.frag_offset() != 0 || u32::from(ip.src_addr()) == 0 || ip.src_addr().is_broadcast() || ip.src_addr().is_multicast() {
+        if ip.frag_offset() != 0
+            || u32::from(ip.src_addr()) == 0
+            || ip.src_addr().is_broadcast()
+            || ip.src_addr().is_multicast()
+        {
             return;
         }
         if ip.protocol() == protocol::ICMP {
@@ -461,8 +536,15 @@ impl<B: Backend> Mgmt<B> {
         let quoted = ip.into_inner()[..quoted_len].to_vec();
         let dst = Ipv4Packet::new_unchecked(&quoted[..]).src_addr();
         let repr = match kind {
-            icmp::kind::TIME_EXCEEDED => IcmpRepr::TimeExceeded { code, data: &quoted },
-            _ => IcmpRepr::DstUnreachable { code, mtu, data: &quoted },
+            icmp::kind::TIME_EXCEEDED => IcmpRepr::TimeExceeded {
+                code,
+                data: &quoted,
+            },
+            _ => IcmpRepr::DstUnreachable {
+                code,
+                mtu,
+                data: &quoted,
+            },
         };
         self.send_ip(src, dst, protocol::ICMP, repr.buffer_len(), |payload| {
             repr.emit(&mut IcmpPacket::new_unchecked(payload));
@@ -470,8 +552,17 @@ impl<B: Backend> Mgmt<B> {
     }
 
     /// Build and route an IPv4 packet from the router.
-    fn send_ip(&mut self, src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload_len: usize, fill: impl FnOnce(&mut [u8])) {
-        let Some(mut b) = self.alloc_frame(ETH_LEN + 20 + payload_len) else { return };
+    fn send_ip(
+        &mut self,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        proto: u8,
+        payload_len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) {
+        let Some(mut b) = self.alloc_frame(ETH_LEN + 20 + payload_len) else {
+            return;
+        };
         self.ip_ident = self.ip_ident.wrapping_add(1);
         {
             let mut eth = EthernetFrame::new_unchecked(b.data_mut());
@@ -494,7 +585,13 @@ impl<B: Backend> Mgmt<B> {
     }
 
     fn local_input(&mut self, buf: &B::Buf) {
-        let Some(ip) = buf.data().get(ETH_LEN..).and_then(|b| Ipv4Packet::new_checked(b).ok()) else { return };
+        let Some(ip) = buf
+            .data()
+            .get(ETH_LEN..)
+            .and_then(|b| Ipv4Packet::new_checked(b).ok())
+        else {
+            return;
+        };
         match ip.protocol() {
             protocol::UDP => {
                 self.counters.icmp_unreachable.inc();
@@ -503,7 +600,12 @@ impl<B: Backend> Mgmt<B> {
             protocol::ICMP | protocol::TCP => self.counters.local_dropped.inc(),
             _ => {
                 self.counters.icmp_unreachable.inc();
-                self.icmp_error(buf, icmp::kind::DEST_UNREACHABLE, icmp::unreach::PROTOCOL, 0);
+                self.icmp_error(
+                    buf,
+                    icmp::kind::DEST_UNREACHABLE,
+                    icmp::unreach::PROTOCOL,
+                    0,
+                );
             }
         }
     }
@@ -512,12 +614,24 @@ impl<B: Backend> Mgmt<B> {
     /// otherwise fragment it (RFC 791) and send the pieces.
     fn fragment_or_refuse(&mut self, buf: B::Buf) {
         let frame = buf.data();
-        let Some(ip) = frame.get(ETH_LEN..).and_then(|b| Ipv4Packet::new_checked(b).ok()) else { return };
-        let Some(nh) = self.stage.next_hop(ip.dst_addr()) else { return };
+        let Some(ip) = frame
+            .get(ETH_LEN..)
+            .and_then(|b| Ipv4Packet::new_checked(b).ok())
+        else {
+            return;
+        };
+        let Some(nh) = self.stage.next_hop(ip.dst_addr()) else {
+            return;
+        };
         let mtu = self.ports.get(usize::from(nh.port)).map_or(1500, |p| p.mtu);
         if ip.dont_frag() {
             self.counters.icmp_frag_needed.inc();
-            self.icmp_error(&buf, icmp::kind::DEST_UNREACHABLE, icmp::unreach::FRAG_NEEDED, mtu);
+            self.icmp_error(
+                &buf,
+                icmp::kind::DEST_UNREACHABLE,
+                icmp::unreach::FRAG_NEEDED,
+                mtu,
+            );
             return;
         }
         let hl = usize::from(ip.header_len());
@@ -534,7 +648,9 @@ impl<B: Backend> Mgmt<B> {
         let mut off = 0;
         while off < payload.len() {
             let end = (off + step).min(payload.len());
-            let Some(mut b) = self.alloc_frame(ETH_LEN + hl + (end - off)) else { return };
+            let Some(mut b) = self.alloc_frame(ETH_LEN + hl + (end - off)) else {
+                return;
+            };
             {
                 let d = b.data_mut();
                 d[..ETH_LEN].copy_from_slice(&eth_hdr);
@@ -542,7 +658,11 @@ impl<B: Backend> Mgmt<B> {
                 d[ETH_LEN + hl..].copy_from_slice(&payload[off..end]);
                 let mut p = Ipv4Packet::new_unchecked(&mut d[ETH_LEN..]);
                 p.set_total_len((hl + end - off) as u16);
-                p.set_flags_frag(false, end < payload.len() || last_mf, (base_off + off) as u16);
+                p.set_flags_frag(
+                    false,
+                    end < payload.len() || last_mf,
+                    (base_off + off) as u16,
+                );
                 p.fill_checksum();
             }
             b.set_port(in_port);
@@ -561,7 +681,9 @@ impl<B: Backend> Mgmt<B> {
         let mut failed = Vec::new();
         for (k, n) in self.neigh.iter_mut() {
             match n.state {
-                NeighState::Incomplete | NeighState::Probe if now.duration_since(n.last_probe) >= retry => {
+                NeighState::Incomplete | NeighState::Probe
+                    if now.duration_since(n.last_probe) >= retry =>
+                {
                     if n.probes >= retries {
                         n.state = NeighState::Failed;
                         n.updated = now;
@@ -569,7 +691,14 @@ impl<B: Backend> Mgmt<B> {
                     } else {
                         n.probes += 1;
                         n.last_probe = now;
-                        probe.push((*k, if n.state == NeighState::Probe { n.mac } else { None }));
+                        probe.push((
+                            *k,
+                            if n.state == NeighState::Probe {
+                                n.mac
+                            } else {
+                                None
+                            },
+                        ));
                     }
                 }
                 NeighState::Reachable if now.duration_since(n.updated) >= reach => {
@@ -600,7 +729,9 @@ impl<B: Backend> Mgmt<B> {
             }
         }
         // Forget failed neighbours after a while so the table stays bounded.
-        self.neigh.retain(|_, n| !(n.state == NeighState::Failed && now.duration_since(n.updated) > reach));
+        self.neigh.retain(|_, n| {
+            !(n.state == NeighState::Failed && now.duration_since(n.updated) > reach)
+        });
     }
 
     /// Aggregated statistics.
@@ -628,10 +759,30 @@ impl<B: Backend> Mgmt<B> {
             })
             .collect();
         let c = &self.counters;
-        let mut mgmt = counter_json!(c, arp_requests_sent, arp_learned, held, hold_full, released, resolve_failed,
-            icmp_time_exceeded, icmp_unreachable, icmp_frag_needed, icmp_rate_limited, fragmented, no_route,
-            inject_full, alloc_failed, local_dropped, admin_requests, admin_errors);
-        mgmt["punts"] = PuntReason::ALL.iter().map(|r| (r.name().to_string(), json!(c.punts[*r as usize].get()))).collect();
+        let mut mgmt = counter_json!(
+            c,
+            arp_requests_sent,
+            arp_learned,
+            held,
+            hold_full,
+            released,
+            resolve_failed,
+            icmp_time_exceeded,
+            icmp_unreachable,
+            icmp_frag_needed,
+            icmp_rate_limited,
+            fragmented,
+            no_route,
+            inject_full,
+            alloc_failed,
+            local_dropped,
+            admin_requests,
+            admin_errors
+        );
+        mgmt["punts"] = PuntReason::ALL
+            .iter()
+            .map(|r| (r.name().to_string(), json!(c.punts[*r as usize].get())))
+            .collect();
         mgmt["held_now"] = json!(self.held_total);
         json!({
             "uptime_secs": self.started.elapsed().as_secs_f64(),
@@ -745,11 +896,20 @@ impl<B: Backend> Mgmt<B> {
 }
 
 /// Add a validated route to the FIB, recording its origin.
-pub fn add_route(fib: &mut Fib, origins: &mut HashMap<(u32, u8), RouteOrigin>, s: RouteSpec, origin: RouteOrigin) -> Result<(), String> {
+pub fn add_route(
+    fib: &mut Fib,
+    origins: &mut HashMap<(u32, u8), RouteOrigin>,
+    s: RouteSpec,
+    origin: RouteOrigin,
+) -> Result<(), String> {
     let nh = match s.target {
         RouteTarget::Via { gateway, port } => fib.next_hop_ref(NextHopKind::Gateway, port, gateway),
-        RouteTarget::Port(port) => fib.next_hop_ref(NextHopKind::Connected, port, Ipv4Addr::UNSPECIFIED),
-        RouteTarget::Blackhole => fib.next_hop_ref(NextHopKind::Blackhole, 0, Ipv4Addr::UNSPECIFIED),
+        RouteTarget::Port(port) => {
+            fib.next_hop_ref(NextHopKind::Connected, port, Ipv4Addr::UNSPECIFIED)
+        }
+        RouteTarget::Blackhole => {
+            fib.next_hop_ref(NextHopKind::Blackhole, 0, Ipv4Addr::UNSPECIFIED)
+        }
     }
     .map_err(|e| e.to_string())?;
     if let Err(e) = fib.add(s.prefix, s.len, nh) {

@@ -24,7 +24,9 @@ pub struct Qsbr {
 impl Qsbr {
     /// Tracking for `workers` readers, all offline.
     pub fn new(workers: usize) -> Self {
-        Qsbr { slots: (0..workers).map(|_| Slot::default()).collect() }
+        Qsbr {
+            slots: (0..workers).map(|_| Slot::default()).collect(),
+        }
     }
 
     /// Number of tracked readers.
@@ -64,7 +66,11 @@ impl Qsbr {
     /// Wait until every online reader has passed a quiescent point. Returns false when a reader
     /// did not move within `timeout` (it is wedged; the caller should leak rather than reuse).
     pub fn synchronize(&self, timeout: Duration) -> bool {
-        let snap: Vec<u64> = self.slots.iter().map(|s| s.counter.load(Ordering::Acquire)).collect();
+        let snap: Vec<u64> = self
+            .slots
+            .iter()
+            .map(|s| s.counter.load(Ordering::Acquire))
+            .collect();
         let start = Instant::now();
         for (s, &c) in self.slots.iter().zip(&snap) {
             loop {

@@ -23,12 +23,18 @@ pub enum DpdkError {
     #[error("mbuf pool: {0} (mempool.mbufs / mempool.mbuf_size, or give EAL more memory with -m)")]
     Pool(String),
     #[error("ports[{index}] ({device}): {msg}")]
-    Port { index: usize, device: String, msg: String },
+    Port {
+        index: usize,
+        device: String,
+        msg: String,
+    },
 }
 
 fn errno_str(code: i32) -> String {
     // SAFETY: rte_strerror returns a pointer to a static or thread-local NUL-terminated string.
-    unsafe { CStr::from_ptr(sys::rte_strerror(code.abs())) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(sys::rte_strerror(code.abs())) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn rte_errno() -> i32 {
@@ -71,13 +77,23 @@ impl Buffer for Mbuf {
         let m = self.m();
         // SAFETY: buf_addr + data_off .. + data_len lies inside the mbuf's data room
         // (DPDK's invariant for a single-segment mbuf), and we own the mbuf.
-        unsafe { std::slice::from_raw_parts((m.buf_addr as *const u8).add(usize::from(m.data_off)), usize::from(m.data_len)) }
+        unsafe {
+            std::slice::from_raw_parts(
+                (m.buf_addr as *const u8).add(usize::from(m.data_off)),
+                usize::from(m.data_len),
+            )
+        }
     }
     #[inline]
     fn data_mut(&mut self) -> &mut [u8] {
         let m = self.m_mut();
         // SAFETY: as in `data`, with exclusive access through &mut self.
-        unsafe { std::slice::from_raw_parts_mut((m.buf_addr as *mut u8).add(usize::from(m.data_off)), usize::from(m.data_len)) }
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                (m.buf_addr as *mut u8).add(usize::from(m.data_off)),
+                usize::from(m.data_len),
+            )
+        }
     }
     #[inline]
     fn headroom(&self) -> usize {
@@ -142,8 +158,12 @@ static EAL: OnceLock<Result<(), String>> = OnceLock::new();
 /// Initialise EAL with `args` (argv[0] included), once per process.
 pub fn eal_init(args: &[String]) -> Result<(), DpdkError> {
     let res = EAL.get_or_init(|| {
-        let cargs: Vec<CString> = args.iter().map(|a| CString::new(a.as_str()).unwrap_or_default()).collect();
-        let mut argv: Vec<*mut std::os::raw::c_char> = cargs.iter().map(|c| c.as_ptr() as *mut _).collect();
+        let cargs: Vec<CString> = args
+            .iter()
+            .map(|a| CString::new(a.as_str()).unwrap_or_default())
+            .collect();
+        let mut argv: Vec<*mut std::os::raw::c_char> =
+            cargs.iter().map(|c| c.as_ptr() as *mut _).collect();
         argv.push(std::ptr::null_mut());
         // SAFETY: argv holds argc valid NUL-terminated strings followed by NULL; EAL may permute
         // the pointer array but not the strings, which outlive the call (EAL copies what it keeps).
@@ -175,7 +195,11 @@ unsafe impl Sync for DpdkBackend {}
 
 fn looks_like_pci(dev: &str) -> bool {
     let b = dev.as_bytes();
-    b.len() >= 7 && dev.contains(':') && dev.contains('.') && !dev.contains(',') && b[0].is_ascii_hexdigit()
+    b.len() >= 7
+        && dev.contains(':')
+        && dev.contains('.')
+        && !dev.contains(',')
+        && b[0].is_ascii_hexdigit()
 }
 
 /// Build the EAL argument vector for a config: the user's `eal.args`, one `--vdev` or `-a`
@@ -183,7 +207,11 @@ fn looks_like_pci(dev: &str) -> bool {
 pub fn eal_args(cfg: &Config) -> Vec<String> {
     let mut v = vec!["router".to_string()];
     v.extend(cfg.eal.args.iter().cloned());
-    let has_cores = cfg.eal.args.iter().any(|a| a == "-l" || a == "-c" || a.starts_with("--lcores") || a.starts_with("-l"));
+    let has_cores = cfg
+        .eal
+        .args
+        .iter()
+        .any(|a| a == "-l" || a == "-c" || a.starts_with("--lcores") || a.starts_with("-l"));
     if !has_cores {
         v.push("-l".into());
         v.push(cfg.dataplane.mgmt_cpu.unwrap_or(0).to_string());
@@ -212,20 +240,35 @@ impl DpdkBackend {
         let name = CString::new(format!("router_pool_{}", std::process::id())).unwrap_or_default();
         // SAFETY: EAL is initialised; the name is NUL-terminated; sizes are validated by config.
         let pool = unsafe {
-            sys::rte_pktmbuf_pool_create(name.as_ptr(), cfg.mempool.mbufs, cfg.mempool.cache, 0, cfg.mempool.mbuf_size, -1)
+            sys::rte_pktmbuf_pool_create(
+                name.as_ptr(),
+                cfg.mempool.mbufs,
+                cfg.mempool.cache,
+                0,
+                cfg.mempool.mbuf_size,
+                -1,
+            )
         };
         let pool = NonNull::new(pool).ok_or_else(|| DpdkError::Pool(errno_str(rte_errno())))?;
         let mut ids = Vec::new();
         let mut descs = Vec::new();
         for (index, p) in cfg.ports.iter().enumerate() {
-            let perr = |msg: String| DpdkError::Port { index, device: p.device.clone(), msg };
+            let perr = |msg: String| DpdkError::Port {
+                index,
+                device: p.device.clone(),
+                msg,
+            };
             let dev_name = p.device.split(',').next().unwrap_or_default();
-            let cname = CString::new(dev_name).map_err(|_| perr("device name has a NUL byte".into()))?;
+            let cname =
+                CString::new(dev_name).map_err(|_| perr("device name has a NUL byte".into()))?;
             let mut id: u16 = 0;
             // SAFETY: valid C string and out-pointer.
             let rc = unsafe { sys::rte_eth_dev_get_port_by_name(cname.as_ptr(), &mut id) };
             if rc != 0 {
-                return Err(perr(format!("no such DPDK device {dev_name:?} ({})", errno_str(rc))));
+                return Err(perr(format!(
+                    "no such DPDK device {dev_name:?} ({})",
+                    errno_str(rc)
+                )));
             }
             let mut info = sys::rte_eth_dev_info::default();
             // SAFETY: valid port id and out-pointer to a default-initialised struct.
@@ -255,12 +298,15 @@ impl DpdkBackend {
             let socket = if socket < 0 { u32::MAX } else { socket as u32 };
             for q in 0..queues {
                 // SAFETY: configured port, queue < configured count, pool valid; NULL conf = defaults.
-                let rc = unsafe { sys::rte_eth_rx_queue_setup(id, q, rxd, socket, std::ptr::null(), pool.as_ptr()) };
+                let rc = unsafe {
+                    sys::rte_eth_rx_queue_setup(id, q, rxd, socket, std::ptr::null(), pool.as_ptr())
+                };
                 if rc != 0 {
                     return Err(perr(format!("rx queue {q}: {}", errno_str(rc))));
                 }
                 // SAFETY: as above.
-                let rc = unsafe { sys::rte_eth_tx_queue_setup(id, q, txd, socket, std::ptr::null()) };
+                let rc =
+                    unsafe { sys::rte_eth_tx_queue_setup(id, q, txd, socket, std::ptr::null()) };
                 if rc != 0 {
                     return Err(perr(format!("tx queue {q}: {}", errno_str(rc))));
                 }
@@ -286,7 +332,9 @@ impl DpdkBackend {
                 String::new()
             } else {
                 // SAFETY: driver_name is a static NUL-terminated string owned by the driver.
-                unsafe { CStr::from_ptr(info.driver_name) }.to_string_lossy().into_owned()
+                unsafe { CStr::from_ptr(info.driver_name) }
+                    .to_string_lossy()
+                    .into_owned()
             };
             tracing::info!("port {} ({}): dpdk port {id}, driver {driver}, {queues} queue pairs, {rxd}/{txd} descriptors", p.name, p.device);
             ids.push(id);
@@ -314,11 +362,15 @@ impl Backend for DpdkBackend {
 
     #[inline]
     fn rx_burst(&self, port: u16, queue: u16, out: &mut Vec<Mbuf>) -> usize {
-        let Some(&id) = self.ids.get(usize::from(port)) else { return 0 };
+        let Some(&id) = self.ids.get(usize::from(port)) else {
+            return 0;
+        };
         let room = (out.capacity() - out.len()).min(MAX_BURST);
         let mut raw: [*mut sys::rte_mbuf; MAX_BURST] = [std::ptr::null_mut(); MAX_BURST];
         // SAFETY: raw has room for `room` pointers; this thread owns (port, queue) for RX.
-        let n = usize::from(unsafe { sys::shim_rte_eth_rx_burst(id, queue, raw.as_mut_ptr(), room as u16) });
+        let n = usize::from(unsafe {
+            sys::shim_rte_eth_rx_burst(id, queue, raw.as_mut_ptr(), room as u16)
+        });
         for &m in &raw[..n] {
             let Some(nn) = NonNull::new(m) else { continue };
             let mut b = Mbuf(nn);
@@ -334,7 +386,9 @@ impl Backend for DpdkBackend {
 
     #[inline]
     fn tx_burst(&self, port: u16, queue: u16, pkts: &mut Vec<Mbuf>) -> usize {
-        let Some(&id) = self.ids.get(usize::from(port)) else { return 0 };
+        let Some(&id) = self.ids.get(usize::from(port)) else {
+            return 0;
+        };
         let mut sent = 0usize;
         while sent < pkts.len() {
             let chunk = (pkts.len() - sent).min(MAX_BURST);
@@ -342,7 +396,12 @@ impl Backend for DpdkBackend {
             // array of valid rte_mbuf pointers; this thread owns (port, queue) for TX. The driver
             // takes ownership of the first `n` mbufs.
             let n = usize::from(unsafe {
-                sys::shim_rte_eth_tx_burst(id, queue, pkts.as_mut_ptr().add(sent).cast::<*mut sys::rte_mbuf>(), chunk as u16)
+                sys::shim_rte_eth_tx_burst(
+                    id,
+                    queue,
+                    pkts.as_mut_ptr().add(sent).cast::<*mut sys::rte_mbuf>(),
+                    chunk as u16,
+                )
             });
             sent += n;
             if n < chunk {
@@ -399,7 +458,9 @@ impl Backend for DpdkBackend {
 
     fn pool_free(&self) -> Option<u64> {
         // SAFETY: the pool is valid.
-        Some(u64::from(unsafe { sys::shim_rte_mempool_avail_count(self.pool.as_ptr()) }))
+        Some(u64::from(unsafe {
+            sys::shim_rte_mempool_avail_count(self.pool.as_ptr())
+        }))
     }
 
     fn shutdown(&self) {

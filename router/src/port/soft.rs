@@ -40,7 +40,10 @@ impl Wire {
 #[derive(Debug, Clone)]
 pub enum SoftPortSpec {
     /// Read frames from `rx` (if any) at start; write transmitted frames to `tx` at shutdown.
-    Pcap { rx: Option<PathBuf>, tx: Option<PathBuf> },
+    Pcap {
+        rx: Option<PathBuf>,
+        tx: Option<PathBuf>,
+    },
     /// An in-memory wire.
     Memory(Arc<Wire>),
 }
@@ -82,8 +85,19 @@ impl SoftBackend {
                     (w, tx, dev)
                 }
             };
-            descs.push(PortDesc { name, device, mac, rx_queues: 1, tx_queues: u16::MAX, driver: "soft".into() });
-            ports.push(SoftPort { wire, tx_file, stats: Default::default() });
+            descs.push(PortDesc {
+                name,
+                device,
+                mac,
+                rx_queues: 1,
+                tx_queues: u16::MAX,
+                driver: "soft".into(),
+            });
+            ports.push(SoftPort {
+                wire,
+                tx_file,
+                stats: Default::default(),
+            });
         }
         Ok(SoftBackend { descs, ports })
     }
@@ -97,7 +111,9 @@ impl Backend for SoftBackend {
     }
 
     fn rx_burst(&self, port: u16, queue: u16, out: &mut Vec<HeapBuffer>) -> usize {
-        let Some(p) = self.ports.get(usize::from(port)) else { return 0 };
+        let Some(p) = self.ports.get(usize::from(port)) else {
+            return 0;
+        };
         if queue != 0 {
             return 0;
         }
@@ -115,7 +131,9 @@ impl Backend for SoftBackend {
     }
 
     fn tx_burst(&self, port: u16, _queue: u16, pkts: &mut Vec<HeapBuffer>) -> usize {
-        let Some(p) = self.ports.get(usize::from(port)) else { return 0 };
+        let Some(p) = self.ports.get(usize::from(port)) else {
+            return 0;
+        };
         let n = pkts.len();
         let mut tx = lock(&p.wire.tx);
         for b in pkts.drain(..) {
