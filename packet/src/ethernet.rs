@@ -13,24 +13,29 @@ impl EthernetAddress {
     /// 00:00:00:00:00:00
     pub const ZERO: EthernetAddress = EthernetAddress([0; 6]);
 
+    #[inline]
     /// From a slice of exactly six bytes.
     pub fn from_bytes(b: &[u8]) -> Option<Self> {
         Some(EthernetAddress(b.try_into().ok()?))
     }
+    #[inline]
     /// Group (multicast or broadcast) bit set.
     pub fn is_multicast(&self) -> bool {
         self.0[0] & 1 != 0
     }
+    #[inline]
     /// All ones.
     pub fn is_broadcast(&self) -> bool {
         *self == Self::BROADCAST
     }
+    #[inline]
     /// Pack into the low 48 bits of a u64.
     pub fn to_u64(&self) -> u64 {
         let mut b = [0u8; 8];
         b[2..].copy_from_slice(&self.0);
         u64::from_be_bytes(b)
     }
+    #[inline]
     /// Unpack from the low 48 bits of a u64.
     pub fn from_u64(v: u64) -> Self {
         let b = v.to_be_bytes();
@@ -39,6 +44,7 @@ impl EthernetAddress {
 }
 
 impl fmt::Display for EthernetAddress {
+    #[inline]
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
         write!(
@@ -50,6 +56,7 @@ impl fmt::Display for EthernetAddress {
 }
 
 impl fmt::Debug for EthernetAddress {
+    #[inline]
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
     }
@@ -57,6 +64,7 @@ impl fmt::Debug for EthernetAddress {
 
 impl core::str::FromStr for EthernetAddress {
     type Err = Error;
+    #[inline]
     fn from_str(s: &str) -> Result<Self> {
         let mut out = [0u8; 6];
         let mut n = 0;
@@ -100,10 +108,12 @@ pub struct EthernetFrame<T: AsRef<[u8]>> {
 }
 
 impl<T: AsRef<[u8]>> EthernetFrame<T> {
+    #[inline]
     /// Wrap without checking.
     pub const fn new_unchecked(buffer: T) -> Self {
         EthernetFrame { buffer }
     }
+    #[inline]
     /// Wrap, checking the buffer holds a header.
     pub fn new_checked(buffer: T) -> Result<Self> {
         if buffer.as_ref().len() < HEADER_LEN {
@@ -111,10 +121,12 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
         }
         Ok(EthernetFrame { buffer })
     }
+    #[inline]
     /// The wrapped buffer.
     pub fn into_inner(self) -> T {
         self.buffer
     }
+    #[inline]
     pub fn dst_addr(&self) -> EthernetAddress {
         EthernetAddress(
             self.buffer.as_ref()[field::DST]
@@ -122,6 +134,7 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
                 .unwrap_or([0; 6]),
         )
     }
+    #[inline]
     pub fn src_addr(&self) -> EthernetAddress {
         EthernetAddress(
             self.buffer.as_ref()[field::SRC]
@@ -129,24 +142,30 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
                 .unwrap_or([0; 6]),
         )
     }
+    #[inline]
     pub fn ethertype(&self) -> u16 {
         be16(self.buffer.as_ref(), field::ETHERTYPE)
     }
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[field::PAYLOAD]
     }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> EthernetFrame<T> {
+    #[inline]
     pub fn set_dst_addr(&mut self, a: EthernetAddress) {
         self.buffer.as_mut()[field::DST].copy_from_slice(&a.0);
     }
+    #[inline]
     pub fn set_src_addr(&mut self, a: EthernetAddress) {
         self.buffer.as_mut()[field::SRC].copy_from_slice(&a.0);
     }
+    #[inline]
     pub fn set_ethertype(&mut self, v: u16) {
         put16(self.buffer.as_mut(), field::ETHERTYPE, v);
     }
+    #[inline]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         &mut self.buffer.as_mut()[field::PAYLOAD]
     }
@@ -161,6 +180,7 @@ pub struct EthernetRepr {
 }
 
 impl EthernetRepr {
+    #[inline]
     pub fn parse<T: AsRef<[u8]>>(f: &EthernetFrame<T>) -> Result<Self> {
         Ok(EthernetRepr {
             src_addr: f.src_addr(),
@@ -168,9 +188,11 @@ impl EthernetRepr {
             ethertype: f.ethertype(),
         })
     }
+    #[inline]
     pub const fn buffer_len(&self) -> usize {
         HEADER_LEN
     }
+    #[inline]
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, f: &mut EthernetFrame<T>) {
         f.set_src_addr(self.src_addr);
         f.set_dst_addr(self.dst_addr);

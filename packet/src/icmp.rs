@@ -39,69 +39,88 @@ pub struct IcmpPacket<T: AsRef<[u8]>> {
 }
 
 impl<T: AsRef<[u8]>> IcmpPacket<T> {
+    #[inline]
     pub const fn new_unchecked(buffer: T) -> Self {
         IcmpPacket { buffer }
     }
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self> {
         if buffer.as_ref().len() < HEADER_LEN {
             return Err(Error::Truncated);
         }
         Ok(IcmpPacket { buffer })
     }
+    #[inline]
     pub fn msg_type(&self) -> u8 {
         self.buffer.as_ref()[field::TYPE]
     }
+    #[inline]
     pub fn msg_code(&self) -> u8 {
         self.buffer.as_ref()[field::CODE]
     }
+    #[inline]
     pub fn checksum(&self) -> u16 {
         be16(self.buffer.as_ref(), field::CHECKSUM)
     }
+    #[inline]
     pub fn echo_ident(&self) -> u16 {
         be16(self.buffer.as_ref(), field::IDENT)
     }
+    #[inline]
     pub fn echo_seq_no(&self) -> u16 {
         be16(self.buffer.as_ref(), field::SEQ)
     }
+    #[inline]
     pub fn data(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..]
     }
+    #[inline]
     pub fn verify_checksum(&self) -> bool {
         checksum::fold(checksum::sum(self.buffer.as_ref())) == 0xffff
     }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> IcmpPacket<T> {
+    #[inline]
     pub fn set_msg_type(&mut self, v: u8) {
         self.buffer.as_mut()[field::TYPE] = v
     }
+    #[inline]
     pub fn set_msg_code(&mut self, v: u8) {
         self.buffer.as_mut()[field::CODE] = v
     }
+    #[inline]
     pub fn set_checksum(&mut self, v: u16) {
         put16(self.buffer.as_mut(), field::CHECKSUM, v)
     }
+    #[inline]
     pub fn set_echo_ident(&mut self, v: u16) {
         put16(self.buffer.as_mut(), field::IDENT, v)
     }
+    #[inline]
     pub fn set_echo_seq_no(&mut self, v: u16) {
         put16(self.buffer.as_mut(), field::SEQ, v)
     }
+    #[inline]
     /// Rest-of-header word (unused = 0, or next-hop MTU for frag-needed).
     pub fn set_rest(&mut self, v: u32) {
         self.buffer.as_mut()[4..8].copy_from_slice(&v.to_be_bytes())
     }
+    #[inline]
     pub fn set_next_hop_mtu(&mut self, mtu: u16) {
         put16(self.buffer.as_mut(), field::MTU, mtu)
     }
+    #[inline]
     pub fn data_mut(&mut self) -> &mut [u8] {
         &mut self.buffer.as_mut()[HEADER_LEN..]
     }
+    #[inline]
     pub fn fill_checksum(&mut self) {
         self.set_checksum(0);
         let c = checksum::checksum(self.buffer.as_ref());
         self.set_checksum(c);
     }
+    #[inline]
     /// Turn an echo request into an echo reply in place, patching the checksum (RFC 1624).
     pub fn echo_request_to_reply(&mut self) {
         let c = checksum::update16(
@@ -140,6 +159,7 @@ pub enum IcmpRepr<'a> {
 }
 
 impl<'a> IcmpRepr<'a> {
+    #[inline]
     pub fn parse<T: AsRef<[u8]> + ?Sized>(p: &'a IcmpPacket<&'a T>) -> Result<Self> {
         if !p.verify_checksum() {
             return Err(Error::Checksum);
@@ -166,6 +186,7 @@ impl<'a> IcmpRepr<'a> {
             _ => return Err(Error::Unsupported),
         })
     }
+    #[inline]
     pub fn buffer_len(&self) -> usize {
         HEADER_LEN
             + match self {
@@ -175,6 +196,7 @@ impl<'a> IcmpRepr<'a> {
                 | IcmpRepr::TimeExceeded { data, .. } => data.len(),
             }
     }
+    #[inline]
     /// Emit into a buffer of at least `buffer_len()` bytes, with the checksum.
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, p: &mut IcmpPacket<T>) {
         p.set_rest(0);

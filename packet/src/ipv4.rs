@@ -36,16 +36,19 @@ pub struct Ipv4Packet<T: AsRef<[u8]>> {
 }
 
 impl<T: AsRef<[u8]>> Ipv4Packet<T> {
+    #[inline]
     pub const fn new_unchecked(buffer: T) -> Self {
         Ipv4Packet { buffer }
     }
 
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self> {
         let p = Ipv4Packet { buffer };
         p.check_len()?;
         Ok(p)
     }
 
+    #[inline]
     /// Verify lengths: version 4, 20 ≤ IHL·4 ≤ total length ≤ buffer length.
     pub fn check_len(&self) -> Result<()> {
         let len = self.buffer.as_ref().len();
@@ -69,67 +72,91 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         Ok(())
     }
 
+    #[inline]
     pub fn into_inner(self) -> T {
         self.buffer
     }
+    #[inline]
     pub fn version(&self) -> u8 {
         self.buffer.as_ref()[field::VER_IHL] >> 4
     }
+    #[inline]
     /// Header length in bytes.
     pub fn header_len(&self) -> u8 {
         (self.buffer.as_ref()[field::VER_IHL] & 0x0f) * 4
     }
+    #[inline]
     pub fn tos(&self) -> u8 {
         self.buffer.as_ref()[field::TOS]
     }
+    #[inline]
     pub fn total_len(&self) -> u16 {
         be16(self.buffer.as_ref(), field::LENGTH)
     }
+    #[inline]
     pub fn ident(&self) -> u16 {
         be16(self.buffer.as_ref(), field::IDENT)
     }
+    #[inline]
     pub fn dont_frag(&self) -> bool {
         be16(self.buffer.as_ref(), field::FLG_OFF) & 0x4000 != 0
     }
+    #[inline]
     pub fn more_frags(&self) -> bool {
         be16(self.buffer.as_ref(), field::FLG_OFF) & 0x2000 != 0
     }
+    #[inline]
     /// Fragment offset in bytes.
     pub fn frag_offset(&self) -> u16 {
         (be16(self.buffer.as_ref(), field::FLG_OFF) & 0x1fff) << 3
     }
+    #[inline]
     /// True when this is any fragment of a larger datagram.
     pub fn is_fragment(&self) -> bool {
         be16(self.buffer.as_ref(), field::FLG_OFF) & 0x3fff != 0
     }
+    #[inline]
     pub fn ttl(&self) -> u8 {
         self.buffer.as_ref()[field::TTL]
     }
+    #[inline]
     pub fn protocol(&self) -> u8 {
         self.buffer.as_ref()[field::PROTOCOL]
     }
+    #[inline]
     pub fn checksum(&self) -> u16 {
         be16(self.buffer.as_ref(), field::CHECKSUM)
     }
+    #[inline]
     pub fn src_addr(&self) -> Ipv4Addr {
         ip_at(self.buffer.as_ref(), field::SRC)
     }
+    #[inline]
     pub fn dst_addr(&self) -> Ipv4Addr {
         ip_at(self.buffer.as_ref(), field::DST)
     }
+    #[inline]
     /// Destination as a host-order u32 (FIB key).
     pub fn dst_u32(&self) -> u32 {
         crate::be32(self.buffer.as_ref(), field::DST)
     }
+    #[inline]
     /// The header checksum verifies.
     pub fn verify_checksum(&self) -> bool {
         let hl = usize::from(self.header_len());
-        checksum::fold(checksum::sum(&self.buffer.as_ref()[..hl])) == 0xffff
+        let b = self.buffer.as_ref();
+        let s = match b.first_chunk::<20>() {
+            Some(h) if hl == HEADER_LEN => checksum::sum20(h),
+            _ => checksum::sum(&b[..hl]),
+        };
+        checksum::fold(s) == 0xffff
     }
+    #[inline]
     /// Options bytes.
     pub fn options(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..usize::from(self.header_len())]
     }
+    #[inline]
     /// The payload, bounded by the total length (link padding excluded).
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[usize::from(self.header_len())..usize::from(self.total_len())]
@@ -137,38 +164,49 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
+    #[inline]
     pub fn set_version_ihl(&mut self, header_len: u8) {
         self.buffer.as_mut()[field::VER_IHL] = 0x40 | ((header_len / 4) & 0x0f);
     }
+    #[inline]
     pub fn set_tos(&mut self, v: u8) {
         self.buffer.as_mut()[field::TOS] = v
     }
+    #[inline]
     pub fn set_total_len(&mut self, v: u16) {
         put16(self.buffer.as_mut(), field::LENGTH, v)
     }
+    #[inline]
     pub fn set_ident(&mut self, v: u16) {
         put16(self.buffer.as_mut(), field::IDENT, v)
     }
+    #[inline]
     /// Set DF/MF and the offset (bytes, multiple of 8).
     pub fn set_flags_frag(&mut self, dont_frag: bool, more_frags: bool, offset: u16) {
         let v = (u16::from(dont_frag) << 14) | (u16::from(more_frags) << 13) | (offset >> 3);
         put16(self.buffer.as_mut(), field::FLG_OFF, v)
     }
+    #[inline]
     pub fn set_ttl(&mut self, v: u8) {
         self.buffer.as_mut()[field::TTL] = v
     }
+    #[inline]
     pub fn set_protocol(&mut self, v: u8) {
         self.buffer.as_mut()[field::PROTOCOL] = v
     }
+    #[inline]
     pub fn set_checksum(&mut self, v: u16) {
         put16(self.buffer.as_mut(), field::CHECKSUM, v)
     }
+    #[inline]
     pub fn set_src_addr(&mut self, a: Ipv4Addr) {
         self.buffer.as_mut()[field::SRC..field::SRC + 4].copy_from_slice(&a.octets())
     }
+    #[inline]
     pub fn set_dst_addr(&mut self, a: Ipv4Addr) {
         self.buffer.as_mut()[field::DST..field::DST + 4].copy_from_slice(&a.octets())
     }
+    #[inline]
     /// Compute and store the header checksum.
     pub fn fill_checksum(&mut self) {
         self.set_checksum(0);
@@ -188,6 +226,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         put16(b, field::CHECKSUM, c);
         ttl
     }
+    #[inline]
     /// Rewrite the destination, patching the header checksum incrementally.
     pub fn rewrite_dst(&mut self, a: Ipv4Addr) {
         let old = self.dst_u32();
@@ -195,6 +234,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         self.set_dst_addr(a);
         self.set_checksum(c);
     }
+    #[inline]
     /// Rewrite the source, patching the header checksum incrementally.
     pub fn rewrite_src(&mut self, a: Ipv4Addr) {
         let old = u32::from(self.src_addr());
@@ -202,6 +242,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         self.set_src_addr(a);
         self.set_checksum(c);
     }
+    #[inline]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let hl = usize::from(self.header_len());
         let tl = usize::from(self.total_len());
@@ -223,6 +264,7 @@ pub struct Ipv4Repr {
 }
 
 impl Ipv4Repr {
+    #[inline]
     /// Parse a non-fragmented packet with a valid checksum.
     pub fn parse<T: AsRef<[u8]>>(p: &Ipv4Packet<T>) -> Result<Self> {
         p.check_len()?;
@@ -243,9 +285,11 @@ impl Ipv4Repr {
             dont_frag: p.dont_frag(),
         })
     }
+    #[inline]
     pub const fn buffer_len(&self) -> usize {
         HEADER_LEN
     }
+    #[inline]
     /// Emit a 20-byte header with its checksum.
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, p: &mut Ipv4Packet<T>) {
         p.set_version_ihl(HEADER_LEN as u8);
@@ -261,6 +305,7 @@ impl Ipv4Repr {
     }
 }
 
+#[inline]
 /// Parse "a.b.c.d/len" into (address, prefix length).
 pub fn parse_prefix(s: &str) -> Option<(Ipv4Addr, u8)> {
     let (a, l) = match s.split_once('/') {
@@ -273,6 +318,7 @@ pub fn parse_prefix(s: &str) -> Option<(Ipv4Addr, u8)> {
     Some((a.parse().ok()?, l))
 }
 
+#[inline]
 /// The network mask of a prefix length as a u32.
 pub fn mask(len: u8) -> u32 {
     if len == 0 {

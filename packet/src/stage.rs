@@ -90,6 +90,16 @@ pub trait Stage {
     const NAME: &'static str;
     /// Process one packet in place and decide where it goes.
     fn process<B: Buffer>(&mut self, pkt: &mut B) -> Verdict;
+
+    /// Process a burst, writing one verdict per packet (`verdicts.len() >= pkts.len()`).
+    /// Stages override this to work in vector passes (parse all, look up all, rewrite all),
+    /// so independent table loads of different packets overlap.
+    #[inline]
+    fn process_burst<B: Buffer>(&mut self, pkts: &mut [B], verdicts: &mut [Verdict]) {
+        for (p, v) in pkts.iter_mut().zip(verdicts.iter_mut()) {
+            *v = self.process(p);
+        }
+    }
 }
 
 /// Declare a `#[repr(u16)]` drop-reason enum with its counter names.

@@ -24,9 +24,11 @@ pub struct TcpPacket<T: AsRef<[u8]>> {
 }
 
 impl<T: AsRef<[u8]>> TcpPacket<T> {
+    #[inline]
     pub const fn new_unchecked(buffer: T) -> Self {
         TcpPacket { buffer }
     }
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self> {
         let b = buffer.as_ref();
         if b.len() < HEADER_LEN {
@@ -41,45 +43,59 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
         }
         Ok(TcpPacket { buffer })
     }
+    #[inline]
     pub fn src_port(&self) -> u16 {
         be16(self.buffer.as_ref(), 0)
     }
+    #[inline]
     pub fn dst_port(&self) -> u16 {
         be16(self.buffer.as_ref(), 2)
     }
+    #[inline]
     pub fn seq_number(&self) -> u32 {
         be32(self.buffer.as_ref(), 4)
     }
+    #[inline]
     pub fn ack_number(&self) -> u32 {
         be32(self.buffer.as_ref(), 8)
     }
+    #[inline]
     pub fn header_len(&self) -> u8 {
         (self.buffer.as_ref()[12] >> 4) * 4
     }
+    #[inline]
     pub fn flags(&self) -> u8 {
         self.buffer.as_ref()[13]
     }
+    #[inline]
     pub fn syn(&self) -> bool {
         self.flags() & flags::SYN != 0
     }
+    #[inline]
     pub fn ack(&self) -> bool {
         self.flags() & flags::ACK != 0
     }
+    #[inline]
     pub fn window_len(&self) -> u16 {
         be16(self.buffer.as_ref(), 14)
     }
+    #[inline]
     pub fn checksum(&self) -> u16 {
         be16(self.buffer.as_ref(), 16)
     }
+    #[inline]
     pub fn urgent_at(&self) -> u16 {
         be16(self.buffer.as_ref(), 18)
     }
+    #[inline]
     pub fn options(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..usize::from(self.header_len())]
     }
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[usize::from(self.header_len())..]
     }
+    #[inline]
     /// Verify over the whole buffer as the segment.
     pub fn verify_checksum(&self, src: Ipv4Addr, dst: Ipv4Addr) -> bool {
         let seg = self.buffer.as_ref();
@@ -90,32 +106,41 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
+    #[inline]
     pub fn set_src_port(&mut self, v: u16) {
         put16(self.buffer.as_mut(), 0, v)
     }
+    #[inline]
     pub fn set_dst_port(&mut self, v: u16) {
         put16(self.buffer.as_mut(), 2, v)
     }
+    #[inline]
     pub fn set_seq_number(&mut self, v: u32) {
         put32(self.buffer.as_mut(), 4, v)
     }
+    #[inline]
     pub fn set_ack_number(&mut self, v: u32) {
         put32(self.buffer.as_mut(), 8, v)
     }
+    #[inline]
     pub fn set_header_len_flags(&mut self, header_len: u8, flags: u8) {
         let b = self.buffer.as_mut();
         b[12] = (header_len / 4) << 4;
         b[13] = flags;
     }
+    #[inline]
     pub fn set_window_len(&mut self, v: u16) {
         put16(self.buffer.as_mut(), 14, v)
     }
+    #[inline]
     pub fn set_checksum(&mut self, v: u16) {
         put16(self.buffer.as_mut(), 16, v)
     }
+    #[inline]
     pub fn set_urgent_at(&mut self, v: u16) {
         put16(self.buffer.as_mut(), 18, v)
     }
+    #[inline]
     pub fn fill_checksum(&mut self, src: Ipv4Addr, dst: Ipv4Addr) {
         self.set_checksum(0);
         let seg = self.buffer.as_ref();
@@ -138,6 +163,7 @@ pub struct TcpRepr {
 }
 
 impl TcpRepr {
+    #[inline]
     pub fn parse<T: AsRef<[u8]>>(p: &TcpPacket<T>, src: Ipv4Addr, dst: Ipv4Addr) -> Result<Self> {
         if !p.verify_checksum(src, dst) {
             return Err(Error::Checksum);
@@ -151,9 +177,11 @@ impl TcpRepr {
             window_len: p.window_len(),
         })
     }
+    #[inline]
     pub const fn header_len(&self) -> usize {
         HEADER_LEN
     }
+    #[inline]
     /// Emit a 20-byte header; the buffer is the whole segment (payload in place), checksummed.
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(
         &self,

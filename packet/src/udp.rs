@@ -14,9 +14,11 @@ pub struct UdpPacket<T: AsRef<[u8]>> {
 }
 
 impl<T: AsRef<[u8]>> UdpPacket<T> {
+    #[inline]
     pub const fn new_unchecked(buffer: T) -> Self {
         UdpPacket { buffer }
     }
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self> {
         let b = buffer.as_ref();
         if b.len() < HEADER_LEN {
@@ -31,24 +33,31 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
         }
         Ok(UdpPacket { buffer })
     }
+    #[inline]
     pub fn src_port(&self) -> u16 {
         be16(self.buffer.as_ref(), 0)
     }
+    #[inline]
     pub fn dst_port(&self) -> u16 {
         be16(self.buffer.as_ref(), 2)
     }
+    #[inline]
     pub fn len(&self) -> u16 {
         be16(self.buffer.as_ref(), 4)
     }
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len() as usize <= HEADER_LEN
     }
+    #[inline]
     pub fn checksum(&self) -> u16 {
         be16(self.buffer.as_ref(), 6)
     }
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..usize::from(self.len())]
     }
+    #[inline]
     /// Verify against the IPv4 pseudo-header; a zero checksum means "not computed" and passes.
     pub fn verify_checksum(&self, src: Ipv4Addr, dst: Ipv4Addr) -> bool {
         if self.checksum() == 0 {
@@ -61,22 +70,28 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpPacket<T> {
+    #[inline]
     pub fn set_src_port(&mut self, v: u16) {
         put16(self.buffer.as_mut(), 0, v)
     }
+    #[inline]
     pub fn set_dst_port(&mut self, v: u16) {
         put16(self.buffer.as_mut(), 2, v)
     }
+    #[inline]
     pub fn set_len(&mut self, v: u16) {
         put16(self.buffer.as_mut(), 4, v)
     }
+    #[inline]
     pub fn set_checksum(&mut self, v: u16) {
         put16(self.buffer.as_mut(), 6, v)
     }
+    #[inline]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let l = usize::from(self.len());
         &mut self.buffer.as_mut()[HEADER_LEN..l]
     }
+    #[inline]
     pub fn fill_checksum(&mut self, src: Ipv4Addr, dst: Ipv4Addr) {
         self.set_checksum(0);
         let l = self.len();
@@ -95,6 +110,7 @@ pub struct UdpRepr {
 }
 
 impl UdpRepr {
+    #[inline]
     pub fn parse<T: AsRef<[u8]>>(p: &UdpPacket<T>, src: Ipv4Addr, dst: Ipv4Addr) -> Result<Self> {
         if p.dst_port() == 0 {
             return Err(Error::Malformed);
@@ -107,9 +123,11 @@ impl UdpRepr {
             dst_port: p.dst_port(),
         })
     }
+    #[inline]
     pub const fn header_len(&self) -> usize {
         HEADER_LEN
     }
+    #[inline]
     /// Emit the header for a payload already in place, with the checksum.
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(
         &self,

@@ -354,6 +354,16 @@ impl Default for IcmpConfig {
     }
 }
 
+/// A neighbour whose MAC is configured, never resolved or aged (e.g. a peer that does not
+/// answer ARP, or a benchmark sink).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticNeighbour {
+    pub port: String,
+    pub address: Ipv4Addr,
+    pub mac: String,
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -372,6 +382,8 @@ pub struct Config {
     pub fib: FibConfig,
     #[serde(default)]
     pub neighbours: NeighbourConfig,
+    #[serde(default)]
+    pub static_neighbours: Vec<StaticNeighbour>,
     #[serde(default)]
     pub icmp: IcmpConfig,
     #[serde(default)]
@@ -482,6 +494,20 @@ impl Config {
         }
         for (i, _) in self.routes.iter().enumerate() {
             self.route_spec(i)?;
+        }
+        for (i, n) in self.static_neighbours.iter().enumerate() {
+            if self.port_id(&n.port).is_none() {
+                return Err(invalid(
+                    format!("static_neighbours[{i}].port"),
+                    format!("no port named {:?}", n.port),
+                ));
+            }
+            if n.mac.parse::<EthernetAddress>().is_err() {
+                return Err(invalid(
+                    format!("static_neighbours[{i}].mac"),
+                    format!("{:?} is not a MAC address", n.mac),
+                ));
+            }
         }
         if self.fib.tbl8_groups == 0 || self.fib.tbl8_groups > (1 << 24) {
             return Err(invalid("fib.tbl8_groups", "must be 1..=16777216"));

@@ -35,7 +35,9 @@ pub struct StageCounters {
     pub name: &'static str,
     pub packets: Counter,
     pub forwarded: Counter,
+    /// Time spent in the stage over the sampled bursts, and the packets of those bursts.
     pub busy_ns: Counter,
+    pub timed_packets: Counter,
     pub drops: Box<[Counter]>,
     pub drop_names: &'static [&'static str],
     pub punts: Box<[Counter]>,
@@ -48,6 +50,7 @@ impl StageCounters {
             packets: Counter::default(),
             forwarded: Counter::default(),
             busy_ns: Counter::default(),
+            timed_packets: Counter::default(),
             drops: drop_names.iter().map(|_| Counter::default()).collect(),
             drop_names,
             punts: packet::PuntReason::ALL
@@ -77,6 +80,7 @@ impl StageCounters {
             packets: self.packets.get(),
             forwarded: self.forwarded.get(),
             busy_ns: self.busy_ns.get(),
+            timed_packets: self.timed_packets.get(),
             drops: self
                 .drop_names
                 .iter()
@@ -185,6 +189,7 @@ pub struct StageSnapshot {
     pub packets: u64,
     pub forwarded: u64,
     pub busy_ns: u64,
+    pub timed_packets: u64,
     pub drops: Vec<(String, u64)>,
     pub punts: Vec<(String, u64)>,
 }

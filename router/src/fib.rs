@@ -67,7 +67,7 @@ impl Lpm {
     }
 
     /// Longest-prefix match: the next-hop index, or `None` when no route covers `ip`.
-    #[inline]
+    #[inline(always)]
     pub fn lookup(&self, ip: u32) -> Option<u32> {
         let e = self.tbl24.get((ip >> 8) as usize)?.load(Ordering::Acquire);
         let e = if e & EXT != 0 {
@@ -162,7 +162,7 @@ impl NextHopTable {
     }
 
     /// Read next hop `i` (fast path).
-    #[inline]
+    #[inline(always)]
     pub fn get(&self, i: u32) -> Option<NextHop> {
         let e = self.entries.get(i as usize)?;
         let meta = e.meta.load(Ordering::Acquire);

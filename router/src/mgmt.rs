@@ -42,6 +42,8 @@ pub enum RouteOrigin {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 enum NeighState {
+    /// Configured; never probed or aged.
+    Permanent,
     Incomplete,
     Reachable,
     Probe,
@@ -198,7 +200,8 @@ impl<B: Backend> Mgmt<B> {
     ) -> Self {
         let ports = stage.ports().clone();
         let rate = f64::from(cfg.icmp.errors_per_sec);
-        Mgmt {
+        let statics = cfg.static_neighbours.clone();
+        let mut m = Mgmt {
             cfg,
             be,
             fib,
@@ -216,7 +219,26 @@ impl<B: Backend> Mgmt<B> {
             started: Instant::now(),
             set_log_level,
             ip_ident: 1,
+        };
+        for n in statics {
+            let (Some(port), Ok(mac)) = (m.cfg.port_id(&n.port), n.mac.parse::<EthernetAddress>())
+            else {
+                continue;
+            };
+            let now = Instant::now();
+            m.neigh.insert(
+                (port, n.address),
+                Neighbour {
+                    mac: Some(mac),
+                    state: NeighState::Permanent,
+                    updated: now,
+                    probes: 0,
+                    last_probe: now,
+                },
+            );
+            m.install_neighbour(port, n.address, mac);
         }
+        m
     }
 
     /// Run until `stop` is set. `admin` carries requests from the admin socket.
@@ -314,7 +336,9 @@ impl<B: Backend> Mgmt<B> {
         };
         // Known already (a connected host whose /32 is not yet installed)?
         if let Some(n) = self.neigh.get(&key) {
-            if let (Some(mac), NeighState::Reachable | NeighState::Probe) = (n.mac, n.state) {
+            if let (Some(mac), NeighState::Reachable | NeighState::Probe | NeighState::Permanent) =
+                (n.mac, n.state)
+            {
                 self.install_neighbour(key.0, key.1, mac);
                 self.release_one(buf);
                 return;

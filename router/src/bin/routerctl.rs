@@ -303,7 +303,7 @@ fn print_stats(now: &Value, prev: Option<&Value>, dt: f64) {
         } else {
             0.0
         };
-        let (pk, ns) = (d("/stages/0/packets"), d("/stages/0/busy_ns"));
+        let (pk, ns) = (d("/stages/0/timed_packets"), d("/stages/0/busy_ns"));
         let nspp = if pk > 0 { ns as f64 / pk as f64 } else { 0.0 };
         println!(
             "{:<10} {:>5} {:>14} {:>9.1}% {:>10.1} {:>10}",

@@ -1,0 +1,397 @@
+//! The end-to-end benchmark: the real router on DPDK virtual devices (net_pcap replaying a
+//! workload forever → router → net_null), for 1 and 2 worker lcores and both placements, with
+//! throughput read from the router's own counters; and, in the same run, dpdk-testpmd (io and
+//! mac forwarding) on the same devices and lcores as this machine's ceiling. Prints a table and
+//! writes results.json.
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use packet::ethernet::EthernetAddress;
+use router::admin::{AdminClient, Request};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Debug)]
+#[command(about = "End-to-end router benchmark against dpdk-testpmd")]
+struct Args {
+    /// The router binary (release build).
+    #[arg(long, default_value = "target/release/router")]
+    router: PathBuf,
+    /// Working directory for workloads, configs, logs and results.json.
+    #[arg(long, default_value = "target/bench")]
+    dir: PathBuf,
+    /// Routes loaded into the FIB.
+    #[arg(long, default_value_t = 1_000_000)]
+    routes: usize,
+    /// Distinct frames in the workload pcap (flows).
+    #[arg(long, default_value_t = 4096)]
+    flows: usize,
+    /// Seconds measured per row (after a 1 s warm-up).
+    #[arg(long, default_value_t = 4.0)]
+    duration: f64,
+    /// EAL memory arguments: "no-huge" (default) or "huge" (hugepages reserved; --in-memory).
+    #[arg(long, default_value = "no-huge")]
+    memory: String,
+    /// Worker counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    lcores: Vec<usize>,
+}
+
+fn eal_mem(args: &Args) -> Vec<String> {
+    if args.memory == "huge" {
+        vec!["--in-memory".into()]
+    } else {
+        vec!["--no-huge".into(), "-m".into(), "2048".into()]
+    }
+}
+
+/// The devices of a run with `q` queue pairs: workload in, null sink out.
+fn devices(workload: &Path, q: usize) -> (String, String) {
+    let w = workload.display();
+    let rx: Vec<String> = (0..q).map(|_| format!("rx_pcap={w}")).collect();
+    let tx: Vec<String> = (0..q).map(|_| "tx_pcap=/dev/null".to_string()).collect();
+    (
+        format!("net_pcap0,{},{},infinite_rx=1", rx.join(","), tx.join(",")),
+        "net_null0,no-rx=1".to_string(),
+    )
+}
+
+fn kill_wait(mut child: Child) {
+    // SIGTERM via kill(1): a clean stop releases the devices.
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+struct RouterRun {
+    mpps: f64,
+    ns_per_pkt: f64,
+    drops: u64,
+}
+
+fn run_router(
+    args: &Args,
+    workload: &Path,
+    routes_file: &Path,
+    placement: &str,
+    workers: usize,
+    tag: &str,
+) -> Result<RouterRun> {
+    let sock = args.dir.join(format!("admin-{tag}.sock"));
+    let cfg_path = args.dir.join(format!("router-{tag}.toml"));
+    let q = if placement == "split" { 1 } else { workers };
+    let (dev_in, dev_out) = devices(workload, q);
+    let cpus: Vec<usize> = if workers == 1 {
+        vec![1]
+    } else {
+        (0..workers).map(|i| (i + 1) % 2).collect()
+    };
+    let mut eal = vec![
+        "--no-pci".to_string(),
+        "--file-prefix".into(),
+        format!("bench-{tag}"),
+        "-l".into(),
+        "0".into(),
+    ];
+    eal.extend(eal_mem(args));
+    let cfg = format!(
+        r#"[eal]
+args = {eal:?}
+[dataplane]
+placement = "{placement}"
+workers = {cpus:?}
+io_cpu = 0
+mgmt_cpu = 0
+idle_sleep_max_us = 0
+burst = 32
+ring_size = 4096
+[mempool]
+mbufs = 65535
+cache = 256
+[[ports]]
+name = "in"
+device = "{dev_in}"
+mac = "02:00:00:00:00:01"
+addresses = ["10.0.1.1/24"]
+[[ports]]
+name = "out"
+device = "{dev_out}"
+addresses = ["10.0.2.1/24"]
+[[static_neighbours]]
+port = "out"
+address = "10.0.2.2"
+mac = "02:00:00:00:00:99"
+[fib]
+tbl8_groups = 131072
+routes_file = "{routes}"
+[admin]
+socket = "{sock}"
+[log]
+level = "warn"
+"#,
+        routes = routes_file.display(),
+        sock = sock.display()
+    );
+    std::fs::write(&cfg_path, cfg)?;
+    let log = std::fs::File::create(args.dir.join(format!("router-{tag}.log")))?;
+    let child = Command::new(&args.router)
+        .args(["run", "--config"])
+        .arg(&cfg_path)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", args.router.display()))?;
+    let res = measure_router(args, &sock);
+    kill_wait(child);
+    res.with_context(|| {
+        format!(
+            "router run {tag}; see {}",
+            args.dir.join(format!("router-{tag}.log")).display()
+        )
+    })
+}
+
+fn measure_router(args: &Args, sock: &Path) -> Result<RouterRun> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut c = loop {
+        if let Ok(c) = AdminClient::connect(sock) {
+            break c;
+        }
+        if Instant::now() > deadline {
+            bail!("router did not come up");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stats = |c: &mut AdminClient| -> Result<Value> {
+        let r = c.call(&Request::Stats)?;
+        if !r.ok {
+            bail!("stats: {:?}", r.error);
+        }
+        Ok(r.data)
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let s0 = stats(&mut c)?;
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(args.duration));
+    let s1 = stats(&mut c)?;
+    let dt = t0.elapsed().as_secs_f64();
+    let tx = |s: &Value| s["ports"][1]["tx"].as_u64().unwrap_or(0);
+    let sum = |s: &Value, f: &dyn Fn(&Value) -> u64| -> u64 {
+        s["cores"].as_array().map_or(0, |a| a.iter().map(f).sum())
+    };
+    let pk = |c: &Value| c["stages"][0]["timed_packets"].as_u64().unwrap_or(0);
+    let ns = |c: &Value| c["stages"][0]["busy_ns"].as_u64().unwrap_or(0);
+    let dr = |c: &Value| {
+        c["stages"][0]["drops"].as_array().map_or(0, |d| {
+            d.iter().map(|p| p[1].as_u64().unwrap_or(0)).sum::<u64>()
+        })
+    };
+    let dpk = sum(&s1, &pk) - sum(&s0, &pk);
+    Ok(RouterRun {
+        mpps: (tx(&s1) - tx(&s0)) as f64 / dt / 1e6,
+        ns_per_pkt: if dpk > 0 {
+            (sum(&s1, &ns) - sum(&s0, &ns)) as f64 / dpk as f64
+        } else {
+            0.0
+        },
+        drops: sum(&s1, &dr) - sum(&s0, &dr),
+    })
+}
+
+/// dpdk-testpmd on the same devices and lcores; returns port 1's TX rate in Mpps (median of
+/// the samples after warm-up).
+fn run_testpmd(args: &Args, workload: &Path, mode: &str, cores: usize, tag: &str) -> Result<f64> {
+    let (dev_in, dev_out) = devices(workload, cores);
+    let lcores = if cores == 1 {
+        "0@0,1@1".to_string()
+    } else {
+        "0@0,1@1,2@0".to_string()
+    };
+    let mut cmd = Command::new("dpdk-testpmd");
+    cmd.args([
+        "--lcores",
+        &lcores,
+        "--no-pci",
+        "--file-prefix",
+        &format!("bench-tp-{tag}"),
+    ]);
+    cmd.args(eal_mem(args));
+    cmd.args(["--vdev", &dev_in, "--vdev", &dev_out, "--"]);
+    cmd.args([
+        &format!("--forward-mode={mode}"),
+        "--stats-period=1",
+        &format!("--nb-cores={cores}"),
+        &format!("--rxq={cores}"),
+        &format!("--txq={cores}"),
+        "--total-num-mbufs=65535",
+        "--burst=32",
+        "--no-flush-rx",
+    ]);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting dpdk-testpmd (apt-get install dpdk-dev)")?;
+    let out = child.stdout.take().context("testpmd stdout")?;
+    let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
+    let s2 = samples.clone();
+    let reader = std::thread::spawn(move || {
+        let mut port = None;
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Some(i) = line.find("statistics for port") {
+                port = line[i + 19..]
+                    .split_whitespace()
+                    .next()
+                    .and_then(|p| p.parse::<u32>().ok());
+            }
+            if port == Some(1) {
+                if let Some(i) = line.find("Tx-pps:") {
+                    if let Some(v) = line[i + 7..]
+                        .split_whitespace()
+                        .next()
+                        .and_then(|v| v.parse::<f64>().ok())
+                    {
+                        if let Ok(mut s) = s2.lock() {
+                            s.push(v);
+                        }
+                    }
+                }
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_secs_f64(args.duration + 2.5));
+    kill_wait(child);
+    let _ = reader.join();
+    let mut s = samples.lock().map(|s| s.clone()).unwrap_or_default();
+    // Drop the warm-up samples (the first two, including the zero before traffic starts).
+    if s.len() > 3 {
+        s.drain(..2);
+    }
+    s.retain(|v| *v > 0.0);
+    if s.is_empty() {
+        bail!("testpmd {mode} on {cores} lcores printed no rates");
+    }
+    s.sort_by(|a, b| a.total_cmp(b));
+    Ok(s[s.len() / 2] / 1e6)
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    std::fs::create_dir_all(&args.dir)?;
+    let dir = args.dir.canonicalize()?;
+    let args = Args { dir, ..args };
+    eprintln!(
+        "generating {} routes and a {}-flow 64-byte IPv4/UDP workload in {}",
+        args.routes,
+        args.flows,
+        args.dir.display()
+    );
+    let prefixes = router_bench::route_prefixes(args.routes, 1);
+    let routes_file = args.dir.join("routes.txt");
+    router_bench::write_routes_file(&routes_file, &prefixes, Ipv4Addr::new(10, 0, 2, 2))?;
+    let workload = args.dir.join("ipv4-udp64.pcap");
+    let frames = router_bench::ipv4_workload(
+        &prefixes,
+        args.flows,
+        EthernetAddress([2, 0, 0, 0, 0, 1]),
+        2,
+    );
+    router_bench::write_pcap(&workload, &frames)?;
+
+    let mut rows = Vec::new();
+    let mut ceilings = std::collections::HashMap::new();
+    for &n in &args.lcores {
+        let io = run_testpmd(&args, &workload, "io", n, &format!("io{n}"))?;
+        let mac = run_testpmd(&args, &workload, "mac", n, &format!("mac{n}"))?;
+        eprintln!("testpmd {n} lcore(s): io {io:.2} Mpps, mac {mac:.2} Mpps");
+        ceilings.insert(n, (io, mac));
+    }
+    for placement in ["run-to-completion", "split"] {
+        for &n in &args.lcores {
+            let tag = format!("{}{n}", if placement == "split" { "split" } else { "rtc" });
+            let r = run_router(&args, &workload, &routes_file, placement, n, &tag)?;
+            let (io, mac) = ceilings[&n];
+            eprintln!(
+                "router ipv4 {placement} {n} worker(s): {:.2} Mpps ({:.1} ns/pkt in stages)",
+                r.mpps, r.ns_per_pkt
+            );
+            rows.push(json!({
+                "workload": "ipv4-forward",
+                "placement": placement,
+                "lcores": n,
+                "mpps": round(r.mpps),
+                "testpmd_io_mpps": round(io),
+                "testpmd_mac_mpps": round(mac),
+                "ratio_to_mac": round(r.mpps / mac),
+                "ratio_to_io": round(r.mpps / io),
+                "stage_ns_per_packet": round(r.ns_per_pkt),
+                "drops": r.drops,
+                "routes": args.routes,
+                "frame_bytes": 64,
+                "flows": args.flows,
+                "memory": args.memory,
+            }));
+        }
+    }
+    let one = rows
+        .iter()
+        .find(|r| r["placement"] == "run-to-completion" && r["lcores"] == 1)
+        .map(|r| r["mpps"].as_f64().unwrap_or(0.0));
+    let two = rows
+        .iter()
+        .find(|r| r["placement"] == "run-to-completion" && r["lcores"] == 2)
+        .map(|r| r["mpps"].as_f64().unwrap_or(0.0));
+    let scaling = match (one, two) {
+        (Some(a), Some(b)) if a > 0.0 => Some(round(b / a)),
+        _ => None,
+    };
+    println!(
+        "{:<14} {:<18} {:>6} {:>8} {:>10} {:>10} {:>8} {:>8}",
+        "workload", "placement", "lcores", "Mpps", "tp-io", "tp-mac", "vs-mac", "ns/pkt"
+    );
+    for r in &rows {
+        println!(
+            "{:<14} {:<18} {:>6} {:>8.2} {:>10.2} {:>10.2} {:>8.2} {:>8.1}",
+            r["workload"].as_str().unwrap_or(""),
+            r["placement"].as_str().unwrap_or(""),
+            r["lcores"],
+            r["mpps"].as_f64().unwrap_or(0.0),
+            r["testpmd_io_mpps"].as_f64().unwrap_or(0.0),
+            r["testpmd_mac_mpps"].as_f64().unwrap_or(0.0),
+            r["ratio_to_mac"].as_f64().unwrap_or(0.0),
+            r["stage_ns_per_packet"].as_f64().unwrap_or(0.0)
+        );
+    }
+    if let Some(s) = scaling {
+        println!("run-to-completion scaling 2 vs 1 worker: {s:.2}x");
+    }
+    let out = json!({
+        "generated_by": "scripts/bench",
+        "host_cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "rtc_scaling_2_vs_1": scaling,
+        "rows": rows,
+    });
+    let path = args.dir.join("results.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&out)?)?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+fn round(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}

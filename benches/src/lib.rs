@@ -1,0 +1,172 @@
+//! Workload generators for the benchmarks: pcap files of packets and route tables.
+
+use packet::ethernet::{ethertype, EthernetAddress, EthernetFrame, EthernetRepr};
+use packet::ipv4::{protocol, Ipv4Packet, Ipv4Repr};
+use packet::udp::{UdpPacket, UdpRepr};
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+/// A small deterministic PRNG (xorshift64*), so workloads are identical between runs.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.max(1))
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
+/// A route table shaped like a real one: mostly /16–/24, some shorter and some longer, all
+/// inside 16.0.0.0–223.255.255.255 so they never cover the benchmark's own subnets (10/8).
+pub fn route_prefixes(n: usize, seed: u64) -> Vec<(Ipv4Addr, u8)> {
+    let mut rng = Rng::new(seed);
+    let mut seen = std::collections::HashSet::with_capacity(n);
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let len = match rng.below(100) {
+            0..=4 => 8 + rng.below(8) as u8,
+            5..=59 => 24,
+            60..=97 => 16 + rng.below(8) as u8,
+            _ => 25 + rng.below(8) as u8,
+        };
+        let first = 16 + rng.below(208) as u32;
+        let addr = (first << 24) | (rng.next_u64() as u32 & 0x00ff_ffff);
+        let p = addr & packet::ipv4::mask(len);
+        if seen.insert((p, len)) {
+            out.push((Ipv4Addr::from(p), len));
+        }
+    }
+    out
+}
+
+/// Write a routes file (`PREFIX via GW`), as `fib.routes_file` reads it.
+pub fn write_routes_file(
+    path: &Path,
+    prefixes: &[(Ipv4Addr, u8)],
+    gateway: Ipv4Addr,
+) -> std::io::Result<()> {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for (p, l) in prefixes {
+        writeln!(f, "{p}/{l} via {gateway}")?;
+    }
+    f.flush()
+}
+
+/// One Ethernet/IPv4/UDP frame of `frame_len` bytes (≥ 42; 60 + 4-byte FCS = 64 on the wire).
+pub fn udp_frame(
+    src_mac: EthernetAddress,
+    dst_mac: EthernetAddress,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    frame_len: usize,
+) -> Vec<u8> {
+    let frame_len = frame_len.max(42);
+    let payload = frame_len - 42;
+    let mut f = vec![0u8; frame_len];
+    let mut eth = EthernetFrame::new_unchecked(&mut f[..]);
+    EthernetRepr {
+        src_addr: src_mac,
+        dst_addr: dst_mac,
+        ethertype: ethertype::IPV4,
+    }
+    .emit(&mut eth);
+    let mut ip = Ipv4Packet::new_unchecked(eth.payload_mut());
+    Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        protocol: protocol::UDP,
+        payload_len: 8 + payload,
+        ttl: 64,
+        tos: 0,
+        ident: 0,
+        dont_frag: true,
+    }
+    .emit(&mut ip);
+    let mut udp = UdpPacket::new_unchecked(ip.payload_mut());
+    UdpRepr {
+        src_port: sport,
+        dst_port: dport,
+    }
+    .emit(&mut udp, payload, src, dst);
+    f
+}
+
+/// 64-byte IPv4/UDP frames to `count` destinations drawn from `prefixes` (one address inside
+/// each chosen prefix), addressed to `router_mac`.
+pub fn ipv4_workload(
+    prefixes: &[(Ipv4Addr, u8)],
+    count: usize,
+    router_mac: EthernetAddress,
+    seed: u64,
+) -> Vec<Vec<u8>> {
+    let mut rng = Rng::new(seed);
+    let src_mac = EthernetAddress([0x02, 0, 0, 0, 0, 0x10]);
+    (0..count)
+        .map(|i| {
+            let (p, l) = prefixes[rng.below(prefixes.len() as u64) as usize];
+            let host = if l >= 32 {
+                0
+            } else {
+                (rng.next_u64() as u32) & !packet::ipv4::mask(l)
+            };
+            let dst = Ipv4Addr::from(u32::from(p) | host);
+            let src = Ipv4Addr::new(10, 0, 1, 2 + (i % 200) as u8);
+            udp_frame(
+                src_mac,
+                router_mac,
+                src,
+                dst,
+                1024 + (i % 5000) as u16,
+                9,
+                60,
+            )
+        })
+        .collect()
+}
+
+/// Write frames to a pcap file.
+pub fn write_pcap(path: &Path, frames: &[Vec<u8>]) -> std::io::Result<()> {
+    let f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut w = packet::pcap::Writer::new(f, packet::pcap::LINKTYPE_ETHERNET)?;
+    for (i, fr) in frames.iter().enumerate() {
+        w.write(i as u64 * 1000, fr)?;
+    }
+    w.finish().map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_valid() {
+        let pre = route_prefixes(1000, 7);
+        assert_eq!(pre.len(), 1000);
+        let w = ipv4_workload(&pre, 50, EthernetAddress([2, 0, 0, 0, 0, 1]), 1);
+        for f in &w {
+            assert_eq!(f.len(), 60);
+            let ip = Ipv4Packet::new_checked(&f[14..]).unwrap();
+            assert!(ip.verify_checksum());
+            let udp = UdpPacket::new_checked(ip.payload()).unwrap();
+            assert!(udp.verify_checksum(ip.src_addr(), ip.dst_addr()));
+            let d = u32::from(ip.dst_addr());
+            assert!(pre
+                .iter()
+                .any(|(p, l)| d & packet::ipv4::mask(*l) == u32::from(*p)));
+        }
+    }
+}
