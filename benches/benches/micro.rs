@@ -1,6 +1,6 @@
 //! Micro-benchmarks: LPM lookup at 1M routes, IPv4 forwarding of a burst, checksum updates.
 
-use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use packet::ethernet::EthernetAddress;
 use packet::{Buffer, HeapBuffer, Stage};
 use router::fib::{Fib, FibSizes, NextHopKind};

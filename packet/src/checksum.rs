@@ -63,13 +63,12 @@ pub fn checksum(data: &[u8]) -> u16 {
 /// Pseudo-header partial sum for TCP/UDP over IPv4.
 #[inline]
 pub fn pseudo_header_v4(src: [u8; 4], dst: [u8; 4], protocol: u8, length: u16) -> u32 {
-    let s = u32::from(u16::from_be_bytes([src[0], src[1]]))
+    u32::from(u16::from_be_bytes([src[0], src[1]]))
         + u32::from(u16::from_be_bytes([src[2], src[3]]))
         + u32::from(u16::from_be_bytes([dst[0], dst[1]]))
         + u32::from(u16::from_be_bytes([dst[2], dst[3]]))
         + u32::from(protocol)
-        + u32::from(length);
-    s
+        + u32::from(length)
 }
 
 /// RFC 1624 eqn. 3: update checksum `hc` when a 16-bit field changes from `old` to `new`.

@@ -382,7 +382,7 @@ impl<B: Backend> WorkerCtx<B> {
             return;
         }
         self.bursts = self.bursts.wrapping_add(1);
-        let t0 = (self.bursts % TIMING_SAMPLE == 0).then(Instant::now);
+        let t0 = self.bursts.is_multiple_of(TIMING_SAMPLE).then(Instant::now);
         self.pipe
             .process_burst(&mut burst[..n], &mut self.verdicts, &self.c);
         if let Some(t0) = t0 {

@@ -358,9 +358,10 @@ impl Stage for Ipv4Stage {
         }
         // Pass 2: every LPM lookup back to back; the loads are independent, so their cache
         // and TLB misses overlap.
-        for i in 0..n {
-            if verdicts[i] == Verdict::Next {
-                scratch.nh[i] = self.fib.lpm.lookup(scratch.dst[i]).unwrap_or(NO_ROUTE);
+        let Scratch { dst, nh } = &mut *scratch;
+        for ((v, d), nh) in verdicts[..n].iter().zip(&dst[..n]).zip(&mut nh[..n]) {
+            if *v == Verdict::Next {
+                *nh = self.fib.lpm.lookup(*d).unwrap_or(NO_ROUTE);
             }
         }
         // Pass 3: next hop, TTL, link-layer rewrite.

@@ -103,7 +103,7 @@ pub struct Mgmt<B: Backend> {
     icmp_tokens: f64,
     icmp_last: Instant,
     started: Instant,
-    set_log_level: Box<dyn Fn(&str) -> Result<(), String> + Send>,
+    set_log_level: crate::LogLevelSetter,
     ip_ident: u16,
 }
 
@@ -146,12 +146,14 @@ impl<B: Backend> Mgmt<B> {
     ) -> Result<(), String> {
         for (port, ip, len) in cfg.addresses() {
             let net = Ipv4Addr::from(u32::from(ip) & packet::ipv4::mask(len));
-            if !origins.contains_key(&(u32::from(net), len)) {
+            if let std::collections::hash_map::Entry::Vacant(slot) =
+                origins.entry((u32::from(net), len))
+            {
                 let nh = fib
                     .next_hop_ref(NextHopKind::Connected, port, Ipv4Addr::UNSPECIFIED)
                     .map_err(|e| e.to_string())?;
                 fib.add(net, len, nh).map_err(|e| e.to_string())?;
-                origins.insert((u32::from(net), len), RouteOrigin::Connected);
+                slot.insert(RouteOrigin::Connected);
             }
             let nh = fib
                 .next_hop_ref(NextHopKind::Local, port, Ipv4Addr::UNSPECIFIED)
@@ -196,7 +198,7 @@ impl<B: Backend> Mgmt<B> {
         stage: Ipv4Stage,
         rings: MgmtRings<B::Buf>,
         cores: Vec<Arc<CoreCounters>>,
-        set_log_level: Box<dyn Fn(&str) -> Result<(), String> + Send>,
+        set_log_level: crate::LogLevelSetter,
     ) -> Self {
         let ports = stage.ports().clone();
         let rate = f64::from(cfg.icmp.errors_per_sec);

@@ -154,7 +154,7 @@ fn ttl_1_gets_time_exceeded() {
     );
     // The quote is the offending datagram as it arrived.
     let orig = &cap[4][14..];
-    assert_eq!(&icmp.data()[..], &orig[..icmp.data().len()]);
+    assert_eq!(icmp.data(), &orig[..icmp.data().len()]);
     assert_eq!(icmp.data().len(), orig.len());
     h.expect_silence(1);
 }

@@ -149,8 +149,8 @@ fn real_main() -> Result<()> {
         }
         Cmd::Ports => {
             println!(
-                "{:<4} {:<10} {:<18} {:<6} {:<20} {:<5} {}",
-                "id", "name", "mac", "mtu", "addresses", "rxq", "device"
+                "{:<4} {:<10} {:<18} {:<6} {:<20} {:<5} device",
+                "id", "name", "mac", "mtu", "addresses", "rxq"
             );
             for p in data.as_array().into_iter().flatten() {
                 println!(
@@ -173,8 +173,8 @@ fn real_main() -> Result<()> {
             cmd: RouteCmd::List { .. },
         } => {
             println!(
-                "{:<20} {:<10} {:<10} {:<16} {:<10} {}",
-                "prefix", "origin", "kind", "via", "port", "resolved"
+                "{:<20} {:<10} {:<10} {:<16} {:<10} resolved",
+                "prefix", "origin", "kind", "via", "port"
             );
             for r in data["routes"].as_array().into_iter().flatten() {
                 println!(
