@@ -59,7 +59,9 @@ pub struct Lpm {
 
 impl Lpm {
     fn new(tbl8_groups: usize) -> Self {
-        let z = |n: usize| -> Box<[AtomicU32]> { (0..n).map(|_| AtomicU32::new(0)).collect() };
+        // calloc'd: the kernel hands out zero pages lazily, so a 64 MiB table costs nothing
+        // until it is written.
+        let z = |n: usize| -> Box<[AtomicU32]> { bytemuck::allocation::zeroed_slice_box(n) };
         Lpm {
             tbl24: z(TBL24_LEN),
             tbl8: z(tbl8_groups * GROUP_LEN),

@@ -374,3 +374,163 @@ impl Stage for Ipv4Stage {
         self.scratch = Some(scratch);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fib::{Fib, FibSizes};
+    use crate::qsbr::Qsbr;
+    use packet::HeapBuffer;
+    use proptest::prelude::*;
+
+    fn stage() -> (Fib, Ipv4Stage) {
+        let mut fib = Fib::new(
+            FibSizes {
+                tbl8_groups: 16,
+                max_routes: 100,
+                max_next_hops: 64,
+            },
+            Arc::new(Qsbr::new(0)),
+        );
+        let gw = fib
+            .next_hop_ref(NextHopKind::Gateway, 1, Ipv4Addr::new(10, 0, 2, 2))
+            .unwrap();
+        fib.add(Ipv4Addr::new(0, 0, 0, 0), 0, gw).unwrap();
+        fib.resolve(
+            1,
+            Ipv4Addr::new(10, 0, 2, 2),
+            Some(EthernetAddress([2, 0, 0, 0, 9, 9])),
+        );
+        let local = fib
+            .next_hop_ref(NextHopKind::Local, 0, Ipv4Addr::UNSPECIFIED)
+            .unwrap();
+        fib.add(Ipv4Addr::new(10, 0, 1, 1), 32, local).unwrap();
+        let conn = fib
+            .next_hop_ref(NextHopKind::Connected, 0, Ipv4Addr::UNSPECIFIED)
+            .unwrap();
+        fib.add(Ipv4Addr::new(10, 0, 1, 0), 24, conn).unwrap();
+        let ports: Arc<[PortInfo]> = vec![
+            PortInfo {
+                name: "a".into(),
+                mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
+                mtu: 1500,
+                addrs: vec![(Ipv4Addr::new(10, 0, 1, 1), 24)],
+            },
+            PortInfo {
+                name: "b".into(),
+                mac: EthernetAddress([2, 0, 0, 0, 0, 2]),
+                mtu: 100,
+                addrs: vec![(Ipv4Addr::new(10, 0, 2, 1), 24)],
+            },
+        ]
+        .into();
+        let s = Ipv4Stage::new(fib.view(), ports);
+        (fib, s)
+    }
+
+    /// A valid frame to the router's MAC, then mutated.
+    fn frame(dst: [u8; 4], ttl: u8, proto: u8, len: usize) -> Vec<u8> {
+        let mut f = vec![0u8; 34 + len];
+        f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+        f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0x10]);
+        f[12..14].copy_from_slice(&[8, 0]);
+        let mut ip = Ipv4Packet::new_unchecked(&mut f[14..]);
+        ip.set_version_ihl(20);
+        ip.set_total_len((20 + len) as u16);
+        ip.set_ttl(ttl);
+        ip.set_protocol(proto);
+        ip.set_src_addr(Ipv4Addr::new(10, 0, 1, 2));
+        ip.set_dst_addr(Ipv4Addr::from(dst));
+        ip.fill_checksum();
+        f
+    }
+
+    // One stage for every case (building a FIB per case would dominate the run time).
+    fn run_cases<S: Strategy>(
+        strategy: S,
+        case: impl Fn(&mut Ipv4Stage, S::Value) -> Result<(), TestCaseError>,
+    ) {
+        let (_fib, s) = stage();
+        let s = std::cell::RefCell::new(s);
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(2000));
+        runner
+            .run(&strategy, |v| case(&mut s.borrow_mut(), v))
+            .unwrap();
+    }
+
+    #[test]
+    fn arbitrary_frames_never_panic() {
+        run_cases(
+            (proptest::collection::vec(any::<u8>(), 0..120), 0u16..3),
+            |s, (b, port)| {
+                let mut p = HeapBuffer::from_bytes(&b);
+                p.set_port(port);
+                let _ = s.process(&mut p);
+                Ok(())
+            },
+        );
+    }
+
+    #[test]
+    fn mutated_frames_never_panic_and_burst_agrees() {
+        let strat = (
+            any::<[u8; 4]>(),
+            any::<u8>(),
+            prop_oneof![Just(1u8), Just(6), Just(17), any::<u8>()],
+            0usize..200,
+            proptest::collection::vec((0usize..260, any::<u8>()), 0..4),
+            proptest::option::of(0usize..260),
+        );
+        run_cases(strat, |s, (dst, ttl, proto, len, flips, cut)| {
+            let mut f = frame(dst, ttl, proto, len);
+            for (at, x) in flips {
+                if let Some(b) = f.get_mut(at) {
+                    *b ^= x;
+                }
+            }
+            if let Some(c) = cut {
+                f.truncate(c.min(f.len()));
+            }
+            let mut one = HeapBuffer::from_bytes(&f);
+            let v1 = s.process(&mut one);
+            let mut burst = vec![HeapBuffer::from_bytes(&f)];
+            let mut v = [Verdict::Next; 1];
+            s.process_burst(&mut burst[..], &mut v);
+            prop_assert_eq!(v1, v[0]);
+            prop_assert_eq!(one.data(), burst[0].data());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn forwarded_packet_is_rewritten() {
+        let (_fib, mut s) = stage();
+        let mut p = HeapBuffer::from_bytes(&frame([192, 0, 2, 7], 9, 17, 40));
+        assert_eq!(s.process(&mut p), Verdict::Tx(1));
+        let ip = Ipv4Packet::new_checked(&p.data()[14..]).unwrap();
+        assert_eq!(ip.ttl(), 8);
+        assert!(ip.verify_checksum());
+        assert_eq!(p.data()[..6], [2, 0, 0, 0, 9, 9]);
+        assert_eq!(p.data()[6..12], [2, 0, 0, 0, 0, 2]);
+        // Over the output port's MTU (100): punted for fragmentation / ICMP.
+        let mut big = HeapBuffer::from_bytes(&frame([192, 0, 2, 7], 9, 17, 200));
+        assert_eq!(s.process(&mut big), Verdict::Punt(PuntReason::FragNeeded));
+        // Connected subnet, unresolved host: punted for resolution, TTL untouched.
+        let mut c = HeapBuffer::from_bytes(&frame([10, 0, 1, 9], 9, 17, 10));
+        assert_eq!(s.process(&mut c), Verdict::Punt(PuntReason::Resolve));
+        assert_eq!(c.data()[22], 9);
+        // TTL 1 to a forwarded destination: punted for time exceeded.
+        let mut t = HeapBuffer::from_bytes(&frame([192, 0, 2, 7], 1, 17, 10));
+        assert_eq!(s.process(&mut t), Verdict::Punt(PuntReason::TtlExceeded));
+        // UDP to the router itself: local.
+        let mut l = HeapBuffer::from_bytes(&frame([10, 0, 1, 1], 64, 17, 10));
+        assert_eq!(s.process(&mut l), Verdict::Punt(PuntReason::Local));
+        // Another host's MAC: dropped.
+        let mut o = frame([192, 0, 2, 7], 9, 17, 10);
+        o[0] = 4;
+        assert_eq!(
+            s.process(&mut HeapBuffer::from_bytes(&o)),
+            Ipv4Drop::OtherHost.drop()
+        );
+    }
+}
