@@ -9,6 +9,7 @@ pub mod arp;
 pub mod buffer;
 pub mod checksum;
 pub mod ethernet;
+pub mod exercise;
 pub mod icmp;
 pub mod ipv4;
 pub mod pcap;
