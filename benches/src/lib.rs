@@ -28,8 +28,9 @@ impl Rng {
     }
 }
 
-/// A route table shaped like a real one: mostly /16–/24, some shorter and some longer, all
-/// inside 16.0.0.0–223.255.255.255 so they never cover the benchmark's own subnets (10/8).
+/// A route table shaped like a real one: mostly /16–/24, some shorter, 2% longer than /24, all
+/// inside 16.0.0.0–223.255.255.255 minus 127/8, so they never cover the benchmark's own
+/// subnets (10/8) and no destination is martian.
 pub fn route_prefixes(n: usize, seed: u64) -> Vec<(Ipv4Addr, u8)> {
     let mut rng = Rng::new(seed);
     let mut seen = std::collections::HashSet::with_capacity(n);
@@ -41,7 +42,11 @@ pub fn route_prefixes(n: usize, seed: u64) -> Vec<(Ipv4Addr, u8)> {
             60..=97 => 16 + rng.below(8) as u8,
             _ => 25 + rng.below(8) as u8,
         };
-        let first = 16 + rng.below(208) as u32;
+        // Unicast space outside 0/8, 10/8 (the benchmark's own subnets) and 127/8 (martian).
+        let first = match 16 + rng.below(208) as u32 {
+            127 => 128,
+            f => f,
+        };
         let addr = (first << 24) | (rng.next_u64() as u32 & 0x00ff_ffff);
         let p = addr & packet::ipv4::mask(len);
         if seen.insert((p, len)) {

@@ -71,6 +71,15 @@ pub fn pseudo_header_v4(src: [u8; 4], dst: [u8; 4], protocol: u8, length: u16) -
         + u32::from(length)
 }
 
+/// Folded one's-complement sum of a TCP or UDP segment with its IPv4 pseudo-header: 0xffff
+/// when a segment carrying its checksum verifies; the complement is the checksum to store
+/// (computed over the segment with a zero checksum field).
+#[inline]
+pub fn transport_sum(src: [u8; 4], dst: [u8; 4], protocol: u8, segment: &[u8]) -> u16 {
+    let ph = pseudo_header_v4(src, dst, protocol, segment.len() as u16);
+    fold(combine(&[ph, sum(segment)]))
+}
+
 /// RFC 1624 eqn. 3: update checksum `hc` when a 16-bit field changes from `old` to `new`.
 /// `HC' = ~(~HC + ~m + m')`.
 #[inline]

@@ -95,13 +95,15 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[usize::from(self.header_len())..]
     }
-    #[inline]
     /// Verify over the whole buffer as the segment.
+    #[inline]
     pub fn verify_checksum(&self, src: Ipv4Addr, dst: Ipv4Addr) -> bool {
-        let seg = self.buffer.as_ref();
-        let ph =
-            checksum::pseudo_header_v4(src.octets(), dst.octets(), protocol::TCP, seg.len() as u16);
-        checksum::fold(checksum::combine(&[ph, checksum::sum(seg)])) == 0xffff
+        checksum::transport_sum(
+            src.octets(),
+            dst.octets(),
+            protocol::TCP,
+            self.buffer.as_ref(),
+        ) == 0xffff
     }
 }
 
@@ -143,10 +145,12 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
     #[inline]
     pub fn fill_checksum(&mut self, src: Ipv4Addr, dst: Ipv4Addr) {
         self.set_checksum(0);
-        let seg = self.buffer.as_ref();
-        let ph =
-            checksum::pseudo_header_v4(src.octets(), dst.octets(), protocol::TCP, seg.len() as u16);
-        let c = !checksum::fold(checksum::combine(&[ph, checksum::sum(seg)]));
+        let c = !checksum::transport_sum(
+            src.octets(),
+            dst.octets(),
+            protocol::TCP,
+            self.buffer.as_ref(),
+        );
         self.set_checksum(c);
     }
 }

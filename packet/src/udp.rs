@@ -64,8 +64,7 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
             return true;
         }
         let seg = &self.buffer.as_ref()[..usize::from(self.len())];
-        let ph = checksum::pseudo_header_v4(src.octets(), dst.octets(), protocol::UDP, self.len());
-        checksum::fold(checksum::combine(&[ph, checksum::sum(seg)])) == 0xffff
+        checksum::transport_sum(src.octets(), dst.octets(), protocol::UDP, seg) == 0xffff
     }
 }
 
@@ -94,10 +93,13 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpPacket<T> {
     #[inline]
     pub fn fill_checksum(&mut self, src: Ipv4Addr, dst: Ipv4Addr) {
         self.set_checksum(0);
-        let l = self.len();
-        let ph = checksum::pseudo_header_v4(src.octets(), dst.octets(), protocol::UDP, l);
-        let s = checksum::sum(&self.buffer.as_ref()[..usize::from(l)]);
-        let c = checksum::udp_nonzero(!checksum::fold(checksum::combine(&[ph, s])));
+        let seg = &self.buffer.as_ref()[..usize::from(self.len())];
+        let c = checksum::udp_nonzero(!checksum::transport_sum(
+            src.octets(),
+            dst.octets(),
+            protocol::UDP,
+            seg,
+        ));
         self.set_checksum(c);
     }
 }

@@ -220,111 +220,81 @@ impl Engine {
             std::thread::Builder::new().name(name).spawn(f)
         };
 
-        match dp.placement {
-            Placement::RunToCompletion => {
-                for (w, &cpu) in dp.workers.iter().enumerate() {
-                    let c = Arc::new(CoreCounters::new(
-                        w,
-                        "worker",
-                        Some(cpu),
-                        nports,
-                        Pipeline::stage_counters(),
-                    ));
-                    counters.push(c.clone());
-                    let (punt_tx, punt_rx) = rtrb::RingBuffer::new(dp.ring_size);
-                    punt_consumers.push(punt_rx);
-                    let inject = if w == 0 { inject_rx.take() } else { None };
-                    let ctx = WorkerCtx {
-                        id: w,
-                        be: backend.clone(),
-                        pipe: pipeline.clone(),
-                        c,
-                        qsbr: qsbr.clone(),
-                        stop: stop.clone(),
-                        punt: punt_tx,
-                        burst: dp.burst,
-                        idle_max: dp.idle_sleep_max_us,
-                        verdicts: [Verdict::Next; MAX_BURST],
-                        bursts: 0,
-                    };
-                    let pinning = dp.pin;
-                    threads.push(spawn(
-                        format!("worker{w}"),
-                        Box::new(move || {
-                            pin(Some(cpu), pinning);
-                            ctx.run_to_completion(inject)
-                        }),
-                    )?);
-                }
-            }
-            Placement::Split => {
-                let mut to_workers = Vec::new();
-                let mut from_workers = Vec::new();
-                for (w, &cpu) in dp.workers.iter().enumerate() {
-                    let c = Arc::new(CoreCounters::new(
-                        w,
-                        "worker",
-                        Some(cpu),
-                        nports,
-                        Pipeline::stage_counters(),
-                    ));
-                    counters.push(c.clone());
-                    let (punt_tx, punt_rx) = rtrb::RingBuffer::new(dp.ring_size);
-                    punt_consumers.push(punt_rx);
-                    let (in_tx, in_rx) = rtrb::RingBuffer::<B::Buf>::new(dp.ring_size);
-                    let (out_tx, out_rx) = rtrb::RingBuffer::<B::Buf>::new(dp.ring_size);
-                    to_workers.push(in_tx);
-                    from_workers.push(out_rx);
-                    let ctx = WorkerCtx {
-                        id: w,
-                        be: backend.clone(),
-                        pipe: pipeline.clone(),
-                        c,
-                        qsbr: qsbr.clone(),
-                        stop: stop.clone(),
-                        punt: punt_tx,
-                        burst: dp.burst,
-                        idle_max: dp.idle_sleep_max_us,
-                        verdicts: [Verdict::Next; MAX_BURST],
-                        bursts: 0,
-                    };
-                    let pinning = dp.pin;
-                    threads.push(spawn(
-                        format!("worker{w}"),
-                        Box::new(move || {
-                            pin(Some(cpu), pinning);
-                            ctx.split_worker(in_rx, out_tx)
-                        }),
-                    )?);
-                }
-                let io_cpu = dp.io_cpu;
-                let c = Arc::new(CoreCounters::new(
-                    workers,
-                    "io",
-                    io_cpu,
-                    nports,
-                    Pipeline::stage_counters(),
-                ));
-                counters.push(c.clone());
-                let io = IoCtx {
-                    be: backend.clone(),
-                    c,
-                    stop: stop.clone(),
-                    burst: dp.burst,
-                    idle_max: dp.idle_sleep_max_us,
-                    to_workers,
-                    from_workers,
-                    inject: inject_rx.take(),
-                };
-                let pinning = dp.pin;
-                threads.push(spawn(
-                    "io".into(),
-                    Box::new(move || {
-                        pin(io_cpu, pinning);
-                        io.run()
-                    }),
-                )?);
-            }
+        let split = dp.placement == Placement::Split;
+        let mut to_workers = Vec::new();
+        let mut from_workers = Vec::new();
+        for (w, &cpu) in dp.workers.iter().enumerate() {
+            let c = Arc::new(CoreCounters::new(
+                w,
+                "worker",
+                Some(cpu),
+                nports,
+                Pipeline::stage_counters(),
+            ));
+            counters.push(c.clone());
+            let (punt_tx, punt_rx) = rtrb::RingBuffer::new(dp.ring_size);
+            punt_consumers.push(punt_rx);
+            let ctx = WorkerCtx {
+                id: w,
+                be: backend.clone(),
+                pipe: pipeline.clone(),
+                c,
+                qsbr: qsbr.clone(),
+                stop: stop.clone(),
+                punt: punt_tx,
+                burst: dp.burst,
+                idle_max: dp.idle_sleep_max_us,
+                verdicts: [Verdict::Next; MAX_BURST],
+                bursts: 0,
+            };
+            let pinning = dp.pin;
+            let body: Box<dyn FnOnce() + Send> = if split {
+                let (in_tx, in_rx) = rtrb::RingBuffer::<B::Buf>::new(dp.ring_size);
+                let (out_tx, out_rx) = rtrb::RingBuffer::<B::Buf>::new(dp.ring_size);
+                to_workers.push(in_tx);
+                from_workers.push(out_rx);
+                Box::new(move || {
+                    pin(Some(cpu), pinning);
+                    ctx.split_worker(in_rx, out_tx)
+                })
+            } else {
+                // Worker 0 owns the inject ring: it transmits what the management core makes.
+                let inject = if w == 0 { inject_rx.take() } else { None };
+                Box::new(move || {
+                    pin(Some(cpu), pinning);
+                    ctx.run_to_completion(inject)
+                })
+            };
+            threads.push(spawn(format!("worker{w}"), body)?);
+        }
+        if split {
+            let io_cpu = dp.io_cpu;
+            let c = Arc::new(CoreCounters::new(
+                workers,
+                "io",
+                io_cpu,
+                nports,
+                Pipeline::stage_counters(),
+            ));
+            counters.push(c.clone());
+            let io = IoCtx {
+                be: backend.clone(),
+                c,
+                stop: stop.clone(),
+                burst: dp.burst,
+                idle_max: dp.idle_sleep_max_us,
+                to_workers,
+                from_workers,
+                inject: inject_rx.take(),
+            };
+            let pinning = dp.pin;
+            threads.push(spawn(
+                "io".into(),
+                Box::new(move || {
+                    pin(io_cpu, pinning);
+                    io.run()
+                }),
+            )?);
         }
         Ok((
             Engine {
