@@ -12,15 +12,40 @@ use std::sync::{Arc, Mutex, OnceLock};
 fn stage() -> &'static Mutex<(Fib, Ipv4Stage)> {
     static S: OnceLock<Mutex<(Fib, Ipv4Stage)>> = OnceLock::new();
     S.get_or_init(|| {
-        let mut fib = Fib::new(FibSizes { tbl8_groups: 16, max_routes: 100, max_next_hops: 64 }, Arc::new(Qsbr::new(0)));
-        let gw = fib.next_hop_ref(NextHopKind::Gateway, 1, Ipv4Addr::new(10, 0, 2, 2)).unwrap();
+        let mut fib = Fib::new(
+            FibSizes {
+                tbl8_groups: 16,
+                max_routes: 100,
+                max_next_hops: 64,
+            },
+            Arc::new(Qsbr::new(0)),
+        );
+        let gw = fib
+            .next_hop_ref(NextHopKind::Gateway, 1, Ipv4Addr::new(10, 0, 2, 2))
+            .unwrap();
         fib.add(Ipv4Addr::UNSPECIFIED, 0, gw).unwrap();
-        fib.resolve(1, Ipv4Addr::new(10, 0, 2, 2), Some(EthernetAddress([2, 0, 0, 0, 9, 9])));
-        let local = fib.next_hop_ref(NextHopKind::Local, 0, Ipv4Addr::UNSPECIFIED).unwrap();
+        fib.resolve(
+            1,
+            Ipv4Addr::new(10, 0, 2, 2),
+            Some(EthernetAddress([2, 0, 0, 0, 9, 9])),
+        );
+        let local = fib
+            .next_hop_ref(NextHopKind::Local, 0, Ipv4Addr::UNSPECIFIED)
+            .unwrap();
         fib.add(Ipv4Addr::new(10, 0, 1, 1), 32, local).unwrap();
         let ports: Arc<[PortInfo]> = vec![
-            PortInfo { name: "a".into(), mac: EthernetAddress([2, 0, 0, 0, 0, 1]), mtu: 1500, addrs: vec![(Ipv4Addr::new(10, 0, 1, 1), 24)] },
-            PortInfo { name: "b".into(), mac: EthernetAddress([2, 0, 0, 0, 0, 2]), mtu: 576, addrs: vec![(Ipv4Addr::new(10, 0, 2, 1), 24)] },
+            PortInfo {
+                name: "a".into(),
+                mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
+                mtu: 1500,
+                addrs: vec![(Ipv4Addr::new(10, 0, 1, 1), 24)],
+            },
+            PortInfo {
+                name: "b".into(),
+                mac: EthernetAddress([2, 0, 0, 0, 0, 2]),
+                mtu: 576,
+                addrs: vec![(Ipv4Addr::new(10, 0, 2, 1), 24)],
+            },
         ]
         .into();
         let s = Ipv4Stage::new(fib.view(), ports);
@@ -34,7 +59,10 @@ fuzz_target!(|data: &[u8]| {
     let mut one = HeapBuffer::from_bytes(data);
     let v1 = s.process(&mut one);
     // The same bytes as a burst, split at arbitrary points, must give the same verdicts.
-    let mut burst: Vec<HeapBuffer> = data.chunks(64.max(data.len() / 3 + 1)).map(HeapBuffer::from_bytes).collect();
+    let mut burst: Vec<HeapBuffer> = data
+        .chunks(64.max(data.len() / 3 + 1))
+        .map(HeapBuffer::from_bytes)
+        .collect();
     let mut v = [Verdict::Next; 8];
     let n = burst.len().min(8);
     s.process_burst(&mut burst[..n], &mut v);

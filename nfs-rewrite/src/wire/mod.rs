@@ -1,0 +1,33 @@
+//! Codecs: XDR primitives, ONC RPC messages, MOUNT v3 and NFSv3.
+
+pub mod mount;
+pub mod nfs3;
+pub mod rpc;
+pub mod xdr;
+
+pub use xdr::{Cursor, XdrError};
+
+/// A place in a message the rewrite stage cares about, reported by the walkers in [`nfs3`] and
+/// [`mount`]. Offsets are from the start of the buffer the walker was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// A file handle (`nfs_fh3` / `fhandle3`): `at` is the offset of its 4-byte length word,
+    /// `len` the handle's length in bytes (the bytes follow, padded to 4).
+    Handle { at: usize, len: usize },
+    /// A `fattr3` (84 bytes) starting at `at`: `fsid` at `at + 44`, `fileid` at `at + 52`.
+    Fattr { at: usize },
+    /// A READDIR/READDIRPLUS entry's `fileid` (u64) at `at`.
+    FileId { at: usize },
+    /// FSINFO's `rtmax`, `rtpref`, `wtmax`, `wtpref` (u32 each, in that order of offsets
+    /// `at`, `at + 4`, `at + 12`, `at + 16`): clamped so UDP clients stay under the MTU.
+    FsinfoSizes { at: usize },
+}
+
+impl Field {
+    /// Offset of `fsid` for a [`Field::Fattr`].
+    pub const FATTR_FSID: usize = 44;
+    /// Offset of `fileid` for a [`Field::Fattr`].
+    pub const FATTR_FILEID: usize = 52;
+    /// Size of a `fattr3`.
+    pub const FATTR_LEN: usize = 84;
+}
