@@ -493,7 +493,7 @@ mod tests {
             }
             let mut one = HeapBuffer::from_bytes(&f);
             let v1 = s.process(&mut one);
-            let mut burst = vec![HeapBuffer::from_bytes(&f)];
+            let mut burst = [HeapBuffer::from_bytes(&f)];
             let mut v = [Verdict::Next; 1];
             s.process_burst(&mut burst[..], &mut v);
             prop_assert_eq!(v1, v[0]);
