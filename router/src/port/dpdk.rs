@@ -365,21 +365,39 @@ impl Backend for DpdkBackend {
         let Some(&id) = self.ids.get(usize::from(port)) else {
             return 0;
         };
-        let room = (out.capacity() - out.len()).min(MAX_BURST);
-        let mut raw: [*mut sys::rte_mbuf; MAX_BURST] = [std::ptr::null_mut(); MAX_BURST];
-        // SAFETY: raw has room for `room` pointers; this thread owns (port, queue) for RX.
-        let n = usize::from(unsafe {
-            sys::shim_rte_eth_rx_burst(id, queue, raw.as_mut_ptr(), room as u16)
-        });
-        for &m in &raw[..n] {
-            let Some(nn) = NonNull::new(m) else { continue };
-            let mut b = Mbuf(nn);
-            if b.m().nb_segs != 1 {
-                // Chained mbufs (frames above the mbuf data room) are not handled: drop.
-                continue;
+        let start = out.len();
+        let spare = out.spare_capacity_mut();
+        let room = spare.len().min(MAX_BURST) as u16;
+        if room == 0 {
+            return 0;
+        }
+        // SAFETY: the driver writes at most `room` valid mbuf pointers into the Vec's spare
+        // capacity (Mbuf is repr(transparent) over NonNull<rte_mbuf>, and rx_burst never stores
+        // NULL in the first `n` slots); this thread owns (port, queue) for RX. We then extend
+        // the length over exactly the `n` slots written.
+        let n = unsafe {
+            let n = usize::from(sys::shim_rte_eth_rx_burst(
+                id,
+                queue,
+                spare.as_mut_ptr().cast::<*mut sys::rte_mbuf>(),
+                room,
+            ));
+            out.set_len(start + n);
+            n
+        };
+        for m in &mut out[start..] {
+            m.set_port(port);
+        }
+        // Chained mbufs (frames above the data room) are not handled: drop them.
+        if out[start..].iter().any(|m| m.m().nb_segs != 1) {
+            let mut i = start;
+            while i < out.len() {
+                if out[i].m().nb_segs != 1 {
+                    drop(out.swap_remove(i));
+                } else {
+                    i += 1;
+                }
             }
-            b.set_port(port);
-            out.push(b);
         }
         n
     }
