@@ -3,4 +3,5 @@
 //! where each file handle, each `fattr3` and each FSINFO transfer size sits in a message.
 #![forbid(unsafe_code)]
 
+pub mod vfh;
 pub mod wire;

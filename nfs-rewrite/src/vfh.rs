@@ -1,0 +1,246 @@
+//! Virtual file handles (VFH), Mirage style: what clients hold instead of a server's physical
+//! handle (PFH). A VFH names its file by fields the router can verify and recover from after a
+//! restart with empty tables:
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 1 | version (1) |
+//! | 1 | 1 | flags (bit 0: a directory of the router's virtual root, answered by the router) |
+//! | 2 | 2 | SID — server id (0 = the virtual root itself) |
+//! | 4 | 4 | MCH — mount checksum: keyed hash of (SID, the server's export path) |
+//! | 8 | 8 | PFS — physical file system (the object's `fattr3.fsid` on its server) |
+//! | 16 | 8 | PIN — physical inode (the object's `fattr3.fileid` on its server) |
+//! | 24 | 8 | VIN — virtual inode the client sees as `fileid` |
+//! | 32 | 8 | HVC — handle verification checksum: SipHash-2-4 keyed with the router's secret over bytes 0..32 |
+//!
+//! (SID, PFS, PIN) identifies a file uniquely across the aggregated servers. A client that flips
+//! a bit or invents a handle fails the HVC check (NFS3ERR_BADHANDLE); a handle of an export that
+//! is no longer configured fails the MCH check (NFS3ERR_STALE).
+
+use siphasher::sip::SipHasher24;
+use std::hash::Hasher;
+use thiserror::Error;
+
+/// Length of every VFH.
+pub const VFH_LEN: usize = 40;
+const VERSION: u8 = 1;
+/// Flag: a handle of the router's own virtual directory tree.
+pub const FLAG_VIRTUAL_DIR: u8 = 1;
+/// VIN of the virtual root directory.
+pub const ROOT_VIN: u64 = 1;
+
+/// Why a VFH was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum VfhError {
+    /// Not a VFH of ours (length, version) or its HVC does not verify: NFS3ERR_BADHANDLE.
+    #[error("bad handle")]
+    BadHandle,
+    /// Genuine, but for an export no longer configured: NFS3ERR_STALE.
+    #[error("stale handle")]
+    Stale,
+}
+
+/// The router's handle secret (128 bits, from the config).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct HandleKey {
+    k0: u64,
+    k1: u64,
+}
+
+impl std::fmt::Debug for HandleKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HandleKey(..)")
+    }
+}
+
+impl HandleKey {
+    pub fn new(k0: u64, k1: u64) -> Self {
+        HandleKey { k0, k1 }
+    }
+
+    /// From 32 hex digits (the config's `nfs.handle_secret`).
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let s = s.trim();
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        Some(HandleKey {
+            k0: u64::from_str_radix(&s[..16], 16).ok()?,
+            k1: u64::from_str_radix(&s[16..], 16).ok()?,
+        })
+    }
+
+    fn mac(&self, parts: &[&[u8]]) -> u64 {
+        let mut h = SipHasher24::new_with_keys(self.k0, self.k1);
+        for p in parts {
+            h.write(p);
+        }
+        h.finish()
+    }
+
+    /// Mount checksum of a server's export.
+    pub fn mount_checksum(&self, sid: u16, export_path: &[u8]) -> u32 {
+        self.mac(&[b"mch", &sid.to_be_bytes(), export_path]) as u32
+    }
+}
+
+/// The fields of a VFH.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct VirtualHandle {
+    pub flags: u8,
+    pub sid: u16,
+    pub mch: u32,
+    pub pfs: u64,
+    pub pin: u64,
+    pub vin: u64,
+}
+
+/// The VIN of a server object: a keyed hash of (SID, PFS, PIN) with the top bit set (small
+/// numbers are the virtual tree's), the same after any restart.
+pub fn virtual_inode(key: &HandleKey, sid: u16, pfs: u64, pin: u64) -> u64 {
+    key.mac(&[
+        b"vin",
+        &sid.to_be_bytes(),
+        &pfs.to_be_bytes(),
+        &pin.to_be_bytes(),
+    ]) | (1 << 63)
+}
+
+impl VirtualHandle {
+    /// The handle of an object on server `sid`, with its VIN derived from (SID, PFS, PIN).
+    pub fn for_object(key: &HandleKey, sid: u16, mch: u32, pfs: u64, pin: u64) -> Self {
+        VirtualHandle {
+            flags: 0,
+            sid,
+            mch,
+            pfs,
+            pin,
+            vin: virtual_inode(key, sid, pfs, pin),
+        }
+    }
+
+    /// Encode with its HVC.
+    pub fn encode(&self, key: &HandleKey) -> [u8; VFH_LEN] {
+        let mut b = [0u8; VFH_LEN];
+        b[0] = VERSION;
+        b[1] = self.flags;
+        b[2..4].copy_from_slice(&self.sid.to_be_bytes());
+        b[4..8].copy_from_slice(&self.mch.to_be_bytes());
+        b[8..16].copy_from_slice(&self.pfs.to_be_bytes());
+        b[16..24].copy_from_slice(&self.pin.to_be_bytes());
+        b[24..32].copy_from_slice(&self.vin.to_be_bytes());
+        let hvc = key.mac(&[&b[..32]]);
+        b[32..40].copy_from_slice(&hvc.to_be_bytes());
+        b
+    }
+
+    /// Decode and verify the HVC. `mch_of(sid)` gives the current mount checksum of a
+    /// configured server (None when the SID is not configured).
+    pub fn decode(
+        key: &HandleKey,
+        b: &[u8],
+        mch_of: impl Fn(u16) -> Option<u32>,
+    ) -> Result<Self, VfhError> {
+        let b: &[u8; VFH_LEN] = b.try_into().map_err(|_| VfhError::BadHandle)?;
+        if b[0] != VERSION {
+            return Err(VfhError::BadHandle);
+        }
+        let hvc = u64::from_be_bytes(b[32..40].try_into().map_err(|_| VfhError::BadHandle)?);
+        if key.mac(&[&b[..32]]) != hvc {
+            return Err(VfhError::BadHandle);
+        }
+        let be64 =
+            |r: std::ops::Range<usize>| u64::from_be_bytes(b[r].try_into().unwrap_or([0; 8]));
+        let v = VirtualHandle {
+            flags: b[1],
+            sid: u16::from_be_bytes([b[2], b[3]]),
+            mch: u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+            pfs: be64(8..16),
+            pin: be64(16..24),
+            vin: be64(24..32),
+        };
+        if v.sid != 0 && mch_of(v.sid) != Some(v.mch) {
+            return Err(VfhError::Stale);
+        }
+        Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key() -> HandleKey {
+        HandleKey::from_hex("000102030405060708090a0b0c0d0e0f").unwrap()
+    }
+
+    #[test]
+    fn roundtrip_and_vin_is_stable() {
+        let k = key();
+        let mch = k.mount_checksum(2, b"/srv/b");
+        let v = VirtualHandle::for_object(&k, 2, mch, 0x1122, 0x3344);
+        let b = v.encode(&k);
+        assert_eq!(
+            VirtualHandle::decode(&k, &b, |s| (s == 2).then_some(mch)),
+            Ok(v)
+        );
+        assert_eq!(v.vin, virtual_inode(&k, 2, 0x1122, 0x3344));
+        assert_ne!(
+            v.vin,
+            virtual_inode(&k, 1, 0x1122, 0x3344),
+            "same inode on another server"
+        );
+        assert!(v.vin > ROOT_VIN);
+    }
+
+    #[test]
+    fn wrong_key_export_or_length() {
+        let k = key();
+        let mch = k.mount_checksum(2, b"/srv/b");
+        let b = VirtualHandle::for_object(&k, 2, mch, 1, 2).encode(&k);
+        let other = HandleKey::new(1, 2);
+        assert_eq!(
+            VirtualHandle::decode(&other, &b, |_| Some(mch)),
+            Err(VfhError::BadHandle)
+        );
+        assert_eq!(
+            VirtualHandle::decode(&k, &b, |_| None),
+            Err(VfhError::Stale),
+            "server removed"
+        );
+        assert_eq!(
+            VirtualHandle::decode(&k, &b, |_| Some(mch ^ 1)),
+            Err(VfhError::Stale),
+            "export changed"
+        );
+        assert_eq!(
+            VirtualHandle::decode(&k, &b[..39], |_| Some(mch)),
+            Err(VfhError::BadHandle)
+        );
+        assert_eq!(
+            VirtualHandle::decode(&k, &[0u8; 28], |_| Some(mch)),
+            Err(VfhError::BadHandle),
+            "a physical handle"
+        );
+        assert!(HandleKey::from_hex("xyz").is_none());
+        assert!(HandleKey::from_hex("000102030405060708090a0b0c0d0e0").is_none());
+    }
+
+    proptest! {
+        /// Any single bit flipped anywhere in a handle is refused.
+        #[test]
+        fn any_flipped_bit_is_refused(sid in 1u16.., pfs in any::<u64>(), pin in any::<u64>(), bit in 0usize..(VFH_LEN * 8)) {
+            let k = key();
+            let mch = k.mount_checksum(sid, b"/e");
+            let mut b = VirtualHandle::for_object(&k, sid, mch, pfs, pin).encode(&k);
+            b[bit / 8] ^= 1 << (bit % 8);
+            prop_assert!(VirtualHandle::decode(&k, &b, |_| Some(mch)).is_err());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(b in proptest::collection::vec(any::<u8>(), 0..80)) {
+            let _ = VirtualHandle::decode(&key(), &b, |_| Some(0));
+        }
+    }
+}
