@@ -3,5 +3,6 @@
 //! where each file handle, each `fattr3` and each FSINFO transfer size sits in a message.
 #![forbid(unsafe_code)]
 
+pub mod tables;
 pub mod vfh;
 pub mod wire;

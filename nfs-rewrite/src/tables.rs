@@ -1,0 +1,434 @@
+//! The rewrite stage's tables, bounded and allocation-free after creation.
+//!
+//! - [`TransactionTable`]: per worker (calls and their replies are steered to the same worker),
+//!   an entry per call in flight keyed by (client address, client port, xid) — real clients
+//!   reuse xids — holding what the reply rewrite needs. Entries expire; a full neighbourhood
+//!   refuses the insert and counts it.
+//! - [`HandleTable`]: VIN → physical handle, read by every worker without locks and written by
+//!   one place (the management core). Each slot is a seqlock over atomics: a reader retries when
+//!   a write raced it, so it never sees half a handle. It is a cache: when a probe run is full
+//!   the oldest-probed slot is overwritten and the eviction counted (a VFH holds what recovery
+//!   needs to rebuild the entry).
+
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+
+/// Slots probed before an insert gives up (transactions) or evicts (handles).
+pub const MAX_PROBE: usize = 16;
+
+#[inline]
+fn mix(x: u64) -> u64 {
+    // A strong 64-bit finaliser (splitmix64): keys are attacker-chosen xids and ports.
+    let x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Identifies one call in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct TxKey {
+    pub client: u32,
+    pub port: u16,
+    pub xid: u32,
+}
+
+impl TxKey {
+    #[inline]
+    fn hash(&self) -> u64 {
+        mix((u64::from(self.client) << 32 | u64::from(self.xid))
+            ^ (u64::from(self.port) << 17).rotate_left(23))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct TxSlot<V> {
+    key: TxKey,
+    used: bool,
+    stamp: u64,
+    val: V,
+}
+
+/// Counters of a transaction table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TxStats {
+    pub inserted: u64,
+    pub replaced: u64,
+    pub matched: u64,
+    pub unmatched: u64,
+    pub expired: u64,
+    pub full: u64,
+}
+
+/// Calls in flight, one table per worker.
+#[derive(Debug)]
+pub struct TransactionTable<V: Copy + Default> {
+    slots: Box<[TxSlot<V>]>,
+    mask: usize,
+    ttl: u64,
+    len: usize,
+    pub stats: TxStats,
+}
+
+impl<V: Copy + Default> TransactionTable<V> {
+    /// A table of at least `capacity` slots (rounded up to a power of two); entries older than
+    /// `ttl` (in the caller's time unit) are dead.
+    pub fn new(capacity: usize, ttl: u64) -> Self {
+        let n = capacity.max(MAX_PROBE).next_power_of_two();
+        TransactionTable {
+            slots: vec![
+                TxSlot {
+                    key: TxKey::default(),
+                    used: false,
+                    stamp: 0,
+                    val: V::default()
+                };
+                n
+            ]
+            .into_boxed_slice(),
+            mask: n - 1,
+            ttl,
+            len: 0,
+            stats: TxStats::default(),
+        }
+    }
+
+    /// Live entries (expired ones still counted until they are swept or reused).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    #[inline]
+    fn dead(&self, s: &TxSlot<V>, now: u64) -> bool {
+        !s.used || now.saturating_sub(s.stamp) > self.ttl
+    }
+
+    /// Record a call. A retransmission (same key) replaces its entry. False when the probe run
+    /// is full of live entries (counted in `stats.full`).
+    pub fn insert(&mut self, key: TxKey, val: V, now: u64) -> bool {
+        let h = key.hash() as usize;
+        let mut free = None;
+        for i in 0..MAX_PROBE {
+            let idx = (h + i) & self.mask;
+            let s = &self.slots[idx];
+            if s.used && s.key == key {
+                self.slots[idx] = TxSlot {
+                    key,
+                    used: true,
+                    stamp: now,
+                    val,
+                };
+                self.stats.replaced += 1;
+                return true;
+            }
+            if free.is_none() && self.dead(s, now) {
+                free = Some(idx);
+            }
+        }
+        let Some(idx) = free else {
+            self.stats.full += 1;
+            return false;
+        };
+        if self.slots[idx].used {
+            self.stats.expired += 1;
+        } else {
+            self.len += 1;
+        }
+        self.slots[idx] = TxSlot {
+            key,
+            used: true,
+            stamp: now,
+            val,
+        };
+        self.stats.inserted += 1;
+        true
+    }
+
+    /// Take the entry of the call a reply answers.
+    pub fn take(&mut self, key: TxKey, now: u64) -> Option<V> {
+        let h = key.hash() as usize;
+        for i in 0..MAX_PROBE {
+            let idx = (h + i) & self.mask;
+            let s = self.slots[idx];
+            if s.used && s.key == key {
+                self.slots[idx].used = false;
+                self.len -= 1;
+                if now.saturating_sub(s.stamp) > self.ttl {
+                    self.stats.expired += 1;
+                    break;
+                }
+                self.stats.matched += 1;
+                return Some(s.val);
+            }
+        }
+        self.stats.unmatched += 1;
+        None
+    }
+
+    /// Free expired entries (called from time to time off the fast path of a burst).
+    pub fn sweep(&mut self, now: u64) -> usize {
+        let mut n = 0;
+        for s in self.slots.iter_mut() {
+            if s.used && now.saturating_sub(s.stamp) > self.ttl {
+                s.used = false;
+                n += 1;
+            }
+        }
+        self.len -= n;
+        self.stats.expired += n as u64;
+        n
+    }
+}
+
+/// Largest physical handle.
+pub const PFH_MAX: usize = 64;
+const WORDS: usize = PFH_MAX / 8;
+const EMPTY: u64 = 0;
+
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct HandleSlot {
+    vin: AtomicU64,
+    seq: AtomicU32,
+    len: AtomicU32,
+    words: [AtomicU64; WORDS],
+}
+
+/// Counters of the handle table (written by its single writer).
+#[derive(Debug, Default)]
+pub struct HandleStats {
+    pub inserts: AtomicU64,
+    pub evictions: AtomicU64,
+}
+
+/// VIN → physical file handle, shared by the workers.
+#[derive(Debug)]
+pub struct HandleTable {
+    slots: Box<[HandleSlot]>,
+    mask: usize,
+    len: AtomicU64,
+    pub stats: HandleStats,
+}
+
+impl HandleTable {
+    /// At least `capacity` slots (a power of two).
+    pub fn new(capacity: usize) -> Self {
+        let n = capacity.max(MAX_PROBE).next_power_of_two();
+        HandleTable {
+            slots: (0..n).map(|_| HandleSlot::default()).collect(),
+            mask: n - 1,
+            len: AtomicU64::new(0),
+            stats: HandleStats::default(),
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed) as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Copy the physical handle of `vin` into `out`; returns its length. Lock-free: retries
+    /// while a write to the same slot is in progress.
+    #[inline]
+    pub fn get(&self, vin: u64, out: &mut [u8; PFH_MAX]) -> Option<usize> {
+        if vin == EMPTY {
+            return None;
+        }
+        let h = mix(vin) as usize;
+        for i in 0..MAX_PROBE {
+            let s = &self.slots[(h + i) & self.mask];
+            loop {
+                let s1 = s.seq.load(Ordering::Acquire);
+                if s1 & 1 == 1 {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                let v = s.vin.load(Ordering::Relaxed);
+                let len = (s.len.load(Ordering::Relaxed) as usize).min(PFH_MAX);
+                let mut words = [0u64; WORDS];
+                for (w, a) in words.iter_mut().zip(&s.words) {
+                    *w = a.load(Ordering::Relaxed);
+                }
+                fence(Ordering::Acquire);
+                if s.seq.load(Ordering::Relaxed) != s1 {
+                    continue; // a write raced us: read again
+                }
+                if v == EMPTY {
+                    return None;
+                }
+                if v != vin {
+                    break; // next probe slot
+                }
+                for (chunk, w) in out.chunks_exact_mut(8).zip(words) {
+                    chunk.copy_from_slice(&w.to_ne_bytes());
+                }
+                return Some(len);
+            }
+        }
+        None
+    }
+
+    fn write(&self, s: &HandleSlot, vin: u64, pfh: &[u8]) {
+        let seq = s.seq.load(Ordering::Relaxed);
+        s.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
+        let mut padded = [0u8; PFH_MAX];
+        padded[..pfh.len()].copy_from_slice(pfh);
+        for (a, chunk) in s.words.iter().zip(padded.chunks_exact(8)) {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(chunk);
+            a.store(u64::from_ne_bytes(w), Ordering::Relaxed);
+        }
+        s.len.store(pfh.len() as u32, Ordering::Relaxed);
+        s.vin.store(vin, Ordering::Relaxed);
+        s.seq.store(seq.wrapping_add(2), Ordering::Release);
+    }
+
+    /// Insert or update `vin → pfh` (single writer). Returns false for an invalid handle.
+    pub fn insert(&self, vin: u64, pfh: &[u8]) -> bool {
+        if vin == EMPTY || pfh.is_empty() || pfh.len() > PFH_MAX {
+            return false;
+        }
+        let h = mix(vin) as usize;
+        let mut target = None;
+        for i in 0..MAX_PROBE {
+            let idx = (h + i) & self.mask;
+            let v = self.slots[idx].vin.load(Ordering::Relaxed);
+            if v == vin {
+                target = Some(idx);
+                break;
+            }
+            if v == EMPTY && target.is_none() {
+                target = Some(idx);
+                // Keep looking for an existing entry of this VIN further along.
+            }
+        }
+        let idx = match target {
+            Some(i) => i,
+            None => {
+                // Full run: evict the home slot (the cache refills through recovery).
+                self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+                self.len.fetch_sub(1, Ordering::Relaxed);
+                h & self.mask
+            }
+        };
+        if self.slots[idx].vin.load(Ordering::Relaxed) != vin {
+            self.len.fetch_add(1, Ordering::Relaxed);
+        }
+        self.write(&self.slots[idx], vin, pfh);
+        self.stats.inserts.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    fn k(xid: u32) -> TxKey {
+        TxKey {
+            client: 0x0a00_0102,
+            port: 800,
+            xid,
+        }
+    }
+
+    #[test]
+    fn transactions_match_expire_and_bound() {
+        let mut t: TransactionTable<u32> = TransactionTable::new(64, 100);
+        assert!(t.insert(k(1), 10, 0));
+        assert!(t.insert(k(1), 11, 5), "retransmission replaces");
+        assert_eq!(t.len(), 1);
+        // The same xid from another client is another transaction.
+        let other = TxKey { port: 801, ..k(1) };
+        assert!(t.insert(other, 20, 5));
+        assert_eq!(t.take(k(1), 10), Some(11));
+        assert_eq!(t.take(k(1), 10), None);
+        assert_eq!(t.take(other, 500), None, "expired");
+        assert_eq!(t.stats.matched, 1);
+        assert!(t.is_empty());
+        // Fill far beyond capacity: bounded, refusals counted, never a panic.
+        for x in 0..10_000 {
+            t.insert(k(x), x, 1000);
+        }
+        assert!(t.len() <= t.capacity());
+        assert!(t.stats.full > 0);
+        // Once expired, everything is reusable again.
+        let live = t.len();
+        assert!(live > 0);
+        assert_eq!(t.sweep(5000), live);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn handles_insert_update_evict() {
+        let t = HandleTable::new(16);
+        let mut out = [0u8; PFH_MAX];
+        assert!(t.insert(7, &[1; 28]));
+        assert_eq!(t.get(7, &mut out), Some(28));
+        assert_eq!(&out[..28], &[1; 28]);
+        assert!(t.insert(7, &[2; 64]));
+        assert_eq!(t.get(7, &mut out), Some(64));
+        assert_eq!(out, [2; 64]);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.get(8, &mut out), None);
+        assert!(!t.insert(9, &[0; 65]));
+        assert!(!t.insert(0, &[1]));
+        for v in 100..200u64 {
+            t.insert(v, &v.to_be_bytes());
+        }
+        assert!(t.len() <= t.capacity());
+        assert!(t.stats.evictions.load(Ordering::Relaxed) > 0);
+        assert_eq!(t.get(199, &mut out), Some(8));
+        assert_eq!(&out[..8], &199u64.to_be_bytes());
+    }
+
+    /// Readers on other threads never see a handle that mixes two writes.
+    #[test]
+    fn concurrent_readers_never_see_torn_handles() {
+        let t = Arc::new(HandleTable::new(64));
+        t.insert(42, &[0; 8]); // satisfies the readers' invariant (byte 0, length 8)
+        let stop = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (t, stop) = (t.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut out = [0u8; PFH_MAX];
+                    let mut reads = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let n = t.get(42, &mut out).expect("present");
+                        // Every write fills the handle with one byte value and a matching length.
+                        let b = out[0];
+                        assert!(out[..n].iter().all(|&x| x == b), "torn read");
+                        assert_eq!(n, 8 + usize::from(b % 57));
+                        reads += 1;
+                    }
+                    reads
+                })
+            })
+            .collect();
+        for i in 0..200_000u32 {
+            let b = (i % 251) as u8;
+            t.insert(42, &vec![b; 8 + usize::from(b % 57)]);
+        }
+        stop.store(true, Ordering::Relaxed);
+        for r in readers {
+            assert!(r.join().unwrap() > 0);
+        }
+    }
+}
