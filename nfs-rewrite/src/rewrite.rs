@@ -1,0 +1,331 @@
+//! The handle rewrite itself, on a packet buffer holding one RPC message at `msg_at`:
+//!
+//! - calls: every VFH argument is verified (HVC, MCH), mapped to its physical handle through
+//!   the [`HandleTable`], and spliced in (the message changes length: 40 → n bytes); handles of
+//!   two servers in one call (RENAME, LINK) are refused with NFS3ERR_XDEV;
+//! - replies: every `fattr3` gets the virtual fsid and `fileid` → VIN; every physical handle
+//!   becomes the VFH computed from its own attributes (paired by adjacency, which XDR makes
+//!   exact: LOOKUP/CREATE put the object's `post_op_attr` right after its handle, READDIRPLUS
+//!   puts the entry's `post_op_fh3` right after its attributes); READDIR file ids → VINs. New
+//!   VIN → PFH mappings go to `on_mapping` (the worker forwards them to the management core,
+//!   the table's single writer).
+//!
+//! Nothing here allocates: fields are collected into caller-provided scratch ([`Fields`]); a
+//! reply with more fields than the scratch holds is handed to the slow path.
+
+use crate::tables::{HandleTable, PFH_MAX};
+use crate::vfh::{self, HandleKey, VfhError, VirtualHandle, VFH_LEN};
+use crate::wire::nfs3::{self, stat, Proc};
+use crate::wire::Field;
+use packet::{Buffer, BufferError};
+
+/// What the rewrite needs to know.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    pub key: &'a HandleKey,
+    pub handles: &'a HandleTable,
+    /// The fsid every client sees.
+    pub virtual_fsid: u64,
+}
+
+/// Scratch for the fields of one message.
+#[derive(Debug)]
+pub struct Fields<'s> {
+    items: &'s mut [Field],
+    n: usize,
+    overflow: bool,
+}
+
+impl<'s> Fields<'s> {
+    pub fn new(items: &'s mut [Field]) -> Self {
+        Fields {
+            items,
+            n: 0,
+            overflow: false,
+        }
+    }
+    fn push(&mut self, f: Field) {
+        match self.items.get_mut(self.n) {
+            Some(slot) => {
+                *slot = f;
+                self.n += 1;
+            }
+            None => self.overflow = true,
+        }
+    }
+    fn as_slice(&self) -> &[Field] {
+        &self.items[..self.n]
+    }
+}
+
+/// What to do with a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallVerdict {
+    /// Rewritten: send to server `sid`; the message grew by `delta` bytes (negative: shrank).
+    Forward { sid: u16, delta: isize },
+    /// No handle in the arguments (NULL).
+    NoHandle,
+    /// A handle of the router's virtual tree: the management core answers.
+    Virtual,
+    /// Answer the client with this nfsstat3 (BADHANDLE, STALE, XDEV).
+    Refuse(u32),
+    /// The physical handle of this VFH is not known: the management core recovers it.
+    Recover(VirtualHandle),
+    /// Not decodable, or the buffer could not grow: drop and count.
+    Malformed,
+}
+
+/// What happened to a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyVerdict {
+    /// Rewritten in place; the message grew by `delta` bytes.
+    Rewritten {
+        delta: isize,
+    },
+    /// A handle without attributes to derive its VFH from (e.g. MNT), or more fields than the
+    /// scratch holds: the management core finishes it.
+    SlowPath,
+    Malformed,
+}
+
+#[inline]
+fn pad4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+fn be64(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// Whether `growth` bytes of splices fit: when the total fits in the larger of headroom and
+/// tailroom, every single splice finds room on some side, whichever it picks first.
+fn fits<B: Buffer>(pkt: &B, growth: usize) -> bool {
+    growth <= pkt.headroom().max(pkt.tailroom())
+}
+
+/// Replace the opaque handle at `at` (length word included, `old_len` data bytes) by `new`.
+fn replace_handle<B: Buffer>(
+    pkt: &mut B,
+    at: usize,
+    old_len: usize,
+    new: &[u8],
+) -> Result<isize, BufferError> {
+    let old = 4 + pad4(old_len);
+    let want = 4 + pad4(new.len());
+    pkt.splice(at, old, want)?;
+    let d = pkt.data_mut();
+    let slot = d.get_mut(at..at + want).ok_or(BufferError::OutOfRange)?;
+    slot[..4].copy_from_slice(&(new.len() as u32).to_be_bytes());
+    slot[4..4 + new.len()].copy_from_slice(new);
+    slot[4 + new.len()..].fill(0);
+    Ok(want as isize - old as isize)
+}
+
+/// Turn the VFHs of a call into physical handles. `mch_of(sid)` is the current mount checksum
+/// of a configured server.
+pub fn devirtualize_call<B: Buffer>(
+    pkt: &mut B,
+    msg_at: usize,
+    proc_: Proc,
+    args_at: usize,
+    ctx: &Context<'_>,
+    mch_of: impl Fn(u16) -> Option<u32>,
+) -> CallVerdict {
+    let mut found = [(0usize, 0usize); 2];
+    let mut n = 0;
+    let mut extra = false;
+    let Some(msg) = pkt.data().get(msg_at..) else {
+        return CallVerdict::Malformed;
+    };
+    let walked = nfs3::walk_call(proc_, msg, args_at, |f| {
+        if let Field::Handle { at, len } = f {
+            match found.get_mut(n) {
+                Some(s) => {
+                    *s = (at, len);
+                    n += 1;
+                }
+                None => extra = true,
+            }
+        }
+    });
+    if walked.is_err() || extra {
+        return CallVerdict::Malformed;
+    }
+    if n == 0 {
+        return CallVerdict::NoHandle;
+    }
+    let mut vfhs = [None; 2];
+    let mut sid = None;
+    for (i, &(at, len)) in found[..n].iter().enumerate() {
+        if len != VFH_LEN {
+            return CallVerdict::Refuse(stat::BADHANDLE);
+        }
+        let bytes = &msg[at + 4..at + 4 + len];
+        let v = match VirtualHandle::decode(ctx.key, bytes, &mch_of) {
+            Ok(v) => v,
+            Err(VfhError::BadHandle) => return CallVerdict::Refuse(stat::BADHANDLE),
+            Err(VfhError::Stale) => return CallVerdict::Refuse(stat::STALE),
+        };
+        if v.sid == 0 || v.flags & vfh::FLAG_VIRTUAL_DIR != 0 {
+            return CallVerdict::Virtual;
+        }
+        match sid {
+            None => sid = Some(v.sid),
+            Some(s) if s != v.sid => return CallVerdict::Refuse(stat::XDEV),
+            Some(_) => {}
+        }
+        vfhs[i] = Some(v);
+    }
+    // Look every handle up before touching the packet.
+    let mut pfh = [[0u8; PFH_MAX]; 2];
+    let mut plen = [0usize; 2];
+    for i in 0..n {
+        let Some(v) = vfhs[i] else {
+            return CallVerdict::Malformed;
+        };
+        match ctx.handles.get(v.vin, &mut pfh[i]) {
+            Some(l) => plen[i] = l,
+            None => return CallVerdict::Recover(v),
+        }
+    }
+    let growth = (0..n).map(|i| pad4(plen[i]).saturating_sub(VFH_LEN)).sum();
+    if !fits(pkt, growth) {
+        return CallVerdict::Malformed;
+    }
+    let mut delta = 0;
+    for i in (0..n).rev() {
+        match replace_handle(pkt, msg_at + found[i].0, VFH_LEN, &pfh[i][..plen[i]]) {
+            Ok(d) => delta += d,
+            Err(_) => return CallVerdict::Malformed,
+        }
+    }
+    CallVerdict::Forward {
+        sid: sid.unwrap_or(0),
+        delta,
+    }
+}
+
+/// Turn the physical handles and attributes of a reply from server `sid` into virtual ones.
+/// `dir_pfs` is the file system of the directory the call named (READDIR file ids carry no fsid).
+#[allow(clippy::too_many_arguments)]
+pub fn virtualize_reply<B: Buffer>(
+    pkt: &mut B,
+    msg_at: usize,
+    proc_: Proc,
+    results_at: usize,
+    sid: u16,
+    mch: u32,
+    dir_pfs: u64,
+    ctx: &Context<'_>,
+    scratch: &mut [Field],
+    mut on_mapping: impl FnMut(u64, &[u8]),
+) -> ReplyVerdict {
+    let mut fields = Fields::new(scratch);
+    let Some(msg) = pkt.data().get(msg_at..) else {
+        return ReplyVerdict::Malformed;
+    };
+    if nfs3::walk_reply(proc_, msg, results_at, |f| fields.push(f)).is_err() {
+        return ReplyVerdict::Malformed;
+    }
+    if fields.overflow {
+        return ReplyVerdict::SlowPath;
+    }
+    let list = fields.as_slice();
+    // Which attributes belong to the handle at index i: the object's post_op_attr right after
+    // it (LOOKUP, CREATE, MKDIR, SYMLINK, MKNOD), or the READDIRPLUS entry's attributes right
+    // before its post_op_fh3.
+    let paired = |i: usize| -> Option<usize> {
+        let Field::Handle { at, len } = list[i] else {
+            return None;
+        };
+        let end = at + 4 + pad4(len);
+        match (i.checked_sub(1).map(|j| list[j]), list.get(i + 1)) {
+            (_, Some(&Field::Fattr { at: a })) if a == end + 4 => Some(a),
+            (Some(Field::Fattr { at: a }), _) if a + Field::FATTR_LEN + 4 == at => Some(a),
+            _ => None,
+        }
+    };
+    // Read-only checks first, so a slow-path exit leaves the packet untouched: every handle
+    // has its attributes, and the message's growth fits the buffer.
+    let mut growth = 0usize;
+    for (i, f) in list.iter().enumerate() {
+        if let Field::Handle { len, .. } = *f {
+            if paired(i).is_none() {
+                return ReplyVerdict::SlowPath;
+            }
+            growth += (4 + VFH_LEN).saturating_sub(4 + pad4(len));
+        }
+    }
+    if !fits(pkt, growth) {
+        return ReplyVerdict::SlowPath;
+    }
+    // One backward pass: a splice never moves the bytes before it, so every field still to be
+    // visited sits at its walked offset, and a handle's attributes are still physical when it
+    // is visited (those after it were read before being rewritten: kept in `after`).
+    let vfsid = ctx.virtual_fsid.to_be_bytes();
+    let mut after: Option<(usize, u64, u64)> = None;
+    let mut delta = 0isize;
+    for i in (0..list.len()).rev() {
+        match list[i] {
+            Field::Fattr { at } => {
+                let d = pkt.data_mut();
+                let Some(m) = d.get_mut(msg_at..) else {
+                    return ReplyVerdict::Malformed;
+                };
+                let (Some(pfs), Some(pin)) = (
+                    be64(m, at + Field::FATTR_FSID),
+                    be64(m, at + Field::FATTR_FILEID),
+                ) else {
+                    return ReplyVerdict::Malformed;
+                };
+                let vin = vfh::virtual_inode(ctx.key, sid, pfs, pin);
+                m[at + Field::FATTR_FSID..at + Field::FATTR_FSID + 8].copy_from_slice(&vfsid);
+                m[at + Field::FATTR_FILEID..at + Field::FATTR_FILEID + 8]
+                    .copy_from_slice(&vin.to_be_bytes());
+                after = Some((at, pfs, pin));
+            }
+            Field::FileId { at } => {
+                let d = pkt.data_mut();
+                let Some(m) = d.get_mut(msg_at..) else {
+                    return ReplyVerdict::Malformed;
+                };
+                let Some(pin) = be64(m, at) else {
+                    return ReplyVerdict::Malformed;
+                };
+                m[at..at + 8]
+                    .copy_from_slice(&vfh::virtual_inode(ctx.key, sid, dir_pfs, pin).to_be_bytes());
+            }
+            Field::Handle { at, len } => {
+                let Some(a) = paired(i) else {
+                    return ReplyVerdict::SlowPath;
+                };
+                let (pfs, pin) = match after {
+                    Some((fa, pfs, pin)) if fa == a => (pfs, pin),
+                    _ => {
+                        let m = &pkt.data()[msg_at..];
+                        match (
+                            be64(m, a + Field::FATTR_FSID),
+                            be64(m, a + Field::FATTR_FILEID),
+                        ) {
+                            (Some(pfs), Some(pin)) => (pfs, pin),
+                            _ => return ReplyVerdict::Malformed,
+                        }
+                    }
+                };
+                let v = VirtualHandle::for_object(ctx.key, sid, mch, pfs, pin);
+                let mut pfh = [0u8; PFH_MAX];
+                let Some(phys) = pkt.data().get(msg_at + at + 4..msg_at + at + 4 + len) else {
+                    return ReplyVerdict::Malformed;
+                };
+                pfh[..len].copy_from_slice(phys);
+                on_mapping(v.vin, &pfh[..len]);
+                match replace_handle(pkt, msg_at + at, len, &v.encode(ctx.key)) {
+                    Ok(d) => delta += d,
+                    Err(_) => return ReplyVerdict::Malformed,
+                }
+            }
+            Field::FsinfoSizes { .. } => {}
+        }
+    }
+    ReplyVerdict::Rewritten { delta }
+}
