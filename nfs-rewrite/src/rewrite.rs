@@ -250,6 +250,10 @@ pub fn virtualize_reply<B: Buffer>(
     let mut growth = 0usize;
     for (i, f) in list.iter().enumerate() {
         if let Field::Handle { len, .. } = *f {
+            // An empty handle is valid XDR but names nothing: it could never be mapped back.
+            if len == 0 {
+                return ReplyVerdict::Malformed;
+            }
             if paired(i).is_none() {
                 return ReplyVerdict::SlowPath;
             }

@@ -368,6 +368,37 @@ fn reply_without_room_goes_to_the_slow_path_untouched() {
     assert_eq!(v, ReplyVerdict::Rewritten { delta: 16 });
 }
 
+/// Found by the nfs_wire fuzz target: a server's "handle" of length 0 must not become a VFH.
+#[test]
+fn empty_physical_handle_is_refused() {
+    let w = World::new();
+    let mut m = rpc::Writer::new();
+    m.accepted_reply(3, 0)
+        .u32(0)
+        .opaque(&[])
+        .bool(true)
+        .fixed(&[0; 84])
+        .bool(false);
+    let mut b = HeapBuffer::from_bytes(&m.buf);
+    let mut scratch = [Field::FileId { at: 0 }; 8];
+    let mut mapped = false;
+    let v = virtualize_reply(
+        &mut b,
+        0,
+        Proc::Lookup,
+        24,
+        SID,
+        w.mch,
+        0,
+        &w.ctx(),
+        &mut scratch,
+        |_, _| mapped = true,
+    );
+    assert_eq!(v, ReplyVerdict::Malformed);
+    assert!(!mapped);
+    assert_eq!(b.data(), &m.buf[..]);
+}
+
 #[test]
 fn reply_rewrite_never_panics_on_garbage() {
     let w = World::new();
