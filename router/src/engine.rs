@@ -54,6 +54,17 @@ impl Backoff {
         self.idle_polls = 0;
         self.sleep_us = 0;
     }
+    /// Account one poll-loop iteration that handled `got` packets; sleeps when idle long enough.
+    #[inline]
+    fn after_poll(&mut self, got: usize, c: &CoreCounters) {
+        if got > 0 {
+            c.busy_polls.inc();
+            self.busy();
+        } else if self.idle() {
+            c.idle_sleeps.inc();
+        }
+    }
+
     /// Returns true when it slept.
     #[inline]
     fn idle(&mut self) -> bool {
@@ -413,12 +424,7 @@ impl<B: Backend> WorkerCtx<B> {
             }
             tx.flush(&*be, queue, &c);
             self.qsbr.quiescent(self.id);
-            if got > 0 {
-                c.busy_polls.inc();
-                backoff.busy();
-            } else if backoff.idle() {
-                c.idle_sleeps.inc();
-            }
+            backoff.after_poll(got, &c);
         }
         self.qsbr.offline(self.id);
     }
@@ -451,12 +457,7 @@ impl<B: Backend> WorkerCtx<B> {
                 }
             });
             self.qsbr.quiescent(self.id);
-            if got > 0 {
-                c.busy_polls.inc();
-                backoff.busy();
-            } else if backoff.idle() {
-                c.idle_sleeps.inc();
-            }
+            backoff.after_poll(got, &c);
         }
         self.qsbr.offline(self.id);
     }
@@ -528,12 +529,7 @@ impl<B: Backend> IoCtx<B> {
                 }
             }
             tx.flush(&*be, 0, &c);
-            if got > 0 {
-                c.busy_polls.inc();
-                backoff.busy();
-            } else if backoff.idle() {
-                c.idle_sleeps.inc();
-            }
+            backoff.after_poll(got, &c);
         }
     }
 }

@@ -84,6 +84,17 @@ enum NeighCmd {
     List,
 }
 
+/// Print a line; a closed stdout (`routerctl stats | head`) ends the program quietly, as a
+/// Unix filter should, instead of println!'s panic.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        if writeln!(std::io::stdout(), $($t)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 fn main() {
     if let Err(e) = real_main() {
         eprintln!("routerctl: {e:#}");
@@ -138,22 +149,27 @@ fn real_main() -> Result<()> {
     };
     let data = call(&mut c, &req)?;
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&data)?);
+        say!("{}", serde_json::to_string_pretty(&data)?);
         return Ok(());
     }
     match &cli.cmd {
         Cmd::Status => {
             for (k, v) in data.as_object().into_iter().flatten() {
-                println!("{k:<12} {}", plain(v));
+                say!("{k:<12} {}", plain(v));
             }
         }
         Cmd::Ports => {
-            println!(
+            say!(
                 "{:<4} {:<10} {:<18} {:<6} {:<20} {:<5} device",
-                "id", "name", "mac", "mtu", "addresses", "rxq"
+                "id",
+                "name",
+                "mac",
+                "mtu",
+                "addresses",
+                "rxq"
             );
             for p in data.as_array().into_iter().flatten() {
-                println!(
+                say!(
                     "{:<4} {:<10} {:<18} {:<6} {:<20} {:<5} {}",
                     plain(&p["port"]),
                     plain(&p["name"]),
@@ -172,12 +188,16 @@ fn real_main() -> Result<()> {
         Cmd::Route {
             cmd: RouteCmd::List { .. },
         } => {
-            println!(
+            say!(
                 "{:<20} {:<10} {:<10} {:<16} {:<10} resolved",
-                "prefix", "origin", "kind", "via", "port"
+                "prefix",
+                "origin",
+                "kind",
+                "via",
+                "port"
             );
             for r in data["routes"].as_array().into_iter().flatten() {
-                println!(
+                say!(
                     "{:<20} {:<10} {:<10} {:<16} {:<10} {}",
                     plain(&r["prefix"]),
                     plain(&r["origin"]),
@@ -188,15 +208,20 @@ fn real_main() -> Result<()> {
                 );
             }
             let shown = data["routes"].as_array().map_or(0, |a| a.len());
-            println!("({shown} of {} routes)", plain(&data["total"]));
+            say!("({shown} of {} routes)", plain(&data["total"]));
         }
         Cmd::Neigh { .. } => {
-            println!(
+            say!(
                 "{:<16} {:<10} {:<18} {:<11} {:>8} {:>5}",
-                "address", "port", "mac", "state", "age(s)", "held"
+                "address",
+                "port",
+                "mac",
+                "state",
+                "age(s)",
+                "held"
             );
             for n in data.as_array().into_iter().flatten() {
-                println!(
+                say!(
                     "{:<16} {:<10} {:<18} {:<11} {:>8.1} {:>5}",
                     plain(&n["address"]),
                     plain(&n["port"]),
@@ -207,7 +232,7 @@ fn real_main() -> Result<()> {
                 );
             }
         }
-        _ => println!("ok: {}", plain(&data)),
+        _ => say!("ok: {}", plain(&data)),
     }
     Ok(())
 }
@@ -262,7 +287,7 @@ fn print_stats(now: &Value, prev: Option<&Value>, dt: f64) {
             _ => at(now, ptr).to_string(),
         }
     };
-    println!(
+    say!(
         "uptime {:.1}s  routes {}  next-hops {}  tbl8 {}/{}  mempool free {}",
         now["uptime_secs"].as_f64().unwrap_or(0.0),
         plain(&now["fib"]["routes"]),
@@ -271,13 +296,19 @@ fn print_stats(now: &Value, prev: Option<&Value>, dt: f64) {
         plain(&now["fib"]["tbl8_groups"]),
         plain(&now["mempool_free"])
     );
-    println!(
+    say!(
         "{:<10} {:>14} {:>14} {:>16} {:>16} {:>12} {:>10}",
-        "port", "rx", "tx", "rx-bytes", "tx-bytes", "tx-full", "imissed"
+        "port",
+        "rx",
+        "tx",
+        "rx-bytes",
+        "tx-bytes",
+        "tx-full",
+        "imissed"
     );
     for (i, p) in now["ports"].as_array().into_iter().flatten().enumerate() {
         let r = |k: &str| rate(&format!("/ports/{i}/{k}"));
-        println!(
+        say!(
             "{:<10} {:>14} {:>14} {:>16} {:>16} {:>12} {:>10}",
             plain(&p["name"]),
             r("rx"),
@@ -288,9 +319,14 @@ fn print_stats(now: &Value, prev: Option<&Value>, dt: f64) {
             plain(&p["driver"]["imissed"])
         );
     }
-    println!(
+    say!(
         "{:<10} {:>5} {:>14} {:>10} {:>10} {:>10}",
-        "core", "cpu", "packets", "busy", "ns/pkt", "ring-full"
+        "core",
+        "cpu",
+        "packets",
+        "busy",
+        "ns/pkt",
+        "ring-full"
     );
     for (i, c) in now["cores"].as_array().into_iter().flatten().enumerate() {
         let d = |ptr: &str| {
@@ -305,7 +341,7 @@ fn print_stats(now: &Value, prev: Option<&Value>, dt: f64) {
         };
         let (pk, ns) = (d("/stages/0/timed_packets"), d("/stages/0/busy_ns"));
         let nspp = if pk > 0 { ns as f64 / pk as f64 } else { 0.0 };
-        println!(
+        say!(
             "{:<10} {:>5} {:>14} {:>9.1}% {:>10.1} {:>10}",
             format!("{}{}", plain(&c["role"]), plain(&c["core"])),
             plain(&c["cpu"]),
@@ -349,9 +385,9 @@ fn print_stats(now: &Value, prev: Option<&Value>, dt: f64) {
         }
     }
     if !lines.is_empty() {
-        println!("drops and punts:");
+        say!("drops and punts:");
         for l in lines {
-            println!("{l}");
+            say!("{l}");
         }
     }
     let interesting: Vec<String> = now["mgmt"]
@@ -362,7 +398,7 @@ fn print_stats(now: &Value, prev: Option<&Value>, dt: f64) {
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     if !interesting.is_empty() {
-        println!("mgmt: {}", interesting.join(" "));
+        say!("mgmt: {}", interesting.join(" "));
     }
 }
 
@@ -378,12 +414,12 @@ fn watch(c: &mut AdminClient, interval: f64, count: Option<u64>, json: bool) -> 
         let dt = t_prev.elapsed().as_secs_f64();
         t_prev = Instant::now();
         if json {
-            println!("{}", serde_json::to_string(&now)?);
+            say!("{}", serde_json::to_string(&now)?);
         } else {
             if tty {
-                print!("\x1b[2J\x1b[H");
+                let _ = std::io::Write::write_all(&mut std::io::stdout(), b"\x1b[2J\x1b[H");
             }
-            println!("--- rates over {dt:.2}s ---");
+            say!("--- rates over {dt:.2}s ---");
             print_stats(&now, Some(&prev), dt);
         }
         prev = now;
