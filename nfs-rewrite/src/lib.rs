@@ -3,12 +3,16 @@
 //!   where each file handle, `fattr3`, READDIR file id and FSINFO transfer size sits;
 //! - `vfh`: the virtual file handle (SID, MCH, PFS, PIN, VIN, keyed HVC);
 //! - `tables`: the per-worker transaction table and the shared lock-free handle table;
-//! - `rewrite`: VFH → PFH in calls, PFH → VFH and attributes in replies, in place.
+//! - `rewrite`: VFH → PFH in calls, PFH → VFH and attributes in replies, in place;
+//! - `datapath`: `NfsStage`, the fast-path stage for NFSv3 over UDP around `rewrite` (address
+//!   and port rewrite, IP/UDP length and checksum fix-ups, transactions, punts).
 //!
-//! Not yet: the pipeline stage around `rewrite` (IP/UDP fix-ups, steering by xid), the
-//! management core's MOUNT/portmap answers, virtual root, recovery and checkpoints.
+//! Not yet: the stage in the engine's pipeline (config, steering by xid, the mapping queue to
+//! the management core), the management core's MOUNT/portmap answers, virtual root, refusal
+//! replies, recovery and checkpoints; IP fragment reassembly.
 #![forbid(unsafe_code)]
 
+pub mod datapath;
 pub mod rewrite;
 pub mod tables;
 pub mod vfh;

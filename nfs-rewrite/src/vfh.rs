@@ -134,13 +134,22 @@ impl VirtualHandle {
         b
     }
 
-    /// Decode and verify the HVC. `mch_of(sid)` gives the current mount checksum of a
+    /// Decode and verify the HVC and the MCH. `mch_of(sid)` gives the current mount checksum of a
     /// configured server (None when the SID is not configured).
     pub fn decode(
         key: &HandleKey,
         b: &[u8],
         mch_of: impl Fn(u16) -> Option<u32>,
     ) -> Result<Self, VfhError> {
+        let v = Self::verify(key, b)?;
+        if v.sid != 0 && mch_of(v.sid) != Some(v.mch) {
+            return Err(VfhError::Stale);
+        }
+        Ok(v)
+    }
+
+    /// Decode and verify the HVC only (the handle is ours and unaltered).
+    pub fn verify(key: &HandleKey, b: &[u8]) -> Result<Self, VfhError> {
         let b: &[u8; VFH_LEN] = b.try_into().map_err(|_| VfhError::BadHandle)?;
         if b[0] != VERSION {
             return Err(VfhError::BadHandle);
@@ -159,9 +168,6 @@ impl VirtualHandle {
             pin: be64(16..24),
             vin: be64(24..32),
         };
-        if v.sid != 0 && mch_of(v.sid) != Some(v.mch) {
-            return Err(VfhError::Stale);
-        }
         Ok(v)
     }
 }

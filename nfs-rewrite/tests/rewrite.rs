@@ -433,3 +433,226 @@ fn reply_rewrite_never_panics_on_garbage() {
         }
     }
 }
+
+mod stage {
+    use super::*;
+    use nfs_rewrite::datapath::{NfsDrop, NfsShared, NfsStage, Server};
+    use packet::ethernet::{ethertype, EthernetAddress, EthernetFrame, EthernetRepr};
+    use packet::ipv4::{Ipv4Packet, Ipv4Repr};
+    use packet::udp::{UdpPacket, UdpRepr};
+    use packet::{DropReason, PuntReason, Stage, Verdict};
+    use std::net::Ipv4Addr;
+    use std::sync::Arc;
+
+    const CLIENT: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 0, 1, 2), 800);
+    const VIRTUAL: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 0, 0, 100), 2049);
+    const SERVER: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 0, 2, 2), 2049);
+
+    fn frame(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 42 + payload.len()];
+        let mut eth = EthernetFrame::new_unchecked(&mut f[..]);
+        EthernetRepr {
+            src_addr: EthernetAddress([2, 0, 0, 0, 0, 1]),
+            dst_addr: EthernetAddress([2, 0, 0, 0, 0, 2]),
+            ethertype: ethertype::IPV4,
+        }
+        .emit(&mut eth);
+        let mut ip = Ipv4Packet::new_unchecked(eth.payload_mut());
+        Ipv4Repr {
+            src_addr: src.0,
+            dst_addr: dst.0,
+            protocol: 17,
+            payload_len: 8 + payload.len(),
+            ttl: 64,
+            tos: 0,
+            ident: 1,
+            dont_frag: false,
+        }
+        .emit(&mut ip);
+        let mut udp = UdpPacket::new_unchecked(ip.payload_mut());
+        udp.set_len((8 + payload.len()) as u16);
+        udp.payload_mut().copy_from_slice(payload);
+        UdpRepr {
+            src_port: src.1,
+            dst_port: dst.1,
+        }
+        .emit(&mut udp, payload.len(), src.0, dst.0);
+        f
+    }
+
+    /// (src, dst, UDP payload) of a frame, checking both checksums.
+    fn open(f: &[u8]) -> ((Ipv4Addr, u16), (Ipv4Addr, u16), Vec<u8>) {
+        let ip = Ipv4Packet::new_checked(&f[14..]).unwrap();
+        assert!(ip.verify_checksum());
+        let udp = UdpPacket::new_checked(ip.payload()).unwrap();
+        assert!(udp.verify_checksum(ip.src_addr(), ip.dst_addr()));
+        (
+            (ip.src_addr(), udp.src_port()),
+            (ip.dst_addr(), udp.dst_port()),
+            udp.payload().to_vec(),
+        )
+    }
+
+    #[test]
+    fn calls_and_replies_through_the_stage() {
+        let frames = capture("nfs3-udp-ganesha.pcap").unwrap();
+        let mut w = World::new();
+        let handles = Arc::new(HandleTable::new(4096));
+        let shared = Arc::new(NfsShared {
+            key: key(),
+            handles: handles.clone(),
+            virtual_addr: VIRTUAL.0,
+            nfs_port: VIRTUAL.1,
+            virtual_fsid: VFSID,
+            servers: vec![Server {
+                sid: SID,
+                addr: SERVER.0,
+                nfs_port: SERVER.1,
+                export: "/export".into(),
+                mch: w.mch,
+            }],
+        });
+        let mut stage = NfsStage::new(shared, 1024, 1000);
+        let (mut calls, mut replies, mut checked) = (0, 0, 0);
+        let mut procs = HashMap::new();
+        for m in messages(&frames) {
+            match rpc::parse(&m.bytes).unwrap() {
+                rpc::Message::Call(c) if c.prog == rpc::program::NFS => {
+                    let p = Proc::from_u32(c.proc_).unwrap();
+                    let hs = call_handles(p, &m.bytes, c.args_at);
+                    if hs.is_empty() {
+                        continue;
+                    }
+                    for &(at, len) in &hs {
+                        w.adopt(&m.bytes[at + 4..at + 4 + len]);
+                        let vfh = w.vfh_of[&m.bytes[at + 4..at + 4 + len]];
+                        let v = VirtualHandle::verify(&w.key, &vfh).unwrap();
+                        handles.insert(v.vin, &m.bytes[at + 4..at + 4 + len]);
+                    }
+                    let virt = replace_handles(&m.bytes, &hs, |pfh| w.vfh_of[pfh].to_vec());
+                    procs.insert(c.xid, p);
+                    let mut b = HeapBuffer::from_bytes(&frame(CLIENT, VIRTUAL, &virt));
+                    assert_eq!(stage.process(&mut b), Verdict::Next, "{}", p.name());
+                    let (src, dst, payload) = open(b.data());
+                    assert_eq!(
+                        (src, dst),
+                        (CLIENT, SERVER),
+                        "to the server, from the client"
+                    );
+                    assert_eq!(payload, m.bytes, "{}: the physical call", p.name());
+                    calls += 1;
+                }
+                rpc::Message::Reply(_) => {
+                    let mut b = HeapBuffer::with_capacity(m.bytes.len() + 4096, 128);
+                    let f = frame(SERVER, CLIENT, &m.bytes);
+                    b.append(f.len()).unwrap();
+                    b.data_mut().copy_from_slice(&f);
+                    let v = stage.process(&mut b);
+                    if v == NfsDrop::UnmatchedReply.drop() {
+                        continue; // a reply to a call the test did not send (MOUNT, no handle)
+                    }
+                    assert_eq!(v, Verdict::Next);
+                    let (src, dst, payload) = open(b.data());
+                    assert_eq!((src, dst), (VIRTUAL, CLIENT), "from the virtual server");
+                    // Every handle the client now sees is a VFH of ours, every fattr3 virtual.
+                    let rpc::Message::Reply(r) = rpc::parse(&payload).unwrap() else {
+                        panic!("not a reply")
+                    };
+                    let p = procs[&r.xid()];
+                    if let rpc::Reply::Accepted {
+                        stat: rpc::AcceptStat::Success { results_at },
+                        ..
+                    } = r
+                    {
+                        let (mut vfhs, mut fattrs) = (0, 0);
+                        nfs3::walk_reply(p, &payload, results_at, |f| match f {
+                            Field::Handle { at, len } => {
+                                assert_eq!(len, VFH_LEN);
+                                VirtualHandle::decode(&w.key, &payload[at + 4..at + 44], |_| {
+                                    Some(w.mch)
+                                })
+                                .unwrap();
+                                vfhs += 1;
+                            }
+                            Field::Fattr { at } => {
+                                assert_eq!(payload[at + 44..at + 52], VFSID.to_be_bytes());
+                                fattrs += 1;
+                            }
+                            _ => {}
+                        })
+                        .unwrap();
+                        checked += vfhs + fattrs;
+                    }
+                    replies += 1;
+                }
+                _ => {}
+            }
+        }
+        let mut learned = 0;
+        stage.take_mappings(|vin, pfh| {
+            assert!(!pfh.is_empty());
+            handles.insert(vin, pfh);
+            learned += 1;
+        });
+        eprintln!("stage: {calls} calls, {replies} replies ({checked} handles and attributes checked), {learned} mappings learned");
+        assert!(calls >= 8 && replies >= 8 && learned > 0 && checked > 20);
+        assert_eq!(stage.counters.calls, calls);
+    }
+
+    #[test]
+    fn what_the_fast_path_leaves_alone_or_hands_over() {
+        let w = World::new();
+        let shared = Arc::new(NfsShared {
+            key: key(),
+            handles: Arc::new(HandleTable::new(64)),
+            virtual_addr: VIRTUAL.0,
+            nfs_port: VIRTUAL.1,
+            virtual_fsid: VFSID,
+            servers: vec![Server {
+                sid: SID,
+                addr: SERVER.0,
+                nfs_port: SERVER.1,
+                export: "/export".into(),
+                mch: w.mch,
+            }],
+        });
+        let mut stage = NfsStage::new(shared, 64, 1000);
+        // Other UDP traffic: untouched.
+        let other = frame(CLIENT, (SERVER.0, 53), b"dns");
+        let mut b = HeapBuffer::from_bytes(&other);
+        assert_eq!(stage.process(&mut b), Verdict::Next);
+        assert_eq!(b.data(), &other[..]);
+        // MOUNT to the virtual server's NFS port, NULL: the management core's.
+        let mut m = rpc::Writer::new();
+        m.call(1, rpc::program::MOUNT, 3, 1).opaque(b"/");
+        assert_eq!(
+            stage.process(&mut HeapBuffer::from_bytes(&frame(CLIENT, VIRTUAL, &m.buf))),
+            Verdict::Punt(PuntReason::Application)
+        );
+        let mut m = rpc::Writer::new();
+        m.call(2, rpc::program::NFS, 3, 0);
+        assert_eq!(
+            stage.process(&mut HeapBuffer::from_bytes(&frame(CLIENT, VIRTUAL, &m.buf))),
+            Verdict::Punt(PuntReason::Application)
+        );
+        // A forged handle: the management core answers NFS3ERR_BADHANDLE.
+        let mut m = rpc::Writer::new();
+        m.call(3, rpc::program::NFS, 3, 1).opaque(&[7; 40]);
+        assert_eq!(
+            stage.process(&mut HeapBuffer::from_bytes(&frame(CLIENT, VIRTUAL, &m.buf))),
+            Verdict::Punt(PuntReason::Application)
+        );
+        // A server reply nobody asked for: dropped.
+        let mut r = rpc::Writer::new();
+        r.accepted_reply(99, 0).u32(0);
+        assert_eq!(
+            stage.process(&mut HeapBuffer::from_bytes(&frame(SERVER, CLIENT, &r.buf))),
+            NfsDrop::UnmatchedReply.drop()
+        );
+        // Garbage to the virtual server: dropped as malformed.
+        assert_eq!(
+            stage.process(&mut HeapBuffer::from_bytes(&frame(CLIENT, VIRTUAL, b"xx"))),
+            NfsDrop::Malformed.drop()
+        );
+    }
+}

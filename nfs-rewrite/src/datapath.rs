@@ -1,0 +1,367 @@
+//! The NFS rewrite stage (fast path), for NFSv3 over UDP. It runs before IPv4 routing:
+//!
+//! - a call to the virtual server (`virtual_addr:nfs_port`): its VFHs become the physical
+//!   handles of the server named by their SID, the IP destination and UDP port become that
+//!   server's, the transaction is recorded (client address, port, xid), lengths and checksums
+//!   are fixed; then routing sends it on. The client's source address is kept: servers route
+//!   their replies to clients through the router, which is their gateway;
+//! - a reply from a server's NFS port to a recorded transaction: physical handles and
+//!   attributes become virtual, the source becomes the virtual server;
+//! - everything the fast path cannot finish — MOUNT and portmap, the virtual root, refusals
+//!   that need an NFS error reply, unknown handles to recover, replies too big to rewrite in the
+//!   buffer — is punted to the management core; IP fragments pass untouched (counted).
+//!
+//! New VIN → PFH mappings learned from replies are queued in [`NfsStage::take_mappings`] for
+//! the handle table's single writer.
+
+use crate::rewrite::{devirtualize_call, virtualize_reply, CallVerdict, Context, ReplyVerdict};
+use crate::tables::{HandleTable, TransactionTable, TxKey, PFH_MAX};
+use crate::vfh::{HandleKey, VirtualHandle};
+use crate::wire::nfs3::Proc;
+use crate::wire::{rpc, Field};
+use packet::ipv4::{protocol, Ipv4Packet};
+use packet::udp::UdpPacket;
+use packet::{drop_reasons, Buffer, DropReason, PuntReason, Stage, Verdict};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+drop_reasons! {
+    /// Why the NFS stage drops a packet.
+    pub enum NfsDrop {
+        Malformed = "malformed",
+        UnmatchedReply = "unmatched-reply",
+        TransactionsFull = "transactions-full",
+        NoRoom = "no-room",
+    }
+}
+
+/// An aggregated server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    pub sid: u16,
+    pub addr: Ipv4Addr,
+    pub nfs_port: u16,
+    pub export: String,
+    /// Mount checksum of (sid, export).
+    pub mch: u32,
+}
+
+/// What every worker's stage shares.
+#[derive(Debug)]
+pub struct NfsShared {
+    pub key: HandleKey,
+    pub handles: Arc<HandleTable>,
+    pub virtual_addr: Ipv4Addr,
+    pub nfs_port: u16,
+    pub virtual_fsid: u64,
+    pub servers: Vec<Server>,
+}
+
+impl NfsShared {
+    fn server(&self, sid: u16) -> Option<&Server> {
+        self.servers.iter().find(|s| s.sid == sid)
+    }
+    fn server_at(&self, addr: Ipv4Addr, port: u16) -> Option<&Server> {
+        self.servers
+            .iter()
+            .find(|s| s.addr == addr && s.nfs_port == port)
+    }
+}
+
+/// What a reply's rewrite needs from its call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Transaction {
+    pub proc_: u8,
+    pub sid: u16,
+    pub dir_pfs: u64,
+}
+
+/// Counters of the stage (one worker's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NfsCounters {
+    pub calls: u64,
+    pub replies: u64,
+    pub fragments_passed: u64,
+    pub mappings_dropped: u64,
+}
+
+/// Mappings a worker queues per burst before the engine drains them.
+pub const MAPPING_QUEUE: usize = 256;
+
+/// The per-worker NFS stage.
+#[derive(Debug)]
+pub struct NfsStage {
+    shared: Arc<NfsShared>,
+    tx: TransactionTable<Transaction>,
+    scratch: Box<[Field]>,
+    mappings: Vec<(u64, [u8; PFH_MAX], u8)>,
+    now: u64,
+    pub counters: NfsCounters,
+}
+
+impl NfsStage {
+    /// `transactions` calls in flight at most, each kept `ttl` ticks (see [`NfsStage::set_now`]).
+    pub fn new(shared: Arc<NfsShared>, transactions: usize, ttl: u64) -> Self {
+        NfsStage {
+            shared,
+            tx: TransactionTable::new(transactions, ttl),
+            scratch: vec![Field::FileId { at: 0 }; 256].into_boxed_slice(),
+            mappings: Vec::with_capacity(MAPPING_QUEUE),
+            now: 0,
+            counters: NfsCounters::default(),
+        }
+    }
+
+    /// The current time in ticks (the engine sets it once per burst).
+    pub fn set_now(&mut self, now: u64) {
+        self.now = now;
+    }
+
+    /// Mappings learned since the last call (for the handle table's writer).
+    pub fn take_mappings(&mut self, mut f: impl FnMut(u64, &[u8])) {
+        for (vin, pfh, len) in self.mappings.drain(..) {
+            f(vin, &pfh[..usize::from(len)]);
+        }
+    }
+
+    /// The transaction table's counters.
+    pub fn transactions(&self) -> &TransactionTable<Transaction> {
+        &self.tx
+    }
+}
+
+/// Fix IP total length, UDP length and both checksums after the payload changed by `delta`.
+fn fix_lengths<B: Buffer>(pkt: &mut B, ip_at: usize, delta: isize) -> Option<()> {
+    let f = pkt.data_mut();
+    let mut ip = Ipv4Packet::new_unchecked(f.get_mut(ip_at..)?);
+    let tl = (isize::try_from(ip.total_len()).ok()? + delta) as usize;
+    ip.set_total_len(u16::try_from(tl).ok()?);
+    ip.fill_checksum();
+    let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    let hl = usize::from(ip.header_len());
+    let seg = f.get_mut(ip_at + hl..ip_at + tl)?;
+    let mut udp = UdpPacket::new_unchecked(seg);
+    udp.set_len(u16::try_from(tl - hl).ok()?);
+    udp.fill_checksum(src, dst);
+    Some(())
+}
+
+impl NfsStage {
+    fn call<B: Buffer>(
+        &mut self,
+        pkt: &mut B,
+        ip_at: usize,
+        msg_at: usize,
+        client: (Ipv4Addr, u16),
+    ) -> Verdict {
+        let Some(msg) = pkt.data().get(msg_at..) else {
+            return NfsDrop::Malformed.drop();
+        };
+        let Ok(rpc::Message::Call(c)) = rpc::parse(msg) else {
+            return NfsDrop::Malformed.drop();
+        };
+        if c.prog != rpc::program::NFS || c.vers != 3 {
+            return Verdict::Punt(PuntReason::Application);
+        }
+        let Some(p) = Proc::from_u32(c.proc_) else {
+            return Verdict::Punt(PuntReason::Application);
+        };
+        let (xid, args_at) = (c.xid, c.args_at);
+        self.counters.calls += 1;
+        let shared = self.shared.clone();
+        let ctx = Context {
+            key: &shared.key,
+            handles: &shared.handles,
+            virtual_fsid: shared.virtual_fsid,
+        };
+        // The directory the call names (READDIR file ids are relative to its file system).
+        let dir_pfs = first_vfh_pfs(&shared.key, msg, p, args_at);
+        match devirtualize_call(pkt, msg_at, p, args_at, &ctx, |sid| {
+            shared.server(sid).map(|s| s.mch)
+        }) {
+            CallVerdict::Forward { sid, delta } => {
+                let Some(server) = shared.server(sid) else {
+                    return NfsDrop::Malformed.drop();
+                };
+                let key = TxKey {
+                    client: u32::from(client.0),
+                    port: client.1,
+                    xid,
+                };
+                if !self.tx.insert(
+                    key,
+                    Transaction {
+                        proc_: p as u8,
+                        sid,
+                        dir_pfs,
+                    },
+                    self.now,
+                ) {
+                    return NfsDrop::TransactionsFull.drop();
+                }
+                let f = pkt.data_mut();
+                let Some(ipb) = f.get_mut(ip_at..) else {
+                    return NfsDrop::Malformed.drop();
+                };
+                let mut ip = Ipv4Packet::new_unchecked(ipb);
+                ip.set_dst_addr(server.addr);
+                let hl = usize::from(ip.header_len());
+                let Some(udpb) = f.get_mut(ip_at + hl..) else {
+                    return NfsDrop::Malformed.drop();
+                };
+                UdpPacket::new_unchecked(udpb).set_dst_port(server.nfs_port);
+                match fix_lengths(pkt, ip_at, delta) {
+                    Some(()) => Verdict::Next,
+                    None => NfsDrop::Malformed.drop(),
+                }
+            }
+            CallVerdict::Malformed => NfsDrop::Malformed.drop(),
+            // NULL, the virtual root, refusals and recoveries are the management core's.
+            CallVerdict::NoHandle
+            | CallVerdict::Virtual
+            | CallVerdict::Refuse(_)
+            | CallVerdict::Recover(_) => Verdict::Punt(PuntReason::Application),
+        }
+    }
+
+    fn reply<B: Buffer>(
+        &mut self,
+        pkt: &mut B,
+        ip_at: usize,
+        msg_at: usize,
+        sid: u16,
+        client: (Ipv4Addr, u16),
+    ) -> Verdict {
+        let Some(msg) = pkt.data().get(msg_at..) else {
+            return NfsDrop::Malformed.drop();
+        };
+        let Ok(rpc::Message::Reply(r)) = rpc::parse(msg) else {
+            return NfsDrop::Malformed.drop();
+        };
+        let results_at = match r {
+            rpc::Reply::Accepted {
+                stat: rpc::AcceptStat::Success { results_at },
+                ..
+            } => Some(results_at),
+            _ => None,
+        };
+        let key = TxKey {
+            client: u32::from(client.0),
+            port: client.1,
+            xid: r.xid(),
+        };
+        let Some(t) = self.tx.take(key, self.now) else {
+            return NfsDrop::UnmatchedReply.drop();
+        };
+        self.counters.replies += 1;
+        let shared = self.shared.clone();
+        let Some(server) = shared.server(sid) else {
+            return NfsDrop::Malformed.drop();
+        };
+        let mut delta = 0;
+        if let Some(results_at) = results_at {
+            let Some(p) = Proc::from_u32(u32::from(t.proc_)) else {
+                return NfsDrop::Malformed.drop();
+            };
+            let ctx = Context {
+                key: &shared.key,
+                handles: &shared.handles,
+                virtual_fsid: shared.virtual_fsid,
+            };
+            let (mappings, counters) = (&mut self.mappings, &mut self.counters);
+            let v = virtualize_reply(
+                pkt,
+                msg_at,
+                p,
+                results_at,
+                sid,
+                server.mch,
+                t.dir_pfs,
+                &ctx,
+                &mut self.scratch,
+                |vin, pfh| {
+                    if mappings.len() < MAPPING_QUEUE {
+                        let mut b = [0u8; PFH_MAX];
+                        b[..pfh.len()].copy_from_slice(pfh);
+                        mappings.push((vin, b, pfh.len() as u8));
+                    } else {
+                        counters.mappings_dropped += 1;
+                    }
+                },
+            );
+            match v {
+                ReplyVerdict::Rewritten { delta: d } => delta = d,
+                ReplyVerdict::SlowPath => return Verdict::Punt(PuntReason::Application),
+                ReplyVerdict::Malformed => return NfsDrop::Malformed.drop(),
+            }
+        }
+        let f = pkt.data_mut();
+        let Some(ipb) = f.get_mut(ip_at..) else {
+            return NfsDrop::Malformed.drop();
+        };
+        let mut ip = Ipv4Packet::new_unchecked(ipb);
+        ip.set_src_addr(shared.virtual_addr);
+        let hl = usize::from(ip.header_len());
+        let Some(udpb) = f.get_mut(ip_at + hl..) else {
+            return NfsDrop::Malformed.drop();
+        };
+        UdpPacket::new_unchecked(udpb).set_src_port(shared.nfs_port);
+        match fix_lengths(pkt, ip_at, delta) {
+            Some(()) => Verdict::Next,
+            None => NfsDrop::Malformed.drop(),
+        }
+    }
+}
+
+/// The physical file system of the first handle a call names (0 when it has none).
+fn first_vfh_pfs(key: &HandleKey, msg: &[u8], p: Proc, args_at: usize) -> u64 {
+    let mut first = None;
+    let _ = crate::wire::nfs3::walk_call(p, msg, args_at, |f| {
+        if let (None, Field::Handle { at, len }) = (first, f) {
+            first = Some((at, len));
+        }
+    });
+    first
+        .and_then(|(at, len)| msg.get(at + 4..at + 4 + len))
+        .and_then(|b| VirtualHandle::verify(key, b).ok())
+        .map_or(0, |v| v.pfs)
+}
+
+impl Stage for NfsStage {
+    type Reason = NfsDrop;
+    const NAME: &'static str = "nfs";
+
+    fn process<B: Buffer>(&mut self, pkt: &mut B) -> Verdict {
+        const ETH: usize = packet::ethernet::HEADER_LEN;
+        let f = pkt.data();
+        if f.len() < ETH + 28 || f[12] != 0x08 || f[13] != 0x00 {
+            return Verdict::Next;
+        }
+        let Ok(ip) = Ipv4Packet::new_checked(&f[ETH..]) else {
+            return Verdict::Next;
+        };
+        if ip.protocol() != protocol::UDP || !ip.verify_checksum() {
+            return Verdict::Next; // IPv4 counts bad headers; not ours otherwise
+        }
+        let (src, dst) = (ip.src_addr(), ip.dst_addr());
+        let hl = usize::from(ip.header_len());
+        let Ok(udp) = UdpPacket::new_checked(ip.payload()) else {
+            return Verdict::Next;
+        };
+        let (sport, dport) = (udp.src_port(), udp.dst_port());
+        let is_call = dst == self.shared.virtual_addr && dport == self.shared.nfs_port;
+        let server = self.shared.server_at(src, sport).map(|s| s.sid);
+        if !is_call && server.is_none() {
+            return Verdict::Next;
+        }
+        if ip.is_fragment() {
+            self.counters.fragments_passed += 1;
+            return Verdict::Next;
+        }
+        let msg_at = ETH + hl + packet::udp::HEADER_LEN;
+        match server {
+            Some(sid) if !is_call => self.reply(pkt, ETH, msg_at, sid, (dst, dport)),
+            _ => self.call(pkt, ETH, msg_at, (src, sport)),
+        }
+    }
+}
