@@ -96,6 +96,7 @@ fn ipv4_forward(c: &mut Criterion) {
             for (buf, f) in burst.iter_mut().zip(&frames) {
                 buf.data_mut().copy_from_slice(f);
             }
+            verdicts.fill(packet::Verdict::Next); // undecided, as the engine hands them over
             stage.process_burst(black_box(&mut burst[..]), &mut verdicts);
             black_box(&verdicts);
         })

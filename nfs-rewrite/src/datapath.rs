@@ -88,8 +88,8 @@ pub struct NfsCounters {
 /// Mappings a worker queues per burst before the engine drains them.
 pub const MAPPING_QUEUE: usize = 256;
 
-/// The per-worker NFS stage.
-#[derive(Debug)]
+/// The per-worker NFS stage (each worker clones its own: the transaction table is private).
+#[derive(Debug, Clone)]
 pub struct NfsStage {
     shared: Arc<NfsShared>,
     tx: TransactionTable<Transaction>,
@@ -115,6 +115,11 @@ impl NfsStage {
     /// The current time in ticks (the engine sets it once per burst).
     pub fn set_now(&mut self, now: u64) {
         self.now = now;
+    }
+
+    /// The shared configuration.
+    pub fn shared(&self) -> &Arc<NfsShared> {
+        &self.shared
     }
 
     /// Mappings learned since the last call (for the handle table's writer).

@@ -59,7 +59,7 @@ pub struct TxStats {
 }
 
 /// Calls in flight, one table per worker.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct TransactionTable<V: Copy + Default> {
     slots: Box<[TxSlot<V>]>,
     mask: usize,

@@ -91,13 +91,17 @@ pub trait Stage {
     /// Process one packet in place and decide where it goes.
     fn process<B: Buffer>(&mut self, pkt: &mut B) -> Verdict;
 
-    /// Process a burst, writing one verdict per packet (`verdicts.len() >= pkts.len()`).
-    /// Stages override this to work in vector passes (parse all, look up all, rewrite all),
-    /// so independent table loads of different packets overlap.
+    /// Process a burst (`verdicts.len() >= pkts.len()`). The pipeline's convention: a packet
+    /// whose verdict is [`Verdict::Next`] on entry is this stage's to process; any other verdict
+    /// was decided by an earlier stage and is left alone. Stages override this to work in
+    /// vector passes (parse all, look up all, rewrite all), so independent table loads of
+    /// different packets overlap.
     #[inline]
     fn process_burst<B: Buffer>(&mut self, pkts: &mut [B], verdicts: &mut [Verdict]) {
         for (p, v) in pkts.iter_mut().zip(verdicts.iter_mut()) {
-            *v = self.process(p);
+            if *v == Verdict::Next {
+                *v = self.process(p);
+            }
         }
     }
 }

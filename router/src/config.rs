@@ -364,6 +364,70 @@ pub struct StaticNeighbour {
     pub mac: String,
 }
 
+fn d_nfs_port() -> u16 {
+    2049
+}
+fn d_mount_port() -> u16 {
+    20048
+}
+fn d_vfsid() -> u64 {
+    0x5649_5254_5541_4c31 // "VIRTUAL1"
+}
+fn d_transactions() -> usize {
+    65_536
+}
+fn d_tx_ttl() -> u64 {
+    10_000
+}
+fn d_handles() -> usize {
+    1 << 20
+}
+
+/// One aggregated NFS server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NfsServerConfig {
+    /// Server id (1..=65535), stored in every virtual handle: never reuse one for another server.
+    pub sid: u16,
+    /// The name its export has in the virtual root directory.
+    pub name: String,
+    pub address: Ipv4Addr,
+    #[serde(default = "d_nfs_port")]
+    pub nfs_port: u16,
+    #[serde(default = "d_mount_port")]
+    pub mount_port: u16,
+    /// The export path to mount on the server.
+    pub export: String,
+}
+
+/// Mirage NFS virtualization: several NFSv3 servers seen by clients as one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NfsConfig {
+    /// The address clients mount: one of the router's own addresses.
+    pub virtual_address: Ipv4Addr,
+    #[serde(default = "d_nfs_port")]
+    pub nfs_port: u16,
+    #[serde(default = "d_mount_port")]
+    pub mount_port: u16,
+    /// 32 hex digits: the key of every handle's verification checksum. Keep it across restarts,
+    /// or clients' handles go stale.
+    pub handle_secret: String,
+    /// The fsid clients see for the whole virtual file system.
+    #[serde(default = "d_vfsid")]
+    pub virtual_fsid: u64,
+    /// Calls in flight per worker.
+    #[serde(default = "d_transactions")]
+    pub transactions: usize,
+    /// How long a call waits for its reply (ms).
+    #[serde(default = "d_tx_ttl")]
+    pub transaction_ttl_ms: u64,
+    /// Handle-table slots (VIN → physical handle).
+    #[serde(default = "d_handles")]
+    pub handles: usize,
+    pub servers: Vec<NfsServerConfig>,
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -384,6 +448,8 @@ pub struct Config {
     pub neighbours: NeighbourConfig,
     #[serde(default)]
     pub static_neighbours: Vec<StaticNeighbour>,
+    #[serde(default)]
+    pub nfs: Option<NfsConfig>,
     #[serde(default)]
     pub icmp: IcmpConfig,
     #[serde(default)]
@@ -523,10 +589,73 @@ impl Config {
                 ));
             }
         }
+        if let Some(n) = &self.nfs {
+            self.validate_nfs(n)?;
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid(
                 "log.level",
                 format!("{:?} is not a log filter", self.log.level),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_nfs(&self, n: &NfsConfig) -> Result<(), ConfigError> {
+        if !self
+            .addresses()
+            .iter()
+            .any(|(_, a, _)| *a == n.virtual_address)
+        {
+            return Err(invalid(
+                "nfs.virtual_address",
+                "must be one of the router's port addresses (clients mount it)",
+            ));
+        }
+        let hex = n.handle_secret.trim();
+        if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(invalid(
+                "nfs.handle_secret",
+                "must be 32 hex digits (e.g. from `openssl rand -hex 16`)",
+            ));
+        }
+        if n.servers.is_empty() {
+            return Err(invalid("nfs.servers", "at least one server"));
+        }
+        for (i, s) in n.servers.iter().enumerate() {
+            let k = |f: &str| format!("nfs.servers[{i}].{f}");
+            if s.sid == 0 || n.servers.iter().filter(|t| t.sid == s.sid).count() > 1 {
+                return Err(invalid(k("sid"), format!("{} is 0 or not unique", s.sid)));
+            }
+            if s.name.is_empty()
+                || s.name.contains('/')
+                || n.servers.iter().filter(|t| t.name == s.name).count() > 1
+            {
+                return Err(invalid(
+                    k("name"),
+                    format!("{:?} is empty, has a '/', or is not unique", s.name),
+                ));
+            }
+            if !s.export.starts_with('/') {
+                return Err(invalid(
+                    k("export"),
+                    format!("{:?} is not an absolute path", s.export),
+                ));
+            }
+        }
+        if !(16..=1 << 24).contains(&n.transactions) {
+            return Err(invalid("nfs.transactions", "must be 16..=16777216"));
+        }
+        if !(16..=1 << 26).contains(&n.handles) {
+            return Err(invalid("nfs.handles", "must be 16..=67108864"));
+        }
+        // A call and its reply must meet on one worker's transaction table.
+        if self.dataplane.placement == Placement::RunToCompletion
+            && self.dataplane.workers.len() > 1
+        {
+            return Err(invalid(
+                "nfs",
+                "NFS needs calls and replies on the same worker: use placement = \"split\" (steers by xid) or one run-to-completion worker",
             ));
         }
         Ok(())
@@ -679,6 +808,41 @@ via = "10.0.2.2"
             }
         );
         assert_eq!(c.dataplane.burst, 32);
+    }
+
+    #[test]
+    fn nfs_section() {
+        let nfs = r#"
+[nfs]
+virtual_address = "10.0.1.1"
+handle_secret = "000102030405060708090a0b0c0d0e0f"
+[[nfs.servers]]
+sid = 1
+name = "a"
+address = "10.0.2.2"
+export = "/srv/a"
+"#;
+        let c = Config::parse(&format!("{GOOD}{nfs}")).unwrap();
+        assert_eq!(c.nfs.as_ref().unwrap().servers[0].nfs_port, 2049);
+        let e = Config::parse(&format!("{GOOD}{}", nfs.replace("10.0.1.1", "10.9.9.9")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("nfs.virtual_address"), "{e}");
+        let e = Config::parse(&format!("{GOOD}{}", nfs.replace("0e0f", "0e")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("nfs.handle_secret"), "{e}");
+        let e = Config::parse(&format!("{GOOD}{}", nfs.replace("sid = 1", "sid = 0")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("nfs.servers[0].sid"), "{e}");
+        let e = Config::parse(&format!(
+            "{}{nfs}",
+            GOOD.replace("workers = [0]", "workers = [0, 1]")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("nfs:"), "{e}");
     }
 
     #[test]

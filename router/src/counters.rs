@@ -22,6 +22,11 @@ impl Counter {
     pub fn inc(&self) {
         self.add(1)
     }
+    /// Overwrite (the owning core publishes a total it keeps elsewhere).
+    #[inline]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed)
+    }
     /// Current value.
     #[inline]
     pub fn get(&self) -> u64 {
@@ -122,6 +127,8 @@ pub struct CoreCounters {
     pub ring_full: Counter,
     pub punt_ring_full: Counter,
     pub injected: Counter,
+    /// NFS stage totals of this core (calls, replies, fragments passed, mappings not queued).
+    pub nfs: [Counter; 4],
 }
 
 impl CoreCounters {
@@ -144,6 +151,7 @@ impl CoreCounters {
             ring_full: Counter::default(),
             punt_ring_full: Counter::default(),
             injected: Counter::default(),
+            nfs: Default::default(),
         }
     }
 
@@ -158,6 +166,12 @@ impl CoreCounters {
             ring_full: self.ring_full.get(),
             punt_ring_full: self.punt_ring_full.get(),
             injected: self.injected.get(),
+            nfs: NfsSnapshot {
+                calls: self.nfs[0].get(),
+                replies: self.nfs[1].get(),
+                fragments_passed: self.nfs[2].get(),
+                mappings_dropped: self.nfs[3].get(),
+            },
             ports: self
                 .ports
                 .iter()
@@ -183,6 +197,14 @@ pub struct PortSnapshot {
     pub tx_full: u64,
 }
 
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct NfsSnapshot {
+    pub calls: u64,
+    pub replies: u64,
+    pub fragments_passed: u64,
+    pub mappings_dropped: u64,
+}
+
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct StageSnapshot {
     pub name: String,
@@ -205,6 +227,7 @@ pub struct CoreSnapshot {
     pub ring_full: u64,
     pub punt_ring_full: u64,
     pub injected: u64,
+    pub nfs: NfsSnapshot,
     pub ports: Vec<PortSnapshot>,
     pub stages: Vec<StageSnapshot>,
 }

@@ -13,8 +13,9 @@ use crate::counters::{CoreCounters, StageCounters};
 use crate::ipv4::{Ipv4Drop, Ipv4Stage};
 use crate::port::Backend;
 use crate::qsbr::Qsbr;
+use nfs_rewrite::datapath::{NfsDrop, NfsStage};
 use packet::{Buffer, DropReason, PuntReason, Stage, Verdict};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -31,6 +32,8 @@ pub struct Punted<T> {
 pub struct MgmtRings<T> {
     pub punt: Vec<rtrb::Consumer<Punted<T>>>,
     pub inject: rtrb::Producer<T>,
+    /// NFS handle mappings learned by each worker.
+    pub mappings: Vec<rtrb::Consumer<Mapping>>,
 }
 
 /// Idle back-off: spin a while, then sleep with a growing interval up to the bound.
@@ -85,27 +88,33 @@ impl Backoff {
 #[derive(Debug, Clone)]
 pub struct Pipeline {
     pub ipv4: Ipv4Stage,
+    /// Mirage NFS rewrite, before routing (when `[nfs]` is configured).
+    pub nfs: Option<NfsStage>,
+    /// Coarse clock (ms) the management core advances; stages read it instead of the system
+    /// clock.
+    pub clock: Arc<AtomicU64>,
 }
 
+/// Index of each stage's counters in `CoreCounters::stages`.
+const IPV4: usize = 0;
+const NFS: usize = 1;
+
 impl Pipeline {
-    /// Counters for this pipeline's stages, in the order `process` uses them.
-    pub fn stage_counters() -> Vec<StageCounters> {
-        vec![StageCounters::new(Ipv4Stage::NAME, Ipv4Drop::NAMES)]
+    /// Counters for this pipeline's stages (IPv4 first, then NFS when configured).
+    pub fn stage_counters(&self) -> Vec<StageCounters> {
+        let mut v = vec![StageCounters::new(Ipv4Stage::NAME, Ipv4Drop::NAMES)];
+        if self.nfs.is_some() {
+            v.push(StageCounters::new(NfsStage::NAME, NfsDrop::NAMES));
+        }
+        v
     }
 
-    /// Run every stage over a burst, one verdict per packet, and count.
+    /// Count what one stage decided: verdicts it changed from Next (drops, punts, transmits);
+    /// `before` holds which entries were still undecided when the stage ran.
     #[inline]
-    fn process_burst<B: Buffer>(
-        &mut self,
-        pkts: &mut [B],
-        verdicts: &mut [Verdict],
-        c: &CoreCounters,
-    ) {
-        let s = &c.stages[0];
-        s.packets.add(pkts.len() as u64);
-        self.ipv4.process_burst(pkts, verdicts);
+    fn count(s: &StageCounters, verdicts: &[Verdict], undecided: &[bool]) {
         let mut forwarded = 0;
-        for v in &verdicts[..pkts.len()] {
+        for (v, _) in verdicts.iter().zip(undecided).filter(|(_, &u)| u) {
             match *v {
                 Verdict::Tx(_) => forwarded += 1,
                 Verdict::Drop(r) => s.drop(r),
@@ -115,7 +124,48 @@ impl Pipeline {
         }
         s.forwarded.add(forwarded);
     }
+
+    /// Run every stage over a burst, one verdict per packet, and count. Verdicts start
+    /// undecided (Next); each stage takes the packets still undecided.
+    #[inline]
+    fn process_burst<B: Buffer>(
+        &mut self,
+        pkts: &mut [B],
+        verdicts: &mut [Verdict],
+        undecided: &mut [bool],
+        c: &CoreCounters,
+    ) {
+        let n = pkts.len();
+        verdicts[..n].fill(Verdict::Next);
+        if let Some(nfs) = self.nfs.as_mut() {
+            let s = &c.stages[NFS];
+            s.packets.add(n as u64);
+            nfs.set_now(self.clock.load(Ordering::Relaxed));
+            nfs.process_burst(pkts, verdicts);
+            undecided[..n].fill(true);
+            Self::count(s, &verdicts[..n], &undecided[..n]);
+            // Next after NFS means "continue to routing", not forwarded by NFS.
+            for (u, v) in undecided[..n].iter_mut().zip(&verdicts[..n]) {
+                *u = *v == Verdict::Next;
+            }
+            let k = &nfs.counters;
+            c.nfs[0].set(k.calls);
+            c.nfs[1].set(k.replies);
+            c.nfs[2].set(k.fragments_passed);
+            c.nfs[3].set(k.mappings_dropped);
+        } else {
+            undecided[..n].fill(true);
+        }
+        let s = &c.stages[IPV4];
+        s.packets
+            .add(undecided[..n].iter().filter(|&&u| u).count() as u64);
+        self.ipv4.process_burst(pkts, verdicts);
+        Self::count(s, &verdicts[..n], &undecided[..n]);
+    }
 }
+
+/// A VIN → physical handle mapping learned by a worker, for the handle table's writer.
+pub type Mapping = (u64, [u8; nfs_rewrite::tables::PFH_MAX], u8);
 
 /// Per-thread TX staging: one burst buffer per port.
 struct TxStage<T> {
@@ -198,7 +248,22 @@ fn pin(cpu: Option<usize>, enabled: bool) {
 
 /// Steering hash for the split placement: keeps one flow (address pair) on one worker.
 #[inline]
-fn steer_hash(frame: &[u8]) -> u32 {
+fn steer_hash(frame: &[u8], rpc_ports: &[u16]) -> u32 {
+    // ONC RPC over UDP (NFS): a call and its reply share only the xid.
+    if frame.len() >= 46
+        && frame[12] == 0x08
+        && frame[13] == 0x00
+        && frame[14] == 0x45
+        && frame[23] == 17
+    {
+        let sp = u16::from_be_bytes([frame[34], frame[35]]);
+        let dp = u16::from_be_bytes([frame[36], frame[37]]);
+        if rpc_ports.contains(&sp) || rpc_ports.contains(&dp) {
+            let h = u32::from_be_bytes([frame[42], frame[43], frame[44], frame[45]])
+                .wrapping_mul(0x9e37_79b1);
+            return h ^ (h >> 16);
+        }
+    }
     if frame.len() >= 34 && frame[12] == 0x08 && frame[13] == 0x00 {
         let s = u32::from_be_bytes([frame[26], frame[27], frame[28], frame[29]]);
         let d = u32::from_be_bytes([frame[30], frame[31], frame[32], frame[33]]);
@@ -224,6 +289,7 @@ impl Engine {
         let mut threads = Vec::new();
         let mut counters = Vec::new();
         let mut punt_consumers = Vec::new();
+        let mut mapping_consumers = Vec::new();
         let (inject_tx, inject_rx) = rtrb::RingBuffer::<B::Buf>::new(dp.ring_size);
         let mut inject_rx = Some(inject_rx);
 
@@ -240,11 +306,16 @@ impl Engine {
                 "worker",
                 Some(cpu),
                 nports,
-                Pipeline::stage_counters(),
+                pipeline.stage_counters(),
             ));
             counters.push(c.clone());
             let (punt_tx, punt_rx) = rtrb::RingBuffer::new(dp.ring_size);
             punt_consumers.push(punt_rx);
+            let mappings = pipeline.nfs.is_some().then(|| {
+                let (tx, rx) = rtrb::RingBuffer::new(dp.ring_size);
+                mapping_consumers.push(rx);
+                tx
+            });
             let ctx = WorkerCtx {
                 id: w,
                 be: backend.clone(),
@@ -256,7 +327,9 @@ impl Engine {
                 burst: dp.burst,
                 idle_max: dp.idle_sleep_max_us,
                 verdicts: [Verdict::Next; MAX_BURST],
+                undecided: [false; MAX_BURST],
                 bursts: 0,
+                mappings,
             };
             let pinning = dp.pin;
             let body: Box<dyn FnOnce() + Send> = if split {
@@ -285,7 +358,7 @@ impl Engine {
                 "io",
                 io_cpu,
                 nports,
-                Pipeline::stage_counters(),
+                pipeline.stage_counters(),
             ));
             counters.push(c.clone());
             let io = IoCtx {
@@ -297,6 +370,12 @@ impl Engine {
                 to_workers,
                 from_workers,
                 inject: inject_rx.take(),
+                rpc_ports: pipeline.nfs.as_ref().map_or_else(Vec::new, |n| {
+                    let sh = n.shared();
+                    let mut v: Vec<u16> = sh.servers.iter().map(|s| s.nfs_port).collect();
+                    v.push(sh.nfs_port);
+                    v
+                }),
             };
             let pinning = dp.pin;
             threads.push(spawn(
@@ -315,6 +394,7 @@ impl Engine {
                 qsbr,
             },
             MgmtRings {
+                mappings: mapping_consumers,
                 punt: punt_consumers,
                 inject: inject_tx,
             },
@@ -343,7 +423,10 @@ struct WorkerCtx<B: Backend> {
     burst: usize,
     idle_max: u64,
     verdicts: [Verdict; MAX_BURST],
+    undecided: [bool; MAX_BURST],
     bursts: u64,
+    /// NFS handle mappings to the management core (when NFS is configured).
+    mappings: Option<rtrb::Producer<Mapping>>,
 }
 
 /// One burst in this many is timed for the ns/packet figure.
@@ -364,8 +447,22 @@ impl<B: Backend> WorkerCtx<B> {
         }
         self.bursts = self.bursts.wrapping_add(1);
         let t0 = self.bursts.is_multiple_of(TIMING_SAMPLE).then(Instant::now);
-        self.pipe
-            .process_burst(&mut burst[..n], &mut self.verdicts, &self.c);
+        self.pipe.process_burst(
+            &mut burst[..n],
+            &mut self.verdicts,
+            &mut self.undecided,
+            &self.c,
+        );
+        if let (Some(nfs), Some(ring)) = (self.pipe.nfs.as_mut(), self.mappings.as_mut()) {
+            let c = &self.c;
+            nfs.take_mappings(|vin, pfh| {
+                let mut b = [0u8; nfs_rewrite::tables::PFH_MAX];
+                b[..pfh.len()].copy_from_slice(pfh);
+                if ring.push((vin, b, pfh.len() as u8)).is_err() {
+                    c.ring_full.inc();
+                }
+            });
+        }
         if let Some(t0) = t0 {
             let st = &self.c.stages[0];
             st.busy_ns.add(t0.elapsed().as_nanos() as u64);
@@ -472,6 +569,8 @@ struct IoCtx<B: Backend> {
     to_workers: Vec<rtrb::Producer<B::Buf>>,
     from_workers: Vec<rtrb::Consumer<B::Buf>>,
     inject: Option<rtrb::Consumer<B::Buf>>,
+    /// UDP ports of ONC RPC traffic steered by xid.
+    rpc_ports: Vec<u16>,
 }
 
 impl<B: Backend> IoCtx<B> {
@@ -503,7 +602,7 @@ impl<B: Backend> IoCtx<B> {
                     let w = if nworkers == 1 {
                         0
                     } else {
-                        steer_hash(pkt.data()) % nworkers
+                        steer_hash(pkt.data(), &self.rpc_ports) % nworkers
                     };
                     if self.to_workers[w as usize].push(pkt).is_err() {
                         c.ring_full.inc();

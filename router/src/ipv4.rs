@@ -346,8 +346,12 @@ impl Stage for Ipv4Stage {
                 nh: [0; BURST_MAX],
             })
         });
-        // Pass 1: parse; packets that need the FIB keep Verdict::Next as a marker.
+        // Pass 1: parse the packets still undecided (Verdict::Next on entry, the pipeline's
+        // convention); those that need the FIB keep Verdict::Next as a marker.
         for i in 0..n {
+            if verdicts[i] != Verdict::Next {
+                continue;
+            }
             match self.parse(&mut pkts[i]) {
                 Parsed::Lookup(d) => {
                     scratch.dst[i] = d;
@@ -494,7 +498,7 @@ mod tests {
             let mut one = HeapBuffer::from_bytes(&f);
             let v1 = s.process(&mut one);
             let mut burst = [HeapBuffer::from_bytes(&f)];
-            let mut v = [Verdict::Next; 1];
+            let mut v = [Verdict::Next; 1]; // undecided on entry
             s.process_burst(&mut burst[..], &mut v);
             prop_assert_eq!(v1, v[0]);
             prop_assert_eq!(one.data(), burst[0].data());

@@ -42,6 +42,32 @@ pub enum RunError {
     Port { port: String, msg: String },
 }
 
+/// What every worker's NFS stage shares, from the `[nfs]` section.
+fn nfs_shared(n: &config::NfsConfig) -> Arc<nfs_rewrite::datapath::NfsShared> {
+    use nfs_rewrite::vfh::HandleKey;
+    // The config validated the secret; a bad one cannot reach here.
+    let key = HandleKey::from_hex(&n.handle_secret).unwrap_or(HandleKey::new(0, 0));
+    let servers = n
+        .servers
+        .iter()
+        .map(|s| nfs_rewrite::datapath::Server {
+            sid: s.sid,
+            addr: s.address,
+            nfs_port: s.nfs_port,
+            export: s.export.clone(),
+            mch: key.mount_checksum(s.sid, s.export.as_bytes()),
+        })
+        .collect();
+    Arc::new(nfs_rewrite::datapath::NfsShared {
+        key,
+        handles: Arc::new(nfs_rewrite::tables::HandleTable::new(n.handles)),
+        virtual_addr: n.virtual_address,
+        nfs_port: n.nfs_port,
+        virtual_fsid: n.virtual_fsid,
+        servers,
+    })
+}
+
 /// Changes the log filter at run time (`routerctl log-level`).
 pub type LogLevelSetter = Box<dyn Fn(&str) -> Result<(), String> + Send>;
 
@@ -86,17 +112,21 @@ pub fn run<B: Backend>(
             path: cfg.admin.socket.display().to_string(),
             source,
         })?;
-    let (engine, rings) = Engine::start(
-        &cfg,
-        backend.clone(),
-        Pipeline {
-            ipv4: stage.clone(),
-        },
-        qsbr,
-    )
-    .map_err(RunError::Lcores)?;
+    let nfs = cfg.nfs.as_ref().map(nfs_shared);
+    let clock = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let pipeline = Pipeline {
+        ipv4: stage.clone(),
+        nfs: nfs.as_ref().zip(cfg.nfs.as_ref()).map(|(sh, n)| {
+            nfs_rewrite::datapath::NfsStage::new(sh.clone(), n.transactions, n.transaction_ttl_ms)
+        }),
+        clock: clock.clone(),
+    };
+    let (engine, rings) =
+        Engine::start(&cfg, backend.clone(), pipeline, qsbr).map_err(RunError::Lcores)?;
     let cores = engine.counters.clone();
     let mut mgmt = Mgmt::new(
+        clock,
+        nfs,
         cfg,
         backend.clone(),
         fib,

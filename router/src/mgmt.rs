@@ -80,6 +80,7 @@ pub struct MgmtCounters {
     pub local_dropped: Counter,
     pub admin_requests: Counter,
     pub admin_errors: Counter,
+    pub application_unhandled: Counter,
 }
 
 macro_rules! counter_json {
@@ -105,6 +106,10 @@ pub struct Mgmt<B: Backend> {
     started: Instant,
     set_log_level: crate::LogLevelSetter,
     ip_ident: u16,
+    /// The coarse clock (ms since start) the workers read.
+    clock: Arc<std::sync::atomic::AtomicU64>,
+    /// NFS virtualization state shared with the workers (the handle table's single writer).
+    nfs: Option<Arc<nfs_rewrite::datapath::NfsShared>>,
 }
 
 impl<B: Backend> std::fmt::Debug for Mgmt<B> {
@@ -191,6 +196,8 @@ impl<B: Backend> Mgmt<B> {
 
     #[allow(clippy::too_many_arguments)]
     pub fn new(
+        clock: Arc<std::sync::atomic::AtomicU64>,
+        nfs: Option<Arc<nfs_rewrite::datapath::NfsShared>>,
         cfg: Config,
         be: Arc<B>,
         fib: Fib,
@@ -221,6 +228,8 @@ impl<B: Backend> Mgmt<B> {
             started: Instant::now(),
             set_log_level,
             ip_ident: 1,
+            clock,
+            nfs,
         };
         for n in statics {
             let (Some(port), Ok(mac)) = (m.cfg.port_id(&n.port), n.mac.parse::<EthernetAddress>())
@@ -247,7 +256,9 @@ impl<B: Backend> Mgmt<B> {
     pub fn run(&mut self, stop: &AtomicBool, admin: &mpsc::Receiver<Pending>) {
         let mut last_timer = Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            let mut work = self.poll_punts(512);
+            self.clock
+                .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            let mut work = self.poll_punts(512) + self.poll_mappings(1024);
             while let Ok(p) = admin.try_recv() {
                 work += 1;
                 self.counters.admin_requests.inc();
@@ -265,6 +276,23 @@ impl<B: Backend> Mgmt<B> {
                 std::thread::sleep(Duration::from_micros(200));
             }
         }
+    }
+
+    /// Insert the NFS handle mappings the workers learned (this core is the table's only
+    /// writer). Returns how many were taken.
+    pub fn poll_mappings(&mut self, budget: usize) -> usize {
+        let Some(nfs) = &self.nfs else { return 0 };
+        let mut n = 0;
+        for ring in &mut self.rings.mappings {
+            while n < budget {
+                let Ok((vin, pfh, len)) = ring.pop() else {
+                    break;
+                };
+                nfs.handles.insert(vin, &pfh[..usize::from(len)]);
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Drain up to `budget` punted packets. Returns how many were handled.
@@ -296,7 +324,10 @@ impl<B: Backend> Mgmt<B> {
                 self.icmp_error(&buf, icmp::kind::DEST_UNREACHABLE, icmp::unreach::NET, 0);
             }
             PuntReason::FragNeeded => self.fragment_or_refuse(buf),
-            PuntReason::Local | PuntReason::Application => self.local_input(&buf),
+            PuntReason::Local => self.local_input(&buf),
+            // An application's controller (NFS: MOUNT, virtual root, refusals, recovery) is not
+            // on the management core yet: count, and answer nothing (no ICMP: the client retries).
+            PuntReason::Application => self.counters.application_unhandled.inc(),
         }
     }
 
@@ -803,7 +834,8 @@ impl<B: Backend> Mgmt<B> {
             alloc_failed,
             local_dropped,
             admin_requests,
-            admin_errors
+            admin_errors,
+            application_unhandled
         );
         mgmt["punts"] = PuntReason::ALL
             .iter()
@@ -818,6 +850,13 @@ impl<B: Backend> Mgmt<B> {
             "fib": {"routes": self.fib.len(), "tbl8_used": self.fib.tbl8_used(), "tbl8_groups": self.cfg.fib.tbl8_groups,
                     "next_hops": self.fib.next_hops().len(), "leaked_tbl8": self.fib.leaked_tbl8},
             "mempool_free": self.be.pool_free(),
+            "nfs": self.nfs.as_ref().map(|n| json!({
+                "handles": n.handles.len(),
+                "handle_capacity": n.handles.capacity(),
+                "handle_inserts": n.handles.stats.inserts.load(Ordering::Relaxed),
+                "handle_evictions": n.handles.stats.evictions.load(Ordering::Relaxed),
+                "servers": n.servers.len(),
+            })),
         })
     }
 
