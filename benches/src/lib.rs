@@ -1,8 +1,6 @@
 //! Workload generators for the benchmarks: pcap files of packets and route tables.
 
-use packet::ethernet::{ethertype, EthernetAddress, EthernetFrame, EthernetRepr};
-use packet::ipv4::{protocol, Ipv4Packet, Ipv4Repr};
-use packet::udp::{UdpPacket, UdpRepr};
+use packet::ethernet::EthernetAddress;
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -79,35 +77,8 @@ pub fn udp_frame(
     dport: u16,
     frame_len: usize,
 ) -> Vec<u8> {
-    let frame_len = frame_len.max(42);
-    let payload = frame_len - 42;
-    let mut f = vec![0u8; frame_len];
-    let mut eth = EthernetFrame::new_unchecked(&mut f[..]);
-    EthernetRepr {
-        src_addr: src_mac,
-        dst_addr: dst_mac,
-        ethertype: ethertype::IPV4,
-    }
-    .emit(&mut eth);
-    let mut ip = Ipv4Packet::new_unchecked(eth.payload_mut());
-    Ipv4Repr {
-        src_addr: src,
-        dst_addr: dst,
-        protocol: protocol::UDP,
-        payload_len: 8 + payload,
-        ttl: 64,
-        tos: 0,
-        ident: 0,
-        dont_frag: true,
-    }
-    .emit(&mut ip);
-    let mut udp = UdpPacket::new_unchecked(ip.payload_mut());
-    UdpRepr {
-        src_port: sport,
-        dst_port: dport,
-    }
-    .emit(&mut udp, payload, src, dst);
-    f
+    let payload = vec![0u8; frame_len.max(42) - 42];
+    packet::udp::frame(src_mac, dst_mac, src, dst, sport, dport, &payload)
 }
 
 /// 64-byte IPv4/UDP frames to `count` destinations drawn from `prefixes` (one address inside
@@ -156,6 +127,8 @@ pub fn write_pcap(path: &Path, frames: &[Vec<u8>]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use packet::ipv4::Ipv4Packet;
+    use packet::udp::UdpPacket;
 
     #[test]
     fn frames_are_valid() {

@@ -437,9 +437,9 @@ fn reply_rewrite_never_panics_on_garbage() {
 mod stage {
     use super::*;
     use nfs_rewrite::datapath::{NfsDrop, NfsShared, NfsStage, Server};
-    use packet::ethernet::{ethertype, EthernetAddress, EthernetFrame, EthernetRepr};
-    use packet::ipv4::{Ipv4Packet, Ipv4Repr};
-    use packet::udp::{UdpPacket, UdpRepr};
+    use packet::ethernet::EthernetAddress;
+    use packet::ipv4::Ipv4Packet;
+    use packet::udp::UdpPacket;
     use packet::{DropReason, PuntReason, Stage, Verdict};
     use std::net::Ipv4Addr;
     use std::sync::Arc;
@@ -449,35 +449,11 @@ mod stage {
     const SERVER: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 0, 2, 2), 2049);
 
     fn frame(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), payload: &[u8]) -> Vec<u8> {
-        let mut f = vec![0u8; 42 + payload.len()];
-        let mut eth = EthernetFrame::new_unchecked(&mut f[..]);
-        EthernetRepr {
-            src_addr: EthernetAddress([2, 0, 0, 0, 0, 1]),
-            dst_addr: EthernetAddress([2, 0, 0, 0, 0, 2]),
-            ethertype: ethertype::IPV4,
-        }
-        .emit(&mut eth);
-        let mut ip = Ipv4Packet::new_unchecked(eth.payload_mut());
-        Ipv4Repr {
-            src_addr: src.0,
-            dst_addr: dst.0,
-            protocol: 17,
-            payload_len: 8 + payload.len(),
-            ttl: 64,
-            tos: 0,
-            ident: 1,
-            dont_frag: false,
-        }
-        .emit(&mut ip);
-        let mut udp = UdpPacket::new_unchecked(ip.payload_mut());
-        udp.set_len((8 + payload.len()) as u16);
-        udp.payload_mut().copy_from_slice(payload);
-        UdpRepr {
-            src_port: src.1,
-            dst_port: dst.1,
-        }
-        .emit(&mut udp, payload.len(), src.0, dst.0);
-        f
+        let (a, b) = (
+            EthernetAddress([2, 0, 0, 0, 0, 1]),
+            EthernetAddress([2, 0, 0, 0, 0, 2]),
+        );
+        packet::udp::frame(a, b, src.0, dst.0, src.1, dst.1, payload)
     }
 
     /// (src, dst, UDP payload) of a frame, checking both checksums.

@@ -144,3 +144,52 @@ impl UdpRepr {
         p.fill_checksum(src, dst);
     }
 }
+/// Build a complete Ethernet/IPv4/UDP frame around `payload`, with valid checksums (IPv4
+/// identification 0, TTL 64, DF clear). Allocates: for tests, generators and the management
+/// core, never the fast path.
+#[allow(clippy::too_many_arguments)]
+pub fn frame(
+    src_mac: crate::ethernet::EthernetAddress,
+    dst_mac: crate::ethernet::EthernetAddress,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    use crate::ethernet::{ethertype, EthernetFrame, EthernetRepr};
+    use crate::ipv4::{Ipv4Packet, Ipv4Repr};
+    let mut f =
+        vec![
+            0u8;
+            crate::ethernet::HEADER_LEN + crate::ipv4::HEADER_LEN + HEADER_LEN + payload.len()
+        ];
+    let mut eth = EthernetFrame::new_unchecked(&mut f[..]);
+    EthernetRepr {
+        src_addr: src_mac,
+        dst_addr: dst_mac,
+        ethertype: ethertype::IPV4,
+    }
+    .emit(&mut eth);
+    let mut ip = Ipv4Packet::new_unchecked(eth.payload_mut());
+    Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        protocol: protocol::UDP,
+        payload_len: HEADER_LEN + payload.len(),
+        ttl: 64,
+        tos: 0,
+        ident: 0,
+        dont_frag: false,
+    }
+    .emit(&mut ip);
+    let mut udp = UdpPacket::new_unchecked(ip.payload_mut());
+    udp.set_len((HEADER_LEN + payload.len()) as u16);
+    udp.payload_mut().copy_from_slice(payload);
+    UdpRepr {
+        src_port: sport,
+        dst_port: dport,
+    }
+    .emit(&mut udp, payload.len(), src, dst);
+    f
+}

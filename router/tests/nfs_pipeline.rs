@@ -8,9 +8,7 @@ use common::{mac, Harness};
 use nfs_rewrite::vfh::{HandleKey, VirtualHandle};
 use nfs_rewrite::wire::nfs3::Proc;
 use nfs_rewrite::wire::rpc;
-use packet::ethernet::{ethertype, EthernetFrame, EthernetRepr};
-use packet::ipv4::{Ipv4Packet, Ipv4Repr};
-use packet::udp::{UdpPacket, UdpRepr};
+use packet::ipv4::Ipv4Packet;
 use router::admin::Request;
 use std::net::Ipv4Addr;
 
@@ -51,35 +49,15 @@ export = "/srv/alpha"
 "#;
 
 fn udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), to_mac: &str, payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![0u8; 42 + payload.len()];
-    let mut eth = EthernetFrame::new_unchecked(&mut f[..]);
-    EthernetRepr {
-        src_addr: mac("02:aa:00:00:00:01"),
-        dst_addr: mac(to_mac),
-        ethertype: ethertype::IPV4,
-    }
-    .emit(&mut eth);
-    let mut ip = Ipv4Packet::new_unchecked(eth.payload_mut());
-    Ipv4Repr {
-        src_addr: src.0,
-        dst_addr: dst.0,
-        protocol: 17,
-        payload_len: 8 + payload.len(),
-        ttl: 64,
-        tos: 0,
-        ident: 9,
-        dont_frag: false,
-    }
-    .emit(&mut ip);
-    let mut u = UdpPacket::new_unchecked(ip.payload_mut());
-    u.set_len((8 + payload.len()) as u16);
-    u.payload_mut().copy_from_slice(payload);
-    UdpRepr {
-        src_port: src.1,
-        dst_port: dst.1,
-    }
-    .emit(&mut u, payload.len(), src.0, dst.0);
-    f
+    packet::udp::frame(
+        mac("02:aa:00:00:00:01"),
+        mac(to_mac),
+        src.0,
+        dst.0,
+        src.1,
+        dst.1,
+        payload,
+    )
 }
 
 fn stage_stat(h: &Harness, kind: &str, name: &str) -> u64 {
