@@ -12,6 +12,7 @@
 //! replies, recovery and checkpoints; IP fragment reassembly.
 #![forbid(unsafe_code)]
 
+pub mod control;
 pub mod datapath;
 pub mod rewrite;
 pub mod tables;

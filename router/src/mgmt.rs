@@ -81,7 +81,11 @@ pub struct MgmtCounters {
     pub admin_requests: Counter,
     pub admin_errors: Counter,
     pub application_unhandled: Counter,
+    pub nfs_answered: Counter,
 }
+
+/// The portmapper's well-known port.
+const PORTMAP_PORT: u16 = 111;
 
 macro_rules! counter_json {
     ($s:expr, $($f:ident),*) => { json!({ $(stringify!($f): $s.$f.get()),* }) };
@@ -110,6 +114,8 @@ pub struct Mgmt<B: Backend> {
     clock: Arc<std::sync::atomic::AtomicU64>,
     /// NFS virtualization state shared with the workers (the handle table's single writer).
     nfs: Option<Arc<nfs_rewrite::datapath::NfsShared>>,
+    /// Answers for the virtual NFS server.
+    nfs_ctl: Option<nfs_rewrite::control::Controller>,
 }
 
 impl<B: Backend> std::fmt::Debug for Mgmt<B> {
@@ -210,6 +216,7 @@ impl<B: Backend> Mgmt<B> {
         let ports = stage.ports().clone();
         let rate = f64::from(cfg.icmp.errors_per_sec);
         let statics = cfg.static_neighbours.clone();
+        let cfg_mount_port = cfg.nfs.as_ref().map(|n| n.mount_port);
         let mut m = Mgmt {
             cfg,
             be,
@@ -229,6 +236,10 @@ impl<B: Backend> Mgmt<B> {
             set_log_level,
             ip_ident: 1,
             clock,
+            nfs_ctl: nfs
+                .clone()
+                .zip(cfg_mount_port)
+                .map(|(sh, port)| nfs_rewrite::control::Controller::new(sh, port)),
             nfs,
         };
         for n in statics {
@@ -324,10 +335,17 @@ impl<B: Backend> Mgmt<B> {
                 self.icmp_error(&buf, icmp::kind::DEST_UNREACHABLE, icmp::unreach::NET, 0);
             }
             PuntReason::FragNeeded => self.fragment_or_refuse(buf),
-            PuntReason::Local => self.local_input(&buf),
-            // An application's controller (NFS: MOUNT, virtual root, refusals, recovery) is not
-            // on the management core yet: count, and answer nothing (no ICMP: the client retries).
-            PuntReason::Application => self.counters.application_unhandled.inc(),
+            PuntReason::Local => {
+                if !self.nfs_input(&buf) {
+                    self.local_input(&buf)
+                }
+            }
+            PuntReason::Application => {
+                if !self.nfs_input(&buf) {
+                    // No controller for it: count, answer nothing (no ICMP: the client retries).
+                    self.counters.application_unhandled.inc();
+                }
+            }
         }
     }
 
@@ -641,6 +659,59 @@ impl<B: Backend> Mgmt<B> {
         self.output(b);
     }
 
+    /// Offer a UDP datagram to the NFS controller: calls to the virtual server's portmap,
+    /// MOUNT and NFS ports. True when it was the controller's (answered or deliberately not).
+    fn nfs_input(&mut self, buf: &B::Buf) -> bool {
+        let (Some(ctl), Some(n)) = (self.nfs_ctl.as_mut(), self.cfg.nfs.as_ref()) else {
+            return false;
+        };
+        let Some(ip) = buf
+            .data()
+            .get(ETH_LEN..)
+            .and_then(|b| Ipv4Packet::new_checked(b).ok())
+        else {
+            return false;
+        };
+        if ip.protocol() != protocol::UDP || ip.dst_addr() != n.virtual_address || ip.is_fragment()
+        {
+            return false;
+        }
+        let Ok(udp) = packet::udp::UdpPacket::new_checked(ip.payload()) else {
+            return false;
+        };
+        let dport = udp.dst_port();
+        if dport != PORTMAP_PORT && dport != n.mount_port && dport != n.nfs_port {
+            return false;
+        }
+        let (client, cport) = (ip.src_addr(), udp.src_port());
+        match ctl.answer(udp.payload()) {
+            Some(reply) => {
+                self.counters.nfs_answered.inc();
+                self.send_udp((n.virtual_address, dport), (client, cport), &reply);
+            }
+            None => self.counters.application_unhandled.inc(),
+        }
+        true
+    }
+
+    /// Send a UDP datagram from the router.
+    fn send_udp(&mut self, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), payload: &[u8]) {
+        self.send_ip(
+            src.0,
+            dst.0,
+            protocol::UDP,
+            packet::udp::HEADER_LEN + payload.len(),
+            |seg| {
+                let mut u = packet::udp::UdpPacket::new_unchecked(seg);
+                u.set_src_port(src.1);
+                u.set_dst_port(dst.1);
+                u.set_len((packet::udp::HEADER_LEN + payload.len()) as u16);
+                u.payload_mut().copy_from_slice(payload);
+                u.fill_checksum(src.0, dst.0);
+            },
+        );
+    }
+
     fn local_input(&mut self, buf: &B::Buf) {
         let Some(ip) = buf
             .data()
@@ -835,7 +906,8 @@ impl<B: Backend> Mgmt<B> {
             local_dropped,
             admin_requests,
             admin_errors,
-            application_unhandled
+            application_unhandled,
+            nfs_answered
         );
         mgmt["punts"] = PuntReason::ALL
             .iter()
@@ -856,6 +928,13 @@ impl<B: Backend> Mgmt<B> {
                 "handle_inserts": n.handles.stats.inserts.load(Ordering::Relaxed),
                 "handle_evictions": n.handles.stats.evictions.load(Ordering::Relaxed),
                 "servers": n.servers.len(),
+                "control": self.nfs_ctl.as_ref().map(|c| {
+                    let k = c.stats;
+                    json!({"portmap": k.portmap, "mount": k.mount, "nfs_null": k.nfs_null,
+                           "bad_handles": k.bad_handles, "stale_handles": k.stale_handles, "xdev": k.xdev,
+                           "recover_pending": k.recover_pending, "virtual_root_pending": k.virtual_root_pending,
+                           "unanswered": k.unanswered})
+                }),
             })),
         })
     }

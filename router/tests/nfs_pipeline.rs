@@ -60,6 +60,32 @@ fn udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), to_mac: &str, payload: &[u8])
     )
 }
 
+/// Wait for the router's answer to `xid` on the client port: the UDP payload after the RPC
+/// reply header (the results), checking addresses and checksums.
+fn answer(h: &Harness, xid: u32, from: (Ipv4Addr, u16), to: (Ipv4Addr, u16)) -> Vec<u8> {
+    let f = h.expect_tx(0, 1).remove(0);
+    let ip = Ipv4Packet::new_checked(&f[14..]).unwrap();
+    assert!(ip.verify_checksum());
+    let u = packet::udp::UdpPacket::new_checked(ip.payload()).unwrap();
+    assert!(u.verify_checksum(ip.src_addr(), ip.dst_addr()));
+    assert_eq!(
+        ((ip.src_addr(), u.src_port()), (ip.dst_addr(), u.dst_port())),
+        (from, to)
+    );
+    let msg = u.payload().to_vec();
+    match rpc::parse(&msg).unwrap() {
+        rpc::Message::Reply(rpc::Reply::Accepted {
+            xid: x,
+            stat: rpc::AcceptStat::Success { results_at },
+            ..
+        }) => {
+            assert_eq!(x, xid);
+            msg[results_at..].to_vec()
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 fn stage_stat(h: &Harness, kind: &str, name: &str) -> u64 {
     let s = h.call(Request::Stats);
     s["cores"][0]["stages"][1][kind]
@@ -108,8 +134,54 @@ fn nfs_stage_in_the_pipeline() {
     let ip = Ipv4Packet::new_checked(&out[14..]).unwrap();
     assert_eq!((ip.dst_addr(), ip.ttl()), (server.0, 63));
 
+    // A forged handle (one bit flipped): the client gets NFS3ERR_BADHANDLE from the virtual
+    // server, and it is counted.
+    let mut forged = vfh;
+    forged[17] ^= 0x10;
+    let mut call = rpc::Writer::new();
+    call.call(42, rpc::program::NFS, 3, Proc::Getattr as u32)
+        .opaque(&forged);
+    h.inject(0, &udp(client, virt, "02:bb:00:00:00:01", &call.buf));
+    let reply = answer(&h, 42, (virt.0, 2049), client);
+    assert_eq!(
+        reply,
+        nfs_rewrite::wire::nfs3::stat::BADHANDLE.to_be_bytes()
+    );
+
+    // portmap GETPORT for MOUNT v3 / UDP, then MNT "/": the virtual root's handle.
+    let mut call = rpc::Writer::new();
+    call.call(43, rpc::program::PORTMAP, 2, 3)
+        .u32(rpc::program::MOUNT)
+        .u32(3)
+        .u32(17)
+        .u32(0);
+    h.inject(
+        0,
+        &udp(client, (virt.0, 111), "02:bb:00:00:00:01", &call.buf),
+    );
+    assert_eq!(
+        answer(&h, 43, (virt.0, 111), client),
+        20048u32.to_be_bytes()
+    );
+    let mut call = rpc::Writer::new();
+    call.call(44, rpc::program::MOUNT, 3, 1).opaque(b"/");
+    h.inject(
+        0,
+        &udp(client, (virt.0, 20048), "02:bb:00:00:00:01", &call.buf),
+    );
+    let mnt = answer(&h, 44, (virt.0, 20048), client);
+    assert_eq!(
+        mnt[..8],
+        [0, 0, 0, 0, 0, 0, 0, 40],
+        "MNT3_OK and a 40-byte handle"
+    );
+    let root = VirtualHandle::verify(&key, &mnt[8..48]).unwrap();
+    assert_eq!(root.sid, 0);
+
     let s = h.call(Request::Stats);
-    assert_eq!(s["cores"][0]["nfs"]["calls"], 1);
+    assert_eq!(s["nfs"]["control"]["bad_handles"], 1);
+    assert_eq!(s["mgmt"]["nfs_answered"], 3);
+    assert_eq!(s["cores"][0]["nfs"]["calls"], 2);
     assert_eq!(s["cores"][0]["stages"][1]["name"], "nfs");
     assert_eq!(s["nfs"]["servers"], 1);
     assert_eq!(s["mgmt"]["application_unhandled"], 1);

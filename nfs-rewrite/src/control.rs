@@ -1,0 +1,447 @@
+//! The management core's side of NFS virtualization (slow path; may allocate): answers for
+//! the virtual server itself.
+//!
+//! So far: portmap (NULL, GETPORT) so a client that knows only the virtual address finds the
+//! ports; MOUNT v3 (NULL, MNT of "/" → the virtual root's handle, EXPORT, UMNT, UMNTALL, DUMP);
+//! NFS NULL; and NFS error replies for calls whose handles the fast path refused (forged →
+//! NFS3ERR_BADHANDLE, export gone → NFS3ERR_STALE, two servers in one call → NFS3ERR_XDEV).
+//! Not yet: the virtual root's directory operations, mounting server exports, recovery.
+
+use crate::datapath::NfsShared;
+use crate::rewrite::{devirtualize_call, CallVerdict, Context};
+use crate::vfh::{self, VirtualHandle};
+use crate::wire::mount;
+use crate::wire::nfs3::{self, Proc};
+use crate::wire::rpc::{self, Writer};
+use packet::HeapBuffer;
+use std::sync::Arc;
+
+/// Portmap protocol (RFC 1833, version 2).
+pub mod portmap {
+    pub const VERSION: u32 = 2;
+    pub const NULL: u32 = 0;
+    pub const GETPORT: u32 = 3;
+    pub const IPPROTO_UDP: u32 = 17;
+    pub const IPPROTO_TCP: u32 = 6;
+}
+
+/// accept_stat values.
+mod accept {
+    pub const SUCCESS: u32 = 0;
+    pub const PROG_UNAVAIL: u32 = 1;
+    pub const PROG_MISMATCH: u32 = 2;
+    pub const PROC_UNAVAIL: u32 = 3;
+    pub const GARBAGE_ARGS: u32 = 4;
+}
+
+/// mountstat3 values.
+mod mountstat {
+    pub const OK: u32 = 0;
+    pub const NOENT: u32 = 2;
+}
+
+/// What the controller answered, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ControlStats {
+    pub portmap: u64,
+    pub mount: u64,
+    pub nfs_null: u64,
+    pub bad_handles: u64,
+    pub stale_handles: u64,
+    pub xdev: u64,
+    /// Calls whose handles need recovery (not implemented yet: left for the client to retry).
+    pub recover_pending: u64,
+    /// Calls on the virtual root (its directory operations are not implemented yet).
+    pub virtual_root_pending: u64,
+    pub unanswered: u64,
+}
+
+/// Answers for the virtual server.
+#[derive(Debug)]
+pub struct Controller {
+    shared: Arc<NfsShared>,
+    mount_port: u16,
+    pub stats: ControlStats,
+}
+
+impl Controller {
+    pub fn new(shared: Arc<NfsShared>, mount_port: u16) -> Self {
+        Controller {
+            shared,
+            mount_port,
+            stats: ControlStats::default(),
+        }
+    }
+
+    /// The virtual root directory's handle.
+    pub fn root_handle(&self) -> [u8; vfh::VFH_LEN] {
+        VirtualHandle {
+            flags: vfh::FLAG_VIRTUAL_DIR,
+            sid: 0,
+            mch: 0,
+            pfs: self.shared.virtual_fsid,
+            pin: vfh::ROOT_VIN,
+            vin: vfh::ROOT_VIN,
+        }
+        .encode(&self.shared.key)
+    }
+
+    /// The RPC reply (UDP payload) to `msg`, a call to the virtual server; None when the call
+    /// is to be left unanswered (the client retransmits) or is not a call.
+    pub fn answer(&mut self, msg: &[u8]) -> Option<Vec<u8>> {
+        let rpc::Message::Call(c) = rpc::parse(msg).ok()? else {
+            return None;
+        };
+        let mut w = Writer::new();
+        match c.prog {
+            rpc::program::PORTMAP => {
+                self.stats.portmap += 1;
+                if c.vers != portmap::VERSION {
+                    w.accepted_reply(c.xid, accept::PROG_MISMATCH)
+                        .u32(portmap::VERSION)
+                        .u32(portmap::VERSION);
+                    return Some(w.buf);
+                }
+                match c.proc_ {
+                    portmap::NULL => {
+                        w.accepted_reply(c.xid, accept::SUCCESS);
+                    }
+                    portmap::GETPORT => {
+                        let mut cur = crate::wire::Cursor::at(msg, c.args_at);
+                        let (Ok(prog), Ok(vers), Ok(prot)) = (cur.u32(), cur.u32(), cur.u32())
+                        else {
+                            w.accepted_reply(c.xid, accept::GARBAGE_ARGS);
+                            return Some(w.buf);
+                        };
+                        let udp_or_tcp =
+                            prot == portmap::IPPROTO_UDP || prot == portmap::IPPROTO_TCP;
+                        let port = match (prog, vers) {
+                            (rpc::program::NFS, 3) if udp_or_tcp => u32::from(self.shared.nfs_port),
+                            (rpc::program::MOUNT, 3) if udp_or_tcp => u32::from(self.mount_port),
+                            _ => 0,
+                        };
+                        w.accepted_reply(c.xid, accept::SUCCESS).u32(port);
+                    }
+                    _ => {
+                        w.accepted_reply(c.xid, accept::PROC_UNAVAIL);
+                    }
+                }
+                Some(w.buf)
+            }
+            rpc::program::MOUNT => {
+                self.stats.mount += 1;
+                if c.vers != 3 {
+                    w.accepted_reply(c.xid, accept::PROG_MISMATCH).u32(3).u32(3);
+                    return Some(w.buf);
+                }
+                let Ok((path, _)) = mount::walk_call(c.proc_, msg, c.args_at) else {
+                    w.accepted_reply(
+                        c.xid,
+                        if c.proc_ > mount::proc_::EXPORT {
+                            accept::PROC_UNAVAIL
+                        } else {
+                            accept::GARBAGE_ARGS
+                        },
+                    );
+                    return Some(w.buf);
+                };
+                w.accepted_reply(c.xid, accept::SUCCESS);
+                match c.proc_ {
+                    mount::proc_::MNT => {
+                        if path == Some(b"/".as_slice()) {
+                            let root = self.root_handle();
+                            w.u32(mountstat::OK)
+                                .opaque(&root)
+                                .u32(1)
+                                .u32(rpc::auth::SYS);
+                        } else {
+                            w.u32(mountstat::NOENT);
+                        }
+                    }
+                    mount::proc_::EXPORT => {
+                        // One export, "/", open to every host.
+                        w.bool(true).opaque(b"/").bool(false).bool(false);
+                    }
+                    mount::proc_::DUMP => {
+                        w.bool(false);
+                    }
+                    _ => {} // NULL, UMNT, UMNTALL: void
+                }
+                Some(w.buf)
+            }
+            rpc::program::NFS => self.nfs(&c, msg),
+            _ => {
+                w.accepted_reply(c.xid, accept::PROG_UNAVAIL);
+                Some(w.buf)
+            }
+        }
+    }
+
+    fn nfs(&mut self, c: &rpc::Call<'_>, msg: &[u8]) -> Option<Vec<u8>> {
+        let mut w = Writer::new();
+        if c.vers != 3 {
+            w.accepted_reply(c.xid, accept::PROG_MISMATCH).u32(3).u32(3);
+            return Some(w.buf);
+        }
+        let Some(p) = Proc::from_u32(c.proc_) else {
+            w.accepted_reply(c.xid, accept::PROC_UNAVAIL);
+            return Some(w.buf);
+        };
+        if p == Proc::Null {
+            self.stats.nfs_null += 1;
+            w.accepted_reply(c.xid, accept::SUCCESS);
+            return Some(w.buf);
+        }
+        // Classify the handles the way the fast path did (on a copy: nothing is forwarded here).
+        let shared = self.shared.clone();
+        let ctx = Context {
+            key: &shared.key,
+            handles: &shared.handles,
+            virtual_fsid: shared.virtual_fsid,
+        };
+        let mut copy = HeapBuffer::from_bytes(msg);
+        let status = match devirtualize_call(&mut copy, 0, p, c.args_at, &ctx, |sid| {
+            shared.servers.iter().find(|s| s.sid == sid).map(|s| s.mch)
+        }) {
+            CallVerdict::Refuse(st) => st,
+            CallVerdict::Malformed => {
+                w.accepted_reply(c.xid, accept::GARBAGE_ARGS);
+                return Some(w.buf);
+            }
+            CallVerdict::Recover(_) => {
+                self.stats.recover_pending += 1;
+                return None;
+            }
+            CallVerdict::Virtual => {
+                self.stats.virtual_root_pending += 1;
+                return None;
+            }
+            CallVerdict::Forward { .. } | CallVerdict::NoHandle => {
+                self.stats.unanswered += 1;
+                return None;
+            }
+        };
+        match status {
+            nfs3::stat::BADHANDLE => self.stats.bad_handles += 1,
+            nfs3::stat::STALE => self.stats.stale_handles += 1,
+            nfs3::stat::XDEV => self.stats.xdev += 1,
+            _ => {}
+        }
+        w.accepted_reply(c.xid, accept::SUCCESS).u32(status);
+        failure_body(&mut w, p);
+        Some(w.buf)
+    }
+}
+
+/// The rest of a failed result (RFC 1813 `*3resfail`) with no attributes.
+fn failure_body(w: &mut Writer, p: Proc) {
+    let wcc = |w: &mut Writer| {
+        w.bool(false).bool(false);
+    };
+    match p {
+        Proc::Null | Proc::Getattr => {}
+        Proc::Setattr
+        | Proc::Write
+        | Proc::Create
+        | Proc::Mkdir
+        | Proc::Symlink
+        | Proc::Mknod
+        | Proc::Remove
+        | Proc::Rmdir
+        | Proc::Commit => wcc(w),
+        Proc::Rename => {
+            wcc(w);
+            wcc(w);
+        }
+        Proc::Link => {
+            w.bool(false);
+            wcc(w);
+        }
+        Proc::Lookup
+        | Proc::Access
+        | Proc::Readlink
+        | Proc::Read
+        | Proc::Readdir
+        | Proc::Readdirplus
+        | Proc::Fsstat
+        | Proc::Fsinfo
+        | Proc::Pathconf => {
+            w.bool(false);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::Server;
+    use crate::tables::HandleTable;
+    use crate::vfh::HandleKey;
+    use crate::wire::Field;
+    use std::net::Ipv4Addr;
+
+    fn controller() -> Controller {
+        let key = HandleKey::new(3, 4);
+        let mch = key.mount_checksum(1, b"/srv/a");
+        Controller::new(
+            Arc::new(NfsShared {
+                key,
+                handles: Arc::new(HandleTable::new(64)),
+                virtual_addr: Ipv4Addr::new(10, 0, 1, 1),
+                nfs_port: 2049,
+                virtual_fsid: 77,
+                servers: vec![Server {
+                    sid: 1,
+                    addr: Ipv4Addr::new(10, 0, 2, 2),
+                    nfs_port: 2049,
+                    export: "/srv/a".into(),
+                    mch,
+                }],
+            }),
+            20048,
+        )
+    }
+
+    fn success_results(reply: &[u8], xid: u32) -> usize {
+        match rpc::parse(reply).unwrap() {
+            rpc::Message::Reply(rpc::Reply::Accepted {
+                xid: x,
+                stat: rpc::AcceptStat::Success { results_at },
+                ..
+            }) => {
+                assert_eq!(x, xid);
+                results_at
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn portmap_getport() {
+        let mut k = controller();
+        for (prog, want) in [
+            (rpc::program::NFS, 2049),
+            (rpc::program::MOUNT, 20048),
+            (100_021, 0),
+        ] {
+            let mut w = Writer::new();
+            w.call(5, rpc::program::PORTMAP, 2, portmap::GETPORT)
+                .u32(prog)
+                .u32(3)
+                .u32(17)
+                .u32(0);
+            let r = k.answer(&w.buf).unwrap();
+            let at = success_results(&r, 5);
+            assert_eq!(u32::from_be_bytes(r[at..at + 4].try_into().unwrap()), want);
+        }
+    }
+
+    #[test]
+    fn mount_root_export_and_others() {
+        let mut k = controller();
+        let mut w = Writer::new();
+        w.call(6, rpc::program::MOUNT, 3, mount::proc_::MNT)
+            .opaque(b"/");
+        let r = k.answer(&w.buf).unwrap();
+        let at = success_results(&r, 6);
+        let mut handle = None;
+        let (st, end) = mount::walk_reply(mount::proc_::MNT, &r, at, |f| {
+            if let Field::Handle { at, len } = f {
+                handle = Some(r[at + 4..at + 4 + len].to_vec());
+            }
+        })
+        .unwrap();
+        assert_eq!((st, end), (0, r.len()));
+        let v = VirtualHandle::verify(&k.shared.key, &handle.unwrap()).unwrap();
+        assert_eq!(
+            (v.sid, v.vin, v.flags),
+            (0, vfh::ROOT_VIN, vfh::FLAG_VIRTUAL_DIR)
+        );
+        // Anything else: NOENT.
+        let mut w = Writer::new();
+        w.call(7, rpc::program::MOUNT, 3, mount::proc_::MNT)
+            .opaque(b"/elsewhere");
+        let r = k.answer(&w.buf).unwrap();
+        let at = success_results(&r, 7);
+        assert_eq!(
+            mount::walk_reply(mount::proc_::MNT, &r, at, |_| {}).unwrap(),
+            (mountstat::NOENT, r.len())
+        );
+        // EXPORT lists "/".
+        let mut w = Writer::new();
+        w.call(8, rpc::program::MOUNT, 3, mount::proc_::EXPORT);
+        let r = k.answer(&w.buf).unwrap();
+        let at = success_results(&r, 8);
+        assert_eq!(
+            mount::walk_reply(mount::proc_::EXPORT, &r, at, |_| {})
+                .unwrap()
+                .1,
+            r.len()
+        );
+        assert_eq!(&r[at + 8..at + 9], b"/");
+        // Wrong version.
+        let mut w = Writer::new();
+        w.call(9, rpc::program::MOUNT, 1, mount::proc_::NULL);
+        assert!(matches!(
+            rpc::parse(&k.answer(&w.buf).unwrap()).unwrap(),
+            rpc::Message::Reply(rpc::Reply::Accepted {
+                stat: rpc::AcceptStat::ProgMismatch { low: 3, high: 3 },
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn refused_handles_get_nfs_errors_in_the_procedures_shape() {
+        let mut k = controller();
+        let good = VirtualHandle::for_object(&k.shared.key, 1, k.shared.servers[0].mch, 1, 2)
+            .encode(&k.shared.key);
+        let mut forged = good;
+        forged[20] ^= 4;
+        for p in [
+            Proc::Getattr,
+            Proc::Lookup,
+            Proc::Read,
+            Proc::Write,
+            Proc::Readdirplus,
+        ] {
+            let mut w = Writer::new();
+            w.call(10, rpc::program::NFS, 3, p as u32).opaque(&forged);
+            match p {
+                Proc::Lookup => {
+                    w.opaque(b"x");
+                }
+                Proc::Read => {
+                    w.u64(0).u32(10);
+                }
+                Proc::Write => {
+                    w.u64(0).u32(1).u32(0).opaque(b"z");
+                }
+                Proc::Readdirplus => {
+                    w.u64(0).u64(0).u32(100).u32(1000);
+                }
+                _ => {}
+            }
+            let r = k.answer(&w.buf).unwrap();
+            let at = success_results(&r, 10);
+            // The error reply is a well-formed result of that procedure.
+            assert_eq!(
+                nfs3::walk_reply(p, &r, at, |_| {}).unwrap(),
+                (nfs3::stat::BADHANDLE, r.len()),
+                "{}",
+                p.name()
+            );
+        }
+        assert_eq!(k.stats.bad_handles, 5);
+        // A genuine handle whose physical handle is unknown: no answer yet (recovery).
+        let mut w = Writer::new();
+        w.call(11, rpc::program::NFS, 3, Proc::Getattr as u32)
+            .opaque(&good);
+        assert_eq!(k.answer(&w.buf), None);
+        assert_eq!(k.stats.recover_pending, 1);
+        // NFS NULL.
+        let mut w = Writer::new();
+        w.call(12, rpc::program::NFS, 3, 0);
+        success_results(&k.answer(&w.buf).unwrap(), 12);
+    }
+}
