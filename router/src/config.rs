@@ -107,21 +107,17 @@ fn d_true() -> bool {
 
 impl Default for DataplaneConfig {
     fn default() -> Self {
-        toml::from_str("").unwrap_or_else(|_| unreachable_default())
-    }
-}
-
-fn unreachable_default() -> DataplaneConfig {
-    DataplaneConfig {
-        backend: BackendKind::Dpdk,
-        placement: Placement::RunToCompletion,
-        workers: d_workers(),
-        io_cpu: None,
-        mgmt_cpu: None,
-        burst: d_burst(),
-        ring_size: d_ring(),
-        idle_sleep_max_us: d_idle(),
-        pin: true,
+        DataplaneConfig {
+            backend: BackendKind::Dpdk,
+            placement: Placement::RunToCompletion,
+            workers: d_workers(),
+            io_cpu: None,
+            mgmt_cpu: None,
+            burst: d_burst(),
+            ring_size: d_ring(),
+            idle_sleep_max_us: d_idle(),
+            pin: true,
+        }
     }
 }
 
@@ -284,14 +280,14 @@ pub struct NeighbourConfig {
 
 impl Default for NeighbourConfig {
     fn default() -> Self {
-        toml::from_str("").unwrap_or(NeighbourConfig {
+        NeighbourConfig {
             hold_per_neighbour: d_hold(),
             hold_total: d_hold_total(),
             arp_retries: d_retries(),
             arp_retry_ms: d_retry_ms(),
             reachable_secs: d_reach(),
             max_neighbours: d_max_neigh(),
-        })
+        }
     }
 }
 
@@ -843,6 +839,16 @@ export = "/srv/a"
         .unwrap_err()
         .to_string();
         assert!(e.starts_with("nfs:"), "{e}");
+    }
+
+    #[test]
+    fn defaults_match_an_empty_section() {
+        let d: DataplaneConfig = toml::from_str("").unwrap();
+        assert_eq!(format!("{d:?}"), format!("{:?}", DataplaneConfig::default()));
+        let n: NeighbourConfig = toml::from_str("").unwrap();
+        assert_eq!(format!("{n:?}"), format!("{:?}", NeighbourConfig::default()));
+        let m: MempoolConfig = toml::from_str("").unwrap();
+        assert_eq!(format!("{m:?}"), format!("{:?}", MempoolConfig::default()));
     }
 
     #[test]

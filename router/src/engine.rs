@@ -110,7 +110,7 @@ impl Pipeline {
     }
 
     /// Count what one stage decided: verdicts it changed from Next (drops, punts, transmits);
-    /// `before` holds which entries were still undecided when the stage ran.
+    /// `undecided` says which entries were still undecided when the stage ran.
     #[inline]
     fn count(s: &StageCounters, verdicts: &[Verdict], undecided: &[bool]) {
         let mut forwarded = 0;
