@@ -173,7 +173,7 @@ impl NfsStage {
         };
         let (xid, args_at) = (c.xid, c.args_at);
         self.counters.calls += 1;
-        let shared = self.shared.clone();
+        let shared: &NfsShared = &self.shared; // a borrow, not a clone: no atomic per packet
         let ctx = Context {
             key: &shared.key,
             handles: &shared.handles,
@@ -259,7 +259,7 @@ impl NfsStage {
             return NfsDrop::UnmatchedReply.drop();
         };
         self.counters.replies += 1;
-        let shared = self.shared.clone();
+        let shared: &NfsShared = &self.shared; // a borrow, not a clone: no atomic per packet
         let Some(server) = shared.server(sid) else {
             return NfsDrop::Malformed.drop();
         };

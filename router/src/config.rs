@@ -844,9 +844,15 @@ export = "/srv/a"
     #[test]
     fn defaults_match_an_empty_section() {
         let d: DataplaneConfig = toml::from_str("").unwrap();
-        assert_eq!(format!("{d:?}"), format!("{:?}", DataplaneConfig::default()));
+        assert_eq!(
+            format!("{d:?}"),
+            format!("{:?}", DataplaneConfig::default())
+        );
         let n: NeighbourConfig = toml::from_str("").unwrap();
-        assert_eq!(format!("{n:?}"), format!("{:?}", NeighbourConfig::default()));
+        assert_eq!(
+            format!("{n:?}"),
+            format!("{:?}", NeighbourConfig::default())
+        );
         let m: MempoolConfig = toml::from_str("").unwrap();
         assert_eq!(format!("{m:?}"), format!("{:?}", MempoolConfig::default()));
     }
