@@ -3,7 +3,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use nfs_rewrite::rewrite::{
-    devirtualize_call, virtualize_reply, CallVerdict, Context, ReplyVerdict,
+    devirtualize_call, virtualize_reply, CallVerdict, Context, Limits, ReplyVerdict,
 };
 use nfs_rewrite::tables::HandleTable;
 use nfs_rewrite::vfh::{HandleKey, VirtualHandle};
@@ -24,6 +24,7 @@ fn bench(c: &mut Criterion) {
         key: &key,
         handles: &handles,
         virtual_fsid: 7,
+        limits: Limits::for_mtu(1500),
     };
     let v = VirtualHandle::for_object(&key, 1, mch, 9, 4242);
     let mut call = rpc::Writer::new();

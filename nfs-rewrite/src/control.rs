@@ -1,18 +1,22 @@
 //! The management core's side of NFS virtualization (slow path; may allocate): answers for
 //! the virtual server itself.
 //!
-//! So far: portmap (NULL, GETPORT) so a client that knows only the virtual address finds the
-//! ports; MOUNT v3 (NULL, MNT of "/" → the virtual root's handle, EXPORT, UMNT, UMNTALL, DUMP);
-//! NFS NULL; and NFS error replies for calls whose handles the fast path refused (forged →
-//! NFS3ERR_BADHANDLE, export gone → NFS3ERR_STALE, two servers in one call → NFS3ERR_XDEV).
-//! Not yet: the virtual root's directory operations, mounting server exports, recovery.
+//! - portmap (NULL, GETPORT), so a client that knows only the virtual address finds the ports;
+//! - MOUNT v3 (NULL, MNT of "/" → the virtual root's handle, EXPORT, UMNT, UMNTALL, DUMP);
+//! - the virtual root directory, whose entries are the servers' exports under their names:
+//!   GETATTR, LOOKUP, ACCESS, READDIR, READDIRPLUS, FSSTAT (the servers' sums), FSINFO,
+//!   PATHCONF; changes to it are refused with NFS3ERR_ROFS;
+//! - NFS error replies for calls whose handles the fast path refused (forged →
+//!   NFS3ERR_BADHANDLE, export gone → NFS3ERR_STALE, two servers in one call → NFS3ERR_XDEV);
+//! - handles to recover: handed to [`Upstream`], which mounts the servers and walks them.
 
 use crate::datapath::NfsShared;
-use crate::rewrite::{devirtualize_call, CallVerdict, Context};
+use crate::rewrite::{devirtualize_call, CallVerdict};
+use crate::upstream::{Upstream, Want};
 use crate::vfh::{self, VirtualHandle};
-use crate::wire::mount;
-use crate::wire::nfs3::{self, Proc};
+use crate::wire::nfs3::{self, stat, Proc};
 use crate::wire::rpc::{self, Writer};
+use crate::wire::{mount, Cursor, Field};
 use packet::HeapBuffer;
 use std::sync::Arc;
 
@@ -49,10 +53,10 @@ pub struct ControlStats {
     pub bad_handles: u64,
     pub stale_handles: u64,
     pub xdev: u64,
-    /// Calls whose handles need recovery (not implemented yet: left for the client to retry).
-    pub recover_pending: u64,
-    /// Calls on the virtual root (its directory operations are not implemented yet).
-    pub virtual_root_pending: u64,
+    /// Calls left unanswered while their handle is recovered (the client retransmits).
+    pub recover_waiting: u64,
+    /// Calls on the virtual root, answered here.
+    pub virtual_root: u64,
     pub unanswered: u64,
 }
 
@@ -61,16 +65,28 @@ pub struct ControlStats {
 pub struct Controller {
     shared: Arc<NfsShared>,
     mount_port: u16,
+    /// The virtual root's times (seconds since the epoch: when the router started).
+    epoch_secs: u32,
+    /// The client to the servers: mounts and recovery.
+    pub upstream: Upstream,
     pub stats: ControlStats,
 }
 
 impl Controller {
-    pub fn new(shared: Arc<NfsShared>, mount_port: u16) -> Self {
+    /// `epoch_secs`: wall-clock seconds at start (the virtual root's times; also seeds xids).
+    pub fn new(shared: Arc<NfsShared>, mount_port: u16, epoch_secs: u32) -> Self {
         Controller {
+            upstream: Upstream::new(shared.clone(), epoch_secs.rotate_left(16)),
             shared,
             mount_port,
+            epoch_secs,
             stats: ControlStats::default(),
         }
+    }
+
+    /// The shared state.
+    pub fn shared(&self) -> &Arc<NfsShared> {
+        &self.shared
     }
 
     /// The virtual root directory's handle.
@@ -86,9 +102,9 @@ impl Controller {
         .encode(&self.shared.key)
     }
 
-    /// The RPC reply (UDP payload) to `msg`, a call to the virtual server; None when the call
-    /// is to be left unanswered (the client retransmits) or is not a call.
-    pub fn answer(&mut self, msg: &[u8]) -> Option<Vec<u8>> {
+    /// The RPC reply (UDP payload) to `msg`, a call to the virtual server at time `now` (ms);
+    /// None when the call is to be left unanswered (the client retransmits) or is not a call.
+    pub fn answer(&mut self, msg: &[u8], now: u64) -> Option<Vec<u8>> {
         let rpc::Message::Call(c) = rpc::parse(msg).ok()? else {
             return None;
         };
@@ -169,7 +185,7 @@ impl Controller {
                 }
                 Some(w.buf)
             }
-            rpc::program::NFS => self.nfs(&c, msg),
+            rpc::program::NFS => self.nfs(&c, msg, now),
             _ => {
                 w.accepted_reply(c.xid, accept::PROG_UNAVAIL);
                 Some(w.buf)
@@ -177,7 +193,7 @@ impl Controller {
         }
     }
 
-    fn nfs(&mut self, c: &rpc::Call<'_>, msg: &[u8]) -> Option<Vec<u8>> {
+    fn nfs(&mut self, c: &rpc::Call<'_>, msg: &[u8], now: u64) -> Option<Vec<u8>> {
         let mut w = Writer::new();
         if c.vers != 3 {
             w.accepted_reply(c.xid, accept::PROG_MISMATCH).u32(3).u32(3);
@@ -194,11 +210,7 @@ impl Controller {
         }
         // Classify the handles the way the fast path did (on a copy: nothing is forwarded here).
         let shared = self.shared.clone();
-        let ctx = Context {
-            key: &shared.key,
-            handles: &shared.handles,
-            virtual_fsid: shared.virtual_fsid,
-        };
+        let ctx = shared.ctx();
         let mut copy = HeapBuffer::from_bytes(msg);
         let status = match devirtualize_call(&mut copy, 0, p, c.args_at, &ctx, |sid| {
             shared.servers.iter().find(|s| s.sid == sid).map(|s| s.mch)
@@ -208,13 +220,16 @@ impl Controller {
                 w.accepted_reply(c.xid, accept::GARBAGE_ARGS);
                 return Some(w.buf);
             }
-            CallVerdict::Recover(_) => {
-                self.stats.recover_pending += 1;
-                return None;
-            }
+            CallVerdict::Recover(v) => match self.upstream.want(&v, now) {
+                Want::Wait => {
+                    self.stats.recover_waiting += 1;
+                    return None;
+                }
+                Want::Stale => stat::STALE,
+            },
             CallVerdict::Virtual => {
-                self.stats.virtual_root_pending += 1;
-                return None;
+                self.stats.virtual_root += 1;
+                return Some(self.virtual_root(c, msg, p));
             }
             CallVerdict::Forward { .. } | CallVerdict::NoHandle => {
                 self.stats.unanswered += 1;
@@ -230,6 +245,237 @@ impl Controller {
         w.accepted_reply(c.xid, accept::SUCCESS).u32(status);
         failure_body(&mut w, p);
         Some(w.buf)
+    }
+}
+
+/// ACCESS3 bits the virtual root grants (it is read-only): READ, LOOKUP, EXECUTE.
+const ROOT_ACCESS: u32 = 0x01 | 0x02 | 0x20;
+const NF3DIR: u32 = 2;
+
+/// One entry of the virtual root.
+struct Entry {
+    name: Vec<u8>,
+    fileid: u64,
+    attr: [u8; Field::FATTR_LEN],
+    handle: [u8; vfh::VFH_LEN],
+}
+
+impl Controller {
+    /// The virtual root's attributes.
+    fn root_attr(&self) -> [u8; Field::FATTR_LEN] {
+        let mut w = Writer::new();
+        let n = self
+            .upstream
+            .servers
+            .iter()
+            .filter(|s| s.mounted.is_some())
+            .count();
+        w.u32(NF3DIR)
+            .u32(0o555)
+            .u32(2 + n as u32)
+            .u32(0)
+            .u32(0)
+            .u64(4096)
+            .u64(4096)
+            .u32(0)
+            .u32(0)
+            .u64(self.shared.virtual_fsid)
+            .u64(vfh::ROOT_VIN);
+        for _ in 0..3 {
+            w.u32(self.epoch_secs).u32(0);
+        }
+        let mut a = [0u8; Field::FATTR_LEN];
+        a.copy_from_slice(&w.buf);
+        a
+    }
+
+    /// The entries of the virtual root: ".", "..", then every mounted export.
+    fn root_entries(&self) -> Vec<Entry> {
+        let (attr, handle) = (self.root_attr(), self.root_handle());
+        let dot = |name: &[u8]| Entry {
+            name: name.to_vec(),
+            fileid: vfh::ROOT_VIN,
+            attr,
+            handle,
+        };
+        let mut v = vec![dot(b"."), dot(b"..")];
+        for s in &self.shared.servers {
+            if let Some(e) = self.export_entry(s.sid) {
+                v.push(e);
+            }
+        }
+        v
+    }
+
+    /// A mounted export as an entry of the virtual root (its root's VFH and attributes).
+    fn export_entry(&self, sid: u16) -> Option<Entry> {
+        let m = self.upstream.mounted(sid)?;
+        let s = self.shared.server(sid)?;
+        let h = VirtualHandle::for_object(&self.shared.key, sid, s.mch, m.root_pfs, m.root_pin);
+        let mut attr = m.root_attr;
+        attr[Field::FATTR_FSID..Field::FATTR_FSID + 8]
+            .copy_from_slice(&self.shared.virtual_fsid.to_be_bytes());
+        attr[Field::FATTR_FILEID..Field::FATTR_FILEID + 8].copy_from_slice(&h.vin.to_be_bytes());
+        Some(Entry {
+            name: s.name.as_bytes().to_vec(),
+            fileid: h.vin,
+            attr,
+            handle: h.encode(&self.shared.key),
+        })
+    }
+
+    /// Answer a call on the virtual root directory.
+    fn virtual_root(&mut self, c: &rpc::Call<'_>, msg: &[u8], p: Proc) -> Vec<u8> {
+        let mut w = Writer::new();
+        let mut args = Cursor::at(msg, c.args_at);
+        let garbage = |xid| {
+            let mut w = Writer::new();
+            w.accepted_reply(xid, accept::GARBAGE_ARGS);
+            w.buf
+        };
+        // Every read-only procedure names the root first.
+        if args.opaque_var(crate::wire::xdr::FHSIZE3).is_err() {
+            return garbage(c.xid);
+        }
+        let attr = self.root_attr();
+        let l = self.shared.limits;
+        w.accepted_reply(c.xid, accept::SUCCESS);
+        match p {
+            Proc::Getattr => {
+                w.u32(stat::OK).fixed(&attr);
+            }
+            Proc::Access => {
+                let Ok(want) = args.u32() else {
+                    return garbage(c.xid);
+                };
+                w.u32(stat::OK)
+                    .bool(true)
+                    .fixed(&attr)
+                    .u32(want & ROOT_ACCESS);
+            }
+            Proc::Lookup => {
+                let Ok(name) = args.string(nfs3::NAME_MAX) else {
+                    return garbage(c.xid);
+                };
+                let found = self.root_entries().into_iter().find(|e| e.name == name);
+                match found {
+                    Some(e) => {
+                        w.u32(stat::OK)
+                            .opaque(&e.handle)
+                            .bool(true)
+                            .fixed(&e.attr)
+                            .bool(true)
+                            .fixed(&attr);
+                    }
+                    None => {
+                        // A configured server not mounted yet: "try again later".
+                        let pending = self
+                            .shared
+                            .servers
+                            .iter()
+                            .any(|s| s.name.as_bytes() == name);
+                        w.u32(if pending { stat::JUKEBOX } else { stat::NOENT })
+                            .bool(true)
+                            .fixed(&attr);
+                    }
+                }
+            }
+            Proc::Readdir | Proc::Readdirplus => {
+                let plus = p == Proc::Readdirplus;
+                let (Ok(cookie), Ok(_verf)) = (args.u64(), args.opaque_fixed(8)) else {
+                    return garbage(c.xid);
+                };
+                let limit = if plus {
+                    args.u32().and_then(|_dircount| args.u32())
+                } else {
+                    args.u32()
+                };
+                let Ok(limit) = limit else {
+                    return garbage(c.xid);
+                };
+                let entries = self.root_entries();
+                let mut body = Writer::new();
+                let mut n = 0;
+                let mut eof = true;
+                // status, post_op_attr, cookieverf, the final "no more" and eof words.
+                let fixed = 4 + 4 + Field::FATTR_LEN + 8 + 8;
+                for (i, e) in entries.iter().enumerate().skip(cookie as usize) {
+                    let mut one = Writer::new();
+                    one.bool(true)
+                        .u64(e.fileid)
+                        .opaque(&e.name)
+                        .u64(i as u64 + 1);
+                    if plus {
+                        one.bool(true).fixed(&e.attr).bool(true).opaque(&e.handle);
+                    }
+                    if fixed + body.buf.len() + one.buf.len() > limit as usize {
+                        eof = false;
+                        break;
+                    }
+                    body.buf.extend_from_slice(&one.buf);
+                    n += 1;
+                }
+                if n == 0 && !eof {
+                    w.u32(stat::TOOSMALL).bool(true).fixed(&attr);
+                } else {
+                    w.u32(stat::OK).bool(true).fixed(&attr).fixed(&[0; 8]);
+                    w.buf.extend_from_slice(&body.buf);
+                    w.bool(false).bool(eof);
+                }
+            }
+            Proc::Fsstat => {
+                let mut sums = [0u64; 6];
+                for s in &self.upstream.servers {
+                    if let Some(f) = s.mounted.as_ref().and_then(|m| m.fsstat) {
+                        for (t, v) in sums.iter_mut().zip(f) {
+                            *t = t.saturating_add(v);
+                        }
+                    }
+                }
+                w.u32(stat::OK).bool(true).fixed(&attr);
+                for v in sums {
+                    w.u64(v);
+                }
+                w.u32(0); // invarsec
+            }
+            Proc::Fsinfo => {
+                w.u32(stat::OK)
+                    .bool(true)
+                    .fixed(&attr)
+                    .u32(l.max_io) // rtmax
+                    .u32(l.max_io) // rtpref
+                    .u32(512) // rtmult
+                    .u32(l.max_io) // wtmax
+                    .u32(l.max_io) // wtpref
+                    .u32(512) // wtmult
+                    .u32(l.max_dir) // dtpref
+                    .u64(u64::MAX >> 1) // maxfilesize
+                    .u32(0)
+                    .u32(1) // time_delta
+                    .u32(0x1b); // LINK | SYMLINK | HOMOGENEOUS | CANSETTIME
+            }
+            Proc::Pathconf => {
+                w.u32(stat::OK)
+                    .bool(true)
+                    .fixed(&attr)
+                    .u32(1) // linkmax
+                    .u32(nfs3::NAME_MAX as u32)
+                    .bool(true) // no_trunc
+                    .bool(true) // chown_restricted
+                    .bool(false) // case_insensitive
+                    .bool(true); // case_preserving
+            }
+            _ => {
+                let st = match p {
+                    Proc::Read | Proc::Write | Proc::Commit => stat::ISDIR,
+                    Proc::Readlink => stat::INVAL,
+                    _ => stat::ROFS,
+                };
+                w.u32(st);
+                failure_body(&mut w, p);
+            }
+        }
+        w.buf
     }
 }
 
@@ -275,6 +521,7 @@ fn failure_body(w: &mut Writer, p: Proc) {
 mod tests {
     use super::*;
     use crate::datapath::Server;
+    use crate::rewrite::Limits;
     use crate::tables::HandleTable;
     use crate::vfh::HandleKey;
     use crate::wire::Field;
@@ -290,15 +537,19 @@ mod tests {
                 virtual_addr: Ipv4Addr::new(10, 0, 1, 1),
                 nfs_port: 2049,
                 virtual_fsid: 77,
+                limits: Limits::for_mtu(1500),
                 servers: vec![Server {
                     sid: 1,
+                    name: "a".into(),
                     addr: Ipv4Addr::new(10, 0, 2, 2),
                     nfs_port: 2049,
+                    mount_port: 20048,
                     export: "/srv/a".into(),
                     mch,
                 }],
             }),
             20048,
+            1_700_000_000,
         )
     }
 
@@ -330,7 +581,7 @@ mod tests {
                 .u32(3)
                 .u32(17)
                 .u32(0);
-            let r = k.answer(&w.buf).unwrap();
+            let r = k.answer(&w.buf, 0).unwrap();
             let at = success_results(&r, 5);
             assert_eq!(u32::from_be_bytes(r[at..at + 4].try_into().unwrap()), want);
         }
@@ -342,7 +593,7 @@ mod tests {
         let mut w = Writer::new();
         w.call(6, rpc::program::MOUNT, 3, mount::proc_::MNT)
             .opaque(b"/");
-        let r = k.answer(&w.buf).unwrap();
+        let r = k.answer(&w.buf, 0).unwrap();
         let at = success_results(&r, 6);
         let mut handle = None;
         let (st, end) = mount::walk_reply(mount::proc_::MNT, &r, at, |f| {
@@ -361,7 +612,7 @@ mod tests {
         let mut w = Writer::new();
         w.call(7, rpc::program::MOUNT, 3, mount::proc_::MNT)
             .opaque(b"/elsewhere");
-        let r = k.answer(&w.buf).unwrap();
+        let r = k.answer(&w.buf, 0).unwrap();
         let at = success_results(&r, 7);
         assert_eq!(
             mount::walk_reply(mount::proc_::MNT, &r, at, |_| {}).unwrap(),
@@ -370,7 +621,7 @@ mod tests {
         // EXPORT lists "/".
         let mut w = Writer::new();
         w.call(8, rpc::program::MOUNT, 3, mount::proc_::EXPORT);
-        let r = k.answer(&w.buf).unwrap();
+        let r = k.answer(&w.buf, 0).unwrap();
         let at = success_results(&r, 8);
         assert_eq!(
             mount::walk_reply(mount::proc_::EXPORT, &r, at, |_| {})
@@ -383,7 +634,7 @@ mod tests {
         let mut w = Writer::new();
         w.call(9, rpc::program::MOUNT, 1, mount::proc_::NULL);
         assert!(matches!(
-            rpc::parse(&k.answer(&w.buf).unwrap()).unwrap(),
+            rpc::parse(&k.answer(&w.buf, 0).unwrap()).unwrap(),
             rpc::Message::Reply(rpc::Reply::Accepted {
                 stat: rpc::AcceptStat::ProgMismatch { low: 3, high: 3 },
                 ..
@@ -422,7 +673,7 @@ mod tests {
                 }
                 _ => {}
             }
-            let r = k.answer(&w.buf).unwrap();
+            let r = k.answer(&w.buf, 0).unwrap();
             let at = success_results(&r, 10);
             // The error reply is a well-formed result of that procedure.
             assert_eq!(
@@ -437,11 +688,11 @@ mod tests {
         let mut w = Writer::new();
         w.call(11, rpc::program::NFS, 3, Proc::Getattr as u32)
             .opaque(&good);
-        assert_eq!(k.answer(&w.buf), None);
-        assert_eq!(k.stats.recover_pending, 1);
+        assert_eq!(k.answer(&w.buf, 0), None);
+        assert_eq!(k.stats.recover_waiting, 1);
         // NFS NULL.
         let mut w = Writer::new();
         w.call(12, rpc::program::NFS, 3, 0);
-        success_results(&k.answer(&w.buf).unwrap(), 12);
+        success_results(&k.answer(&w.buf, 0).unwrap(), 12);
     }
 }

@@ -14,7 +14,9 @@
 //! New VIN → PFH mappings learned from replies are queued in [`NfsStage::take_mappings`] for
 //! the handle table's single writer.
 
-use crate::rewrite::{devirtualize_call, virtualize_reply, CallVerdict, Context, ReplyVerdict};
+use crate::rewrite::{
+    devirtualize_call, virtualize_reply, CallVerdict, Context, Limits, ReplyVerdict,
+};
 use crate::tables::{HandleTable, TransactionTable, TxKey, PFH_MAX};
 use crate::vfh::{HandleKey, VirtualHandle};
 use crate::wire::nfs3::Proc;
@@ -39,8 +41,11 @@ drop_reasons! {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Server {
     pub sid: u16,
+    /// Its export's name in the virtual root.
+    pub name: String,
     pub addr: Ipv4Addr,
     pub nfs_port: u16,
+    pub mount_port: u16,
     pub export: String,
     /// Mount checksum of (sid, export).
     pub mch: u32,
@@ -54,11 +59,22 @@ pub struct NfsShared {
     pub virtual_addr: Ipv4Addr,
     pub nfs_port: u16,
     pub virtual_fsid: u64,
+    pub limits: Limits,
     pub servers: Vec<Server>,
 }
 
 impl NfsShared {
-    fn server(&self, sid: u16) -> Option<&Server> {
+    /// What the rewrite functions need.
+    pub fn ctx(&self) -> Context<'_> {
+        Context {
+            key: &self.key,
+            handles: &self.handles,
+            virtual_fsid: self.virtual_fsid,
+            limits: self.limits,
+        }
+    }
+    /// The configured server `sid`.
+    pub fn server(&self, sid: u16) -> Option<&Server> {
         self.servers.iter().find(|s| s.sid == sid)
     }
     fn server_at(&self, addr: Ipv4Addr, port: u16) -> Option<&Server> {
@@ -79,10 +95,49 @@ pub struct Transaction {
 /// Counters of the stage (one worker's).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NfsCounters {
-    pub calls: u64,
-    pub replies: u64,
+    /// Calls seen, by procedure (index = procedure number).
+    pub calls: [u64; 22],
+    /// Replies matched to a call, by procedure.
+    pub replies: [u64; 22],
+    /// Calls rewritten and forwarded to a server.
+    pub calls_rewritten: u64,
+    /// Replies rewritten and forwarded to a client.
+    pub replies_rewritten: u64,
     pub fragments_passed: u64,
     pub mappings_dropped: u64,
+}
+
+impl NfsCounters {
+    /// Number of values in [`NfsCounters::values`].
+    pub const WIDTH: usize = 22 + 22 + 4;
+
+    /// Every counter in one flat array: calls by procedure, replies by procedure,
+    /// calls rewritten, replies rewritten, fragments passed, mappings dropped.
+    pub fn values(&self) -> [u64; Self::WIDTH] {
+        let mut v = [0u64; Self::WIDTH];
+        v[..22].copy_from_slice(&self.calls);
+        v[22..44].copy_from_slice(&self.replies);
+        v[44] = self.calls_rewritten;
+        v[45] = self.replies_rewritten;
+        v[46] = self.fragments_passed;
+        v[47] = self.mappings_dropped;
+        v
+    }
+
+    /// The inverse of [`NfsCounters::values`] (sums over workers are built this way).
+    pub fn from_values(v: &[u64]) -> Self {
+        let g = |i: usize| v.get(i).copied().unwrap_or(0);
+        let mut c = NfsCounters::default();
+        for i in 0..22 {
+            c.calls[i] = g(i);
+            c.replies[i] = g(22 + i);
+        }
+        c.calls_rewritten = g(44);
+        c.replies_rewritten = g(45);
+        c.fragments_passed = g(46);
+        c.mappings_dropped = g(47);
+        c
+    }
 }
 
 /// Mappings a worker queues per burst before the engine drains them.
@@ -172,13 +227,9 @@ impl NfsStage {
             return Verdict::Punt(PuntReason::Application);
         };
         let (xid, args_at) = (c.xid, c.args_at);
-        self.counters.calls += 1;
+        self.counters.calls[p as usize] += 1;
         let shared: &NfsShared = &self.shared; // a borrow, not a clone: no atomic per packet
-        let ctx = Context {
-            key: &shared.key,
-            handles: &shared.handles,
-            virtual_fsid: shared.virtual_fsid,
-        };
+        let ctx = shared.ctx();
         // The directory the call names (READDIR file ids are relative to its file system).
         let dir_pfs = first_vfh_pfs(&shared.key, msg, p, args_at);
         match devirtualize_call(pkt, msg_at, p, args_at, &ctx, |sid| {
@@ -216,7 +267,10 @@ impl NfsStage {
                 };
                 UdpPacket::new_unchecked(udpb).set_dst_port(server.nfs_port);
                 match fix_lengths(pkt, ip_at, delta) {
-                    Some(()) => Verdict::Next,
+                    Some(()) => {
+                        self.counters.calls_rewritten += 1;
+                        Verdict::Next
+                    }
                     None => NfsDrop::Malformed.drop(),
                 }
             }
@@ -258,7 +312,9 @@ impl NfsStage {
         let Some(t) = self.tx.take(key, self.now) else {
             return NfsDrop::UnmatchedReply.drop();
         };
-        self.counters.replies += 1;
+        if let Some(n) = self.counters.replies.get_mut(usize::from(t.proc_)) {
+            *n += 1;
+        }
         let shared: &NfsShared = &self.shared; // a borrow, not a clone: no atomic per packet
         let Some(server) = shared.server(sid) else {
             return NfsDrop::Malformed.drop();
@@ -268,11 +324,7 @@ impl NfsStage {
             let Some(p) = Proc::from_u32(u32::from(t.proc_)) else {
                 return NfsDrop::Malformed.drop();
             };
-            let ctx = Context {
-                key: &shared.key,
-                handles: &shared.handles,
-                virtual_fsid: shared.virtual_fsid,
-            };
+            let ctx = shared.ctx();
             let (mappings, counters) = (&mut self.mappings, &mut self.counters);
             let v = virtualize_reply(
                 pkt,
@@ -312,7 +364,10 @@ impl NfsStage {
         };
         UdpPacket::new_unchecked(udpb).set_src_port(shared.nfs_port);
         match fix_lengths(pkt, ip_at, delta) {
-            Some(()) => Verdict::Next,
+            Some(()) => {
+                self.counters.replies_rewritten += 1;
+                Verdict::Next
+            }
             None => NfsDrop::Malformed.drop(),
         }
     }
@@ -356,7 +411,9 @@ impl Stage for NfsStage {
         let (sport, dport) = (udp.src_port(), udp.dst_port());
         let is_call = dst == self.shared.virtual_addr && dport == self.shared.nfs_port;
         let server = self.shared.server_at(src, sport).map(|s| s.sid);
-        if !is_call && server.is_none() {
+        // Replies to the router's own client (mounts, recovery walks) are the management
+        // core's: routing delivers them locally.
+        if !is_call && (server.is_none() || dst == self.shared.virtual_addr) {
             return Verdict::Next;
         }
         if ip.is_fragment() {

@@ -12,9 +12,11 @@
 //! replies, recovery and checkpoints; IP fragment reassembly.
 #![forbid(unsafe_code)]
 
+pub mod checkpoint;
 pub mod control;
 pub mod datapath;
 pub mod rewrite;
 pub mod tables;
+pub mod upstream;
 pub mod vfh;
 pub mod wire;

@@ -26,6 +26,39 @@ pub struct Context<'a> {
     pub handles: &'a HandleTable,
     /// The fsid every client sees.
     pub virtual_fsid: u64,
+    /// Transfer limits that keep every datagram under the MTU.
+    pub limits: Limits,
+}
+
+/// Transfer sizes the router imposes so that no call or reply of a UDP client needs IP
+/// fragmentation: READ counts and FSINFO's rtmax/wtmax/dtpref are clamped to `max_io`; READDIR
+/// `count` and READDIRPLUS `dircount`/`maxcount` to `max_dir` (the rewritten reply grows: VFHs
+/// are longer than most physical handles, so `max_dir` leaves room for that).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_io: u32,
+    pub max_dir: u32,
+}
+
+impl Limits {
+    /// No clamping (tests that compare with captures of unclamped traffic).
+    pub const UNLIMITED: Limits = Limits {
+        max_io: u32::MAX,
+        max_dir: u32::MAX,
+    };
+
+    /// Limits for a path MTU: the IP and UDP headers, the RPC reply header and the largest
+    /// fixed part of a READ reply (status, post_op_attr, count, eof, length) come off; the data
+    /// size is rounded down to 512 bytes. READDIR replies get three quarters of the datagram
+    /// (a VFH adds up to 36 bytes to an entry of at least ~120).
+    pub fn for_mtu(mtu: u16) -> Self {
+        const OVERHEAD: u32 = 20 + 8 + 24 + 4 + 4 + 84 + 4 + 4 + 4;
+        let room = u32::from(mtu).saturating_sub(OVERHEAD);
+        Limits {
+            max_io: (room & !511).max(512),
+            max_dir: (u32::from(mtu).saturating_sub(20 + 8 + 24) * 3 / 4).max(512),
+        }
+    }
 }
 
 /// Scratch for the fields of one message.
@@ -62,6 +95,7 @@ impl<'s> Fields<'s> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallVerdict {
     /// Rewritten: send to server `sid`; the message grew by `delta` bytes (negative: shrank).
+    /// Transfer sizes above the [`Limits`] were lowered.
     Forward { sid: u16, delta: isize },
     /// No handle in the arguments (NULL).
     NoHandle,
@@ -148,7 +182,10 @@ pub fn devirtualize_call<B: Buffer>(
             }
         }
     });
-    if walked.is_err() || extra {
+    let Ok(args_end) = walked else {
+        return CallVerdict::Malformed;
+    };
+    if extra {
         return CallVerdict::Malformed;
     }
     if n == 0 {
@@ -197,6 +234,33 @@ pub fn devirtualize_call<B: Buffer>(
         match replace_handle(pkt, msg_at + found[i].0, VFH_LEN, &pfh[i][..plen[i]]) {
             Ok(d) => delta += d,
             Err(_) => return CallVerdict::Malformed,
+        }
+    }
+    // Transfer sizes sit at the end of the arguments, after every handle.
+    let end = args_end as isize + delta;
+    let l = ctx.limits;
+    let clamps: &[(isize, u32)] = match proc_ {
+        Proc::Read | Proc::Readdir => &[(
+            4,
+            if proc_ == Proc::Read {
+                l.max_io
+            } else {
+                l.max_dir
+            },
+        )],
+        Proc::Readdirplus => &[(8, l.max_dir), (4, l.max_dir)],
+        _ => &[],
+    };
+    for &(back, max) in clamps {
+        let Some(slot) = usize::try_from(end - back)
+            .ok()
+            .and_then(|at| pkt.data_mut().get_mut(msg_at + at..msg_at + at + 4))
+        else {
+            return CallVerdict::Malformed;
+        };
+        let v = u32::from_be_bytes([slot[0], slot[1], slot[2], slot[3]]);
+        if v > max {
+            slot.copy_from_slice(&max.to_be_bytes());
         }
     }
     CallVerdict::Forward {
@@ -328,7 +392,24 @@ pub fn virtualize_reply<B: Buffer>(
                     Err(_) => return ReplyVerdict::Malformed,
                 }
             }
-            Field::FsinfoSizes { .. } => {}
+            Field::FsinfoSizes { at } => {
+                // rtmax, rtpref, wtmax, wtpref, dtpref.
+                let Some(m) = pkt.data_mut().get_mut(msg_at + at..msg_at + at + 28) else {
+                    return ReplyVerdict::Malformed;
+                };
+                for (off, max) in [
+                    (0, ctx.limits.max_io),
+                    (4, ctx.limits.max_io),
+                    (12, ctx.limits.max_io),
+                    (16, ctx.limits.max_io),
+                    (24, ctx.limits.max_dir),
+                ] {
+                    let v = u32::from_be_bytes([m[off], m[off + 1], m[off + 2], m[off + 3]]);
+                    if v > max {
+                        m[off..off + 4].copy_from_slice(&max.to_be_bytes());
+                    }
+                }
+            }
         }
     }
     ReplyVerdict::Rewritten { delta }

@@ -297,6 +297,21 @@ impl HandleTable {
         s.seq.store(seq.wrapping_add(2), Ordering::Release);
     }
 
+    /// Every entry (for the writer's checkpoints: it is the only one changing the table, so
+    /// what it reads is consistent).
+    pub fn for_each(&self, mut f: impl FnMut(u64, &[u8])) {
+        let mut out = [0u8; PFH_MAX];
+        for s in self.slots.iter() {
+            let vin = s.vin.load(Ordering::Relaxed);
+            if vin == EMPTY {
+                continue;
+            }
+            if let Some(n) = self.get(vin, &mut out) {
+                f(vin, &out[..n]);
+            }
+        }
+    }
+
     /// Insert or update `vin → pfh` (single writer). Returns false for an invalid handle.
     pub fn insert(&self, vin: u64, pfh: &[u8]) -> bool {
         if vin == EMPTY || pfh.is_empty() || pfh.len() > PFH_MAX {

@@ -78,6 +78,11 @@ impl HandleKey {
         h.finish()
     }
 
+    /// MAC of a handle-table checkpoint.
+    pub fn checkpoint_mac(&self, body: &[u8]) -> u64 {
+        self.mac(&[b"ckpt", body])
+    }
+
     /// Mount checksum of a server's export.
     pub fn mount_checksum(&self, sid: u16, export_path: &[u8]) -> u32 {
         self.mac(&[b"mch", &sid.to_be_bytes(), export_path]) as u32

@@ -7,7 +7,7 @@ mod common;
 
 use common::{capture, messages, Endpoint};
 use nfs_rewrite::rewrite::{
-    devirtualize_call, virtualize_reply, CallVerdict, Context, ReplyVerdict,
+    devirtualize_call, virtualize_reply, CallVerdict, Context, Limits, ReplyVerdict,
 };
 use nfs_rewrite::tables::HandleTable;
 use nfs_rewrite::vfh::{HandleKey, VirtualHandle, VFH_LEN};
@@ -78,6 +78,7 @@ impl World {
             key: &self.key,
             handles: &self.handles,
             virtual_fsid: VFSID,
+            limits: Limits::UNLIMITED,
         }
     }
     /// A handle the capture's client got from MNT (no attributes in the reply): the management
@@ -480,10 +481,13 @@ mod stage {
             virtual_addr: VIRTUAL.0,
             nfs_port: VIRTUAL.1,
             virtual_fsid: VFSID,
+            limits: Limits::UNLIMITED,
             servers: vec![Server {
                 sid: SID,
+                name: "a".into(),
                 addr: SERVER.0,
                 nfs_port: SERVER.1,
+                mount_port: 20048,
                 export: "/export".into(),
                 mch: w.mch,
             }],
@@ -572,7 +576,9 @@ mod stage {
         });
         eprintln!("stage: {calls} calls, {replies} replies ({checked} handles and attributes checked), {learned} mappings learned");
         assert!(calls >= 8 && replies >= 8 && learned > 0 && checked > 20);
-        assert_eq!(stage.counters.calls, calls);
+        assert_eq!(stage.counters.calls.iter().sum::<u64>(), calls);
+        assert_eq!(stage.counters.calls_rewritten, calls);
+        assert_eq!(stage.counters.replies_rewritten, replies);
     }
 
     #[test]
@@ -584,10 +590,13 @@ mod stage {
             virtual_addr: VIRTUAL.0,
             nfs_port: VIRTUAL.1,
             virtual_fsid: VFSID,
+            limits: Limits::UNLIMITED,
             servers: vec![Server {
                 sid: SID,
+                name: "a".into(),
                 addr: SERVER.0,
                 nfs_port: SERVER.1,
+                mount_port: 20048,
                 export: "/export".into(),
                 mch: w.mch,
             }],

@@ -46,6 +46,12 @@ pub enum Request {
     LogLevel {
         level: String,
     },
+    /// The aggregated NFS servers and their mount state.
+    NfsServers,
+    /// NFS counters: calls and replies per procedure, rewrites, handles, recoveries.
+    NfsStats,
+    /// Write the handle-table checkpoint now.
+    NfsCheckpoint,
 }
 
 /// The router's answer.

@@ -378,6 +378,9 @@ fn d_tx_ttl() -> u64 {
 fn d_handles() -> usize {
     1 << 20
 }
+fn d_checkpoint_secs() -> u64 {
+    10
+}
 
 /// One aggregated NFS server.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -421,6 +424,17 @@ pub struct NfsConfig {
     /// Handle-table slots (VIN → physical handle).
     #[serde(default = "d_handles")]
     pub handles: usize,
+    /// Largest READ/WRITE transfer clients are offered (FSINFO rtmax/wtmax) and READ counts are
+    /// clamped to, in bytes. Default: what fits the smallest port MTU without IP fragments.
+    #[serde(default)]
+    pub max_io: Option<u32>,
+    /// Where the handle table is checkpointed (written atomically; read at start-up so a
+    /// restarted router serves the handles clients hold). No file: recovery searches servers.
+    #[serde(default)]
+    pub checkpoint: Option<std::path::PathBuf>,
+    /// Seconds between checkpoints (0: only on `routerctl nfs checkpoint` and at stop).
+    #[serde(default = "d_checkpoint_secs")]
+    pub checkpoint_secs: u64,
     pub servers: Vec<NfsServerConfig>,
 }
 
@@ -645,6 +659,11 @@ impl Config {
         if !(16..=1 << 26).contains(&n.handles) {
             return Err(invalid("nfs.handles", "must be 16..=67108864"));
         }
+        if let Some(m) = n.max_io {
+            if !(512..=65_536).contains(&m) {
+                return Err(invalid("nfs.max_io", "must be 512..=65536 bytes"));
+            }
+        }
         // A call and its reply must meet on one worker's transaction table.
         if self.dataplane.placement == Placement::RunToCompletion
             && self.dataplane.workers.len() > 1
@@ -655,6 +674,16 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The NFS transfer limits: `nfs.max_io` if set, otherwise derived from the smallest MTU.
+    pub fn nfs_limits(&self) -> nfs_rewrite::rewrite::Limits {
+        let mtu = self.ports.iter().map(|p| p.mtu).min().unwrap_or(1500);
+        let mut l = nfs_rewrite::rewrite::Limits::for_mtu(mtu);
+        if let Some(m) = self.nfs.as_ref().and_then(|n| n.max_io) {
+            l.max_io = m;
+        }
+        l
     }
 
     /// Port id by name.

@@ -127,8 +127,9 @@ pub struct CoreCounters {
     pub ring_full: Counter,
     pub punt_ring_full: Counter,
     pub injected: Counter,
-    /// NFS stage totals of this core (calls, replies, fragments passed, mappings not queued).
-    pub nfs: [Counter; 4],
+    /// NFS stage totals of this core, as `nfs_rewrite::datapath::NfsCounters::values` lays
+    /// them out.
+    pub nfs: Box<[Counter]>,
 }
 
 impl CoreCounters {
@@ -151,7 +152,9 @@ impl CoreCounters {
             ring_full: Counter::default(),
             punt_ring_full: Counter::default(),
             injected: Counter::default(),
-            nfs: Default::default(),
+            nfs: (0..nfs_rewrite::datapath::NfsCounters::WIDTH)
+                .map(|_| Counter::default())
+                .collect(),
         }
     }
 
@@ -166,12 +169,7 @@ impl CoreCounters {
             ring_full: self.ring_full.get(),
             punt_ring_full: self.punt_ring_full.get(),
             injected: self.injected.get(),
-            nfs: NfsSnapshot {
-                calls: self.nfs[0].get(),
-                replies: self.nfs[1].get(),
-                fragments_passed: self.nfs[2].get(),
-                mappings_dropped: self.nfs[3].get(),
-            },
+            nfs: self.nfs.iter().map(Counter::get).collect(),
             ports: self
                 .ports
                 .iter()
@@ -197,14 +195,6 @@ pub struct PortSnapshot {
     pub tx_full: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct NfsSnapshot {
-    pub calls: u64,
-    pub replies: u64,
-    pub fragments_passed: u64,
-    pub mappings_dropped: u64,
-}
-
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct StageSnapshot {
     pub name: String,
@@ -227,7 +217,9 @@ pub struct CoreSnapshot {
     pub ring_full: u64,
     pub punt_ring_full: u64,
     pub injected: u64,
-    pub nfs: NfsSnapshot,
+    /// NFS stage counters (see [`CoreCounters::nfs`]); summed and named in the stats' "nfs".
+    #[serde(skip)]
+    pub nfs: Vec<u64>,
     pub ports: Vec<PortSnapshot>,
     pub stages: Vec<StageSnapshot>,
 }

@@ -148,11 +148,9 @@ impl Pipeline {
             for (u, v) in undecided[..n].iter_mut().zip(&verdicts[..n]) {
                 *u = *v == Verdict::Next;
             }
-            let k = &nfs.counters;
-            c.nfs[0].set(k.calls);
-            c.nfs[1].set(k.replies);
-            c.nfs[2].set(k.fragments_passed);
-            c.nfs[3].set(k.mappings_dropped);
+            for (dst, v) in c.nfs.iter().zip(nfs.counters.values()) {
+                dst.set(v);
+            }
         } else {
             undecided[..n].fill(true);
         }

@@ -43,7 +43,10 @@ pub enum RunError {
 }
 
 /// What every worker's NFS stage shares, from the `[nfs]` section.
-fn nfs_shared(n: &config::NfsConfig) -> Arc<nfs_rewrite::datapath::NfsShared> {
+fn nfs_shared(
+    n: &config::NfsConfig,
+    limits: nfs_rewrite::rewrite::Limits,
+) -> Arc<nfs_rewrite::datapath::NfsShared> {
     use nfs_rewrite::vfh::HandleKey;
     // The config validated the secret; a bad one cannot reach here.
     let key = HandleKey::from_hex(&n.handle_secret).unwrap_or(HandleKey::new(0, 0));
@@ -52,8 +55,10 @@ fn nfs_shared(n: &config::NfsConfig) -> Arc<nfs_rewrite::datapath::NfsShared> {
         .iter()
         .map(|s| nfs_rewrite::datapath::Server {
             sid: s.sid,
+            name: s.name.clone(),
             addr: s.address,
             nfs_port: s.nfs_port,
+            mount_port: s.mount_port,
             export: s.export.clone(),
             mch: key.mount_checksum(s.sid, s.export.as_bytes()),
         })
@@ -64,6 +69,7 @@ fn nfs_shared(n: &config::NfsConfig) -> Arc<nfs_rewrite::datapath::NfsShared> {
         virtual_addr: n.virtual_address,
         nfs_port: n.nfs_port,
         virtual_fsid: n.virtual_fsid,
+        limits,
         servers,
     })
 }
@@ -112,7 +118,7 @@ pub fn run<B: Backend>(
             path: cfg.admin.socket.display().to_string(),
             source,
         })?;
-    let nfs = cfg.nfs.as_ref().map(nfs_shared);
+    let nfs = cfg.nfs.as_ref().map(|n| nfs_shared(n, cfg.nfs_limits()));
     let clock = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let pipeline = Pipeline {
         ipv4: stage.clone(),

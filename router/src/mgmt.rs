@@ -116,6 +116,21 @@ pub struct Mgmt<B: Backend> {
     nfs: Option<Arc<nfs_rewrite::datapath::NfsShared>>,
     /// Answers for the virtual NFS server.
     nfs_ctl: Option<nfs_rewrite::control::Controller>,
+    /// Handle-table checkpoints.
+    ckpt: Checkpoints,
+}
+
+/// Handle-table checkpoint bookkeeping.
+#[derive(Debug, Default)]
+struct Checkpoints {
+    last: Option<Instant>,
+    /// The background write in progress.
+    writer: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    written: u64,
+    failed: u64,
+    last_entries: usize,
+    loaded: usize,
+    last_error: Option<String>,
 }
 
 impl<B: Backend> std::fmt::Debug for Mgmt<B> {
@@ -236,12 +251,16 @@ impl<B: Backend> Mgmt<B> {
             set_log_level,
             ip_ident: 1,
             clock,
-            nfs_ctl: nfs
-                .clone()
-                .zip(cfg_mount_port)
-                .map(|(sh, port)| nfs_rewrite::control::Controller::new(sh, port)),
+            nfs_ctl: nfs.clone().zip(cfg_mount_port).map(|(sh, port)| {
+                let epoch = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as u32);
+                nfs_rewrite::control::Controller::new(sh, port, epoch)
+            }),
             nfs,
+            ckpt: Checkpoints::default(),
         };
+        m.load_checkpoint();
         for n in statics {
             let (Some(port), Ok(mac)) = (m.cfg.port_id(&n.port), n.mac.parse::<EthernetAddress>())
             else {
@@ -286,6 +305,128 @@ impl<B: Backend> Mgmt<B> {
             if work == 0 {
                 std::thread::sleep(Duration::from_micros(200));
             }
+        }
+        // A last checkpoint on the way out (a killed router keeps its last periodic one).
+        if self.nfs.is_some() {
+            if let Err(e) = self.checkpoint_now() {
+                tracing::warn!("nfs: final checkpoint: {e}");
+            }
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Load the handle-table checkpoint named in the config, if there is one.
+    fn load_checkpoint(&mut self) {
+        let (Some(nfs), Some(path)) = (
+            &self.nfs,
+            self.cfg.nfs.as_ref().and_then(|n| n.checkpoint.clone()),
+        ) else {
+            return;
+        };
+        match std::fs::read(&path) {
+            Ok(bytes) => match nfs_rewrite::checkpoint::decode_into(&bytes, &nfs.key, &nfs.handles)
+            {
+                Ok(n) => {
+                    self.ckpt.loaded = n;
+                    tracing::info!("nfs: {n} handles loaded from {}", path.display());
+                }
+                Err(e) => {
+                    self.ckpt.last_error = Some(format!("{}: {e}", path.display()));
+                    tracing::warn!("nfs: checkpoint {} not used: {e}", path.display());
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::info!("nfs: no checkpoint at {} yet", path.display());
+            }
+            Err(e) => {
+                self.ckpt.last_error = Some(format!("{}: {e}", path.display()));
+                tracing::warn!("nfs: checkpoint {}: {e}", path.display());
+            }
+        }
+    }
+
+    /// Write the checkpoint now, on this core. Returns (entries, bytes, path).
+    fn checkpoint_now(&mut self) -> Result<(usize, usize, std::path::PathBuf), String> {
+        let nfs = self.nfs.as_ref().ok_or("NFS is not configured")?;
+        let path = self
+            .cfg
+            .nfs
+            .as_ref()
+            .and_then(|n| n.checkpoint.clone())
+            .ok_or("nfs.checkpoint is not configured")?;
+        if let Some(w) = self.ckpt.writer.take() {
+            let _ = w.join();
+        }
+        let (bytes, n) = nfs_rewrite::checkpoint::encode(&nfs.handles, &nfs.key);
+        self.ckpt.last = Some(Instant::now());
+        match nfs_rewrite::checkpoint::write_atomic(&path, &bytes) {
+            Ok(()) => {
+                self.ckpt.written += 1;
+                self.ckpt.last_entries = n;
+                Ok((n, bytes.len(), path))
+            }
+            Err(e) => {
+                self.ckpt.failed += 1;
+                let e = format!("{}: {e}", path.display());
+                self.ckpt.last_error = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// The periodic checkpoint: the table is copied here, written by a helper thread (the
+    /// file system must not stall the management core).
+    fn checkpoint_timer(&mut self) {
+        let (Some(nfs), Some(n)) = (&self.nfs, self.cfg.nfs.as_ref()) else {
+            return;
+        };
+        let (Some(path), secs) = (n.checkpoint.clone(), n.checkpoint_secs) else {
+            return;
+        };
+        if secs == 0
+            || self
+                .ckpt
+                .last
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(secs))
+        {
+            return;
+        }
+        if let Some(w) = &self.ckpt.writer {
+            if !w.is_finished() {
+                return;
+            }
+        }
+        if let Some(w) = self.ckpt.writer.take() {
+            match w.join() {
+                Ok(Ok(())) => self.ckpt.written += 1,
+                Ok(Err(e)) => {
+                    self.ckpt.failed += 1;
+                    self.ckpt.last_error = Some(format!("{}: {e}", path.display()));
+                }
+                Err(_) => self.ckpt.failed += 1,
+            }
+        }
+        let (bytes, entries) = nfs_rewrite::checkpoint::encode(&nfs.handles, &nfs.key);
+        self.ckpt.last = Some(Instant::now());
+        self.ckpt.last_entries = entries;
+        self.ckpt.writer = std::thread::Builder::new()
+            .name("nfs-checkpoint".into())
+            .spawn(move || nfs_rewrite::checkpoint::write_atomic(&path, &bytes))
+            .ok();
+    }
+
+    /// Send what the NFS client to the servers has queued, from the virtual address.
+    fn flush_upstream(&mut self) {
+        let (Some(ctl), Some(n)) = (self.nfs_ctl.as_mut(), self.cfg.nfs.as_ref()) else {
+            return;
+        };
+        let out = ctl.upstream.drain();
+        let src = (n.virtual_address, nfs_rewrite::upstream::CLIENT_PORT);
+        for o in out {
+            self.send_udp(src, o.dst, &o.payload);
         }
     }
 
@@ -680,11 +821,17 @@ impl<B: Backend> Mgmt<B> {
             return false;
         };
         let dport = udp.dst_port();
+        let now = self.started.elapsed().as_millis() as u64;
+        if dport == nfs_rewrite::upstream::CLIENT_PORT {
+            ctl.upstream.reply(udp.payload(), now);
+            self.flush_upstream();
+            return true;
+        }
         if dport != PORTMAP_PORT && dport != n.mount_port && dport != n.nfs_port {
             return false;
         }
         let (client, cport) = (ip.src_addr(), udp.src_port());
-        match ctl.answer(udp.payload()) {
+        match ctl.answer(udp.payload(), now) {
             Some(reply) => {
                 self.counters.nfs_answered.inc();
                 self.send_udp((n.virtual_address, dport), (client, cport), &reply);
@@ -801,6 +948,12 @@ impl<B: Backend> Mgmt<B> {
     }
 
     fn timers(&mut self) {
+        let now_ms = self.now_ms();
+        if let Some(ctl) = self.nfs_ctl.as_mut() {
+            ctl.upstream.poll(now_ms);
+            self.flush_upstream();
+            self.checkpoint_timer();
+        }
         let now = Instant::now();
         let retry = Duration::from_millis(self.cfg.neighbours.arp_retry_ms);
         let reach = Duration::from_secs(self.cfg.neighbours.reachable_secs);
@@ -922,21 +1075,93 @@ impl<B: Backend> Mgmt<B> {
             "fib": {"routes": self.fib.len(), "tbl8_used": self.fib.tbl8_used(), "tbl8_groups": self.cfg.fib.tbl8_groups,
                     "next_hops": self.fib.next_hops().len(), "leaked_tbl8": self.fib.leaked_tbl8},
             "mempool_free": self.be.pool_free(),
-            "nfs": self.nfs.as_ref().map(|n| json!({
-                "handles": n.handles.len(),
-                "handle_capacity": n.handles.capacity(),
-                "handle_inserts": n.handles.stats.inserts.load(Ordering::Relaxed),
-                "handle_evictions": n.handles.stats.evictions.load(Ordering::Relaxed),
-                "servers": n.servers.len(),
-                "control": self.nfs_ctl.as_ref().map(|c| {
-                    let k = c.stats;
-                    json!({"portmap": k.portmap, "mount": k.mount, "nfs_null": k.nfs_null,
-                           "bad_handles": k.bad_handles, "stale_handles": k.stale_handles, "xdev": k.xdev,
-                           "recover_pending": k.recover_pending, "virtual_root_pending": k.virtual_root_pending,
-                           "unanswered": k.unanswered})
-                }),
-            })),
+            "nfs": self.nfs_stats(&cores),
         })
+    }
+
+    /// The NFS section of the stats (None without `[nfs]`): the workers' counters summed and
+    /// named, the handle table, the controller's answers, mounts and recovery, checkpoints.
+    fn nfs_stats(&self, cores: &[crate::counters::CoreSnapshot]) -> serde_json::Value {
+        use nfs_rewrite::datapath::NfsCounters;
+        use nfs_rewrite::wire::nfs3::Proc;
+        let (Some(n), Some(ctl)) = (&self.nfs, &self.nfs_ctl) else {
+            return serde_json::Value::Null;
+        };
+        let mut sum = [0u64; NfsCounters::WIDTH];
+        for c in cores {
+            for (t, v) in sum.iter_mut().zip(&c.nfs) {
+                *t += v;
+            }
+        }
+        let k = NfsCounters::from_values(&sum);
+        let by_proc = |a: &[u64; 22]| -> serde_json::Map<String, serde_json::Value> {
+            Proc::ALL
+                .iter()
+                .filter(|p| a[**p as usize] > 0)
+                .map(|p| (p.name().to_string(), json!(a[*p as usize])))
+                .collect()
+        };
+        let c = ctl.stats;
+        let u = ctl.upstream.stats;
+        json!({
+            "calls": k.calls.iter().sum::<u64>(),
+            "replies": k.replies.iter().sum::<u64>(),
+            "calls_by_proc": by_proc(&k.calls),
+            "replies_by_proc": by_proc(&k.replies),
+            "calls_rewritten": k.calls_rewritten,
+            "replies_rewritten": k.replies_rewritten,
+            "fragments_passed": k.fragments_passed,
+            "mappings_dropped": k.mappings_dropped,
+            "handles": n.handles.len(),
+            "handle_capacity": n.handles.capacity(),
+            "handle_inserts": n.handles.stats.inserts.load(Ordering::Relaxed),
+            "handle_evictions": n.handles.stats.evictions.load(Ordering::Relaxed),
+            "servers": n.servers.len(),
+            "servers_mounted": ctl.upstream.servers.iter().filter(|s| s.mounted.is_some()).count(),
+            "limits": {"max_io": n.limits.max_io, "max_dir": n.limits.max_dir},
+            "control": {"portmap": c.portmap, "mount": c.mount, "nfs_null": c.nfs_null,
+                        "virtual_root": c.virtual_root, "bad_handles": c.bad_handles,
+                        "stale_handles": c.stale_handles, "xdev": c.xdev,
+                        "recover_waiting": c.recover_waiting, "unanswered": c.unanswered},
+            "recovery": {"calls": u.recovery_calls, "recovered": u.recovered,
+                         "failed": u.recovery_failed, "waiting_now": ctl.upstream.waiting(),
+                         "wait_ms_total": u.wait_ms_total, "wait_ms_max": u.wait_ms_max,
+                         "walks": u.walks, "walking_now": ctl.upstream.walking(),
+                         "walk_dirs": u.walk_dirs, "walk_entries": u.walk_entries,
+                         "retransmits": u.retransmits, "timeouts": u.timeouts,
+                         "stray_replies": u.stray_replies},
+            "checkpoint": {"path": self.cfg.nfs.as_ref().and_then(|n| n.checkpoint.as_ref()).map(|p| p.display().to_string()),
+                           "loaded": self.ckpt.loaded, "written": self.ckpt.written,
+                           "failed": self.ckpt.failed, "last_entries": self.ckpt.last_entries,
+                           "last_age_secs": self.ckpt.last.map(|t| t.elapsed().as_secs_f64()),
+                           "last_error": self.ckpt.last_error},
+        })
+    }
+
+    /// The aggregated servers and their mount state.
+    fn nfs_servers(&self) -> Response {
+        let (Some(n), Some(ctl)) = (&self.nfs, &self.nfs_ctl) else {
+            return Response::err("NFS is not configured");
+        };
+        let now = self.now_ms();
+        let v: Vec<_> = n
+            .servers
+            .iter()
+            .map(|s| {
+                let st = ctl.upstream.servers.iter().find(|x| x.sid == s.sid);
+                let m = st.and_then(|x| x.mounted.as_ref());
+                json!({"sid": s.sid, "name": s.name, "address": s.addr.to_string(),
+                       "nfs_port": s.nfs_port, "mount_port": s.mount_port, "export": s.export,
+                       "mounted": m.is_some(),
+                       "mounted_secs": m.map(|m| now.saturating_sub(m.since_ms) as f64 / 1000.0),
+                       "mounts": st.map_or(0, |x| x.mounts),
+                       "root_handle": m.map(|m| m.root_pfh.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+                       "fsid": m.map(|m| m.root_pfs), "root_fileid": m.map(|m| m.root_pin),
+                       "fsstat": m.and_then(|m| m.fsstat).map(|f| json!({"tbytes": f[0], "fbytes": f[1], "abytes": f[2], "tfiles": f[3], "ffiles": f[4], "afiles": f[5]})),
+                       "last_error": st.and_then(|x| x.last_error.clone())})
+            })
+            .collect();
+        Response::ok(json!(v))
     }
 
     /// Answer one admin request.
@@ -1035,6 +1260,23 @@ impl<B: Backend> Mgmt<B> {
                 Ok(()) => Response::ok(json!({"level": level})),
                 Err(e) => Response::err(e),
             },
+            Request::NfsServers => self.nfs_servers(),
+            Request::NfsStats => {
+                let cores: Vec<_> = self.cores.iter().map(|c| c.snapshot()).collect();
+                match self.nfs_stats(&cores) {
+                    serde_json::Value::Null => Response::err("NFS is not configured"),
+                    v => Response::ok(v),
+                }
+            }
+            Request::NfsCheckpoint => {
+                let t0 = Instant::now();
+                match self.checkpoint_now() {
+                    Ok((entries, bytes, path)) => Response::ok(json!({
+                        "entries": entries, "bytes": bytes, "path": path.display().to_string(),
+                        "ms": t0.elapsed().as_secs_f64() * 1000.0})),
+                    Err(e) => Response::err(e),
+                }
+            }
         }
     }
 }

@@ -97,24 +97,168 @@ fn stage_stat(h: &Harness, kind: &str, name: &str) -> u64 {
         .sum()
 }
 
+/// A call the router sent to the server on port 1: (xid, prog, proc, arguments, destination).
+fn server_call(h: &Harness) -> (u32, u32, u32, Vec<u8>, (Ipv4Addr, u16)) {
+    let f = h.expect_tx(1, 1).remove(0);
+    let ip = Ipv4Packet::new_checked(&f[14..]).unwrap();
+    assert!(ip.verify_checksum());
+    let u = packet::udp::UdpPacket::new_checked(ip.payload()).unwrap();
+    assert!(u.verify_checksum(ip.src_addr(), ip.dst_addr()));
+    let msg = u.payload().to_vec();
+    let rpc::Message::Call(c) = rpc::parse(&msg).unwrap() else {
+        panic!("not a call");
+    };
+    (
+        c.xid,
+        c.prog,
+        c.proc_,
+        msg[c.args_at..].to_vec(),
+        (ip.dst_addr(), u.dst_port()),
+    )
+}
+
+/// The server at 10.0.2.2 answers `xid` from `port` to `to` with `results`.
+fn server_reply(h: &Harness, port: u16, to: (Ipv4Addr, u16), xid: u32, results: &[u8]) {
+    let mut w = rpc::Writer::new();
+    w.accepted_reply(xid, 0).fixed(results);
+    let mut f = udp(
+        (Ipv4Addr::new(10, 0, 2, 2), port),
+        to,
+        "02:bb:00:00:00:02",
+        &w.buf,
+    );
+    f[6..12].copy_from_slice(&[2, 0xcc, 0, 0, 0, 1]);
+    h.inject(1, &f);
+}
+
+fn fattr(kind: u32, fsid: u64, fileid: u64) -> Vec<u8> {
+    let mut w = rpc::Writer::new();
+    w.u32(kind)
+        .u32(0o755)
+        .u32(1)
+        .u32(0)
+        .u32(0)
+        .u64(10)
+        .u64(10)
+        .u32(0)
+        .u32(0);
+    w.u64(fsid).u64(fileid).u64(0).u64(0).u64(0);
+    w.buf
+}
+
 #[test]
 fn nfs_stage_in_the_pipeline() {
     let h = Harness::start(CONFIG);
     let client = (Ipv4Addr::new(10, 0, 1, 2), 800);
     let virt = (Ipv4Addr::new(10, 0, 1, 1), 2049);
     let server = (Ipv4Addr::new(10, 0, 2, 2), 2049);
+    let mine = (virt.0, nfs_rewrite::upstream::CLIENT_PORT);
     let key = HandleKey::from_hex(SECRET).unwrap();
     let mch = key.mount_checksum(1, b"/srv/alpha");
+    let root_pfh = [0x51u8; 28];
 
-    // A GETATTR for a genuine handle the (fresh) router has no physical handle for: the fast
-    // path hands it to the management core for recovery; nothing goes to the server yet.
-    let vfh = VirtualHandle::for_object(&key, 1, mch, 5, 6).encode(&key);
+    // The management core mounts the export (MNT), reads the root's attributes (GETATTR) and
+    // the capacity (FSSTAT), from the virtual address.
+    let (xid, prog, proc_, args, dst) = server_call(&h);
+    assert_eq!(
+        (prog, proc_, dst),
+        (rpc::program::MOUNT, 1, (server.0, 20048))
+    );
+    assert_eq!(&args[4..14], b"/srv/alpha");
+    let mut r = rpc::Writer::new();
+    r.u32(0).opaque(&root_pfh).u32(1).u32(1);
+    server_reply(&h, 20048, mine, xid, &r.buf);
+    let (xid, _, proc_, args, dst) = server_call(&h);
+    assert_eq!((proc_, dst), (Proc::Getattr as u32, server));
+    assert_eq!(&args[4..32], &root_pfh);
+    let mut r = rpc::Writer::new();
+    r.u32(0).fixed(&fattr(2, 5, 6));
+    server_reply(&h, 2049, mine, xid, &r.buf);
+    let (xid, _, proc_, _, _) = server_call(&h);
+    assert_eq!(proc_, Proc::Fsstat as u32);
+    let mut r = rpc::Writer::new();
+    r.u32(0).bool(false);
+    for v in [1000u64, 500, 400, 100, 50, 40] {
+        r.u64(v);
+    }
+    r.u32(0);
+    server_reply(&h, 2049, mine, xid, &r.buf);
+
+    // The virtual root lists the export; LOOKUP of its name gives the export root's VFH.
+    let root = VirtualHandle {
+        flags: nfs_rewrite::vfh::FLAG_VIRTUAL_DIR,
+        sid: 0,
+        mch: 0,
+        pfs: 0x5649_5254_5541_4c31,
+        pin: nfs_rewrite::vfh::ROOT_VIN,
+        vin: nfs_rewrite::vfh::ROOT_VIN,
+    }
+    .encode(&key);
+    let mut call = rpc::Writer::new();
+    call.call(40, rpc::program::NFS, 3, Proc::Lookup as u32)
+        .opaque(&root)
+        .opaque(b"alpha");
+    h.inject(0, &udp(client, virt, "02:bb:00:00:00:01", &call.buf));
+    let r = answer(&h, 40, virt, client);
+    assert_eq!(&r[..8], &[0, 0, 0, 0, 0, 0, 0, 40]);
+    let export = VirtualHandle::verify(&key, &r[8..48]).unwrap();
+    assert_eq!((export.sid, export.pfs, export.pin), (1, 5, 6));
+    let mut call = rpc::Writer::new();
+    call.call(39, rpc::program::NFS, 3, Proc::Readdirplus as u32)
+        .opaque(&root)
+        .u64(0)
+        .u64(0)
+        .u32(1000)
+        .u32(4000);
+    h.inject(0, &udp(client, virt, "02:bb:00:00:00:01", &call.buf));
+    let r = answer(&h, 39, virt, client);
+    let names: Vec<_> = [".", "..", "alpha"]
+        .iter()
+        .filter(|n| {
+            r.windows(n.len() + 4)
+                .any(|w| w[..4] == (n.len() as u32).to_be_bytes() && &w[4..] == n.as_bytes())
+        })
+        .collect();
+    assert_eq!(
+        names.len(),
+        3,
+        "READDIRPLUS of the virtual root lists . .. alpha"
+    );
+
+    // A GETATTR for a genuine handle the router has no physical handle for: the management
+    // core walks the server for it (READDIRPLUS from the export root) while the call waits.
+    let vfh = VirtualHandle::for_object(&key, 1, mch, 5, 7).encode(&key);
     let mut call = rpc::Writer::new();
     call.call(41, rpc::program::NFS, 3, Proc::Getattr as u32)
         .opaque(&vfh);
     h.inject(0, &udp(client, virt, "02:bb:00:00:00:01", &call.buf));
-    h.expect_silence(1);
-    assert_eq!(stage_stat(&h, "punts", "application"), 1);
+    h.expect_silence(0);
+    assert_eq!(stage_stat(&h, "punts", "application"), 3);
+    let (xid, _, proc_, args, _) = server_call(&h);
+    assert_eq!(proc_, Proc::Readdirplus as u32);
+    assert_eq!(&args[4..32], &root_pfh);
+    let file_pfh = [0x77u8; 28];
+    let mut r = rpc::Writer::new();
+    r.u32(0).bool(false).u64(0); // status, no dir attributes, cookieverf
+    r.bool(true)
+        .u64(7)
+        .opaque(b"f")
+        .u64(1)
+        .bool(true)
+        .fixed(&fattr(1, 5, 7))
+        .bool(true)
+        .opaque(&file_pfh);
+    r.bool(false).bool(true);
+    server_reply(&h, 2049, mine, xid, &r.buf);
+    // The client's retransmission now goes to the server with the recovered handle.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    h.inject(0, &udp(client, virt, "02:bb:00:00:00:01", &call.buf));
+    let (xid, _, proc_, args, dst) = server_call(&h);
+    assert_eq!((xid, proc_, dst), (41, Proc::Getattr as u32, server));
+    assert_eq!(&args[4..32], &file_pfh);
+    let s = h.call(Request::NfsStats);
+    assert_eq!(s["recovery"]["recovered"], 1);
+    assert_eq!(s["servers_mounted"], 1);
 
     // A server reply that answers no call: dropped.
     let mut reply = rpc::Writer::new();
@@ -180,8 +324,10 @@ fn nfs_stage_in_the_pipeline() {
 
     let s = h.call(Request::Stats);
     assert_eq!(s["nfs"]["control"]["bad_handles"], 1);
-    assert_eq!(s["mgmt"]["nfs_answered"], 3);
-    assert_eq!(s["cores"][0]["nfs"]["calls"], 2);
+    assert_eq!(s["nfs"]["control"]["virtual_root"], 2);
+    assert_eq!(s["mgmt"]["nfs_answered"], 5);
+    assert_eq!(s["nfs"]["calls"], 5);
+    assert_eq!(s["nfs"]["calls_rewritten"], 1);
     assert_eq!(s["cores"][0]["stages"][1]["name"], "nfs");
     assert_eq!(s["nfs"]["servers"], 1);
     assert_eq!(s["mgmt"]["application_unhandled"], 1);

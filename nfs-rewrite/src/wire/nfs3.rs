@@ -101,11 +101,15 @@ pub mod stat {
     pub const ACCES: u32 = 13;
     pub const XDEV: u32 = 18;
     pub const NOTDIR: u32 = 20;
+    pub const ISDIR: u32 = 21;
+    pub const INVAL: u32 = 22;
     pub const ROFS: u32 = 30;
     pub const STALE: u32 = 70;
     pub const BADHANDLE: u32 = 10001;
     pub const NOTSUPP: u32 = 10004;
+    pub const TOOSMALL: u32 = 10005;
     pub const SERVERFAULT: u32 = 10006;
+    pub const JUKEBOX: u32 = 10008;
 }
 
 /// Longest name and path accepted (the protocol bound is implementation-defined; these are

@@ -241,6 +241,32 @@ impl Writer {
     pub fn accepted_reply(&mut self, xid: u32, stat: u32) -> &mut Self {
         self.u32(xid).u32(1).u32(0).u32(auth::NONE).u32(0).u32(stat)
     }
+    /// A call header with AUTH_SYS credentials (uid, gid; no machine name, no extra groups).
+    pub fn call_sys(
+        &mut self,
+        xid: u32,
+        prog: u32,
+        vers: u32,
+        proc_: u32,
+        uid: u32,
+        gid: u32,
+    ) -> &mut Self {
+        self.u32(xid)
+            .u32(0)
+            .u32(2)
+            .u32(prog)
+            .u32(vers)
+            .u32(proc_)
+            .u32(auth::SYS)
+            .u32(20)
+            .u32(0) // stamp
+            .opaque(b"") // machine name
+            .u32(uid)
+            .u32(gid)
+            .u32(0) // gids
+            .u32(auth::NONE)
+            .u32(0)
+    }
     /// A call header with AUTH_NONE credentials.
     pub fn call(&mut self, xid: u32, prog: u32, vers: u32, proc_: u32) -> &mut Self {
         self.u32(xid)

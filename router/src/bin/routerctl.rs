@@ -57,6 +57,21 @@ enum Cmd {
     },
     /// Change the log filter (e.g. `debug`, `info,router=trace`).
     LogLevel { level: String },
+    /// NFS virtualization.
+    Nfs {
+        #[command(subcommand)]
+        cmd: NfsCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum NfsCmd {
+    /// The aggregated servers: address, export, mount state.
+    Servers,
+    /// Calls and replies per procedure, rewrites, handle table, recoveries, bad handles.
+    Stats,
+    /// Write the handle-table checkpoint now.
+    Checkpoint,
 }
 
 #[derive(Subcommand, Debug)]
@@ -146,6 +161,13 @@ fn real_main() -> Result<()> {
         Cmd::LogLevel { level } => Request::LogLevel {
             level: level.clone(),
         },
+        Cmd::Nfs {
+            cmd: NfsCmd::Servers,
+        } => Request::NfsServers,
+        Cmd::Nfs { cmd: NfsCmd::Stats } => Request::NfsStats,
+        Cmd::Nfs {
+            cmd: NfsCmd::Checkpoint,
+        } => Request::NfsCheckpoint,
     };
     let data = call(&mut c, &req)?;
     if cli.json {
@@ -232,9 +254,101 @@ fn real_main() -> Result<()> {
                 );
             }
         }
+        Cmd::Nfs {
+            cmd: NfsCmd::Servers,
+        } => {
+            say!(
+                "{:<5} {:<12} {:<21} {:<24} {:<8} {:>10} last error",
+                "sid",
+                "name",
+                "address",
+                "export",
+                "mounted",
+                "files"
+            );
+            for s in data.as_array().into_iter().flatten() {
+                say!(
+                    "{:<5} {:<12} {:<21} {:<24} {:<8} {:>10} {}",
+                    plain(&s["sid"]),
+                    plain(&s["name"]),
+                    format!("{}:{}", plain(&s["address"]), plain(&s["nfs_port"])),
+                    plain(&s["export"]),
+                    plain(&s["mounted"]),
+                    plain(&s["fsstat"]["tfiles"]),
+                    plain(&s["last_error"])
+                );
+            }
+        }
+        Cmd::Nfs { cmd: NfsCmd::Stats } => print_nfs_stats(&data),
+        Cmd::Nfs {
+            cmd: NfsCmd::Checkpoint,
+        } => say!(
+            "wrote {} handles ({} bytes) to {} in {:.1} ms",
+            plain(&data["entries"]),
+            plain(&data["bytes"]),
+            plain(&data["path"]),
+            data["ms"].as_f64().unwrap_or(0.0)
+        ),
         _ => say!("ok: {}", plain(&data)),
     }
     Ok(())
+}
+
+fn print_nfs_stats(d: &Value) {
+    say!(
+        "calls {}  replies {}  rewritten: calls {} replies {}",
+        plain(&d["calls"]),
+        plain(&d["replies"]),
+        plain(&d["calls_rewritten"]),
+        plain(&d["replies_rewritten"])
+    );
+    say!("{:<12} {:>12} {:>12}", "procedure", "calls", "replies");
+    for (p, n) in d["calls_by_proc"].as_object().into_iter().flatten() {
+        say!(
+            "{:<12} {:>12} {:>12}",
+            p,
+            plain(n),
+            plain(&d["replies_by_proc"][p.as_str()])
+        );
+    }
+    say!(
+        "handles {} of {} (inserts {}, evictions {}); servers mounted {} of {}",
+        plain(&d["handles"]),
+        plain(&d["handle_capacity"]),
+        plain(&d["handle_inserts"]),
+        plain(&d["handle_evictions"]),
+        plain(&d["servers_mounted"]),
+        plain(&d["servers"])
+    );
+    let c = &d["control"];
+    say!(
+        "answered here: virtual root {}, mount {}, portmap {}; refused: bad handles {}, stale {}, xdev {}",
+        plain(&c["virtual_root"]),
+        plain(&c["mount"]),
+        plain(&c["portmap"]),
+        plain(&c["bad_handles"]),
+        plain(&c["stale_handles"]),
+        plain(&c["xdev"])
+    );
+    let r = &d["recovery"];
+    say!(
+        "recovery: {} calls waited, {} handles recovered ({} failed), wait max {} ms, {} walks over {} dirs",
+        plain(&r["calls"]),
+        plain(&r["recovered"]),
+        plain(&r["failed"]),
+        plain(&r["wait_ms_max"]),
+        plain(&r["walks"]),
+        plain(&r["walk_dirs"])
+    );
+    let k = &d["checkpoint"];
+    say!(
+        "checkpoint {}: loaded {}, written {} (last {} handles), failed {}",
+        plain(&k["path"]),
+        plain(&k["loaded"]),
+        plain(&k["written"]),
+        plain(&k["last_entries"]),
+        plain(&k["failed"])
+    );
 }
 
 fn parse_route_add(prefix: &str, spec: &[String]) -> Result<Request> {
