@@ -10,15 +10,46 @@
 //!   NFS3ERR_BADHANDLE, export gone → NFS3ERR_STALE, two servers in one call → NFS3ERR_XDEV);
 //! - handles to recover: handed to [`Upstream`], which mounts the servers and walks them.
 
-use crate::datapath::NfsShared;
-use crate::rewrite::{devirtualize_call, CallVerdict};
-use crate::upstream::{Upstream, Want};
+use crate::datapath::{first_vfh_pfs, NfsShared, Transaction};
+use crate::rewrite::{devirtualize_call, virtualize_reply, CallVerdict, ReplyVerdict};
+use crate::tables::{TransactionTable, TxKey};
+use crate::upstream::{Upstream, Want, CLIENT_PORT};
 use crate::vfh::{self, VirtualHandle};
 use crate::wire::nfs3::{self, stat, Proc};
 use crate::wire::rpc::{self, Writer};
 use crate::wire::{mount, Cursor, Field};
-use packet::HeapBuffer;
+use packet::{Buffer, HeapBuffer};
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::sync::Arc;
+
+/// A UDP datagram the management core is to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datagram {
+    pub src: (Ipv4Addr, u16),
+    pub dst: (Ipv4Addr, u16),
+    pub payload: Vec<u8>,
+}
+
+/// A call held during a recovery: the client and the message.
+type HeldCall = ((Ipv4Addr, u16), Vec<u8>);
+
+/// Calls the management core forwards itself, in flight at once.
+const MGMT_TRANSACTIONS: usize = 4096;
+/// How long such a call waits for its reply (ms).
+const MGMT_TX_TTL: u64 = 10_000;
+/// Calls held while their handle is recovered: per handle, and in all.
+const HOLD_PER_HANDLE: usize = 8;
+const HOLD_TOTAL: usize = 4096;
+
+/// A buffer copy of `msg` with room to grow on both sides (slow-path rewrites).
+fn roomy(msg: &[u8]) -> HeapBuffer {
+    let mut b = HeapBuffer::with_capacity(2 * msg.len() + 8192, msg.len() + 4096);
+    if b.append(msg.len()).is_ok() {
+        b.data_mut().copy_from_slice(msg);
+    }
+    b
+}
 
 /// Portmap protocol (RFC 1833, version 2).
 pub mod portmap {
@@ -58,6 +89,16 @@ pub struct ControlStats {
     /// Calls on the virtual root, answered here.
     pub virtual_root: u64,
     pub unanswered: u64,
+    /// Calls rewritten and sent to a server from here (their handle was learned or recovered
+    /// after the fast path punted them), and their replies rewritten back.
+    pub forwarded: u64,
+    pub replies_forwarded: u64,
+    /// Of those, calls that had been held during a recovery.
+    pub released: u64,
+    /// Calls not held for lack of room (the client's retransmission is served instead).
+    pub hold_full: u64,
+    /// Server replies to no call of a worker's or of ours (late duplicates): dropped.
+    pub unmatched_replies: u64,
 }
 
 /// Answers for the virtual server.
@@ -69,6 +110,12 @@ pub struct Controller {
     epoch_secs: u32,
     /// The client to the servers: mounts and recovery.
     pub upstream: Upstream,
+    /// Calls forwarded from here, awaiting their replies.
+    tx: TransactionTable<Transaction>,
+    /// Calls waiting for their handle's recovery, by VIN: (client, message).
+    held: HashMap<u64, Vec<HeldCall>>,
+    held_total: usize,
+    outbox: Vec<Datagram>,
     pub stats: ControlStats,
 }
 
@@ -80,7 +127,122 @@ impl Controller {
             shared,
             mount_port,
             epoch_secs,
+            tx: TransactionTable::new(MGMT_TRANSACTIONS, MGMT_TX_TTL),
+            held: HashMap::new(),
+            held_total: 0,
+            outbox: Vec::new(),
             stats: ControlStats::default(),
+        }
+    }
+
+    /// Calls held while their handles are recovered.
+    pub fn held(&self) -> usize {
+        self.held_total
+    }
+
+    /// Datagrams to send: calls to servers (the management core's own, and clients' calls
+    /// forwarded from here).
+    pub fn drain(&mut self) -> Vec<Datagram> {
+        let src = (self.shared.virtual_addr, CLIENT_PORT);
+        let mut out = std::mem::take(&mut self.outbox);
+        out.extend(self.upstream.drain().into_iter().map(|o| Datagram {
+            src,
+            dst: o.dst,
+            payload: o.payload,
+        }));
+        out
+    }
+
+    /// Timers (every ~100 ms): the client's, expiry of forwarded calls.
+    pub fn poll(&mut self, now: u64) {
+        self.upstream.poll(now);
+        self.tx.sweep(now);
+        self.release(now);
+    }
+
+    /// A datagram that arrived at the management core's client port.
+    pub fn upstream_reply(&mut self, msg: &[u8], now: u64) {
+        self.upstream.reply(msg, now);
+        self.release(now);
+    }
+
+    /// Forward the calls held for handles that were just recovered.
+    fn release(&mut self, now: u64) {
+        for vin in self.upstream.take_recovered() {
+            for (client, msg) in self.held.remove(&vin).unwrap_or_default() {
+                self.held_total -= 1;
+                self.stats.released += 1;
+                if let Some(reply) = self.answer(&msg, client, now) {
+                    // Refused after all (e.g. the other handle of a RENAME is stale).
+                    self.outbox.push(Datagram {
+                        src: (self.shared.virtual_addr, self.shared.nfs_port),
+                        dst: client,
+                        payload: reply,
+                    });
+                }
+            }
+        }
+    }
+
+    /// A reply from server `sid` to `client` that no worker had the call of: ours if we
+    /// forwarded the call. Returns the rewritten reply, to send from the virtual server.
+    pub fn server_reply(
+        &mut self,
+        msg: &[u8],
+        sid: u16,
+        client: (Ipv4Addr, u16),
+        now: u64,
+    ) -> Option<Vec<u8>> {
+        let Ok(rpc::Message::Reply(r)) = rpc::parse(msg) else {
+            self.stats.unmatched_replies += 1;
+            return None;
+        };
+        let key = TxKey {
+            client: u32::from(client.0),
+            port: client.1,
+            xid: r.xid(),
+        };
+        let Some(t) = self.tx.take(key, now) else {
+            self.stats.unmatched_replies += 1;
+            return None;
+        };
+        let results_at = match r {
+            rpc::Reply::Accepted {
+                stat: rpc::AcceptStat::Success { results_at },
+                ..
+            } => results_at,
+            _ => {
+                self.stats.replies_forwarded += 1;
+                return Some(msg.to_vec());
+            }
+        };
+        let p = Proc::from_u32(u32::from(t.proc_))?;
+        let server = self.shared.server(sid)?;
+        let mut buf = roomy(msg);
+        let shared = self.shared.clone();
+        let mut scratch = vec![Field::FileId { at: 0 }; 8192];
+        match virtualize_reply(
+            &mut buf,
+            0,
+            p,
+            results_at,
+            sid,
+            server.mch,
+            t.dir_pfs,
+            &shared.ctx(),
+            &mut scratch,
+            |vin, pfh| {
+                shared.handles.insert(vin, pfh);
+            },
+        ) {
+            ReplyVerdict::Rewritten { .. } => {
+                self.stats.replies_forwarded += 1;
+                Some(buf.data().to_vec())
+            }
+            _ => {
+                self.stats.unmatched_replies += 1;
+                None
+            }
         }
     }
 
@@ -102,9 +264,11 @@ impl Controller {
         .encode(&self.shared.key)
     }
 
-    /// The RPC reply (UDP payload) to `msg`, a call to the virtual server at time `now` (ms);
-    /// None when the call is to be left unanswered (the client retransmits) or is not a call.
-    pub fn answer(&mut self, msg: &[u8], now: u64) -> Option<Vec<u8>> {
+    /// The RPC reply (UDP payload) to `msg`, a call from `client` to the virtual server at
+    /// time `now` (ms); None when there is no answer from here: the call was forwarded to its
+    /// server (see [`Controller::drain`]), is held while its handle is recovered, or is not a
+    /// call.
+    pub fn answer(&mut self, msg: &[u8], client: (Ipv4Addr, u16), now: u64) -> Option<Vec<u8>> {
         let rpc::Message::Call(c) = rpc::parse(msg).ok()? else {
             return None;
         };
@@ -185,7 +349,7 @@ impl Controller {
                 }
                 Some(w.buf)
             }
-            rpc::program::NFS => self.nfs(&c, msg, now),
+            rpc::program::NFS => self.nfs(&c, msg, client, now),
             _ => {
                 w.accepted_reply(c.xid, accept::PROG_UNAVAIL);
                 Some(w.buf)
@@ -193,7 +357,13 @@ impl Controller {
         }
     }
 
-    fn nfs(&mut self, c: &rpc::Call<'_>, msg: &[u8], now: u64) -> Option<Vec<u8>> {
+    fn nfs(
+        &mut self,
+        c: &rpc::Call<'_>,
+        msg: &[u8],
+        client: (Ipv4Addr, u16),
+        now: u64,
+    ) -> Option<Vec<u8>> {
         let mut w = Writer::new();
         if c.vers != 3 {
             w.accepted_reply(c.xid, accept::PROG_MISMATCH).u32(3).u32(3);
@@ -211,7 +381,7 @@ impl Controller {
         // Classify the handles the way the fast path did (on a copy: nothing is forwarded here).
         let shared = self.shared.clone();
         let ctx = shared.ctx();
-        let mut copy = HeapBuffer::from_bytes(msg);
+        let mut copy = roomy(msg);
         let status = match devirtualize_call(&mut copy, 0, p, c.args_at, &ctx, |sid| {
             shared.servers.iter().find(|s| s.sid == sid).map(|s| s.mch)
         }) {
@@ -223,15 +393,48 @@ impl Controller {
             CallVerdict::Recover(v) => match self.upstream.want(&v, now) {
                 Want::Wait => {
                     self.stats.recover_waiting += 1;
+                    let q = self.held.entry(v.vin).or_default();
+                    if q.len() < HOLD_PER_HANDLE && self.held_total < HOLD_TOTAL {
+                        q.push((client, msg.to_vec()));
+                        self.held_total += 1;
+                    } else {
+                        self.stats.hold_full += 1;
+                    }
                     return None;
                 }
                 Want::Stale => stat::STALE,
             },
+            // The handle is known now (learned since the fast path punted the call): forward
+            // it from here, and rewrite its reply here too.
+            CallVerdict::Forward { sid, .. } => {
+                let server = shared.server(sid)?;
+                let key = TxKey {
+                    client: u32::from(client.0),
+                    port: client.1,
+                    xid: c.xid,
+                };
+                let t = Transaction {
+                    proc_: p as u8,
+                    sid,
+                    dir_pfs: first_vfh_pfs(&shared.key, msg, p, c.args_at),
+                };
+                if !self.tx.insert(key, t, now) {
+                    self.stats.unanswered += 1;
+                    return None;
+                }
+                self.stats.forwarded += 1;
+                self.outbox.push(Datagram {
+                    src: client,
+                    dst: (server.addr, server.nfs_port),
+                    payload: copy.data().to_vec(),
+                });
+                return None;
+            }
             CallVerdict::Virtual => {
                 self.stats.virtual_root += 1;
                 return Some(self.virtual_root(c, msg, p));
             }
-            CallVerdict::Forward { .. } | CallVerdict::NoHandle => {
+            CallVerdict::NoHandle => {
                 self.stats.unanswered += 1;
                 return None;
             }
@@ -581,7 +784,9 @@ mod tests {
                 .u32(3)
                 .u32(17)
                 .u32(0);
-            let r = k.answer(&w.buf, 0).unwrap();
+            let r = k
+                .answer(&w.buf, (Ipv4Addr::new(10, 0, 1, 2), 800), 0)
+                .unwrap();
             let at = success_results(&r, 5);
             assert_eq!(u32::from_be_bytes(r[at..at + 4].try_into().unwrap()), want);
         }
@@ -593,7 +798,9 @@ mod tests {
         let mut w = Writer::new();
         w.call(6, rpc::program::MOUNT, 3, mount::proc_::MNT)
             .opaque(b"/");
-        let r = k.answer(&w.buf, 0).unwrap();
+        let r = k
+            .answer(&w.buf, (Ipv4Addr::new(10, 0, 1, 2), 800), 0)
+            .unwrap();
         let at = success_results(&r, 6);
         let mut handle = None;
         let (st, end) = mount::walk_reply(mount::proc_::MNT, &r, at, |f| {
@@ -612,7 +819,9 @@ mod tests {
         let mut w = Writer::new();
         w.call(7, rpc::program::MOUNT, 3, mount::proc_::MNT)
             .opaque(b"/elsewhere");
-        let r = k.answer(&w.buf, 0).unwrap();
+        let r = k
+            .answer(&w.buf, (Ipv4Addr::new(10, 0, 1, 2), 800), 0)
+            .unwrap();
         let at = success_results(&r, 7);
         assert_eq!(
             mount::walk_reply(mount::proc_::MNT, &r, at, |_| {}).unwrap(),
@@ -621,7 +830,9 @@ mod tests {
         // EXPORT lists "/".
         let mut w = Writer::new();
         w.call(8, rpc::program::MOUNT, 3, mount::proc_::EXPORT);
-        let r = k.answer(&w.buf, 0).unwrap();
+        let r = k
+            .answer(&w.buf, (Ipv4Addr::new(10, 0, 1, 2), 800), 0)
+            .unwrap();
         let at = success_results(&r, 8);
         assert_eq!(
             mount::walk_reply(mount::proc_::EXPORT, &r, at, |_| {})
@@ -634,7 +845,11 @@ mod tests {
         let mut w = Writer::new();
         w.call(9, rpc::program::MOUNT, 1, mount::proc_::NULL);
         assert!(matches!(
-            rpc::parse(&k.answer(&w.buf, 0).unwrap()).unwrap(),
+            rpc::parse(
+                &k.answer(&w.buf, (Ipv4Addr::new(10, 0, 1, 2), 800), 0)
+                    .unwrap()
+            )
+            .unwrap(),
             rpc::Message::Reply(rpc::Reply::Accepted {
                 stat: rpc::AcceptStat::ProgMismatch { low: 3, high: 3 },
                 ..
@@ -673,7 +888,9 @@ mod tests {
                 }
                 _ => {}
             }
-            let r = k.answer(&w.buf, 0).unwrap();
+            let r = k
+                .answer(&w.buf, (Ipv4Addr::new(10, 0, 1, 2), 800), 0)
+                .unwrap();
             let at = success_results(&r, 10);
             // The error reply is a well-formed result of that procedure.
             assert_eq!(
@@ -688,11 +905,15 @@ mod tests {
         let mut w = Writer::new();
         w.call(11, rpc::program::NFS, 3, Proc::Getattr as u32)
             .opaque(&good);
-        assert_eq!(k.answer(&w.buf, 0), None);
+        assert_eq!(k.answer(&w.buf, (Ipv4Addr::new(10, 0, 1, 2), 800), 0), None);
         assert_eq!(k.stats.recover_waiting, 1);
         // NFS NULL.
         let mut w = Writer::new();
         w.call(12, rpc::program::NFS, 3, 0);
-        success_results(&k.answer(&w.buf, 0).unwrap(), 12);
+        success_results(
+            &k.answer(&w.buf, (Ipv4Addr::new(10, 0, 1, 2), 800), 0)
+                .unwrap(),
+            12,
+        );
     }
 }

@@ -8,8 +8,9 @@
 //! - a reply from a server's NFS port to a recorded transaction: physical handles and
 //!   attributes become virtual, the source becomes the virtual server;
 //! - everything the fast path cannot finish — MOUNT and portmap, the virtual root, refusals
-//!   that need an NFS error reply, unknown handles to recover, replies too big to rewrite in the
-//!   buffer — is punted to the management core; IP fragments pass untouched (counted).
+//!   that need an NFS error reply, unknown handles to recover, replies to calls the management
+//!   core forwarded itself, replies too big to rewrite in the buffer — is punted to the
+//!   management core; IP fragments pass untouched (counted).
 //!
 //! New VIN → PFH mappings learned from replies are queued in [`NfsStage::take_mappings`] for
 //! the handle table's single writer.
@@ -31,7 +32,6 @@ drop_reasons! {
     /// Why the NFS stage drops a packet.
     pub enum NfsDrop {
         Malformed = "malformed",
-        UnmatchedReply = "unmatched-reply",
         TransactionsFull = "transactions-full",
         NoRoom = "no-room",
     }
@@ -77,7 +77,8 @@ impl NfsShared {
     pub fn server(&self, sid: u16) -> Option<&Server> {
         self.servers.iter().find(|s| s.sid == sid)
     }
-    fn server_at(&self, addr: Ipv4Addr, port: u16) -> Option<&Server> {
+    /// The server whose NFS service is at `addr:port`.
+    pub fn server_at(&self, addr: Ipv4Addr, port: u16) -> Option<&Server> {
         self.servers
             .iter()
             .find(|s| s.addr == addr && s.nfs_port == port)
@@ -310,7 +311,9 @@ impl NfsStage {
             xid: r.xid(),
         };
         let Some(t) = self.tx.take(key, self.now) else {
-            return NfsDrop::UnmatchedReply.drop();
+            // Not this worker's call: the management core may have forwarded it (a call that
+            // waited for its handle's recovery). It drops what is nobody's.
+            return Verdict::Punt(PuntReason::Application);
         };
         if let Some(n) = self.counters.replies.get_mut(usize::from(t.proc_)) {
             *n += 1;
@@ -374,7 +377,7 @@ impl NfsStage {
 }
 
 /// The physical file system of the first handle a call names (0 when it has none).
-fn first_vfh_pfs(key: &HandleKey, msg: &[u8], p: Proc, args_at: usize) -> u64 {
+pub(crate) fn first_vfh_pfs(key: &HandleKey, msg: &[u8], p: Proc, args_at: usize) -> u64 {
     let mut first = None;
     let _ = crate::wire::nfs3::walk_call(p, msg, args_at, |f| {
         if let (None, Field::Handle { at, len }) = (first, f) {

@@ -150,6 +150,8 @@ pub struct Upstream {
     negative: HashMap<u64, u64>,
     walks: HashMap<u16, Walk>,
     outbox: Vec<Outgoing>,
+    /// VINs found since the last [`Upstream::take_recovered`].
+    recovered: Vec<u64>,
     pub stats: UpstreamStats,
 }
 
@@ -184,6 +186,7 @@ impl Upstream {
             negative: HashMap::new(),
             walks: HashMap::new(),
             outbox: Vec::new(),
+            recovered: Vec::new(),
             stats: UpstreamStats::default(),
         }
     }
@@ -191,6 +194,11 @@ impl Upstream {
     /// Datagrams to send now.
     pub fn drain(&mut self) -> Vec<Outgoing> {
         std::mem::take(&mut self.outbox)
+    }
+
+    /// The VINs recovered since the last call (their waiting calls can go now).
+    pub fn take_recovered(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.recovered)
     }
 
     /// Handles waiting for recovery.
@@ -457,7 +465,9 @@ impl Upstream {
         let (pfs, pin) = (be64(a, Field::FATTR_FSID), be64(a, Field::FATTR_FILEID));
         let vin = vfh::virtual_inode(&self.shared.key, sid, pfs, pin);
         self.shared.handles.insert(vin, &pfh);
-        self.targets.remove(&vin);
+        if self.targets.remove(&vin).is_some() {
+            self.recovered.push(vin);
+        }
         let dst = self.nfs_dst(sid).ok_or("server gone")?;
         if let Some(s) = self.state(sid) {
             s.mounting = false;
@@ -550,6 +560,7 @@ impl Upstream {
             let vin = vfh::virtual_inode(&self.shared.key, sid, pfs, pin);
             self.shared.handles.insert(vin, fh);
             if let Some(t) = self.targets.remove(&vin) {
+                self.recovered.push(vin);
                 let waited = now.saturating_sub(t.first);
                 self.stats.recovered += 1;
                 self.stats.wait_ms_total += waited;

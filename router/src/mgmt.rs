@@ -418,15 +418,14 @@ impl<B: Backend> Mgmt<B> {
             .ok();
     }
 
-    /// Send what the NFS client to the servers has queued, from the virtual address.
-    fn flush_upstream(&mut self) {
-        let (Some(ctl), Some(n)) = (self.nfs_ctl.as_mut(), self.cfg.nfs.as_ref()) else {
+    /// Send what the NFS controller has queued (its own calls to servers, clients' calls it
+    /// forwards).
+    fn flush_nfs(&mut self) {
+        let Some(ctl) = self.nfs_ctl.as_mut() else {
             return;
         };
-        let out = ctl.upstream.drain();
-        let src = (n.virtual_address, nfs_rewrite::upstream::CLIENT_PORT);
-        for o in out {
-            self.send_udp(src, o.dst, &o.payload);
+        for d in ctl.drain() {
+            self.send_udp(d.src, d.dst, &d.payload);
         }
     }
 
@@ -801,8 +800,15 @@ impl<B: Backend> Mgmt<B> {
     }
 
     /// Offer a UDP datagram to the NFS controller: calls to the virtual server's portmap,
-    /// MOUNT and NFS ports. True when it was the controller's (answered or deliberately not).
+    /// MOUNT and NFS ports, replies to the controller's own client port, and server replies
+    /// the workers had no call for. True when it was the controller's (answered or not).
     fn nfs_input(&mut self, buf: &B::Buf) -> bool {
+        if self.nfs_ctl.is_none() {
+            return false;
+        }
+        // Mappings the workers learned go in first: the call at hand may need one.
+        self.poll_mappings(usize::MAX);
+        let now = self.now_ms();
         let (Some(ctl), Some(n)) = (self.nfs_ctl.as_mut(), self.cfg.nfs.as_ref()) else {
             return false;
         };
@@ -813,31 +819,44 @@ impl<B: Backend> Mgmt<B> {
         else {
             return false;
         };
-        if ip.protocol() != protocol::UDP || ip.dst_addr() != n.virtual_address || ip.is_fragment()
-        {
+        if ip.protocol() != protocol::UDP || ip.is_fragment() {
             return false;
         }
         let Ok(udp) = packet::udp::UdpPacket::new_checked(ip.payload()) else {
             return false;
         };
-        let dport = udp.dst_port();
-        let now = self.started.elapsed().as_millis() as u64;
-        if dport == nfs_rewrite::upstream::CLIENT_PORT {
-            ctl.upstream.reply(udp.payload(), now);
-            self.flush_upstream();
+        let (src, dst) = (
+            (ip.src_addr(), udp.src_port()),
+            (ip.dst_addr(), udp.dst_port()),
+        );
+        let virt = n.virtual_address;
+        if dst.0 != virt {
+            // A server's reply to a client that no worker had the call of.
+            let Some(sid) = ctl.shared().server_at(src.0, src.1).map(|s| s.sid) else {
+                return false;
+            };
+            if let Some(reply) = ctl.server_reply(udp.payload(), sid, dst, now) {
+                let from = (virt, n.nfs_port);
+                self.send_udp(from, dst, &reply);
+            }
             return true;
         }
-        if dport != PORTMAP_PORT && dport != n.mount_port && dport != n.nfs_port {
+        if dst.1 == nfs_rewrite::upstream::CLIENT_PORT {
+            ctl.upstream_reply(udp.payload(), now);
+            self.flush_nfs();
+            return true;
+        }
+        if dst.1 != PORTMAP_PORT && dst.1 != n.mount_port && dst.1 != n.nfs_port {
             return false;
         }
-        let (client, cport) = (ip.src_addr(), udp.src_port());
-        match ctl.answer(udp.payload(), now) {
+        match ctl.answer(udp.payload(), src, now) {
             Some(reply) => {
                 self.counters.nfs_answered.inc();
-                self.send_udp((n.virtual_address, dport), (client, cport), &reply);
+                self.send_udp(dst, src, &reply);
             }
             None => self.counters.application_unhandled.inc(),
         }
+        self.flush_nfs();
         true
     }
 
@@ -950,8 +969,8 @@ impl<B: Backend> Mgmt<B> {
     fn timers(&mut self) {
         let now_ms = self.now_ms();
         if let Some(ctl) = self.nfs_ctl.as_mut() {
-            ctl.upstream.poll(now_ms);
-            self.flush_upstream();
+            ctl.poll(now_ms);
+            self.flush_nfs();
             self.checkpoint_timer();
         }
         let now = Instant::now();
@@ -1122,7 +1141,10 @@ impl<B: Backend> Mgmt<B> {
             "control": {"portmap": c.portmap, "mount": c.mount, "nfs_null": c.nfs_null,
                         "virtual_root": c.virtual_root, "bad_handles": c.bad_handles,
                         "stale_handles": c.stale_handles, "xdev": c.xdev,
-                        "recover_waiting": c.recover_waiting, "unanswered": c.unanswered},
+                        "recover_waiting": c.recover_waiting, "unanswered": c.unanswered,
+                        "forwarded": c.forwarded, "replies_forwarded": c.replies_forwarded,
+                        "released": c.released, "held_now": ctl.held(), "hold_full": c.hold_full,
+                        "unmatched_replies": c.unmatched_replies},
             "recovery": {"calls": u.recovery_calls, "recovered": u.recovered,
                          "failed": u.recovery_failed, "waiting_now": ctl.upstream.waiting(),
                          "wait_ms_total": u.wait_ms_total, "wait_ms_max": u.wait_ms_max,

@@ -250,14 +250,30 @@ fn nfs_stage_in_the_pipeline() {
         .opaque(&file_pfh);
     r.bool(false).bool(true);
     server_reply(&h, 2049, mine, xid, &r.buf);
-    // The client's retransmission now goes to the server with the recovered handle.
-    std::thread::sleep(std::time::Duration::from_millis(50));
-    h.inject(0, &udp(client, virt, "02:bb:00:00:00:01", &call.buf));
+    // The held call goes to the server at once, with the recovered handle, from the client's
+    // address; the management core rewrites its reply (no worker had the call).
     let (xid, _, proc_, args, dst) = server_call(&h);
     assert_eq!((xid, proc_, dst), (41, Proc::Getattr as u32, server));
     assert_eq!(&args[4..32], &file_pfh);
+    let mut r = rpc::Writer::new();
+    r.u32(0).fixed(&fattr(1, 5, 7));
+    server_reply(&h, 2049, client, 41, &r.buf);
+    let got = answer(&h, 41, virt, client);
+    assert_eq!(&got[..4], &[0, 0, 0, 0]);
+    assert_eq!(
+        &got[4 + 44..4 + 52],
+        &0x5649_5254_5541_4c31u64.to_be_bytes(),
+        "virtual fsid"
+    );
+    assert_eq!(
+        &got[4 + 52..4 + 60],
+        &nfs_rewrite::vfh::virtual_inode(&key, 1, 5, 7).to_be_bytes(),
+        "fileid → VIN"
+    );
     let s = h.call(Request::NfsStats);
     assert_eq!(s["recovery"]["recovered"], 1);
+    assert_eq!(s["control"]["released"], 1);
+    assert_eq!(s["control"]["replies_forwarded"], 1);
     assert_eq!(s["servers_mounted"], 1);
 
     // A server reply that answers no call: dropped.
@@ -267,7 +283,7 @@ fn nfs_stage_in_the_pipeline() {
     f[6..12].copy_from_slice(&[2, 0xcc, 0, 0, 0, 1]);
     h.inject(1, &f);
     h.expect_silence(0);
-    assert_eq!(stage_stat(&h, "drops", "unmatched-reply"), 1);
+    assert_eq!(h.call(Request::NfsStats)["control"]["unmatched_replies"], 1);
 
     // Other UDP through the router: routed as before.
     h.inject(
@@ -326,8 +342,13 @@ fn nfs_stage_in_the_pipeline() {
     assert_eq!(s["nfs"]["control"]["bad_handles"], 1);
     assert_eq!(s["nfs"]["control"]["virtual_root"], 2);
     assert_eq!(s["mgmt"]["nfs_answered"], 5);
-    assert_eq!(s["nfs"]["calls"], 5);
-    assert_eq!(s["nfs"]["calls_rewritten"], 1);
+    assert_eq!(s["nfs"]["replies"], 0, "no reply was matched by a worker");
+    assert_eq!(s["nfs"]["calls"], 4);
+    assert_eq!(
+        s["nfs"]["calls_rewritten"], 0,
+        "the recovered call went from the management core"
+    );
+    assert_eq!(s["nfs"]["control"]["forwarded"], 1);
     assert_eq!(s["cores"][0]["stages"][1]["name"], "nfs");
     assert_eq!(s["nfs"]["servers"], 1);
     assert_eq!(s["mgmt"]["application_unhandled"], 1);

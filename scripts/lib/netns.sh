@@ -125,3 +125,84 @@ ${1:-}
 TOML
 	ROUTERCTL="$ROUTERCTL_BIN -s $TOPO_DIR/admin.sock"
 }
+
+# ganesha NS NAME ADDR EXPORT_ID: an nfs-ganesha NFSv3 server (VFS FSAL, UDP on) in NS, exporting
+# $TOPO_DIR/NAME/export. topo_ganesha_wait NAME waits until it serves.
+topo_ganesha() {
+	local ns=$1 name=$2 addr=$3 id=$4 dir="$TOPO_DIR/$2"
+	mkdir -p "$dir/export"
+	cat >"$dir/ganesha.conf" <<CONF
+NFS_CORE_PARAM {
+	NFS_Port = 2049; MNT_Port = 20048; NFS_Protocols = 3;
+	Enable_NLM = false; Enable_RQUOTA = false; Enable_UDP = true; Bind_addr = $addr;
+}
+NFSV4 { Graceless = true; }
+EXPORT {
+	Export_Id = $id; Path = $dir/export; Pseudo = /$name; Protocols = 3; Transports = UDP, TCP;
+	Access_Type = RW; Squash = No_Root_Squash; SecType = sys; FSAL { Name = VFS; }
+}
+CONF
+	# ganesha registers with rpcbind at start-up only; one rpcbind (reached through its Unix
+	# socket from any namespace) serves all. Reuse one that is already running.
+	if [ ! -S /run/rpcbind.sock ]; then
+		topo_bg "$ns" rpcbind -f
+		for _ in $(seq 1 50); do [ -S /run/rpcbind.sock ] && break; sleep 0.1; done
+	fi
+	topo_bg "$ns" ganesha.nfsd -F -f "$dir/ganesha.conf" -L "$dir/ganesha.log" -p "$dir/ganesha.pid"
+}
+topo_ganesha_wait() {
+	local log="$TOPO_DIR/$1/ganesha.log"
+	for _ in $(seq 1 150); do
+		grep -q "NFS SERVER INITIALIZED" "$log" 2>/dev/null && return 0
+		sleep 0.1
+	done
+	tail -20 "$log" >&2 || true
+	die "ganesha $1 did not start"
+}
+
+# The NFS topology: topo_ipv4 (its server namespace is "alpha", 10.0.2.2) plus a second server
+# namespace "beta" (10.0.3.2/24 behind the router's 10.0.3.1), an nfs-ganesha server in each,
+# and the router's [nfs] section: the virtual server at 10.0.1.1 aggregating both exports.
+#   client 10.0.1.2 --c0|r0-- router 10.0.1.1 (virtual server) --r1|s0-- alpha 10.0.2.2
+#                                                               --r2|b0-- beta  10.0.3.2
+topo_nfs() {
+	topo_ipv4 "[[ports]]
+name = \"beta\"
+device = \"net_af_packet2,iface=r2,qdisc_bypass=1\"
+addresses = [\"10.0.3.1/24\"]
+[nfs]
+virtual_address = \"10.0.1.1\"
+handle_secret = \"$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')\"
+checkpoint = \"$TOPO_DIR/handles.ckpt\"
+checkpoint_secs = ${NFS_CHECKPOINT_SECS:-10}
+[[nfs.servers]]
+sid = 1
+name = \"alpha\"
+address = \"10.0.2.2\"
+export = \"$TOPO_DIR/alpha/export\"
+[[nfs.servers]]
+sid = 2
+name = \"beta\"
+address = \"10.0.3.2\"
+export = \"$TOPO_DIR/beta/export\"
+"
+	topo_ns beta NS_B
+	topo_veth "$NS_R" r2 "$NS_B" b0
+	ip -n "$NS_B" addr add 10.0.3.2/24 dev b0
+	ip -n "$NS_B" route add default via 10.0.3.1
+	topo_ganesha "$NS_S" alpha 10.0.2.2 11
+	topo_ganesha "$NS_B" beta 10.0.3.2 12
+	topo_ganesha_wait alpha
+	topo_ganesha_wait beta
+}
+
+# Wait until the router has mounted every export of its [nfs] section.
+topo_nfs_wait_mounted() {
+	local want=${1:-2}
+	for _ in $(seq 1 100); do
+		[ "$($ROUTERCTL nfs stats --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["servers_mounted"])')" = "$want" ] && return 0
+		sleep 0.1
+	done
+	$ROUTERCTL nfs servers >&2 || true
+	die "the router did not mount the exports"
+}

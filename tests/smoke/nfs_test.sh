@@ -7,116 +7,23 @@
 # on handles the client already holds: the client's next calls must succeed (from the
 # checkpoint, or by recovery from the servers). A forged handle is refused and counted.
 #
-#   client 10.0.1.2 --c0|r0-- router 10.0.1.1 (virtual server) --r1|a0-- alpha 10.0.2.2
-#                                                               --r2|b0-- beta  10.0.3.2
+# The topology is topo_nfs in scripts/lib/netns.sh.
 set -euo pipefail
 source "$(dirname "$0")/../../scripts/lib/netns.sh"
 topo_need_root
 for bin in ganesha.nfsd rpcbind; do
 	command -v "$bin" >/dev/null || { echo "SKIP: $bin missing (apt-get install nfs-ganesha nfs-ganesha-vfs rpcbind)"; exit 77; }
 done
-python3 -c 'import pyNfsClient' 2>/dev/null || { echo "SKIP: pyNfsClient missing (python3 -m pip install pyNfsClient)"; exit 77; }
+export PYTHONPATH="$ROOT/target/pylib${PYTHONPATH:+:$PYTHONPATH}"
+python3 -c 'import pyNfsClient' 2>/dev/null || { echo "SKIP: pyNfsClient missing (scripts/deps installs it into target/pylib)"; exit 77; }
 trap topo_cleanup EXIT
 CLIENT_PY="$(cd "$(dirname "$0")" && pwd)/nfs_client.py"
 
-topo_ns client NS_C
-topo_ns router NS_R
-topo_ns alpha NS_A
-topo_ns beta NS_B
-topo_veth "$NS_C" c0 "$NS_R" r0
-topo_veth "$NS_R" r1 "$NS_A" a0
-topo_veth "$NS_R" r2 "$NS_B" b0
-ip -n "$NS_C" addr add 10.0.1.2/24 dev c0
-ip -n "$NS_C" route add default via 10.0.1.1
-ip -n "$NS_A" addr add 10.0.2.2/24 dev a0
-ip -n "$NS_A" route add default via 10.0.2.1
-ip -n "$NS_B" addr add 10.0.3.2/24 dev b0
-ip -n "$NS_B" route add default via 10.0.3.1
-
-# The servers: ganesha with the VFS FSAL, NFSv3 only, UDP on, distinct Export_Ids.
-start_ganesha() {
-	local ns=$1 name=$2 addr=$3 id=$4 dir="$TOPO_DIR/$2"
-	mkdir -p "$dir/export"
-	cat >"$dir/ganesha.conf" <<CONF
-NFS_CORE_PARAM {
-	NFS_Port = 2049; MNT_Port = 20048; NFS_Protocols = 3;
-	Enable_NLM = false; Enable_RQUOTA = false; Enable_UDP = true; Bind_addr = $addr;
-}
-NFSV4 { Graceless = true; }
-EXPORT {
-	Export_Id = $id; Path = $dir/export; Pseudo = /$name; Protocols = 3; Transports = UDP, TCP;
-	Access_Type = RW; Squash = No_Root_Squash; SecType = sys; FSAL { Name = VFS; }
-}
-CONF
-	topo_bg "$ns" ganesha.nfsd -F -f "$dir/ganesha.conf" -L "$dir/ganesha.log" -p "$dir/ganesha.pid"
-}
-# ganesha registers with rpcbind at start-up only; one rpcbind (reached through its Unix
-# socket) serves both. Reuse one that is already running.
-if [ ! -S /run/rpcbind.sock ]; then
-	topo_bg "$NS_A" rpcbind -f
-	sleep 0.5
-fi
-start_ganesha "$NS_A" alpha 10.0.2.2 11
-start_ganesha "$NS_B" beta 10.0.3.2 12
-for s in alpha beta; do
-	for _ in $(seq 1 100); do
-		grep -q "NFS SERVER INITIALIZED" "$TOPO_DIR/$s/ganesha.log" 2>/dev/null && break
-		sleep 0.1
-	done
-	grep -q "NFS SERVER INITIALIZED" "$TOPO_DIR/$s/ganesha.log" || { tail -20 "$TOPO_DIR/$s/ganesha.log"; die "ganesha $s did not start"; }
-done
+NFS_CHECKPOINT_SECS=3600 topo_nfs
 log "ganesha servers up"
-
-cat >"$TOPO_DIR/router.toml" <<TOML
-[eal]
-args = ["--no-pci", "--no-huge", "-m", "256", "--file-prefix", "$TOPO_ID", "-l", "0"]
-[dataplane]
-workers = [${ROUTER_WORKER_CPU:-1}]
-idle_sleep_max_us = 200
-[mempool]
-mbufs = 4095
-[[ports]]
-name = "client"
-device = "net_af_packet0,iface=r0,qdisc_bypass=1"
-addresses = ["10.0.1.1/24"]
-[[ports]]
-name = "alpha"
-device = "net_af_packet1,iface=r1,qdisc_bypass=1"
-addresses = ["10.0.2.1/24"]
-[[ports]]
-name = "beta"
-device = "net_af_packet2,iface=r2,qdisc_bypass=1"
-addresses = ["10.0.3.1/24"]
-[admin]
-socket = "$TOPO_DIR/admin.sock"
-[nfs]
-virtual_address = "10.0.1.1"
-handle_secret = "$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"
-checkpoint = "$TOPO_DIR/handles.ckpt"
-checkpoint_secs = 3600
-[[nfs.servers]]
-sid = 1
-name = "alpha"
-address = "10.0.2.2"
-export = "$TOPO_DIR/alpha/export"
-[[nfs.servers]]
-sid = 2
-name = "beta"
-address = "10.0.3.2"
-export = "$TOPO_DIR/beta/export"
-TOML
 "$ROUTER_BIN" check-config "$TOPO_DIR/router.toml" >/dev/null
-ROUTERCTL="$ROUTERCTL_BIN -s $TOPO_DIR/admin.sock"
 topo_start_router "$NS_R" "$TOPO_DIR/router.toml"
-wait_mounted() {
-	for _ in $(seq 1 100); do
-		[ "$($ROUTERCTL nfs stats --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["servers_mounted"])')" = 2 ] && return 0
-		sleep 0.1
-	done
-	$ROUTERCTL nfs servers >&2 || true
-	die "the router did not mount both exports"
-}
-wait_mounted
+topo_nfs_wait_mounted 2
 $ROUTERCTL nfs servers
 log "router up, both exports mounted"
 
