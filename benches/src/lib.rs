@@ -148,3 +148,143 @@ mod tests {
         }
     }
 }
+
+/// The NFS benchmark's constants: the virtual server (on the router's "in" port), the
+/// physical server and the clients (both behind its "out" port).
+pub mod nfs {
+    use std::net::Ipv4Addr;
+    pub const VIRTUAL: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
+    pub const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+    pub const SECRET: &str = "000102030405060708090a0b0c0d0e0f";
+    pub const EXPORT: &str = "/export";
+    pub const VFSID: u64 = 0x5649_5254_5541_4c31;
+    /// Client `i`'s address and port.
+    pub fn client(i: usize) -> (Ipv4Addr, u16) {
+        (
+            Ipv4Addr::new(10, 0, 3, (i % 250) as u8 + 1),
+            700 + (i / 250) as u16,
+        )
+    }
+}
+
+/// An NFSv3-over-UDP workload as the router sees it: for each of `flows` files, a GETATTR,
+/// a LOOKUP and a READ (`read_bytes`) call from a client to the virtual server, each followed by
+/// the physical server's reply (28-byte ganesha-style handles, real attributes), all arriving
+/// on one port. Returns the frames and a handle-table checkpoint (written with
+/// [`nfs::SECRET`]) that maps every VFH the calls carry to its physical handle, so a router
+/// loaded with it serves the calls from the first packet.
+pub fn nfs_workload(
+    flows: usize,
+    read_bytes: usize,
+    dst_mac: EthernetAddress,
+) -> (Vec<Vec<u8>>, Vec<u8>) {
+    use nfs_rewrite::tables::HandleTable;
+    use nfs_rewrite::vfh::{HandleKey, VirtualHandle};
+    use nfs_rewrite::wire::nfs3::Proc;
+    use nfs_rewrite::wire::rpc::{self, Writer};
+    let key = HandleKey::from_hex(nfs::SECRET).unwrap_or(HandleKey::new(0, 0));
+    let mch = key.mount_checksum(1, nfs::EXPORT.as_bytes());
+    let table = HandleTable::new(4 * flows + 64);
+    let src_mac = EthernetAddress([2, 0, 0, 0, 0, 0x10]);
+    let pfs = 0x0011_2233_4455_6677u64;
+    let pfh = |pin: u64| {
+        let mut h = [0u8; 28];
+        h[0] = 0x43;
+        h[3] = 0x0b;
+        h[8..16].copy_from_slice(&pin.to_be_bytes());
+        h[20..28].copy_from_slice(&pfs.to_be_bytes());
+        h
+    };
+    let fattr = |kind: u32, pin: u64, size: u64| {
+        let mut w = Writer::new();
+        w.u32(kind)
+            .u32(0o644)
+            .u32(1)
+            .u32(1000)
+            .u32(1000)
+            .u64(size)
+            .u64(4096);
+        w.u32(0).u32(0).u64(pfs).u64(pin);
+        for _ in 0..3 {
+            w.u32(1_700_000_000).u32(0);
+        }
+        w.buf
+    };
+    let dir_pin = 2u64;
+    let dir = VirtualHandle::for_object(&key, 1, mch, pfs, dir_pin);
+    table.insert(dir.vin, &pfh(dir_pin));
+    let mut frames = Vec::with_capacity(flows * 6);
+    let data = vec![0x5a; read_bytes];
+    for i in 0..flows {
+        let pin = 1000 + i as u64;
+        let file = VirtualHandle::for_object(&key, 1, mch, pfs, pin);
+        table.insert(file.vin, &pfh(pin));
+        let (client, port) = nfs::client(i);
+        let name = format!("file-{i}");
+        let xid = (i as u32) << 2;
+        let mut push = |call: Writer, reply: Writer| {
+            frames.push(packet::udp::frame(
+                src_mac,
+                dst_mac,
+                client,
+                nfs::VIRTUAL,
+                port,
+                2049,
+                &call.buf,
+            ));
+            frames.push(packet::udp::frame(
+                src_mac,
+                dst_mac,
+                nfs::SERVER,
+                client,
+                2049,
+                port,
+                &reply.buf,
+            ));
+        };
+        let mut c = Writer::new();
+        c.call_sys(xid, rpc::program::NFS, 3, Proc::Getattr as u32, 1000, 1000)
+            .opaque(&file.encode(&key));
+        let mut r = Writer::new();
+        r.accepted_reply(xid, 0)
+            .u32(0)
+            .fixed(&fattr(1, pin, read_bytes as u64));
+        push(c, r);
+        let mut c = Writer::new();
+        c.call_sys(
+            xid + 1,
+            rpc::program::NFS,
+            3,
+            Proc::Lookup as u32,
+            1000,
+            1000,
+        )
+        .opaque(&dir.encode(&key))
+        .opaque(name.as_bytes());
+        let mut r = Writer::new();
+        r.accepted_reply(xid + 1, 0)
+            .u32(0)
+            .opaque(&pfh(pin))
+            .bool(true)
+            .fixed(&fattr(1, pin, read_bytes as u64))
+            .bool(true)
+            .fixed(&fattr(2, dir_pin, 4096));
+        push(c, r);
+        let mut c = Writer::new();
+        c.call_sys(xid + 2, rpc::program::NFS, 3, Proc::Read as u32, 1000, 1000)
+            .opaque(&file.encode(&key))
+            .u64(0)
+            .u32(read_bytes as u32);
+        let mut r = Writer::new();
+        r.accepted_reply(xid + 2, 0)
+            .u32(0)
+            .bool(true)
+            .fixed(&fattr(1, pin, read_bytes as u64))
+            .u32(read_bytes as u32)
+            .bool(true)
+            .opaque(&data);
+        push(c, r);
+    }
+    let (ckpt, _) = nfs_rewrite::checkpoint::encode(&table, &key);
+    (frames, ckpt)
+}

@@ -83,10 +83,16 @@ struct RouterRun {
     drops: u64,
 }
 
+/// What a router run adds to the common config: a routes file (IPv4), or TOML of its own.
+enum Extra<'a> {
+    RoutesFile(&'a Path),
+    Toml(String),
+}
+
 fn run_router(
     args: &Args,
     workload: &Path,
-    routes_file: &Path,
+    extra: Extra<'_>,
     placement: &str,
     workers: usize,
     tag: &str,
@@ -135,16 +141,20 @@ addresses = ["10.0.2.1/24"]
 port = "out"
 address = "10.0.2.2"
 mac = "02:00:00:00:00:99"
-[fib]
-tbl8_groups = 131072
-routes_file = "{routes}"
 [admin]
 socket = "{sock}"
 [log]
 level = "warn"
+{extra}
 "#,
-        routes = routes_file.display(),
-        sock = sock.display()
+        sock = sock.display(),
+        extra = match extra {
+            Extra::RoutesFile(f) => format!(
+                "[fib]\ntbl8_groups = 131072\nroutes_file = \"{}\"\n",
+                f.display()
+            ),
+            Extra::Toml(t) => t,
+        }
     );
     std::fs::write(&cfg_path, cfg)?;
     let log = std::fs::File::create(args.dir.join(format!("router-{tag}.log")))?;
@@ -193,12 +203,24 @@ fn measure_router(args: &Args, sock: &Path) -> Result<RouterRun> {
     let sum = |s: &Value, f: &dyn Fn(&Value) -> u64| -> u64 {
         s["cores"].as_array().map_or(0, |a| a.iter().map(f).sum())
     };
+    // Every stage's time per packet the first stage timed (the stages run on one burst).
+    let stages = |c: &Value| c["stages"].as_array().cloned().unwrap_or_default();
     let pk = |c: &Value| c["stages"][0]["timed_packets"].as_u64().unwrap_or(0);
-    let ns = |c: &Value| c["stages"][0]["busy_ns"].as_u64().unwrap_or(0);
+    let ns = |c: &Value| {
+        stages(c)
+            .iter()
+            .map(|s| s["busy_ns"].as_u64().unwrap_or(0))
+            .sum()
+    };
     let dr = |c: &Value| {
-        c["stages"][0]["drops"].as_array().map_or(0, |d| {
-            d.iter().map(|p| p[1].as_u64().unwrap_or(0)).sum::<u64>()
-        })
+        stages(c)
+            .iter()
+            .map(|s| {
+                s["drops"].as_array().map_or(0, |d| {
+                    d.iter().map(|p| p[1].as_u64().unwrap_or(0)).sum::<u64>()
+                })
+            })
+            .sum()
     };
     let dpk = sum(&s1, &pk) - sum(&s0, &pk);
     Ok(RouterRun {
@@ -324,7 +346,14 @@ fn main() -> Result<()> {
     for placement in ["run-to-completion", "split"] {
         for &n in &args.lcores {
             let tag = format!("{}{n}", if placement == "split" { "split" } else { "rtc" });
-            let r = run_router(&args, &workload, &routes_file, placement, n, &tag)?;
+            let r = run_router(
+                &args,
+                &workload,
+                Extra::RoutesFile(&routes_file),
+                placement,
+                n,
+                &tag,
+            )?;
             let (io, mac) = ceilings[&n];
             eprintln!(
                 "router ipv4 {placement} {n} worker(s): {:.2} Mpps ({:.1} ns/pkt in stages)",
@@ -348,6 +377,67 @@ fn main() -> Result<()> {
             }));
         }
     }
+    // NFS: GETATTR, LOOKUP and READ calls with their replies, rewritten both ways (one
+    // run-to-completion worker: calls and replies must meet on one transaction table).
+    let nfs_pcap = args.dir.join("nfs-udp.pcap");
+    let (frames, ckpt) =
+        router_bench::nfs_workload(args.flows, 512, EthernetAddress([2, 0, 0, 0, 0, 1]));
+    router_bench::write_pcap(&nfs_pcap, &frames)?;
+    let ckpt_path = args.dir.join("nfs-handles.ckpt");
+    std::fs::write(&ckpt_path, &ckpt)?;
+    let mean_frame = frames.iter().map(Vec::len).sum::<usize>() / frames.len().max(1);
+    let io = run_testpmd(&args, &nfs_pcap, "io", 1, "nfs-io1")?;
+    let mac = run_testpmd(&args, &nfs_pcap, "mac", 1, "nfs-mac1")?;
+    eprintln!("testpmd on the NFS workload: io {io:.2} Mpps, mac {mac:.2} Mpps");
+    let nfs_toml = format!(
+        r#"[[routes]]
+prefix = "10.0.3.0/24"
+via = "10.0.2.2"
+[nfs]
+virtual_address = "{virt}"
+handle_secret = "{secret}"
+checkpoint = "{ckpt}"
+checkpoint_secs = 0
+[[nfs.servers]]
+sid = 1
+name = "bench"
+address = "{server}"
+export = "{export}"
+"#,
+        virt = router_bench::nfs::VIRTUAL,
+        secret = router_bench::nfs::SECRET,
+        ckpt = ckpt_path.display(),
+        server = router_bench::nfs::SERVER,
+        export = router_bench::nfs::EXPORT,
+    );
+    let r = run_router(
+        &args,
+        &nfs_pcap,
+        Extra::Toml(nfs_toml),
+        "run-to-completion",
+        1,
+        "nfs1",
+    )?;
+    eprintln!(
+        "router nfs run-to-completion 1 worker: {:.2} Mpps ({:.1} ns/pkt in stages)",
+        r.mpps, r.ns_per_pkt
+    );
+    rows.push(json!({
+        "workload": "nfs-rewrite",
+        "placement": "run-to-completion",
+        "lcores": 1,
+        "mpps": round(r.mpps),
+        "testpmd_io_mpps": round(io),
+        "testpmd_mac_mpps": round(mac),
+        "ratio_to_mac": round(r.mpps / mac),
+        "ratio_to_io": round(r.mpps / io),
+        "stage_ns_per_packet": round(r.ns_per_pkt),
+        "drops": r.drops,
+        "mix": "GETATTR, LOOKUP, READ 512 B: calls and replies",
+        "frame_bytes_mean": mean_frame,
+        "flows": args.flows,
+        "memory": args.memory,
+    }));
     let one = rows
         .iter()
         .find(|r| r["placement"] == "run-to-completion" && r["lcores"] == 1)
