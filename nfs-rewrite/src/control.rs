@@ -10,7 +10,7 @@
 //!   NFS3ERR_BADHANDLE, export gone → NFS3ERR_STALE, two servers in one call → NFS3ERR_XDEV);
 //! - handles to recover: handed to [`Upstream`], which mounts the servers and walks them.
 
-use crate::datapath::{first_vfh_pfs, NfsShared, Transaction};
+use crate::datapath::{NfsShared, Transaction};
 use crate::rewrite::{devirtualize_call, virtualize_reply, CallVerdict, ReplyVerdict};
 use crate::tables::{TransactionTable, TxKey};
 use crate::upstream::{Upstream, Want, CLIENT_PORT};
@@ -406,7 +406,7 @@ impl Controller {
             },
             // The handle is known now (learned since the fast path punted the call): forward
             // it from here, and rewrite its reply here too.
-            CallVerdict::Forward { sid, .. } => {
+            CallVerdict::Forward { sid, dir_pfs, .. } => {
                 let server = shared.server(sid)?;
                 let key = TxKey {
                     client: u32::from(client.0),
@@ -416,7 +416,7 @@ impl Controller {
                 let t = Transaction {
                     proc_: p as u8,
                     sid,
-                    dir_pfs: first_vfh_pfs(&shared.key, msg, p, c.args_at),
+                    dir_pfs,
                 };
                 if !self.tx.insert(key, t, now) {
                     self.stats.unanswered += 1;

@@ -19,7 +19,7 @@ use crate::rewrite::{
     devirtualize_call, virtualize_reply, CallVerdict, Context, Limits, ReplyVerdict,
 };
 use crate::tables::{HandleTable, TransactionTable, TxKey, PFH_MAX};
-use crate::vfh::{HandleKey, VirtualHandle};
+use crate::vfh::HandleKey;
 use crate::wire::nfs3::Proc;
 use crate::wire::{rpc, Field};
 use packet::ipv4::{protocol, Ipv4Packet};
@@ -231,12 +231,14 @@ impl NfsStage {
         self.counters.calls[p as usize] += 1;
         let shared: &NfsShared = &self.shared; // a borrow, not a clone: no atomic per packet
         let ctx = shared.ctx();
-        // The directory the call names (READDIR file ids are relative to its file system).
-        let dir_pfs = first_vfh_pfs(&shared.key, msg, p, args_at);
         match devirtualize_call(pkt, msg_at, p, args_at, &ctx, |sid| {
             shared.server(sid).map(|s| s.mch)
         }) {
-            CallVerdict::Forward { sid, delta } => {
+            CallVerdict::Forward {
+                sid,
+                delta,
+                dir_pfs,
+            } => {
                 let Some(server) = shared.server(sid) else {
                     return NfsDrop::Malformed.drop();
                 };
@@ -374,20 +376,6 @@ impl NfsStage {
             None => NfsDrop::Malformed.drop(),
         }
     }
-}
-
-/// The physical file system of the first handle a call names (0 when it has none).
-pub(crate) fn first_vfh_pfs(key: &HandleKey, msg: &[u8], p: Proc, args_at: usize) -> u64 {
-    let mut first = None;
-    let _ = crate::wire::nfs3::walk_call(p, msg, args_at, |f| {
-        if let (None, Field::Handle { at, len }) = (first, f) {
-            first = Some((at, len));
-        }
-    });
-    first
-        .and_then(|(at, len)| msg.get(at + 4..at + 4 + len))
-        .and_then(|b| VirtualHandle::verify(key, b).ok())
-        .map_or(0, |v| v.pfs)
 }
 
 impl Stage for NfsStage {

@@ -95,8 +95,13 @@ impl<'s> Fields<'s> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallVerdict {
     /// Rewritten: send to server `sid`; the message grew by `delta` bytes (negative: shrank).
-    /// Transfer sizes above the [`Limits`] were lowered.
-    Forward { sid: u16, delta: isize },
+    /// Transfer sizes above the [`Limits`] were lowered. `dir_pfs`: the physical file
+    /// system of the first handle (READDIR file ids of the reply are relative to it).
+    Forward {
+        sid: u16,
+        delta: isize,
+        dir_pfs: u64,
+    },
     /// No handle in the arguments (NULL).
     NoHandle,
     /// A handle of the router's virtual tree: the management core answers.
@@ -266,6 +271,7 @@ pub fn devirtualize_call<B: Buffer>(
     CallVerdict::Forward {
         sid: sid.unwrap_or(0),
         delta,
+        dir_pfs: vfhs[0].map_or(0, |v| v.pfs),
     }
 }
 

@@ -124,13 +124,10 @@ fn roundtrip(name: &str) -> (usize, usize) {
                 if hs.is_empty() {
                     assert_eq!(v, CallVerdict::NoHandle);
                 } else {
-                    assert_eq!(
-                        v,
-                        CallVerdict::Forward {
-                            sid: SID,
-                            delta: m.bytes.len() as isize - virt.len() as isize
-                        },
-                        "{name} {}",
+                    assert!(
+                        matches!(v, CallVerdict::Forward { sid: SID, delta, .. }
+                            if delta == m.bytes.len() as isize - virt.len() as isize),
+                        "{name} {}: {v:?}",
                         p.name()
                     );
                 }
@@ -261,12 +258,16 @@ fn refusals() {
     };
     // Good: forwarded with the physical handle.
     let (r, out) = run(getattr_call(&good));
-    assert_eq!(
-        r,
-        CallVerdict::Forward {
-            sid: SID,
-            delta: -12
-        }
+    assert!(
+        matches!(
+            r,
+            CallVerdict::Forward {
+                sid: SID,
+                delta: -12,
+                ..
+            }
+        ),
+        "{r:?}"
     );
     assert_eq!(&out[44..72], &[9; 28]);
     // One bit flipped: BADHANDLE, packet untouched.
