@@ -359,22 +359,17 @@ fn main() -> Result<()> {
                 "router ipv4 {placement} {n} worker(s): {:.2} Mpps ({:.1} ns/pkt in stages)",
                 r.mpps, r.ns_per_pkt
             );
-            rows.push(json!({
-                "workload": "ipv4-forward",
-                "placement": placement,
-                "lcores": n,
-                "mpps": round(r.mpps),
-                "testpmd_io_mpps": round(io),
-                "testpmd_mac_mpps": round(mac),
-                "ratio_to_mac": round(r.mpps / mac),
-                "ratio_to_io": round(r.mpps / io),
-                "stage_ns_per_packet": round(r.ns_per_pkt),
-                "drops": r.drops,
-                "routes": args.routes,
-                "frame_bytes": 64,
-                "flows": args.flows,
-                "memory": args.memory,
-            }));
+            rows.push(result_row(
+                ("ipv4-forward", placement, n),
+                &r,
+                (io, mac),
+                json!({
+                    "routes": args.routes,
+                    "frame_bytes": 64,
+                    "flows": args.flows,
+                    "memory": args.memory,
+                }),
+            ));
         }
     }
     // NFS: GETATTR, LOOKUP and READ calls with their replies, rewritten both ways (one
@@ -422,22 +417,17 @@ export = "{export}"
         "router nfs run-to-completion 1 worker: {:.2} Mpps ({:.1} ns/pkt in stages)",
         r.mpps, r.ns_per_pkt
     );
-    rows.push(json!({
-        "workload": "nfs-rewrite",
-        "placement": "run-to-completion",
-        "lcores": 1,
-        "mpps": round(r.mpps),
-        "testpmd_io_mpps": round(io),
-        "testpmd_mac_mpps": round(mac),
-        "ratio_to_mac": round(r.mpps / mac),
-        "ratio_to_io": round(r.mpps / io),
-        "stage_ns_per_packet": round(r.ns_per_pkt),
-        "drops": r.drops,
-        "mix": "GETATTR, LOOKUP, READ 512 B: calls and replies",
-        "frame_bytes_mean": mean_frame,
-        "flows": args.flows,
-        "memory": args.memory,
-    }));
+    rows.push(result_row(
+        ("nfs-rewrite", "run-to-completion", 1),
+        &r,
+        (io, mac),
+        json!({
+            "mix": "GETATTR, LOOKUP, READ 512 B: calls and replies",
+            "frame_bytes_mean": mean_frame,
+            "flows": args.flows,
+            "memory": args.memory,
+        }),
+    ));
     let one = rows
         .iter()
         .find(|r| r["placement"] == "run-to-completion" && r["lcores"] == 1)
@@ -480,6 +470,32 @@ export = "{export}"
     std::fs::write(&path, serde_json::to_string_pretty(&out)?)?;
     println!("wrote {}", path.display());
     Ok(())
+}
+
+/// A results.json row: the columns every row has (run, router, testpmd io and mac), then
+/// `extra`'s.
+fn result_row(
+    (workload, placement, lcores): (&str, &str, usize),
+    r: &RouterRun,
+    (io, mac): (f64, f64),
+    extra: Value,
+) -> Value {
+    let mut row = json!({
+        "workload": workload,
+        "placement": placement,
+        "lcores": lcores,
+        "mpps": round(r.mpps),
+        "testpmd_io_mpps": round(io),
+        "testpmd_mac_mpps": round(mac),
+        "ratio_to_mac": round(r.mpps / mac),
+        "ratio_to_io": round(r.mpps / io),
+        "stage_ns_per_packet": round(r.ns_per_pkt),
+        "drops": r.drops,
+    });
+    if let (Some(o), Value::Object(e)) = (row.as_object_mut(), extra) {
+        o.extend(e);
+    }
+    row
 }
 
 fn round(x: f64) -> f64 {

@@ -251,12 +251,7 @@ impl Writer {
         uid: u32,
         gid: u32,
     ) -> &mut Self {
-        self.u32(xid)
-            .u32(0)
-            .u32(2)
-            .u32(prog)
-            .u32(vers)
-            .u32(proc_)
+        self.call_head(xid, prog, vers, proc_)
             .u32(auth::SYS)
             .u32(20)
             .u32(0) // stamp
@@ -267,14 +262,13 @@ impl Writer {
             .u32(auth::NONE)
             .u32(0)
     }
+    /// xid, CALL, RPC version 2, program, version, procedure.
+    fn call_head(&mut self, xid: u32, prog: u32, vers: u32, proc_: u32) -> &mut Self {
+        self.u32(xid).u32(0).u32(2).u32(prog).u32(vers).u32(proc_)
+    }
     /// A call header with AUTH_NONE credentials.
     pub fn call(&mut self, xid: u32, prog: u32, vers: u32, proc_: u32) -> &mut Self {
-        self.u32(xid)
-            .u32(0)
-            .u32(2)
-            .u32(prog)
-            .u32(vers)
-            .u32(proc_)
+        self.call_head(xid, prog, vers, proc_)
             .u32(auth::NONE)
             .u32(0)
             .u32(auth::NONE)
