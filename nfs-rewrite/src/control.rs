@@ -99,6 +99,8 @@ pub struct ControlStats {
     pub hold_full: u64,
     /// Server replies to no call of a worker's or of ours (late duplicates): dropped.
     pub unmatched_replies: u64,
+    /// Transactions taken over from workers (fragmented replies).
+    pub adopted: u64,
 }
 
 /// Answers for the virtual server.
@@ -132,6 +134,14 @@ impl Controller {
             held_total: 0,
             outbox: Vec::new(),
             stats: ControlStats::default(),
+        }
+    }
+
+    /// Take over a worker's transaction (its reply arrives fragmented: it is reassembled and
+    /// rewritten here).
+    pub fn adopt(&mut self, key: TxKey, tx: Transaction, now: u64) {
+        if self.tx.insert(key, tx, now) {
+            self.stats.adopted += 1;
         }
     }
 

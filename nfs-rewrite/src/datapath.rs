@@ -10,10 +10,10 @@
 //! - everything the fast path cannot finish — MOUNT and portmap, the virtual root, refusals
 //!   that need an NFS error reply, unknown handles to recover, replies to calls the management
 //!   core forwarded itself, replies too big to rewrite in the buffer — is punted to the
-//!   management core; IP fragments pass untouched (counted).
+//!   management core, and so are IP fragments of NFS traffic (it reassembles them).
 //!
-//! New VIN → PFH mappings learned from replies are queued in [`NfsStage::take_mappings`] for
-//! the handle table's single writer.
+//! New VIN → PFH mappings learned from replies are queued in [`NfsStage::take_events`] for
+//! the handle table's single writer, with the transactions of replies that arrive fragmented.
 
 use crate::rewrite::{
     devirtualize_call, virtualize_reply, CallVerdict, Context, Limits, ReplyVerdict,
@@ -104,16 +104,20 @@ pub struct NfsCounters {
     pub calls_rewritten: u64,
     /// Replies rewritten and forwarded to a client.
     pub replies_rewritten: u64,
+    /// Fragments of other traffic, routed untouched.
     pub fragments_passed: u64,
+    /// Fragments of NFS traffic, reassembled by the management core.
+    pub fragments_punted: u64,
     pub mappings_dropped: u64,
 }
 
 impl NfsCounters {
     /// Number of values in [`NfsCounters::values`].
-    pub const WIDTH: usize = 22 + 22 + 4;
+    pub const WIDTH: usize = 22 + 22 + 5;
 
     /// Every counter in one flat array: calls by procedure, replies by procedure,
-    /// calls rewritten, replies rewritten, fragments passed, mappings dropped.
+    /// calls rewritten, replies rewritten, fragments passed, mappings (and transaction
+    /// hand-overs) dropped, fragments punted.
     pub fn values(&self) -> [u64; Self::WIDTH] {
         let mut v = [0u64; Self::WIDTH];
         v[..22].copy_from_slice(&self.calls);
@@ -122,6 +126,7 @@ impl NfsCounters {
         v[45] = self.replies_rewritten;
         v[46] = self.fragments_passed;
         v[47] = self.mappings_dropped;
+        v[48] = self.fragments_punted;
         v
     }
 
@@ -137,11 +142,26 @@ impl NfsCounters {
         c.replies_rewritten = g(45);
         c.fragments_passed = g(46);
         c.mappings_dropped = g(47);
+        c.fragments_punted = g(48);
         c
     }
 }
 
-/// Mappings a worker queues per burst before the engine drains them.
+/// What a worker tells the management core besides punting packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NfsEvent {
+    /// A VIN → physical handle mapping learned from a reply (for the handle table's writer).
+    Mapping {
+        vin: u64,
+        pfh: [u8; PFH_MAX],
+        len: u8,
+    },
+    /// A call's transaction, handed over with the first fragment of its reply: the management
+    /// core reassembles the reply and rewrites it.
+    Transaction { key: TxKey, tx: Transaction },
+}
+
+/// Events a worker queues per burst before the engine drains them.
 pub const MAPPING_QUEUE: usize = 256;
 
 /// The per-worker NFS stage (each worker clones its own: the transaction table is private).
@@ -150,7 +170,7 @@ pub struct NfsStage {
     shared: Arc<NfsShared>,
     tx: TransactionTable<Transaction>,
     scratch: Box<[Field]>,
-    mappings: Vec<(u64, [u8; PFH_MAX], u8)>,
+    events: Vec<NfsEvent>,
     now: u64,
     pub counters: NfsCounters,
 }
@@ -162,7 +182,7 @@ impl NfsStage {
             shared,
             tx: TransactionTable::new(transactions, ttl),
             scratch: vec![Field::FileId { at: 0 }; 256].into_boxed_slice(),
-            mappings: Vec::with_capacity(MAPPING_QUEUE),
+            events: Vec::with_capacity(MAPPING_QUEUE),
             now: 0,
             counters: NfsCounters::default(),
         }
@@ -178,11 +198,9 @@ impl NfsStage {
         &self.shared
     }
 
-    /// Mappings learned since the last call (for the handle table's writer).
-    pub fn take_mappings(&mut self, mut f: impl FnMut(u64, &[u8])) {
-        for (vin, pfh, len) in self.mappings.drain(..) {
-            f(vin, &pfh[..usize::from(len)]);
-        }
+    /// Events since the last call (for the management core).
+    pub fn take_events(&mut self, f: impl FnMut(NfsEvent)) {
+        self.events.drain(..).for_each(f);
     }
 
     /// The transaction table's counters.
@@ -330,7 +348,7 @@ impl NfsStage {
                 return NfsDrop::Malformed.drop();
             };
             let ctx = shared.ctx();
-            let (mappings, counters) = (&mut self.mappings, &mut self.counters);
+            let (events, counters) = (&mut self.events, &mut self.counters);
             let v = virtualize_reply(
                 pkt,
                 msg_at,
@@ -342,10 +360,14 @@ impl NfsStage {
                 &ctx,
                 &mut self.scratch,
                 |vin, pfh| {
-                    if mappings.len() < MAPPING_QUEUE {
+                    if events.len() < MAPPING_QUEUE {
                         let mut b = [0u8; PFH_MAX];
                         b[..pfh.len()].copy_from_slice(pfh);
-                        mappings.push((vin, b, pfh.len() as u8));
+                        events.push(NfsEvent::Mapping {
+                            vin,
+                            pfh: b,
+                            len: pfh.len() as u8,
+                        });
                     } else {
                         counters.mappings_dropped += 1;
                     }
@@ -378,6 +400,47 @@ impl NfsStage {
     }
 }
 
+impl NfsStage {
+    /// An IP fragment. Those of NFS traffic (to the virtual server, or UDP from a server) go
+    /// to the management core, which reassembles them; with the first fragment of a server's
+    /// reply goes the call's transaction (the management core rewrites the whole reply).
+    /// Other fragments are routed untouched.
+    fn fragment<T: AsRef<[u8]>>(
+        &mut self,
+        ip: &Ipv4Packet<T>,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+    ) -> Verdict {
+        let sh: &NfsShared = &self.shared;
+        let from_server = sh.servers.iter().any(|s| s.addr == src);
+        if dst != sh.virtual_addr && !from_server {
+            self.counters.fragments_passed += 1;
+            return Verdict::Next;
+        }
+        let p = ip.payload();
+        if ip.frag_offset() == 0 && dst != sh.virtual_addr && p.len() >= 12 {
+            let sport = u16::from_be_bytes([p[0], p[1]]);
+            let dport = u16::from_be_bytes([p[2], p[3]]);
+            if sh.server_at(src, sport).is_some() {
+                let key = TxKey {
+                    client: u32::from(dst),
+                    port: dport,
+                    xid: u32::from_be_bytes([p[8], p[9], p[10], p[11]]),
+                };
+                if let Some(tx) = self.tx.take(key, self.now) {
+                    if self.events.len() < MAPPING_QUEUE {
+                        self.events.push(NfsEvent::Transaction { key, tx });
+                    } else {
+                        self.counters.mappings_dropped += 1;
+                    }
+                }
+            }
+        }
+        self.counters.fragments_punted += 1;
+        Verdict::Punt(PuntReason::Application)
+    }
+}
+
 impl Stage for NfsStage {
     type Reason = NfsDrop;
     const NAME: &'static str = "nfs";
@@ -396,6 +459,9 @@ impl Stage for NfsStage {
         }
         let (src, dst) = (ip.src_addr(), ip.dst_addr());
         let hl = usize::from(ip.header_len());
+        if ip.is_fragment() {
+            return self.fragment(&ip, src, dst);
+        }
         let Ok(udp) = UdpPacket::new_checked(ip.payload()) else {
             return Verdict::Next;
         };
@@ -405,10 +471,6 @@ impl Stage for NfsStage {
         // Replies to the router's own client (mounts, recovery walks) are the management
         // core's: routing delivers them locally.
         if !is_call && (server.is_none() || dst == self.shared.virtual_addr) {
-            return Verdict::Next;
-        }
-        if ip.is_fragment() {
-            self.counters.fragments_passed += 1;
             return Verdict::Next;
         }
         let msg_at = ETH + hl + packet::udp::HEADER_LEN;

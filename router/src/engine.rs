@@ -162,8 +162,9 @@ impl Pipeline {
     }
 }
 
-/// A VIN → physical handle mapping learned by a worker, for the handle table's writer.
-pub type Mapping = (u64, [u8; nfs_rewrite::tables::PFH_MAX], u8);
+/// What a worker tells the management core about NFS: handle mappings learned, transactions of
+/// fragmented replies.
+pub type Mapping = nfs_rewrite::datapath::NfsEvent;
 
 /// Per-thread TX staging: one burst buffer per port.
 struct TxStage<T> {
@@ -453,10 +454,8 @@ impl<B: Backend> WorkerCtx<B> {
         );
         if let (Some(nfs), Some(ring)) = (self.pipe.nfs.as_mut(), self.mappings.as_mut()) {
             let c = &self.c;
-            nfs.take_mappings(|vin, pfh| {
-                let mut b = [0u8; nfs_rewrite::tables::PFH_MAX];
-                b[..pfh.len()].copy_from_slice(pfh);
-                if ring.push((vin, b, pfh.len() as u8)).is_err() {
+            nfs.take_events(|e| {
+                if ring.push(e).is_err() {
                     c.ring_full.inc();
                 }
             });

@@ -13,6 +13,7 @@ pub mod ipv4;
 pub mod mgmt;
 pub mod port;
 pub mod qsbr;
+pub mod reasm;
 
 use config::Config;
 use engine::{Engine, Pipeline};

@@ -10,6 +10,7 @@ use crate::engine::{MgmtRings, Punted};
 use crate::fib::{Fib, NextHopKind};
 use crate::ipv4::{Ipv4Stage, PortInfo, DEFAULT_TTL};
 use crate::port::Backend;
+use nfs_rewrite::datapath::NfsEvent;
 use packet::arp::{self, ArpPacket, ArpRepr};
 use packet::ethernet::{
     ethertype, EthernetAddress, EthernetFrame, EthernetRepr, HEADER_LEN as ETH_LEN,
@@ -84,6 +85,14 @@ pub struct MgmtCounters {
     pub nfs_answered: Counter,
 }
 
+/// Whether a frame holds an IPv4 fragment.
+fn is_fragment<Bf: packet::Buffer>(buf: &Bf) -> bool {
+    buf.data()
+        .get(ETH_LEN..)
+        .and_then(|b| Ipv4Packet::new_checked(b).ok())
+        .is_some_and(|ip| ip.is_fragment())
+}
+
 /// The portmapper's well-known port.
 const PORTMAP_PORT: u16 = 111;
 
@@ -118,6 +127,8 @@ pub struct Mgmt<B: Backend> {
     nfs_ctl: Option<nfs_rewrite::control::Controller>,
     /// Handle-table checkpoints.
     ckpt: Checkpoints,
+    /// IP reassembly for the applications (NFS over UDP).
+    reasm: crate::reasm::Reassembler,
 }
 
 /// Handle-table checkpoint bookkeeping.
@@ -259,6 +270,7 @@ impl<B: Backend> Mgmt<B> {
             }),
             nfs,
             ckpt: Checkpoints::default(),
+            reasm: crate::reasm::Reassembler::new(64, Duration::from_secs(2)),
         };
         m.load_checkpoint();
         for n in statics {
@@ -429,17 +441,27 @@ impl<B: Backend> Mgmt<B> {
         }
     }
 
-    /// Insert the NFS handle mappings the workers learned (this core is the table's only
-    /// writer). Returns how many were taken.
+    /// Take what the workers' NFS stages report: handle mappings (this core is the handle
+    /// table's only writer) and transactions of fragmented replies. Returns how many.
     pub fn poll_mappings(&mut self, budget: usize) -> usize {
         let Some(nfs) = &self.nfs else { return 0 };
+        let now = self.started.elapsed().as_millis() as u64;
         let mut n = 0;
         for ring in &mut self.rings.mappings {
             while n < budget {
-                let Ok((vin, pfh, len)) = ring.pop() else {
+                let Ok(e) = ring.pop() else {
                     break;
                 };
-                nfs.handles.insert(vin, &pfh[..usize::from(len)]);
+                match e {
+                    NfsEvent::Mapping { vin, pfh, len } => {
+                        nfs.handles.insert(vin, &pfh[..usize::from(len)]);
+                    }
+                    NfsEvent::Transaction { key, tx } => {
+                        if let Some(ctl) = self.nfs_ctl.as_mut() {
+                            ctl.adopt(key, tx, now);
+                        }
+                    }
+                }
                 n += 1;
             }
         }
@@ -480,11 +502,32 @@ impl<B: Backend> Mgmt<B> {
                     self.local_input(&buf)
                 }
             }
+            PuntReason::Application if is_fragment(&buf) => self.fragment_input(buf),
             PuntReason::Application => {
                 if !self.nfs_input(&buf) {
                     // No controller for it: count, answer nothing (no ICMP: the client retries).
                     self.counters.application_unhandled.inc();
                 }
+            }
+        }
+    }
+
+    /// A fragment an application wants whole: reassemble; a datagram that turns out not to be
+    /// the application's goes on as the fragments it came in.
+    fn fragment_input(&mut self, buf: B::Buf) {
+        let port = buf.port();
+        let Some(c) = self.reasm.add(buf.data(), Instant::now()) else {
+            return;
+        };
+        drop(buf);
+        if self.nfs_datagram(&c.datagram) {
+            return;
+        }
+        for f in c.frames {
+            if let Some(mut b) = self.alloc_frame(f.len()) {
+                b.data_mut().copy_from_slice(&f);
+                b.set_port(port);
+                self.output(b);
             }
         }
     }
@@ -775,6 +818,34 @@ impl<B: Backend> Mgmt<B> {
         payload_len: usize,
         fill: impl FnOnce(&mut [u8]),
     ) {
+        let mtu = self
+            .stage
+            .next_hop(dst)
+            .and_then(|nh| self.ports.get(usize::from(nh.port)))
+            .map_or(1500, |p| p.mtu);
+        if 20 + payload_len > usize::from(mtu) {
+            // Larger than the path's MTU (a reassembled NFS reply, rewritten): build the whole
+            // datagram, send it in fragments.
+            self.ip_ident = self.ip_ident.wrapping_add(1);
+            let mut dg = vec![0u8; 20 + payload_len];
+            let mut ip = Ipv4Packet::new_unchecked(&mut dg[..]);
+            Ipv4Repr {
+                src_addr: src,
+                dst_addr: dst,
+                protocol: proto,
+                payload_len,
+                ttl: DEFAULT_TTL + 1,
+                tos: 0,
+                ident: self.ip_ident,
+                dont_frag: false,
+            }
+            .emit(&mut ip);
+            fill(ip.payload_mut());
+            let mut eth = [0u8; ETH_LEN];
+            eth[12..14].copy_from_slice(&ethertype::IPV4.to_be_bytes());
+            self.emit_fragments(&eth, &dg[..20], &dg[20..], (0, false), 0, mtu);
+            return;
+        }
         let Some(mut b) = self.alloc_frame(ETH_LEN + 20 + payload_len) else {
             return;
         };
@@ -803,6 +874,13 @@ impl<B: Backend> Mgmt<B> {
     /// MOUNT and NFS ports, replies to the controller's own client port, and server replies
     /// the workers had no call for. True when it was the controller's (answered or not).
     fn nfs_input(&mut self, buf: &B::Buf) -> bool {
+        buf.data()
+            .get(ETH_LEN..)
+            .is_some_and(|ip| self.nfs_datagram(ip))
+    }
+
+    /// [`Mgmt::nfs_input`] on an IP datagram (a frame's, or one reassembled here).
+    fn nfs_datagram(&mut self, datagram: &[u8]) -> bool {
         if self.nfs_ctl.is_none() {
             return false;
         }
@@ -812,11 +890,7 @@ impl<B: Backend> Mgmt<B> {
         let (Some(ctl), Some(n)) = (self.nfs_ctl.as_mut(), self.cfg.nfs.as_ref()) else {
             return false;
         };
-        let Some(ip) = buf
-            .data()
-            .get(ETH_LEN..)
-            .and_then(|b| Ipv4Packet::new_checked(b).ok())
-        else {
+        let Ok(ip) = Ipv4Packet::new_checked(datagram) else {
             return false;
         };
         if ip.protocol() != protocol::UDP || ip.is_fragment() {
@@ -931,14 +1005,36 @@ impl<B: Backend> Mgmt<B> {
         let hl = usize::from(ip.header_len());
         let header = frame[ETH_LEN..ETH_LEN + hl].to_vec();
         let payload = ip.payload().to_vec();
-        let base_off = usize::from(ip.frag_offset());
-        let last_mf = ip.more_frags();
-        let step = ((usize::from(mtu) - hl) / 8) * 8;
+        let (base_off, last_mf) = (usize::from(ip.frag_offset()), ip.more_frags());
+        let eth_hdr = frame[..ETH_LEN].to_vec();
+        let in_port = buf.port();
+        drop(buf);
+        self.emit_fragments(
+            &eth_hdr,
+            &header,
+            &payload,
+            (base_off, last_mf),
+            in_port,
+            mtu,
+        );
+    }
+
+    /// Send `payload` (of a datagram with IP header `header`, itself at fragment offset
+    /// `base.0` with more fragments `base.1`) as fragments that fit `mtu` (RFC 791).
+    fn emit_fragments(
+        &mut self,
+        eth_hdr: &[u8],
+        header: &[u8],
+        payload: &[u8],
+        base: (usize, bool),
+        in_port: u16,
+        mtu: u16,
+    ) {
+        let hl = header.len();
+        let step = ((usize::from(mtu).saturating_sub(hl)) / 8) * 8;
         if step == 0 {
             return;
         }
-        let eth_hdr = frame[..ETH_LEN].to_vec();
-        let in_port = buf.port();
         let mut off = 0;
         while off < payload.len() {
             let end = (off + step).min(payload.len());
@@ -947,16 +1043,12 @@ impl<B: Backend> Mgmt<B> {
             };
             {
                 let d = b.data_mut();
-                d[..ETH_LEN].copy_from_slice(&eth_hdr);
-                d[ETH_LEN..ETH_LEN + hl].copy_from_slice(&header);
+                d[..ETH_LEN].copy_from_slice(eth_hdr);
+                d[ETH_LEN..ETH_LEN + hl].copy_from_slice(header);
                 d[ETH_LEN + hl..].copy_from_slice(&payload[off..end]);
                 let mut p = Ipv4Packet::new_unchecked(&mut d[ETH_LEN..]);
                 p.set_total_len((hl + end - off) as u16);
-                p.set_flags_frag(
-                    false,
-                    end < payload.len() || last_mf,
-                    (base_off + off) as u16,
-                );
+                p.set_flags_frag(false, end < payload.len() || base.1, (base.0 + off) as u16);
                 p.fill_checksum();
             }
             b.set_port(in_port);
@@ -973,6 +1065,7 @@ impl<B: Backend> Mgmt<B> {
             self.flush_nfs();
             self.checkpoint_timer();
         }
+        self.reasm.expire(Instant::now());
         let now = Instant::now();
         let retry = Duration::from_millis(self.cfg.neighbours.arp_retry_ms);
         let reach = Duration::from_secs(self.cfg.neighbours.reachable_secs);
@@ -1138,13 +1231,15 @@ impl<B: Backend> Mgmt<B> {
             "servers": n.servers.len(),
             "servers_mounted": ctl.upstream.servers.iter().filter(|s| s.mounted.is_some()).count(),
             "limits": {"max_io": n.limits.max_io, "max_dir": n.limits.max_dir},
+            "fragments_punted": k.fragments_punted,
+            "reassembly": {"pending": self.reasm.pending(), "stats": self.reasm.stats},
             "control": {"portmap": c.portmap, "mount": c.mount, "nfs_null": c.nfs_null,
                         "virtual_root": c.virtual_root, "bad_handles": c.bad_handles,
                         "stale_handles": c.stale_handles, "xdev": c.xdev,
                         "recover_waiting": c.recover_waiting, "unanswered": c.unanswered,
                         "forwarded": c.forwarded, "replies_forwarded": c.replies_forwarded,
                         "released": c.released, "held_now": ctl.held(), "hold_full": c.hold_full,
-                        "unmatched_replies": c.unmatched_replies},
+                        "unmatched_replies": c.unmatched_replies, "adopted": c.adopted},
             "recovery": {"calls": u.recovery_calls, "recovered": u.recovered,
                          "failed": u.recovery_failed, "waiting_now": ctl.upstream.waiting(),
                          "wait_ms_total": u.wait_ms_total, "wait_ms_max": u.wait_ms_max,

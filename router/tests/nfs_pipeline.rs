@@ -353,3 +353,152 @@ fn nfs_stage_in_the_pipeline() {
     assert_eq!(s["nfs"]["servers"], 1);
     assert_eq!(s["mgmt"]["application_unhandled"], 1);
 }
+
+/// Split `frame` (Ethernet + IPv4 without options + payload) into fragments of `step` payload
+/// bytes, as a host whose datagram exceeds the MTU sends it.
+fn fragment(frame: &[u8], step: usize, ident: u16) -> Vec<Vec<u8>> {
+    let body = &frame[34..];
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off < body.len() {
+        let end = (off + step).min(body.len());
+        let mut f = frame[..34].to_vec();
+        f.extend_from_slice(&body[off..end]);
+        let mut ip = Ipv4Packet::new_unchecked(&mut f[14..]);
+        ip.set_ident(ident);
+        ip.set_total_len((20 + end - off) as u16);
+        ip.set_flags_frag(false, end < body.len(), off as u16);
+        ip.fill_checksum();
+        out.push(f);
+        off = end;
+    }
+    out
+}
+
+/// Reassemble `n` fragments the router sent on `port`: (source, destination, UDP payload).
+fn reassembled(h: &Harness, port: usize, n: usize) -> ((Ipv4Addr, u16), (Ipv4Addr, u16), Vec<u8>) {
+    let mut r = router::reasm::Reassembler::new(4, std::time::Duration::from_secs(5));
+    let frames = h.expect_tx(port, n);
+    let mut done = None;
+    for f in &frames {
+        let ip = Ipv4Packet::new_checked(&f[14..]).unwrap();
+        assert!(ip.verify_checksum() && ip.is_fragment() && f.len() <= 14 + 1500);
+        done = r.add(f, std::time::Instant::now()).or(done);
+    }
+    let dg = done.expect("the fragments make a whole datagram").datagram;
+    let ip = Ipv4Packet::new_checked(&dg[..]).unwrap();
+    let u = packet::udp::UdpPacket::new_checked(ip.payload()).unwrap();
+    assert!(u.verify_checksum(ip.src_addr(), ip.dst_addr()));
+    (
+        (ip.src_addr(), u.src_port()),
+        (ip.dst_addr(), u.dst_port()),
+        u.payload().to_vec(),
+    )
+}
+
+/// IP fragments of NFS traffic: the management core reassembles a client's WRITE that exceeds
+/// the MTU, forwards it (in fragments) and rewrites the reply; a server's READLINK reply that
+/// arrives in fragments is rewritten whole with the transaction the worker handed over.
+#[test]
+fn fragments_are_reassembled_and_rewritten() {
+    let h = Harness::start(CONFIG);
+    let client = (Ipv4Addr::new(10, 0, 1, 2), 800);
+    let virt = (Ipv4Addr::new(10, 0, 1, 1), 2049);
+    let server = (Ipv4Addr::new(10, 0, 2, 2), 2049);
+    let mine = (virt.0, nfs_rewrite::upstream::CLIENT_PORT);
+    let key = HandleKey::from_hex(SECRET).unwrap();
+    let mch = key.mount_checksum(1, b"/srv/alpha");
+    let root_pfh = [0x51u8; 28];
+    // The mount (as in the test above).
+    let (xid, ..) = server_call(&h);
+    let mut r = rpc::Writer::new();
+    r.u32(0).opaque(&root_pfh).u32(1).u32(1);
+    server_reply(&h, 20048, mine, xid, &r.buf);
+    let (xid, ..) = server_call(&h);
+    let mut r = rpc::Writer::new();
+    r.u32(0).fixed(&fattr(2, 5, 6));
+    server_reply(&h, 2049, mine, xid, &r.buf);
+    let (xid, ..) = server_call(&h);
+    let mut r = rpc::Writer::new();
+    r.u32(0).bool(false).fixed(&[0; 52]);
+    server_reply(&h, 2049, mine, xid, &r.buf);
+    let export = VirtualHandle::for_object(&key, 1, mch, 5, 6).encode(&key);
+
+    // A 3000-byte WRITE in three fragments.
+    let data: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+    let mut call = rpc::Writer::new();
+    call.call(50, rpc::program::NFS, 3, Proc::Write as u32)
+        .opaque(&export)
+        .u64(0)
+        .u32(3000)
+        .u32(2)
+        .opaque(&data);
+    let whole = udp(client, virt, "02:bb:00:00:00:01", &call.buf);
+    let mut frags = fragment(&whole, 1480, 77);
+    frags.reverse(); // any order
+    for f in &frags {
+        h.inject(0, f);
+    }
+    let (src, dst, msg) = reassembled(&h, 1, 3);
+    assert_eq!(
+        (src, dst),
+        (client, server),
+        "from the client, to the server"
+    );
+    let rpc::Message::Call(c) = rpc::parse(&msg).unwrap() else {
+        panic!("not a call")
+    };
+    assert_eq!(c.xid, 50);
+    assert_eq!(&msg[c.args_at..c.args_at + 4], &28u32.to_be_bytes());
+    assert_eq!(
+        &msg[c.args_at + 4..c.args_at + 32],
+        &root_pfh,
+        "the physical handle"
+    );
+    assert_eq!(&msg[msg.len() - 3000..], &data[..], "the data, intact");
+    let mut r = rpc::Writer::new();
+    r.u32(0).bool(false).bool(false).u32(3000).u32(2).u64(9);
+    server_reply(&h, 2049, client, 50, &r.buf);
+    assert_eq!(&answer(&h, 50, virt, client)[..4], &[0, 0, 0, 0]);
+
+    // A READLINK whose 2500-byte reply arrives in two fragments.
+    let mut call = rpc::Writer::new();
+    call.call(51, rpc::program::NFS, 3, Proc::Readlink as u32)
+        .opaque(&export);
+    h.inject(0, &udp(client, virt, "02:bb:00:00:00:01", &call.buf));
+    let (xid, _, proc_, ..) = server_call(&h);
+    assert_eq!((xid, proc_), (51, Proc::Readlink as u32));
+    let target: Vec<u8> = (0..2500u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut w = rpc::Writer::new();
+    w.accepted_reply(51, 0)
+        .u32(0)
+        .bool(true)
+        .fixed(&fattr(5, 5, 6))
+        .opaque(&target);
+    let mut whole = udp(server, client, "02:bb:00:00:00:02", &w.buf);
+    whole[6..12].copy_from_slice(&[2, 0xcc, 0, 0, 0, 1]);
+    for f in fragment(&whole, 1480, 78) {
+        h.inject(1, &f);
+    }
+    let (src, dst, msg) = reassembled(&h, 0, 2);
+    assert_eq!((src, dst), (virt, client), "from the virtual server");
+    let rpc::Message::Reply(rpc::Reply::Accepted {
+        xid: 51,
+        stat: rpc::AcceptStat::Success { results_at },
+        ..
+    }) = rpc::parse(&msg).unwrap()
+    else {
+        panic!("not the READLINK reply")
+    };
+    let res = &msg[results_at..];
+    assert_eq!(
+        &res[8 + 44..8 + 52],
+        &0x5649_5254_5541_4c31u64.to_be_bytes(),
+        "virtual fsid"
+    );
+    assert_eq!(&res[res.len() - 2500..], &target[..], "the path, intact");
+    let s = h.call(Request::NfsStats);
+    assert_eq!(s["fragments_punted"], 5);
+    assert_eq!(s["reassembly"]["stats"]["reassembled"], 2);
+    assert_eq!(s["control"]["adopted"], 1);
+}

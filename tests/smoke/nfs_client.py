@@ -209,6 +209,26 @@ def basic(host, names):
         report["servers"][n] = {"dir_entries": names_of(nfs, sub), "size": a["size"],
                                 "fileid": a["fileid"], "fsid": a["fsid"],
                                 "handle_len": len(f)}
+        # Larger than the MTU on purpose, as a client that ignores wtmax would: an 1800-byte
+        # WRITE and a SYMLINK with a 1700-byte target leave the client as IP fragments, and
+        # the READLINK reply leaves the server in fragments. (With DPDK's af_packet PMD the
+        # kernel reassembles fragments before the router sees them — its fanout sets
+        # PACKET_FANOUT_FLAG_DEFRAG — so the router gets whole datagrams larger than the MTU,
+        # rewrites them, and fragments them again; its own reassembly is tested on in-memory
+        # ports in router/tests/nfs_pipeline.rs.)
+        big = content(f"{n}-big", 1800)
+        fb = fh(check(nfs.create(sub, "big.bin", UNCHECKED, mode=0o644), "CREATE")["obj"])
+        check(nfs.write(fb, 0, len(big), big, FILE_SYNC), "WRITE (fragmented call)")
+        if read_all(nfs, fb, len(big), rtmax) != big.encode():
+            raise SystemExit(f"{n}: the fragmented WRITE did not read back")
+        target = "/" + content(f"{n}-link", 1699)
+        link = fh(check(nfs.symlink(sub, "long-link", target), "SYMLINK (fragmented call)")["obj"])
+        got = check(nfs.readlink(link), "READLINK (fragmented reply)")["data"]
+        if got != target.encode():
+            raise SystemExit(f"{n}: READLINK gave {len(got)} bytes, not the {len(target)}-byte target")
+        check(nfs.remove(sub, "big.bin"), "REMOVE")
+        check(nfs.remove(sub, "long-link"), "REMOVE")
+        report["servers"][n]["fragmented"] = {"write": len(big), "readlink": len(got)}
         # A forged handle: one bit flipped.
         forged = bytearray(f)
         forged[20] ^= 0x04

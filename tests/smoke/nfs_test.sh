@@ -30,7 +30,7 @@ log "router up, both exports mounted"
 client() { ip netns exec "$NS_C" python3 "$CLIENT_PY" 10.0.1.1 "$@"; }
 
 # 1. Mount, list, create/write/read/remove under each server; forged handle refused.
-out=$(client basic "$TOPO_DIR/state.json" alpha beta) || die "client (basic): $out"
+out=$(client basic "$TOPO_DIR/state.json" alpha beta) || { $ROUTERCTL stats --json >&2; die "client (basic): $out"; }
 report=$(tail -1 <<<"$out")
 log "client: $report"
 python3 - "$report" "$TOPO_DIR" <<'PY' || die "basic checks"
@@ -55,11 +55,15 @@ assert len(fsids) == 1, f"one file system for the client, saw fsids {fsids}"
 print("on-disk bytes match under both servers; one virtual fsid")
 PY
 stats=$($ROUTERCTL nfs stats --json)
+frag=$($ROUTERCTL stats --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["mgmt"]["fragmented"])')
+# The oversized WRITE, SYMLINK and READLINK datagrams left the router as fragments.
+[ "$frag" -ge 12 ] || die "expected the router to fragment the oversized datagrams (fragmented=$frag)"
 python3 - "$stats" <<'PY' || die "stats after basic"
 import json, sys
 s = json.loads(sys.argv[1])
 assert s["control"]["bad_handles"] >= 2, s["control"]
 assert s["calls_rewritten"] > 20 and s["replies_rewritten"] > 20, s
+print(f"fragments punted {s['fragments_punted']}, reassembled {s['reassembly']['stats']['reassembled']}")
 print(f"calls {s['calls']}, rewritten {s['calls_rewritten']}/{s['replies_rewritten']}, bad handles {s['control']['bad_handles']}, virtual root {s['control']['virtual_root']}")
 PY
 $ROUTERCTL nfs stats
