@@ -17,8 +17,9 @@ fn bench(c: &mut Criterion) {
     let mch = key.mount_checksum(1, b"/export");
     // 50k handles in the table, as a busy router would hold.
     for i in 0..50_000u64 {
-        let v = VirtualHandle::for_object(&key, 1, mch, 9, i);
-        handles.insert(v.vin, &i.to_be_bytes().repeat(3));
+        let pfh = i.to_be_bytes().repeat(3);
+        let v = VirtualHandle::for_object(&key, 1, mch, 9, i, &pfh);
+        handles.insert(v.hid, &pfh);
     }
     let ctx = Context {
         key: &key,
@@ -26,7 +27,7 @@ fn bench(c: &mut Criterion) {
         virtual_fsid: 7,
         limits: Limits::for_mtu(1500),
     };
-    let v = VirtualHandle::for_object(&key, 1, mch, 9, 4242);
+    let v = VirtualHandle::for_object(&key, 1, mch, 9, 4242, &4242u64.to_be_bytes().repeat(3));
     let mut call = rpc::Writer::new();
     call.call(1, rpc::program::NFS, 3, Proc::Read as u32)
         .opaque(&v.encode(&key))

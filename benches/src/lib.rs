@@ -211,14 +211,14 @@ pub fn nfs_workload(
         w.buf
     };
     let dir_pin = 2u64;
-    let dir = VirtualHandle::for_object(&key, 1, mch, pfs, dir_pin);
-    table.insert(dir.vin, &pfh(dir_pin));
+    let dir = VirtualHandle::for_object(&key, 1, mch, pfs, dir_pin, &pfh(dir_pin));
+    table.insert(dir.hid, &pfh(dir_pin));
     let mut frames = Vec::with_capacity(flows * 6);
     let data = vec![0x5a; read_bytes];
     for i in 0..flows {
         let pin = 1000 + i as u64;
-        let file = VirtualHandle::for_object(&key, 1, mch, pfs, pin);
-        table.insert(file.vin, &pfh(pin));
+        let file = VirtualHandle::for_object(&key, 1, mch, pfs, pin, &pfh(pin));
+        table.insert(file.hid, &pfh(pin));
         let (client, port) = nfs::client(i);
         let name = format!("file-{i}");
         let xid = (i as u32) << 2;

@@ -114,7 +114,7 @@ pub struct Controller {
     pub upstream: Upstream,
     /// Calls forwarded from here, awaiting their replies.
     tx: TransactionTable<Transaction>,
-    /// Calls waiting for their handle's recovery, by VIN: (client, message).
+    /// Calls waiting for their handle's recovery, by handle id: (client, message).
     held: HashMap<u64, Vec<HeldCall>>,
     held_total: usize,
     outbox: Vec<Datagram>,
@@ -178,8 +178,8 @@ impl Controller {
 
     /// Forward the calls held for handles that were just recovered.
     fn release(&mut self, now: u64) {
-        for vin in self.upstream.take_recovered() {
-            for (client, msg) in self.held.remove(&vin).unwrap_or_default() {
+        for hid in self.upstream.take_recovered() {
+            for (client, msg) in self.held.remove(&hid).unwrap_or_default() {
                 self.held_total -= 1;
                 self.stats.released += 1;
                 if let Some(reply) = self.answer(&msg, client, now) {
@@ -241,8 +241,8 @@ impl Controller {
             t.dir_pfs,
             &shared.ctx(),
             &mut scratch,
-            |vin, pfh| {
-                shared.handles.insert(vin, pfh);
+            |hid, pfh| {
+                shared.handles.insert(hid, pfh);
             },
         ) {
             ReplyVerdict::Rewritten { .. } => {
@@ -269,7 +269,7 @@ impl Controller {
             mch: 0,
             pfs: self.shared.virtual_fsid,
             pin: vfh::ROOT_VIN,
-            vin: vfh::ROOT_VIN,
+            hid: vfh::ROOT_VIN,
         }
         .encode(&self.shared.key)
     }
@@ -403,7 +403,7 @@ impl Controller {
             CallVerdict::Recover(v) => match self.upstream.want(&v, now) {
                 Want::Wait => {
                     self.stats.recover_waiting += 1;
-                    let q = self.held.entry(v.vin).or_default();
+                    let q = self.held.entry(v.hid).or_default();
                     if q.len() < HOLD_PER_HANDLE && self.held_total < HOLD_TOTAL {
                         q.push((client, msg.to_vec()));
                         self.held_total += 1;
@@ -524,14 +524,22 @@ impl Controller {
     fn export_entry(&self, sid: u16) -> Option<Entry> {
         let m = self.upstream.mounted(sid)?;
         let s = self.shared.server(sid)?;
-        let h = VirtualHandle::for_object(&self.shared.key, sid, s.mch, m.root_pfs, m.root_pin);
+        let h = VirtualHandle::for_object(
+            &self.shared.key,
+            sid,
+            s.mch,
+            m.root_pfs,
+            m.root_pin,
+            &m.root_pfh,
+        );
+        let vin = vfh::virtual_inode(&self.shared.key, sid, m.root_pfs, m.root_pin);
         let mut attr = m.root_attr;
         attr[Field::FATTR_FSID..Field::FATTR_FSID + 8]
             .copy_from_slice(&self.shared.virtual_fsid.to_be_bytes());
-        attr[Field::FATTR_FILEID..Field::FATTR_FILEID + 8].copy_from_slice(&h.vin.to_be_bytes());
+        attr[Field::FATTR_FILEID..Field::FATTR_FILEID + 8].copy_from_slice(&vin.to_be_bytes());
         Some(Entry {
             name: s.name.as_bytes().to_vec(),
-            fileid: h.vin,
+            fileid: vin,
             attr,
             handle: h.encode(&self.shared.key),
         })
@@ -822,7 +830,7 @@ mod tests {
         assert_eq!((st, end), (0, r.len()));
         let v = VirtualHandle::verify(&k.shared.key, &handle.unwrap()).unwrap();
         assert_eq!(
-            (v.sid, v.vin, v.flags),
+            (v.sid, v.hid, v.flags),
             (0, vfh::ROOT_VIN, vfh::FLAG_VIRTUAL_DIR)
         );
         // Anything else: NOENT.
@@ -870,8 +878,9 @@ mod tests {
     #[test]
     fn refused_handles_get_nfs_errors_in_the_procedures_shape() {
         let mut k = controller();
-        let good = VirtualHandle::for_object(&k.shared.key, 1, k.shared.servers[0].mch, 1, 2)
-            .encode(&k.shared.key);
+        let good =
+            VirtualHandle::for_object(&k.shared.key, 1, k.shared.servers[0].mch, 1, 2, &[3; 24])
+                .encode(&k.shared.key);
         let mut forged = good;
         forged[20] ^= 4;
         for p in [

@@ -12,7 +12,7 @@
 //!   core forwarded itself, replies too big to rewrite in the buffer — is punted to the
 //!   management core, and so are IP fragments of NFS traffic (it reassembles them).
 //!
-//! New VIN → PFH mappings learned from replies are queued in [`NfsStage::take_events`] for
+//! New handle id → PFH mappings learned from replies are queued in [`NfsStage::take_events`] for
 //! the handle table's single writer, with the transactions of replies that arrive fragmented.
 
 use crate::rewrite::{
@@ -150,9 +150,10 @@ impl NfsCounters {
 /// What a worker tells the management core besides punting packets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NfsEvent {
-    /// A VIN → physical handle mapping learned from a reply (for the handle table's writer).
+    /// A handle id → physical handle mapping learned from a reply (for the handle table's
+    /// writer).
     Mapping {
-        vin: u64,
+        hid: u64,
         pfh: [u8; PFH_MAX],
         len: u8,
     },
@@ -359,12 +360,12 @@ impl NfsStage {
                 t.dir_pfs,
                 &ctx,
                 &mut self.scratch,
-                |vin, pfh| {
+                |hid, pfh| {
                     if events.len() < MAPPING_QUEUE {
                         let mut b = [0u8; PFH_MAX];
                         b[..pfh.len()].copy_from_slice(pfh);
                         events.push(NfsEvent::Mapping {
-                            vin,
+                            hid,
                             pfh: b,
                             len: pfh.len() as u8,
                         });

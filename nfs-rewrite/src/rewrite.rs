@@ -7,7 +7,7 @@
 //!   becomes the VFH computed from its own attributes (paired by adjacency, which XDR makes
 //!   exact: LOOKUP/CREATE put the object's `post_op_attr` right after its handle, READDIRPLUS
 //!   puts the entry's `post_op_fh3` right after its attributes); READDIR file ids → VINs. New
-//!   VIN → PFH mappings go to `on_mapping` (the worker forwards them to the management core,
+//!   handle id → PFH mappings go to `on_mapping` (the worker forwards them to the management core,
 //!   the table's single writer).
 //!
 //! Nothing here allocates: fields are collected into caller-provided scratch ([`Fields`]); a
@@ -225,7 +225,7 @@ pub fn devirtualize_call<B: Buffer>(
         let Some(v) = vfhs[i] else {
             return CallVerdict::Malformed;
         };
-        match ctx.handles.get(v.vin, &mut pfh[i]) {
+        match ctx.handles.get(v.hid, &mut pfh[i]) {
             Some(l) => plen[i] = l,
             None => return CallVerdict::Recover(v),
         }
@@ -386,13 +386,13 @@ pub fn virtualize_reply<B: Buffer>(
                         }
                     }
                 };
-                let v = VirtualHandle::for_object(ctx.key, sid, mch, pfs, pin);
                 let mut pfh = [0u8; PFH_MAX];
                 let Some(phys) = pkt.data().get(msg_at + at + 4..msg_at + at + 4 + len) else {
                     return ReplyVerdict::Malformed;
                 };
                 pfh[..len].copy_from_slice(phys);
-                on_mapping(v.vin, &pfh[..len]);
+                let v = VirtualHandle::for_object(ctx.key, sid, mch, pfs, pin, &pfh[..len]);
+                on_mapping(v.hid, &pfh[..len]);
                 match replace_handle(pkt, msg_at + at, len, &v.encode(ctx.key)) {
                     Ok(d) => delta += d,
                     Err(_) => return ReplyVerdict::Malformed,

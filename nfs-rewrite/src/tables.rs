@@ -4,7 +4,7 @@
 //!   an entry per call in flight keyed by (client address, client port, xid) — real clients
 //!   reuse xids — holding what the reply rewrite needs. Entries expire; a full neighbourhood
 //!   refuses the insert and counts it.
-//! - [`HandleTable`]: VIN → physical handle, read by every worker without locks and written by
+//! - [`HandleTable`]: handle id (a VFH's HID) → physical handle, read by every worker without locks and written by
 //!   one place (the management core). Each slot is a seqlock over atomics: a reader retries when
 //!   a write raced it, so it never sees half a handle. It is a cache: when a probe run is full
 //!   the oldest-probed slot is overwritten and the eviction counted (a VFH holds what recovery
@@ -239,7 +239,7 @@ pub struct HandleStats {
     pub evictions: AtomicU64,
 }
 
-/// VIN → physical file handle, shared by the workers.
+/// Handle id → physical file handle, shared by the workers.
 #[derive(Debug)]
 pub struct HandleTable {
     slots: Box<[HandleSlot]>,

@@ -3,12 +3,13 @@
 //! sends them from the virtual address, port [`CLIENT_PORT`], and hands back what arrives there.
 //!
 //! - **Mounting**: each server's export is mounted (MOUNT MNT), the export root's attributes
-//!   are read (GETATTR) and its capacity (FSSTAT, refreshed every 30 s); the root's VIN →
+//!   are read (GETATTR) and its capacity (FSSTAT, refreshed every 30 s); the root's handle id →
 //!   physical handle enters the handle table. A server that does not answer is retried every
 //!   2 s; until then its name is missing from the virtual root.
 //! - **Recovery**: a verified VFH whose physical handle the table lacks (a restarted router, an
 //!   evicted entry) names (SID, PFS, PIN). The server's tree is walked breadth first with
-//!   READDIRPLUS (as root, AUTH_SYS uid 0) until an entry with that fsid and fileid shows up;
+//!   READDIRPLUS (as root, AUTH_SYS uid 0) until an entry with that fsid, fileid and handle
+//!   (the VFH's handle id covers the physical handle) shows up;
 //!   every entry seen on the way enters the table too, so one walk serves all the handles a
 //!   client holds. The calls wait meanwhile: they are not answered, and UDP clients retransmit.
 //!   A walk that covers the whole tree without finding a target makes it stale (NFS3ERR_STALE
@@ -150,7 +151,7 @@ pub struct Upstream {
     negative: HashMap<u64, u64>,
     walks: HashMap<u16, Walk>,
     outbox: Vec<Outgoing>,
-    /// VINs found since the last [`Upstream::take_recovered`].
+    /// Handle ids found since the last [`Upstream::take_recovered`].
     recovered: Vec<u64>,
     pub stats: UpstreamStats,
 }
@@ -196,7 +197,7 @@ impl Upstream {
         std::mem::take(&mut self.outbox)
     }
 
-    /// The VINs recovered since the last call (their waiting calls can go now).
+    /// The handle ids recovered since the last call (their waiting calls can go now).
     pub fn take_recovered(&mut self) -> Vec<u64> {
         std::mem::take(&mut self.recovered)
     }
@@ -368,14 +369,14 @@ impl Upstream {
     /// A call arrived with the verified handle `v` whose physical handle is unknown.
     pub fn want(&mut self, v: &VirtualHandle, now: u64) -> Want {
         self.stats.recovery_calls += 1;
-        if self.negative.get(&v.vin).is_some_and(|&until| until > now) {
+        if self.negative.get(&v.hid).is_some_and(|&until| until > now) {
             return Want::Stale;
         }
         if self.shared.server(v.sid).is_none() {
             return Want::Stale;
         }
-        if self.targets.len() < MAX_TARGETS || self.targets.contains_key(&v.vin) {
-            self.targets.entry(v.vin).or_insert(Target {
+        if self.targets.len() < MAX_TARGETS || self.targets.contains_key(&v.hid) {
+            self.targets.entry(v.hid).or_insert(Target {
                 sid: v.sid,
                 first: now,
             });
@@ -463,10 +464,10 @@ impl Upstream {
         let mut root_attr = [0u8; Field::FATTR_LEN];
         root_attr.copy_from_slice(a);
         let (pfs, pin) = (be64(a, Field::FATTR_FSID), be64(a, Field::FATTR_FILEID));
-        let vin = vfh::virtual_inode(&self.shared.key, sid, pfs, pin);
-        self.shared.handles.insert(vin, &pfh);
-        if self.targets.remove(&vin).is_some() {
-            self.recovered.push(vin);
+        let hid = vfh::handle_id(&self.shared.key, sid, pfs, pin, &pfh);
+        self.shared.handles.insert(hid, &pfh);
+        if self.targets.remove(&hid).is_some() {
+            self.recovered.push(hid);
         }
         let dst = self.nfs_dst(sid).ok_or("server gone")?;
         if let Some(s) = self.state(sid) {
@@ -557,10 +558,10 @@ impl Upstream {
             }
             self.stats.walk_entries += 1;
             let (pfs, pin) = (be64(a, Field::FATTR_FSID), be64(a, Field::FATTR_FILEID));
-            let vin = vfh::virtual_inode(&self.shared.key, sid, pfs, pin);
-            self.shared.handles.insert(vin, fh);
-            if let Some(t) = self.targets.remove(&vin) {
-                self.recovered.push(vin);
+            let hid = vfh::handle_id(&self.shared.key, sid, pfs, pin, fh);
+            self.shared.handles.insert(hid, fh);
+            if let Some(t) = self.targets.remove(&hid) {
+                self.recovered.push(hid);
                 let waited = now.saturating_sub(t.first);
                 self.stats.recovered += 1;
                 self.stats.wait_ms_total += waited;
@@ -615,9 +616,9 @@ impl Upstream {
                         .filter(|(_, t)| t.sid == sid)
                         .map(|(v, _)| *v)
                         .collect();
-                    for vin in gone {
-                        self.targets.remove(&vin);
-                        self.negative.insert(vin, now + NEGATIVE_MS);
+                    for hid in gone {
+                        self.targets.remove(&hid);
+                        self.negative.insert(hid, now + NEGATIVE_MS);
                         self.stats.recovery_failed += 1;
                     }
                     return;

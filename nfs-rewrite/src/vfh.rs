@@ -10,12 +10,18 @@
 //! | 4 | 4 | MCH — mount checksum: keyed hash of (SID, the server's export path) |
 //! | 8 | 8 | PFS — physical file system (the object's `fattr3.fsid` on its server) |
 //! | 16 | 8 | PIN — physical inode (the object's `fattr3.fileid` on its server) |
-//! | 24 | 8 | VIN — virtual inode the client sees as `fileid` |
+//! | 24 | 8 | HID — handle id: keyed hash of (SID, PFS, PIN, the physical handle); the handle table's key |
 //! | 32 | 8 | HVC — handle verification checksum: SipHash-2-4 keyed with the router's secret over bytes 0..32 |
 //!
-//! (SID, PFS, PIN) identifies a file uniquely across the aggregated servers. A client that flips
-//! a bit or invents a handle fails the HVC check (NFS3ERR_BADHANDLE); a handle of an export that
-//! is no longer configured fails the MCH check (NFS3ERR_STALE).
+//! (SID, PFS, PIN) names a file across the aggregated servers, and the HID tells apart the
+//! incarnations of an inode number: file systems reuse inode numbers, and a server tells the
+//! old file from the new one by a generation number inside its physical handle. A VFH of a
+//! removed file therefore never reaches a new file that got its inode: its HID maps to the old
+//! physical handle, which the server answers with NFS3ERR_STALE. The client sees `fileid` =
+//! VIN, a keyed hash of (SID, PFS, PIN) ([`virtual_inode`]). A client that flips a bit or
+//! invents a handle fails the HVC check (NFS3ERR_BADHANDLE); a handle of an export that is no
+//! longer configured fails the MCH check (NFS3ERR_STALE). The virtual root's HID is
+//! [`ROOT_VIN`].
 
 use siphasher::sip::SipHasher24;
 use std::hash::Hasher;
@@ -97,7 +103,8 @@ pub struct VirtualHandle {
     pub mch: u32,
     pub pfs: u64,
     pub pin: u64,
-    pub vin: u64,
+    /// Handle id (the handle table's key); [`ROOT_VIN`] for the virtual root.
+    pub hid: u64,
 }
 
 /// The VIN of a server object: a keyed hash of (SID, PFS, PIN) with the top bit set (small
@@ -111,16 +118,28 @@ pub fn virtual_inode(key: &HandleKey, sid: u16, pfs: u64, pin: u64) -> u64 {
     ]) | (1 << 63)
 }
 
+/// The handle id of a server object: a keyed hash of (SID, PFS, PIN, physical handle), top bit
+/// set; the same after any restart, different for another incarnation of the inode number.
+pub fn handle_id(key: &HandleKey, sid: u16, pfs: u64, pin: u64, pfh: &[u8]) -> u64 {
+    key.mac(&[
+        b"hid",
+        &sid.to_be_bytes(),
+        &pfs.to_be_bytes(),
+        &pin.to_be_bytes(),
+        pfh,
+    ]) | (1 << 63)
+}
+
 impl VirtualHandle {
-    /// The handle of an object on server `sid`, with its VIN derived from (SID, PFS, PIN).
-    pub fn for_object(key: &HandleKey, sid: u16, mch: u32, pfs: u64, pin: u64) -> Self {
+    /// The handle of an object on server `sid` whose physical handle is `pfh`.
+    pub fn for_object(key: &HandleKey, sid: u16, mch: u32, pfs: u64, pin: u64, pfh: &[u8]) -> Self {
         VirtualHandle {
             flags: 0,
             sid,
             mch,
             pfs,
             pin,
-            vin: virtual_inode(key, sid, pfs, pin),
+            hid: handle_id(key, sid, pfs, pin, pfh),
         }
     }
 
@@ -133,7 +152,7 @@ impl VirtualHandle {
         b[4..8].copy_from_slice(&self.mch.to_be_bytes());
         b[8..16].copy_from_slice(&self.pfs.to_be_bytes());
         b[16..24].copy_from_slice(&self.pin.to_be_bytes());
-        b[24..32].copy_from_slice(&self.vin.to_be_bytes());
+        b[24..32].copy_from_slice(&self.hid.to_be_bytes());
         let hvc = key.mac(&[&b[..32]]);
         b[32..40].copy_from_slice(&hvc.to_be_bytes());
         b
@@ -171,7 +190,7 @@ impl VirtualHandle {
             mch: u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
             pfs: be64(8..16),
             pin: be64(16..24),
-            vin: be64(24..32),
+            hid: be64(24..32),
         };
         Ok(v)
     }
@@ -187,29 +206,34 @@ mod tests {
     }
 
     #[test]
-    fn roundtrip_and_vin_is_stable() {
+    fn roundtrip_and_ids_are_stable() {
         let k = key();
         let mch = k.mount_checksum(2, b"/srv/b");
-        let v = VirtualHandle::for_object(&k, 2, mch, 0x1122, 0x3344);
+        let v = VirtualHandle::for_object(&k, 2, mch, 0x1122, 0x3344, &[9; 24]);
         let b = v.encode(&k);
         assert_eq!(
             VirtualHandle::decode(&k, &b, |s| (s == 2).then_some(mch)),
             Ok(v)
         );
-        assert_eq!(v.vin, virtual_inode(&k, 2, 0x1122, 0x3344));
+        assert_eq!(v.hid, handle_id(&k, 2, 0x1122, 0x3344, &[9; 24]));
         assert_ne!(
-            v.vin,
+            v.hid,
+            handle_id(&k, 2, 0x1122, 0x3344, &[8; 24]),
+            "another incarnation of the inode number"
+        );
+        assert_ne!(
+            virtual_inode(&k, 2, 0x1122, 0x3344),
             virtual_inode(&k, 1, 0x1122, 0x3344),
             "same inode on another server"
         );
-        assert!(v.vin > ROOT_VIN);
+        assert!(v.hid > ROOT_VIN && virtual_inode(&k, 2, 1, 1) > ROOT_VIN);
     }
 
     #[test]
     fn wrong_key_export_or_length() {
         let k = key();
         let mch = k.mount_checksum(2, b"/srv/b");
-        let b = VirtualHandle::for_object(&k, 2, mch, 1, 2).encode(&k);
+        let b = VirtualHandle::for_object(&k, 2, mch, 1, 2, &[1; 28]).encode(&k);
         let other = HandleKey::new(1, 2);
         assert_eq!(
             VirtualHandle::decode(&other, &b, |_| Some(mch)),
@@ -244,7 +268,7 @@ mod tests {
         fn any_flipped_bit_is_refused(sid in 1u16.., pfs in any::<u64>(), pin in any::<u64>(), bit in 0usize..(VFH_LEN * 8)) {
             let k = key();
             let mch = k.mount_checksum(sid, b"/e");
-            let mut b = VirtualHandle::for_object(&k, sid, mch, pfs, pin).encode(&k);
+            let mut b = VirtualHandle::for_object(&k, sid, mch, pfs, pin, &pin.to_be_bytes()).encode(&k);
             b[bit / 8] ^= 1 << (bit % 8);
             prop_assert!(VirtualHandle::decode(&k, &b, |_| Some(mch)).is_err());
         }

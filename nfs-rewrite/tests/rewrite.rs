@@ -90,8 +90,8 @@ impl World {
         let pin = pfh
             .iter()
             .fold(7u64, |h, &b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-        let v = VirtualHandle::for_object(&self.key, SID, self.mch, 0xfeed, pin);
-        self.handles.insert(v.vin, pfh);
+        let v = VirtualHandle::for_object(&self.key, SID, self.mch, 0xfeed, pin, pfh);
+        self.handles.insert(v.hid, pfh);
         self.vfh_of.insert(pfh.to_vec(), v.encode(&self.key));
     }
 }
@@ -200,8 +200,8 @@ fn roundtrip(name: &str) -> (usize, usize) {
                             let vfh: [u8; VFH_LEN] = out[y + 4..y + 44].try_into().unwrap();
                             let v = VirtualHandle::decode(&w.key, &vfh, |_| Some(w.mch)).unwrap();
                             let pfh = m.bytes[x + 4..x + 4 + len].to_vec();
-                            assert!(maps.contains(&(v.vin, pfh.clone())));
-                            w.handles.insert(v.vin, &pfh);
+                            assert!(maps.contains(&(v.hid, pfh.clone())));
+                            w.handles.insert(v.hid, &pfh);
                             w.vfh_of.insert(pfh, vfh);
                         }
                         (Field::FileId { .. }, Field::FileId { .. })
@@ -246,8 +246,8 @@ fn getattr_call(vfh: &[u8]) -> Vec<u8> {
 fn refusals() {
     let w = World::new();
     let mch = w.mch;
-    let v = VirtualHandle::for_object(&w.key, SID, mch, 5, 6);
-    w.handles.insert(v.vin, &[9; 28]);
+    let v = VirtualHandle::for_object(&w.key, SID, mch, 5, 6, &[9; 28]);
+    w.handles.insert(v.hid, &[9; 28]);
     let good = v.encode(&w.key);
     let run = |msg: Vec<u8>| {
         let mut b = HeapBuffer::from_bytes(&msg);
@@ -285,17 +285,17 @@ fn refusals() {
         CallVerdict::Refuse(stat::BADHANDLE)
     );
     // A server no longer configured: STALE.
-    let gone = VirtualHandle::for_object(&w.key, 7, mch, 5, 6).encode(&w.key);
+    let gone = VirtualHandle::for_object(&w.key, 7, mch, 5, 6, &[9; 28]).encode(&w.key);
     assert_eq!(run(getattr_call(&gone)).0, CallVerdict::Refuse(stat::STALE));
     // Unknown physical handle (router restarted with an empty table): recovery.
-    let fresh = VirtualHandle::for_object(&w.key, SID, mch, 5, 99);
+    let fresh = VirtualHandle::for_object(&w.key, SID, mch, 5, 99, &[8; 28]);
     assert_eq!(
         run(getattr_call(&fresh.encode(&w.key))).0,
         CallVerdict::Recover(fresh)
     );
     // RENAME between two servers: XDEV.
     let other_mch = 0x1234;
-    let v2 = VirtualHandle::for_object(&w.key, 2, other_mch, 5, 6);
+    let v2 = VirtualHandle::for_object(&w.key, 2, other_mch, 5, 6, &[7; 28]);
     let mut m = rpc::Writer::new();
     m.call(5, rpc::program::NFS, 3, Proc::Rename as u32)
         .opaque(&good)
@@ -316,7 +316,7 @@ fn refusals() {
         mch: 0,
         pfs: 0,
         pin: 0,
-        vin: 1,
+        hid: 1,
     };
     assert_eq!(
         run(getattr_call(&root.encode(&w.key))).0,
@@ -508,7 +508,7 @@ mod stage {
                         w.adopt(&m.bytes[at + 4..at + 4 + len]);
                         let vfh = w.vfh_of[&m.bytes[at + 4..at + 4 + len]];
                         let v = VirtualHandle::verify(&w.key, &vfh).unwrap();
-                        handles.insert(v.vin, &m.bytes[at + 4..at + 4 + len]);
+                        handles.insert(v.hid, &m.bytes[at + 4..at + 4 + len]);
                     }
                     let virt = replace_handles(&m.bytes, &hs, |pfh| w.vfh_of[pfh].to_vec());
                     procs.insert(c.xid, p);
@@ -571,9 +571,9 @@ mod stage {
         }
         let mut learned = 0;
         stage.take_events(|e| {
-            if let nfs_rewrite::datapath::NfsEvent::Mapping { vin, pfh, len } = e {
+            if let nfs_rewrite::datapath::NfsEvent::Mapping { hid, pfh, len } = e {
                 assert!(len > 0);
-                handles.insert(vin, &pfh[..usize::from(len)]);
+                handles.insert(hid, &pfh[..usize::from(len)]);
                 learned += 1;
             }
         });

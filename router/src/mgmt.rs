@@ -453,8 +453,8 @@ impl<B: Backend> Mgmt<B> {
                     break;
                 };
                 match e {
-                    NfsEvent::Mapping { vin, pfh, len } => {
-                        nfs.handles.insert(vin, &pfh[..usize::from(len)]);
+                    NfsEvent::Mapping { hid, pfh, len } => {
+                        nfs.handles.insert(hid, &pfh[..usize::from(len)]);
                     }
                     NfsEvent::Transaction { key, tx } => {
                         if let Some(ctl) = self.nfs_ctl.as_mut() {

@@ -191,7 +191,7 @@ fn nfs_stage_in_the_pipeline() {
         mch: 0,
         pfs: 0x5649_5254_5541_4c31,
         pin: nfs_rewrite::vfh::ROOT_VIN,
-        vin: nfs_rewrite::vfh::ROOT_VIN,
+        hid: nfs_rewrite::vfh::ROOT_VIN,
     }
     .encode(&key);
     let mut call = rpc::Writer::new();
@@ -227,7 +227,8 @@ fn nfs_stage_in_the_pipeline() {
 
     // A GETATTR for a genuine handle the router has no physical handle for: the management
     // core walks the server for it (READDIRPLUS from the export root) while the call waits.
-    let vfh = VirtualHandle::for_object(&key, 1, mch, 5, 7).encode(&key);
+    let file_pfh = [0x77u8; 28];
+    let vfh = VirtualHandle::for_object(&key, 1, mch, 5, 7, &file_pfh).encode(&key);
     let mut call = rpc::Writer::new();
     call.call(41, rpc::program::NFS, 3, Proc::Getattr as u32)
         .opaque(&vfh);
@@ -237,7 +238,6 @@ fn nfs_stage_in_the_pipeline() {
     let (xid, _, proc_, args, _) = server_call(&h);
     assert_eq!(proc_, Proc::Readdirplus as u32);
     assert_eq!(&args[4..32], &root_pfh);
-    let file_pfh = [0x77u8; 28];
     let mut r = rpc::Writer::new();
     r.u32(0).bool(false).u64(0); // status, no dir attributes, cookieverf
     r.bool(true)
@@ -422,7 +422,7 @@ fn fragments_are_reassembled_and_rewritten() {
     let mut r = rpc::Writer::new();
     r.u32(0).bool(false).fixed(&[0; 52]);
     server_reply(&h, 2049, mine, xid, &r.buf);
-    let export = VirtualHandle::for_object(&key, 1, mch, 5, 6).encode(&key);
+    let export = VirtualHandle::for_object(&key, 1, mch, 5, 6, &root_pfh).encode(&key);
 
     // A 3000-byte WRITE in three fragments.
     let data: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
