@@ -1,56 +1,14 @@
 //! Arbitrary frames through the IPv4 router stage (single packets and bursts).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use packet::ethernet::EthernetAddress;
 use packet::{Buffer, HeapBuffer, Stage, Verdict};
-use router::fib::{Fib, FibSizes, NextHopKind};
-use router::ipv4::{Ipv4Stage, PortInfo};
-use router::qsbr::Qsbr;
-use std::net::Ipv4Addr;
-use std::sync::{Arc, Mutex, OnceLock};
+use router::fib::Fib;
+use router::ipv4::Ipv4Stage;
+use std::sync::{Mutex, OnceLock};
 
 fn stage() -> &'static Mutex<(Fib, Ipv4Stage)> {
     static S: OnceLock<Mutex<(Fib, Ipv4Stage)>> = OnceLock::new();
-    S.get_or_init(|| {
-        let mut fib = Fib::new(
-            FibSizes {
-                tbl8_groups: 16,
-                max_routes: 100,
-                max_next_hops: 64,
-            },
-            Arc::new(Qsbr::new(0)),
-        );
-        let gw = fib
-            .next_hop_ref(NextHopKind::Gateway, 1, Ipv4Addr::new(10, 0, 2, 2))
-            .unwrap();
-        fib.add(Ipv4Addr::UNSPECIFIED, 0, gw).unwrap();
-        fib.resolve(
-            1,
-            Ipv4Addr::new(10, 0, 2, 2),
-            Some(EthernetAddress([2, 0, 0, 0, 9, 9])),
-        );
-        let local = fib
-            .next_hop_ref(NextHopKind::Local, 0, Ipv4Addr::UNSPECIFIED)
-            .unwrap();
-        fib.add(Ipv4Addr::new(10, 0, 1, 1), 32, local).unwrap();
-        let ports: Arc<[PortInfo]> = vec![
-            PortInfo {
-                name: "a".into(),
-                mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
-                mtu: 1500,
-                addrs: vec![(Ipv4Addr::new(10, 0, 1, 1), 24)],
-            },
-            PortInfo {
-                name: "b".into(),
-                mac: EthernetAddress([2, 0, 0, 0, 0, 2]),
-                mtu: 576,
-                addrs: vec![(Ipv4Addr::new(10, 0, 2, 1), 24)],
-            },
-        ]
-        .into();
-        let s = Ipv4Stage::new(fib.view(), ports);
-        Mutex::new((fib, s))
-    })
+    S.get_or_init(|| Mutex::new(router::ipv4::example_stage(576)))
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //! the walkers accept reports fields inside the buffer; the rewrite never panics.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use nfs_rewrite::rewrite::{devirtualize_call, virtualize_reply, Context};
+use nfs_rewrite::rewrite::{devirtualize_call, virtualize_reply, Context, Limits};
 use nfs_rewrite::tables::HandleTable;
 use nfs_rewrite::vfh::HandleKey;
 use nfs_rewrite::wire::{mount, nfs3, rpc, Field};
@@ -67,5 +67,6 @@ fn ctx() -> Context<'static> {
         key: KEY.get_or_init(|| HandleKey::new(1, 2)),
         handles: TABLE.get_or_init(|| HandleTable::new(1024)),
         virtual_fsid: 7,
+        limits: Limits::for_mtu(1500),
     }
 }

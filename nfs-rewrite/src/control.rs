@@ -118,6 +118,8 @@ pub struct Controller {
     held: HashMap<u64, Vec<HeldCall>>,
     held_total: usize,
     outbox: Vec<Datagram>,
+    /// Field scratch for rewriting replies here (allocated once).
+    scratch: Box<[Field]>,
     pub stats: ControlStats,
 }
 
@@ -133,6 +135,7 @@ impl Controller {
             held: HashMap::new(),
             held_total: 0,
             outbox: Vec::new(),
+            scratch: vec![Field::FileId { at: 0 }; 8192].into_boxed_slice(),
             stats: ControlStats::default(),
         }
     }
@@ -230,7 +233,6 @@ impl Controller {
         let server = self.shared.server(sid)?;
         let mut buf = roomy(msg);
         let shared = self.shared.clone();
-        let mut scratch = vec![Field::FileId { at: 0 }; 8192];
         match virtualize_reply(
             &mut buf,
             0,
@@ -240,7 +242,7 @@ impl Controller {
             server.mch,
             t.dir_pfs,
             &shared.ctx(),
-            &mut scratch,
+            &mut self.scratch,
             |hid, pfh| {
                 shared.handles.insert(hid, pfh);
             },

@@ -402,6 +402,93 @@ fn empty_physical_handle_is_refused() {
 }
 
 #[test]
+fn transfer_sizes_are_clamped_to_the_mtu() {
+    let l = Limits::for_mtu(1500);
+    assert_eq!((l.max_io, l.max_dir), (1024, 1086));
+    let w = World::new();
+    let pfh = [9u8; 28];
+    let v = VirtualHandle::for_object(&w.key, SID, w.mch, 5, 6, &pfh);
+    w.handles.insert(v.hid, &pfh);
+    let vfh = v.encode(&w.key);
+    let ctx = Context {
+        limits: l,
+        ..w.ctx()
+    };
+    let be32 = |b: &[u8], at: usize| u32::from_be_bytes(b[at..at + 4].try_into().unwrap());
+    // Calls: READ count, READDIR count, READDIRPLUS dircount and maxcount, lowered when above
+    // the limits and left alone below them. (40 bytes of call header, then the arguments; the
+    // handle shrinks from 40 to 28 bytes.)
+    for (p, tail, want) in [
+        (
+            Proc::Read,
+            vec![0u64.to_be_bytes().to_vec(), 65536u32.to_be_bytes().to_vec()],
+            vec![1024],
+        ),
+        (
+            Proc::Read,
+            vec![0u64.to_be_bytes().to_vec(), 512u32.to_be_bytes().to_vec()],
+            vec![512],
+        ),
+        (
+            Proc::Readdir,
+            vec![vec![0; 16], 8192u32.to_be_bytes().to_vec()],
+            vec![1086],
+        ),
+        (
+            Proc::Readdirplus,
+            vec![
+                vec![0; 16],
+                8192u32.to_be_bytes().to_vec(),
+                32768u32.to_be_bytes().to_vec(),
+            ],
+            vec![1086, 1086],
+        ),
+    ] {
+        let mut m = rpc::Writer::new();
+        m.call(9, rpc::program::NFS, 3, p as u32).opaque(&vfh);
+        for t in &tail {
+            m.fixed(t);
+        }
+        let mut b = HeapBuffer::from_bytes(&m.buf);
+        let r = devirtualize_call(&mut b, 0, p, 40, &ctx, |_| Some(w.mch));
+        assert!(matches!(r, CallVerdict::Forward { .. }), "{r:?}");
+        let out = b.data();
+        let got: Vec<u32> = (0..want.len())
+            .map(|i| be32(out, out.len() - 4 * (want.len() - i)))
+            .collect();
+        assert_eq!(got, want, "{}", p.name());
+    }
+    // A server's FSINFO reply: rtmax, rtpref, wtmax, wtpref, dtpref lowered; the multiples not.
+    let mut attrs = [0u8; 84];
+    attrs[44..52].copy_from_slice(&5u64.to_be_bytes());
+    attrs[52..60].copy_from_slice(&6u64.to_be_bytes());
+    let mut r = rpc::Writer::new();
+    r.accepted_reply(9, 0).u32(0).bool(true).fixed(&attrs);
+    let sizes_at = r.buf.len();
+    for v in [1u32 << 20, 1 << 20, 4096, 1 << 20, 1 << 20, 4096, 65536] {
+        r.u32(v);
+    }
+    r.u64(u64::MAX).u32(0).u32(1).u32(0x1b);
+    let mut b = HeapBuffer::from_bytes(&r.buf);
+    let mut scratch = [Field::FileId { at: 0 }; 16];
+    let v = virtualize_reply(
+        &mut b,
+        0,
+        Proc::Fsinfo,
+        24,
+        SID,
+        w.mch,
+        0,
+        &ctx,
+        &mut scratch,
+        |_, _| {},
+    );
+    assert_eq!(v, ReplyVerdict::Rewritten { delta: 0 });
+    let got: Vec<u32> = (0..7).map(|i| be32(b.data(), sizes_at + 4 * i)).collect();
+    assert_eq!(got, [1024, 1024, 4096, 1024, 1024, 4096, 1086]);
+}
+
+#[test]
 fn reply_rewrite_never_panics_on_garbage() {
     let w = World::new();
     let mut scratch = [Field::FileId { at: 0 }; 8];
@@ -471,14 +558,11 @@ mod stage {
         )
     }
 
-    #[test]
-    fn calls_and_replies_through_the_stage() {
-        let frames = capture("nfs3-udp-ganesha.pcap").unwrap();
-        let mut w = World::new();
-        let handles = Arc::new(HandleTable::new(4096));
-        let shared = Arc::new(NfsShared {
+    /// The stage's shared state: the capture's server as SID 1, no transfer limits.
+    fn shared(handles: Arc<HandleTable>, mch: u32) -> Arc<NfsShared> {
+        Arc::new(NfsShared {
             key: key(),
-            handles: handles.clone(),
+            handles,
             virtual_addr: VIRTUAL.0,
             nfs_port: VIRTUAL.1,
             virtual_fsid: VFSID,
@@ -490,10 +574,17 @@ mod stage {
                 nfs_port: SERVER.1,
                 mount_port: 20048,
                 export: "/export".into(),
-                mch: w.mch,
+                mch,
             }],
-        });
-        let mut stage = NfsStage::new(shared, 1024, 1000);
+        })
+    }
+
+    #[test]
+    fn calls_and_replies_through_the_stage() {
+        let frames = capture("nfs3-udp-ganesha.pcap").unwrap();
+        let mut w = World::new();
+        let handles = Arc::new(HandleTable::new(4096));
+        let mut stage = NfsStage::new(shared(handles.clone(), w.mch), 1024, 1000);
         let (mut calls, mut replies, mut checked) = (0, 0, 0);
         let mut procs = HashMap::new();
         for m in messages(&frames) {
@@ -587,24 +678,7 @@ mod stage {
     #[test]
     fn what_the_fast_path_leaves_alone_or_hands_over() {
         let w = World::new();
-        let shared = Arc::new(NfsShared {
-            key: key(),
-            handles: Arc::new(HandleTable::new(64)),
-            virtual_addr: VIRTUAL.0,
-            nfs_port: VIRTUAL.1,
-            virtual_fsid: VFSID,
-            limits: Limits::UNLIMITED,
-            servers: vec![Server {
-                sid: SID,
-                name: "a".into(),
-                addr: SERVER.0,
-                nfs_port: SERVER.1,
-                mount_port: 20048,
-                export: "/export".into(),
-                mch: w.mch,
-            }],
-        });
-        let mut stage = NfsStage::new(shared, 64, 1000);
+        let mut stage = NfsStage::new(shared(Arc::new(HandleTable::new(64)), w.mch), 64, 1000);
         // Other UDP traffic: untouched.
         let other = frame(CLIENT, (SERVER.0, 53), b"dns");
         let mut b = HeapBuffer::from_bytes(&other);

@@ -498,14 +498,11 @@ impl<B: Backend> WorkerCtx<B> {
             c.polls.inc();
             let mut got = 0;
             for port in 0..nports as u16 {
-                let n = be.rx_burst(port, queue, &mut burst);
+                let n = rx_counted(&*be, port, queue, &mut burst, &c);
                 if n == 0 {
                     continue;
                 }
                 got += n;
-                let pc = &c.ports[usize::from(port)];
-                pc.rx.add(n as u64);
-                pc.rx_bytes.add(burst.iter().map(|b| b.len() as u64).sum());
                 self.process_burst(&mut burst, |p, pkt| tx.push(&*be, queue, p, pkt, &c));
             }
             if let Some(inj) = inject.as_mut() {
@@ -570,6 +567,24 @@ struct IoCtx<B: Backend> {
     rpc_ports: Vec<u16>,
 }
 
+/// Receive a burst from `port`/`queue` into `burst` and count it (packets, bytes).
+#[inline]
+fn rx_counted<B: Backend>(
+    be: &B,
+    port: u16,
+    queue: u16,
+    burst: &mut Vec<B::Buf>,
+    c: &CoreCounters,
+) -> usize {
+    let n = be.rx_burst(port, queue, burst);
+    if n > 0 {
+        let pc = &c.ports[usize::from(port)];
+        pc.rx.add(n as u64);
+        pc.rx_bytes.add(burst.iter().map(|b| b.len() as u64).sum());
+    }
+    n
+}
+
 impl<B: Backend> IoCtx<B> {
     fn run(mut self) {
         if let Err(e) = self.be.register_thread() {
@@ -587,14 +602,11 @@ impl<B: Backend> IoCtx<B> {
             c.polls.inc();
             let mut got = 0;
             for port in 0..nports as u16 {
-                let n = be.rx_burst(port, 0, &mut burst);
+                let n = rx_counted(&*be, port, 0, &mut burst, &c);
                 if n == 0 {
                     continue;
                 }
                 got += n;
-                let pc = &c.ports[usize::from(port)];
-                pc.rx.add(n as u64);
-                pc.rx_bytes.add(burst.iter().map(|b| b.len() as u64).sum());
                 for pkt in burst.drain(..) {
                     let w = if nworkers == 1 {
                         0

@@ -379,57 +379,69 @@ impl Stage for Ipv4Stage {
     }
 }
 
+/// A small two-port stage for tests, benchmarks and fuzzing: port 0 "a" (10.0.1.1/24, its
+/// subnet connected, 10.0.1.1 local), port 1 "b" (10.0.2.1/24, MTU `b_mtu`) with a default
+/// route via 10.0.2.2, resolved.
+pub fn example_stage(b_mtu: u16) -> (crate::fib::Fib, Ipv4Stage) {
+    use crate::fib::{Fib, FibSizes};
+    let mut fib = Fib::new(
+        FibSizes {
+            tbl8_groups: 16,
+            max_routes: 100,
+            max_next_hops: 64,
+        },
+        Arc::new(crate::qsbr::Qsbr::new(0)),
+    );
+    let mut add = |prefix: Ipv4Addr, len: u8, kind: NextHopKind, port: u16, gw: Ipv4Addr| {
+        if let Ok(nh) = fib.next_hop_ref(kind, port, gw) {
+            let _ = fib.add(prefix, len, nh);
+        }
+    };
+    let gw = Ipv4Addr::new(10, 0, 2, 2);
+    add(Ipv4Addr::UNSPECIFIED, 0, NextHopKind::Gateway, 1, gw);
+    add(
+        Ipv4Addr::new(10, 0, 1, 1),
+        32,
+        NextHopKind::Local,
+        0,
+        Ipv4Addr::UNSPECIFIED,
+    );
+    add(
+        Ipv4Addr::new(10, 0, 1, 0),
+        24,
+        NextHopKind::Connected,
+        0,
+        Ipv4Addr::UNSPECIFIED,
+    );
+    fib.resolve(1, gw, Some(EthernetAddress([2, 0, 0, 0, 9, 9])));
+    let ports: Arc<[PortInfo]> = vec![
+        PortInfo {
+            name: "a".into(),
+            mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
+            mtu: 1500,
+            addrs: vec![(Ipv4Addr::new(10, 0, 1, 1), 24)],
+        },
+        PortInfo {
+            name: "b".into(),
+            mac: EthernetAddress([2, 0, 0, 0, 0, 2]),
+            mtu: b_mtu,
+            addrs: vec![(Ipv4Addr::new(10, 0, 2, 1), 24)],
+        },
+    ]
+    .into();
+    let s = Ipv4Stage::new(fib.view(), ports);
+    (fib, s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fib::{Fib, FibSizes};
-    use crate::qsbr::Qsbr;
+    use crate::fib::Fib;
     use packet::HeapBuffer;
     use proptest::prelude::*;
 
     fn stage() -> (Fib, Ipv4Stage) {
-        let mut fib = Fib::new(
-            FibSizes {
-                tbl8_groups: 16,
-                max_routes: 100,
-                max_next_hops: 64,
-            },
-            Arc::new(Qsbr::new(0)),
-        );
-        let gw = fib
-            .next_hop_ref(NextHopKind::Gateway, 1, Ipv4Addr::new(10, 0, 2, 2))
-            .unwrap();
-        fib.add(Ipv4Addr::new(0, 0, 0, 0), 0, gw).unwrap();
-        fib.resolve(
-            1,
-            Ipv4Addr::new(10, 0, 2, 2),
-            Some(EthernetAddress([2, 0, 0, 0, 9, 9])),
-        );
-        let local = fib
-            .next_hop_ref(NextHopKind::Local, 0, Ipv4Addr::UNSPECIFIED)
-            .unwrap();
-        fib.add(Ipv4Addr::new(10, 0, 1, 1), 32, local).unwrap();
-        let conn = fib
-            .next_hop_ref(NextHopKind::Connected, 0, Ipv4Addr::UNSPECIFIED)
-            .unwrap();
-        fib.add(Ipv4Addr::new(10, 0, 1, 0), 24, conn).unwrap();
-        let ports: Arc<[PortInfo]> = vec![
-            PortInfo {
-                name: "a".into(),
-                mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
-                mtu: 1500,
-                addrs: vec![(Ipv4Addr::new(10, 0, 1, 1), 24)],
-            },
-            PortInfo {
-                name: "b".into(),
-                mac: EthernetAddress([2, 0, 0, 0, 0, 2]),
-                mtu: 100,
-                addrs: vec![(Ipv4Addr::new(10, 0, 2, 1), 24)],
-            },
-        ]
-        .into();
-        let s = Ipv4Stage::new(fib.view(), ports);
-        (fib, s)
+        super::example_stage(100)
     }
 
     /// A valid frame to the router's MAC, then mutated.

@@ -85,12 +85,14 @@ pub struct MgmtCounters {
     pub nfs_answered: Counter,
 }
 
+/// The IPv4 packet in an Ethernet frame, if it holds a valid one.
+fn ipv4_in(frame: &[u8]) -> Option<Ipv4Packet<&[u8]>> {
+    Ipv4Packet::new_checked(frame.get(ETH_LEN..)?).ok()
+}
+
 /// Whether a frame holds an IPv4 fragment.
 fn is_fragment<Bf: packet::Buffer>(buf: &Bf) -> bool {
-    buf.data()
-        .get(ETH_LEN..)
-        .and_then(|b| Ipv4Packet::new_checked(b).ok())
-        .is_some_and(|ip| ip.is_fragment())
+    ipv4_in(buf.data()).is_some_and(|ip| ip.is_fragment())
 }
 
 /// The portmapper's well-known port.
@@ -554,7 +556,7 @@ impl<B: Backend> Mgmt<B> {
 
     /// The neighbour a frame's next hop needs: (port, neighbour address).
     fn neighbour_for(&self, frame: &[u8]) -> Option<(u16, Ipv4Addr)> {
-        let ip = Ipv4Packet::new_checked(frame.get(ETH_LEN..)?).ok()?;
+        let ip = ipv4_in(frame)?;
         let nh = self.stage.next_hop(ip.dst_addr())?;
         match nh.kind {
             NextHopKind::Gateway => Some((nh.port, nh.gateway)),
@@ -760,11 +762,7 @@ impl<B: Backend> Mgmt<B> {
     /// Answer the packet in `orig` (an Ethernet frame) with an ICMP error.
     fn icmp_error(&mut self, orig: &B::Buf, kind: u8, code: u8, mtu: u16) {
         let in_port = orig.port();
-        let Some(ip) = orig
-            .data()
-            .get(ETH_LEN..)
-            .and_then(|b| Ipv4Packet::new_checked(b).ok())
-        else {
+        let Some(ip) = ipv4_in(orig.data()) else {
             return;
         };
         // RFC 1812 4.3.2.7: no errors about ICMP errors, non-first fragments, or broadcasts.
@@ -953,11 +951,7 @@ impl<B: Backend> Mgmt<B> {
     }
 
     fn local_input(&mut self, buf: &B::Buf) {
-        let Some(ip) = buf
-            .data()
-            .get(ETH_LEN..)
-            .and_then(|b| Ipv4Packet::new_checked(b).ok())
-        else {
+        let Some(ip) = ipv4_in(buf.data()) else {
             return;
         };
         match ip.protocol() {
@@ -982,10 +976,7 @@ impl<B: Backend> Mgmt<B> {
     /// otherwise fragment it (RFC 791) and send the pieces.
     fn fragment_or_refuse(&mut self, buf: B::Buf) {
         let frame = buf.data();
-        let Some(ip) = frame
-            .get(ETH_LEN..)
-            .and_then(|b| Ipv4Packet::new_checked(b).ok())
-        else {
+        let Some(ip) = ipv4_in(frame) else {
             return;
         };
         let Some(nh) = self.stage.next_hop(ip.dst_addr()) else {

@@ -14,22 +14,8 @@ use packet::ipv4::{protocol, Ipv4Packet};
 use packet::pcap;
 use router::admin::Request;
 
+/// Added to `common::LAN_WAN`.
 const CONFIG: &str = r#"
-[dataplane]
-backend = "soft"
-workers = [0]
-pin = false
-idle_sleep_max_us = 100
-[[ports]]
-name = "lan"
-device = "memory"
-mac = "02:bb:00:00:00:01"
-addresses = ["10.0.1.1/24"]
-[[ports]]
-name = "wan"
-device = "memory"
-mac = "02:bb:00:00:00:02"
-addresses = ["10.0.2.1/24"]
 [[routes]]
 prefix = "198.51.100.0/29"
 via = "10.0.2.2"
@@ -94,7 +80,7 @@ fn resolve_host(h: &Harness, cap: &[Vec<u8>]) -> Vec<u8> {
 #[test]
 fn arp_request_gets_the_kernels_reply_byte_for_byte() {
     let cap = capture();
-    let h = Harness::start(CONFIG);
+    let h = Harness::lan_wan(CONFIG);
     h.inject(0, &cap[0]);
     let out = h.expect_tx(0, 1);
     // Packet 2 of the capture is Linux's own answer to packet 1.
@@ -104,7 +90,7 @@ fn arp_request_gets_the_kernels_reply_byte_for_byte() {
 #[test]
 fn echo_to_the_router_is_answered() {
     let cap = capture();
-    let h = Harness::start(CONFIG);
+    let h = Harness::lan_wan(CONFIG);
     let reply = resolve_host(&h, &cap);
     let linux = &cap[3];
     // Ethernet and ICMP identical to Linux's reply; IP differs only in ident and checksum.
@@ -137,7 +123,7 @@ fn echo_to_the_router_is_answered() {
 #[test]
 fn ttl_1_gets_time_exceeded() {
     let cap = capture();
-    let h = Harness::start(CONFIG);
+    let h = Harness::lan_wan(CONFIG);
     resolve_host(&h, &cap);
     h.inject(0, &cap[4]); // echo to 198.51.100.7 with TTL 1
     let out = h.expect_tx(0, 1).remove(0);
@@ -162,7 +148,7 @@ fn ttl_1_gets_time_exceeded() {
 #[test]
 fn no_route_gets_net_unreachable() {
     let cap = capture();
-    let h = Harness::start(CONFIG);
+    let h = Harness::lan_wan(CONFIG);
     resolve_host(&h, &cap);
     h.inject(0, &cap[5]); // UDP to 198.51.100.9: outside 198.51.100.0/29
     let out = h.expect_tx(0, 1).remove(0);
@@ -179,7 +165,7 @@ fn no_route_gets_net_unreachable() {
 #[test]
 fn forwarding_decrements_ttl_and_rewrites_macs() {
     let cap = capture();
-    let h = Harness::start(CONFIG);
+    let h = Harness::lan_wan(CONFIG);
     // Echo to 198.51.100.7 with a TTL of 64: take packet 5 and raise its TTL.
     let mut f = cap[4].clone();
     {
@@ -219,7 +205,7 @@ fn forwarding_decrements_ttl_and_rewrites_macs() {
 #[test]
 fn bad_checksum_and_truncated_frames_are_dropped_and_counted() {
     let cap = capture();
-    let h = Harness::start(CONFIG);
+    let h = Harness::lan_wan(CONFIG);
     let mut bad = cap[2].clone();
     bad[24] ^= 0xff; // IP header checksum
     h.inject(0, &bad);
@@ -236,7 +222,7 @@ fn bad_checksum_and_truncated_frames_are_dropped_and_counted() {
 
 #[test]
 fn admin_socket_survives_garbage() {
-    let h = Harness::start(CONFIG);
+    let h = Harness::lan_wan(CONFIG);
     let mut c = h.admin();
     let r = c.call_raw(b"{this is not json\n").unwrap();
     assert!(!r.ok);
@@ -277,7 +263,7 @@ fn admin_socket_survives_garbage() {
 #[test]
 fn routes_added_and_deleted_through_admin() {
     let cap = capture();
-    let h = Harness::start(CONFIG);
+    let h = Harness::lan_wan(CONFIG);
     resolve_host(&h, &cap);
     // UDP to 198.51.100.9 has no route: add one, it forwards; delete it, unreachable again.
     h.call(Request::RouteAdd {

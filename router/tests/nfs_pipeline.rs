@@ -14,22 +14,8 @@ use std::net::Ipv4Addr;
 
 const SECRET: &str = "00112233445566778899aabbccddeeff";
 
+/// Added to `common::LAN_WAN`.
 const CONFIG: &str = r#"
-[dataplane]
-backend = "soft"
-workers = [0]
-pin = false
-idle_sleep_max_us = 100
-[[ports]]
-name = "lan"
-device = "memory"
-mac = "02:bb:00:00:00:01"
-addresses = ["10.0.1.1/24"]
-[[ports]]
-name = "wan"
-device = "memory"
-mac = "02:bb:00:00:00:02"
-addresses = ["10.0.2.1/24"]
 [[static_neighbours]]
 port = "lan"
 address = "10.0.1.2"
@@ -146,9 +132,45 @@ fn fattr(kind: u32, fsid: u64, fileid: u64) -> Vec<u8> {
     w.buf
 }
 
+/// Play the server for the management core's mount of /srv/alpha: MNT (root handle
+/// `root_pfh`), GETATTR of the root (fsid 5, fileid 6), FSSTAT; all from the virtual address.
+fn serve_mount(h: &Harness, root_pfh: &[u8; 28]) {
+    let server = (Ipv4Addr::new(10, 0, 2, 2), 2049);
+    let mine = (
+        Ipv4Addr::new(10, 0, 1, 1),
+        nfs_rewrite::upstream::CLIENT_PORT,
+    );
+    // The management core mounts the export (MNT), reads the root's attributes (GETATTR) and
+    // the capacity (FSSTAT), from the virtual address.
+    let (xid, prog, proc_, args, dst) = server_call(h);
+    assert_eq!(
+        (prog, proc_, dst),
+        (rpc::program::MOUNT, 1, (server.0, 20048))
+    );
+    assert_eq!(&args[4..14], b"/srv/alpha");
+    let mut r = rpc::Writer::new();
+    r.u32(0).opaque(root_pfh).u32(1).u32(1);
+    server_reply(h, 20048, mine, xid, &r.buf);
+    let (xid, _, proc_, args, dst) = server_call(h);
+    assert_eq!((proc_, dst), (Proc::Getattr as u32, server));
+    assert_eq!(&args[4..32], root_pfh);
+    let mut r = rpc::Writer::new();
+    r.u32(0).fixed(&fattr(2, 5, 6));
+    server_reply(h, 2049, mine, xid, &r.buf);
+    let (xid, _, proc_, _, _) = server_call(h);
+    assert_eq!(proc_, Proc::Fsstat as u32);
+    let mut r = rpc::Writer::new();
+    r.u32(0).bool(false);
+    for v in [1000u64, 500, 400, 100, 50, 40] {
+        r.u64(v);
+    }
+    r.u32(0);
+    server_reply(h, 2049, mine, xid, &r.buf);
+}
+
 #[test]
 fn nfs_stage_in_the_pipeline() {
-    let h = Harness::start(CONFIG);
+    let h = Harness::lan_wan(CONFIG);
     let client = (Ipv4Addr::new(10, 0, 1, 2), 800);
     let virt = (Ipv4Addr::new(10, 0, 1, 1), 2049);
     let server = (Ipv4Addr::new(10, 0, 2, 2), 2049);
@@ -157,32 +179,7 @@ fn nfs_stage_in_the_pipeline() {
     let mch = key.mount_checksum(1, b"/srv/alpha");
     let root_pfh = [0x51u8; 28];
 
-    // The management core mounts the export (MNT), reads the root's attributes (GETATTR) and
-    // the capacity (FSSTAT), from the virtual address.
-    let (xid, prog, proc_, args, dst) = server_call(&h);
-    assert_eq!(
-        (prog, proc_, dst),
-        (rpc::program::MOUNT, 1, (server.0, 20048))
-    );
-    assert_eq!(&args[4..14], b"/srv/alpha");
-    let mut r = rpc::Writer::new();
-    r.u32(0).opaque(&root_pfh).u32(1).u32(1);
-    server_reply(&h, 20048, mine, xid, &r.buf);
-    let (xid, _, proc_, args, dst) = server_call(&h);
-    assert_eq!((proc_, dst), (Proc::Getattr as u32, server));
-    assert_eq!(&args[4..32], &root_pfh);
-    let mut r = rpc::Writer::new();
-    r.u32(0).fixed(&fattr(2, 5, 6));
-    server_reply(&h, 2049, mine, xid, &r.buf);
-    let (xid, _, proc_, _, _) = server_call(&h);
-    assert_eq!(proc_, Proc::Fsstat as u32);
-    let mut r = rpc::Writer::new();
-    r.u32(0).bool(false);
-    for v in [1000u64, 500, 400, 100, 50, 40] {
-        r.u64(v);
-    }
-    r.u32(0);
-    server_reply(&h, 2049, mine, xid, &r.buf);
+    serve_mount(&h, &root_pfh);
 
     // The virtual root lists the export; LOOKUP of its name gives the export root's VFH.
     let root = VirtualHandle {
@@ -401,27 +398,14 @@ fn reassembled(h: &Harness, port: usize, n: usize) -> ((Ipv4Addr, u16), (Ipv4Add
 /// arrives in fragments is rewritten whole with the transaction the worker handed over.
 #[test]
 fn fragments_are_reassembled_and_rewritten() {
-    let h = Harness::start(CONFIG);
+    let h = Harness::lan_wan(CONFIG);
     let client = (Ipv4Addr::new(10, 0, 1, 2), 800);
     let virt = (Ipv4Addr::new(10, 0, 1, 1), 2049);
     let server = (Ipv4Addr::new(10, 0, 2, 2), 2049);
-    let mine = (virt.0, nfs_rewrite::upstream::CLIENT_PORT);
     let key = HandleKey::from_hex(SECRET).unwrap();
     let mch = key.mount_checksum(1, b"/srv/alpha");
     let root_pfh = [0x51u8; 28];
-    // The mount (as in the test above).
-    let (xid, ..) = server_call(&h);
-    let mut r = rpc::Writer::new();
-    r.u32(0).opaque(&root_pfh).u32(1).u32(1);
-    server_reply(&h, 20048, mine, xid, &r.buf);
-    let (xid, ..) = server_call(&h);
-    let mut r = rpc::Writer::new();
-    r.u32(0).fixed(&fattr(2, 5, 6));
-    server_reply(&h, 2049, mine, xid, &r.buf);
-    let (xid, ..) = server_call(&h);
-    let mut r = rpc::Writer::new();
-    r.u32(0).bool(false).fixed(&[0; 52]);
-    server_reply(&h, 2049, mine, xid, &r.buf);
+    serve_mount(&h, &root_pfh);
     let export = VirtualHandle::for_object(&key, 1, mch, 5, 6, &root_pfh).encode(&key);
 
     // A 3000-byte WRITE in three fragments.

@@ -25,7 +25,32 @@ pub fn mac(s: &str) -> EthernetAddress {
     s.parse().unwrap()
 }
 
+/// The usual test router: one soft worker, port 0 "lan" (10.0.1.1/24, MAC 02:bb:00:00:00:01)
+/// and port 1 "wan" (10.0.2.1/24, MAC 02:bb:00:00:00:02) on in-memory wires.
+pub const LAN_WAN: &str = r#"
+[dataplane]
+backend = "soft"
+workers = [0]
+pin = false
+idle_sleep_max_us = 100
+[[ports]]
+name = "lan"
+device = "memory"
+mac = "02:bb:00:00:00:01"
+addresses = ["10.0.1.1/24"]
+[[ports]]
+name = "wan"
+device = "memory"
+mac = "02:bb:00:00:00:02"
+addresses = ["10.0.2.1/24"]
+"#;
+
 impl Harness {
+    /// [`LAN_WAN`] plus `extra` TOML (routes, neighbours, applications).
+    pub fn lan_wan(extra: &str) -> Harness {
+        Harness::start(&format!("{LAN_WAN}{extra}"))
+    }
+
     /// Start a router from TOML (ports must use `device = "memory"`, MACs given).
     pub fn start(toml_text: &str) -> Harness {
         let dir = std::env::temp_dir().join(format!(
