@@ -84,6 +84,8 @@ topo_cleanup() {
 		kill -KILL "$p" 2>/dev/null || true
 		wait "$p" 2>/dev/null || true
 	done
+	# rpcbind leaves its socket file behind when it is stopped.
+	[ -z "${TOPO_RPCBIND:-}" ] || rpcbind_alive || rm -f /run/rpcbind.sock
 	for n in "${TOPO_NS[@]}"; do
 		ip netns del "$n" 2>/dev/null || true
 	done
@@ -126,6 +128,12 @@ TOML
 	ROUTERCTL="$ROUTERCTL_BIN -s $TOPO_DIR/admin.sock"
 }
 
+# Does an rpcbind accept connections on its Unix socket?
+rpcbind_alive() {
+	python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])' \
+		/run/rpcbind.sock 2>/dev/null
+}
+
 # ganesha NS NAME ADDR EXPORT_ID: an nfs-ganesha NFSv3 server (VFS FSAL, UDP on) in NS, exporting
 # $TOPO_DIR/NAME/export. topo_ganesha_wait NAME waits until it serves.
 topo_ganesha() {
@@ -143,10 +151,14 @@ EXPORT {
 }
 CONF
 	# ganesha registers with rpcbind at start-up only; one rpcbind (reached through its Unix
-	# socket from any namespace) serves all. Reuse one that is already running.
-	if [ ! -S /run/rpcbind.sock ]; then
+	# socket from any namespace) serves all. Reuse one that answers; a socket file nobody
+	# listens on (left by an rpcbind that was killed, or by the package's install) is removed.
+	if ! rpcbind_alive; then
+		rm -f /run/rpcbind.sock
 		topo_bg "$ns" rpcbind -f
-		for _ in $(seq 1 50); do [ -S /run/rpcbind.sock ] && break; sleep 0.1; done
+		TOPO_RPCBIND=1
+		for _ in $(seq 1 50); do rpcbind_alive && break; sleep 0.1; done
+		rpcbind_alive || die "rpcbind did not start"
 	fi
 	topo_bg "$ns" ganesha.nfsd -F -f "$dir/ganesha.conf" -L "$dir/ganesha.log" -p "$dir/ganesha.pid"
 }
