@@ -22,6 +22,7 @@ use crate::tables::{HandleTable, TransactionTable, TxKey, PFH_MAX};
 use crate::vfh::HandleKey;
 use crate::wire::nfs3::Proc;
 use crate::wire::{rpc, Field};
+use packet::checksum::{self, Adjust};
 use packet::ipv4::{protocol, Ipv4Packet};
 use packet::udp::UdpPacket;
 use packet::{drop_reasons, Buffer, DropReason, PuntReason, Stage, Verdict};
@@ -210,19 +211,63 @@ impl NfsStage {
     }
 }
 
-/// Fix IP total length, UDP length and both checksums after the payload changed by `delta`.
-fn fix_lengths<B: Buffer>(pkt: &mut B, ip_at: usize, delta: isize) -> Option<()> {
+/// The new address and port of a datagram: the call's destination, or the reply's source.
+#[derive(Clone, Copy)]
+enum Readdress {
+    Dst(Ipv4Addr, u16),
+    Src(Ipv4Addr, u16),
+}
+
+/// Finish a rewritten datagram: the new address and port, IP total length and UDP length after
+/// the payload changed by `delta`, the IP header checksum, and the UDP checksum updated
+/// incrementally with `csum` (the payload's edits) and the header edits here. A datagram sent
+/// without a UDP checksum (zero) stays without one.
+fn finish<B: Buffer>(
+    pkt: &mut B,
+    ip_at: usize,
+    delta: isize,
+    to: Readdress,
+    mut csum: Adjust,
+) -> Option<()> {
     let f = pkt.data_mut();
     let mut ip = Ipv4Packet::new_unchecked(f.get_mut(ip_at..)?);
-    let tl = (isize::try_from(ip.total_len()).ok()? + delta) as usize;
-    ip.set_total_len(u16::try_from(tl).ok()?);
-    ip.fill_checksum();
-    let (src, dst) = (ip.src_addr(), ip.dst_addr());
     let hl = usize::from(ip.header_len());
-    let seg = f.get_mut(ip_at + hl..ip_at + tl)?;
-    let mut udp = UdpPacket::new_unchecked(seg);
-    udp.set_len(u16::try_from(tl - hl).ok()?);
-    udp.fill_checksum(src, dst);
+    let old_tl = ip.total_len();
+    let tl = usize::try_from(isize::try_from(old_tl).ok()? + delta).ok()?;
+    ip.set_total_len(u16::try_from(tl).ok()?);
+    let port = match to {
+        Readdress::Dst(addr, port) => {
+            csum.field32(u32::from(ip.dst_addr()), u32::from(addr));
+            ip.set_dst_addr(addr);
+            port
+        }
+        Readdress::Src(addr, port) => {
+            csum.field32(u32::from(ip.src_addr()), u32::from(addr));
+            ip.set_src_addr(addr);
+            port
+        }
+    };
+    ip.fill_checksum();
+    let mut udp = UdpPacket::new_unchecked(f.get_mut(ip_at + hl..ip_at + tl)?);
+    match to {
+        Readdress::Dst(..) => {
+            csum.field16(udp.dst_port(), port);
+            udp.set_dst_port(port);
+        }
+        Readdress::Src(..) => {
+            csum.field16(udp.src_port(), port);
+            udp.set_src_port(port);
+        }
+    }
+    let (old_len, len) = (udp.len(), u16::try_from(tl - hl).ok()?);
+    // The length is summed twice: in the pseudo-header and in the UDP header.
+    csum.field16(old_len, len);
+    csum.field16(old_len, len);
+    udp.set_len(len);
+    let hc = udp.checksum();
+    if hc != 0 {
+        udp.set_checksum(checksum::udp_nonzero(csum.apply(hc)));
+    }
     Some(())
 }
 
@@ -257,6 +302,7 @@ impl NfsStage {
                 sid,
                 delta,
                 dir_pfs,
+                csum,
             } => {
                 let Some(server) = shared.server(sid) else {
                     return NfsDrop::Malformed.drop();
@@ -277,18 +323,8 @@ impl NfsStage {
                 ) {
                     return NfsDrop::TransactionsFull.drop();
                 }
-                let f = pkt.data_mut();
-                let Some(ipb) = f.get_mut(ip_at..) else {
-                    return NfsDrop::Malformed.drop();
-                };
-                let mut ip = Ipv4Packet::new_unchecked(ipb);
-                ip.set_dst_addr(server.addr);
-                let hl = usize::from(ip.header_len());
-                let Some(udpb) = f.get_mut(ip_at + hl..) else {
-                    return NfsDrop::Malformed.drop();
-                };
-                UdpPacket::new_unchecked(udpb).set_dst_port(server.nfs_port);
-                match fix_lengths(pkt, ip_at, delta) {
+                let to = Readdress::Dst(server.addr, server.nfs_port);
+                match finish(pkt, ip_at, delta, to, csum) {
                     Some(()) => {
                         self.counters.calls_rewritten += 1;
                         Verdict::Next
@@ -343,7 +379,7 @@ impl NfsStage {
         let Some(server) = shared.server(sid) else {
             return NfsDrop::Malformed.drop();
         };
-        let mut delta = 0;
+        let (mut delta, mut csum) = (0, Adjust::default());
         if let Some(results_at) = results_at {
             let Some(p) = Proc::from_u32(u32::from(t.proc_)) else {
                 return NfsDrop::Malformed.drop();
@@ -375,23 +411,13 @@ impl NfsStage {
                 },
             );
             match v {
-                ReplyVerdict::Rewritten { delta: d } => delta = d,
+                ReplyVerdict::Rewritten { delta: d, csum: c } => (delta, csum) = (d, c),
                 ReplyVerdict::SlowPath => return Verdict::Punt(PuntReason::Application),
                 ReplyVerdict::Malformed => return NfsDrop::Malformed.drop(),
             }
         }
-        let f = pkt.data_mut();
-        let Some(ipb) = f.get_mut(ip_at..) else {
-            return NfsDrop::Malformed.drop();
-        };
-        let mut ip = Ipv4Packet::new_unchecked(ipb);
-        ip.set_src_addr(shared.virtual_addr);
-        let hl = usize::from(ip.header_len());
-        let Some(udpb) = f.get_mut(ip_at + hl..) else {
-            return NfsDrop::Malformed.drop();
-        };
-        UdpPacket::new_unchecked(udpb).set_src_port(shared.nfs_port);
-        match fix_lengths(pkt, ip_at, delta) {
+        let to = Readdress::Src(shared.virtual_addr, shared.nfs_port);
+        match finish(pkt, ip_at, delta, to, csum) {
             Some(()) => {
                 self.counters.replies_rewritten += 1;
                 Verdict::Next

@@ -10,6 +10,12 @@
 //!   handle id → PFH mappings go to `on_mapping` (the worker forwards them to the management core,
 //!   the table's single writer).
 //!
+//! Every edit is recorded in a checksum [`Adjust`]ment that comes back with the verdict: XDR
+//! keeps fields 4-byte aligned and handles padded to 4 bytes, so edits sit at even offsets of the
+//! UDP datagram and spliced data moves by even amounts — the caller updates the UDP checksum
+//! incrementally (RFC 1624) instead of summing the datagram again, and a datagram that arrived
+//! corrupted stays detectably corrupted.
+//!
 //! Nothing here allocates: fields are collected into caller-provided scratch ([`Fields`]); a
 //! reply with more fields than the scratch holds is handed to the slow path.
 
@@ -17,6 +23,7 @@ use crate::tables::{HandleTable, PFH_MAX};
 use crate::vfh::{self, HandleKey, VfhError, VirtualHandle, VFH_LEN};
 use crate::wire::nfs3::{self, stat, Proc};
 use crate::wire::Field;
+use packet::checksum::Adjust;
 use packet::{Buffer, BufferError};
 
 /// What the rewrite needs to know.
@@ -101,6 +108,7 @@ pub enum CallVerdict {
         sid: u16,
         delta: isize,
         dir_pfs: u64,
+        csum: Adjust,
     },
     /// No handle in the arguments (NULL).
     NoHandle,
@@ -118,9 +126,7 @@ pub enum CallVerdict {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplyVerdict {
     /// Rewritten in place; the message grew by `delta` bytes.
-    Rewritten {
-        delta: isize,
-    },
+    Rewritten { delta: isize, csum: Adjust },
     /// A handle without attributes to derive its VFH from (e.g. MNT), or more fields than the
     /// scratch holds: the management core finishes it.
     SlowPath,
@@ -148,16 +154,27 @@ fn replace_handle<B: Buffer>(
     at: usize,
     old_len: usize,
     new: &[u8],
+    csum: &mut Adjust,
 ) -> Result<isize, BufferError> {
     let old = 4 + pad4(old_len);
     let want = 4 + pad4(new.len());
+    csum.remove(pkt.data().get(at..at + old).ok_or(BufferError::OutOfRange)?);
     pkt.splice(at, old, want)?;
     let d = pkt.data_mut();
     let slot = d.get_mut(at..at + want).ok_or(BufferError::OutOfRange)?;
     slot[..4].copy_from_slice(&(new.len() as u32).to_be_bytes());
     slot[4..4 + new.len()].copy_from_slice(new);
     slot[4 + new.len()..].fill(0);
+    csum.add(slot);
     Ok(want as isize - old as isize)
+}
+
+/// Overwrite `m[at..at + new.len()]` (in bounds: the caller read it), recording the edit.
+fn put(m: &mut [u8], at: usize, new: &[u8], csum: &mut Adjust) {
+    let slot = &mut m[at..at + new.len()];
+    csum.remove(slot);
+    slot.copy_from_slice(new);
+    csum.add(new);
 }
 
 /// Turn the VFHs of a call into physical handles. `mch_of(sid)` is the current mount checksum
@@ -235,8 +252,9 @@ pub fn devirtualize_call<B: Buffer>(
         return CallVerdict::Malformed;
     }
     let mut delta = 0;
+    let mut csum = Adjust::default();
     for i in (0..n).rev() {
-        match replace_handle(pkt, msg_at + found[i].0, VFH_LEN, &pfh[i][..plen[i]]) {
+        match replace_handle(pkt, msg_at + found[i].0, VFH_LEN, &pfh[i][..plen[i]], &mut csum) {
             Ok(d) => delta += d,
             Err(_) => return CallVerdict::Malformed,
         }
@@ -265,13 +283,14 @@ pub fn devirtualize_call<B: Buffer>(
         };
         let v = u32::from_be_bytes([slot[0], slot[1], slot[2], slot[3]]);
         if v > max {
-            slot.copy_from_slice(&max.to_be_bytes());
+            put(slot, 0, &max.to_be_bytes(), &mut csum);
         }
     }
     CallVerdict::Forward {
         sid: sid.unwrap_or(0),
         delta,
         dir_pfs: vfhs[0].map_or(0, |v| v.pfs),
+        csum,
     }
 }
 
@@ -339,6 +358,7 @@ pub fn virtualize_reply<B: Buffer>(
     let vfsid = ctx.virtual_fsid.to_be_bytes();
     let mut after: Option<(usize, u64, u64)> = None;
     let mut delta = 0isize;
+    let mut csum = Adjust::default();
     for i in (0..list.len()).rev() {
         match list[i] {
             Field::Fattr { at } => {
@@ -353,9 +373,8 @@ pub fn virtualize_reply<B: Buffer>(
                     return ReplyVerdict::Malformed;
                 };
                 let vin = vfh::virtual_inode(ctx.key, sid, pfs, pin);
-                m[at + Field::FATTR_FSID..at + Field::FATTR_FSID + 8].copy_from_slice(&vfsid);
-                m[at + Field::FATTR_FILEID..at + Field::FATTR_FILEID + 8]
-                    .copy_from_slice(&vin.to_be_bytes());
+                put(m, at + Field::FATTR_FSID, &vfsid, &mut csum);
+                put(m, at + Field::FATTR_FILEID, &vin.to_be_bytes(), &mut csum);
                 after = Some((at, pfs, pin));
             }
             Field::FileId { at } => {
@@ -366,8 +385,8 @@ pub fn virtualize_reply<B: Buffer>(
                 let Some(pin) = be64(m, at) else {
                     return ReplyVerdict::Malformed;
                 };
-                m[at..at + 8]
-                    .copy_from_slice(&vfh::virtual_inode(ctx.key, sid, dir_pfs, pin).to_be_bytes());
+                let vin = vfh::virtual_inode(ctx.key, sid, dir_pfs, pin);
+                put(m, at, &vin.to_be_bytes(), &mut csum);
             }
             Field::Handle { at, len } => {
                 let Some(a) = paired(i) else {
@@ -393,7 +412,7 @@ pub fn virtualize_reply<B: Buffer>(
                 pfh[..len].copy_from_slice(phys);
                 let v = VirtualHandle::for_object(ctx.key, sid, mch, pfs, pin, &pfh[..len]);
                 on_mapping(v.hid, &pfh[..len]);
-                match replace_handle(pkt, msg_at + at, len, &v.encode(ctx.key)) {
+                match replace_handle(pkt, msg_at + at, len, &v.encode(ctx.key), &mut csum) {
                     Ok(d) => delta += d,
                     Err(_) => return ReplyVerdict::Malformed,
                 }
@@ -412,11 +431,11 @@ pub fn virtualize_reply<B: Buffer>(
                 ] {
                     let v = u32::from_be_bytes([m[off], m[off + 1], m[off + 2], m[off + 3]]);
                     if v > max {
-                        m[off..off + 4].copy_from_slice(&max.to_be_bytes());
+                        put(m, off, &max.to_be_bytes(), &mut csum);
                     }
                 }
             }
         }
     }
-    ReplyVerdict::Rewritten { delta }
+    ReplyVerdict::Rewritten { delta, csum }
 }

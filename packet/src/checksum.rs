@@ -107,6 +107,52 @@ pub fn update_bytes(hc: u16, old: &[u8], new: &[u8]) -> u16 {
     !fold(fold(acc) as u32)
 }
 
+/// A running RFC 1624 adjustment of a checksum, for edits of a checksummed region: bytes
+/// removed, bytes added, fields changed. Every edit must sit at an even offset of the region,
+/// and data that moves (a splice that grows or shrinks the region) must move by an even
+/// number of bytes, so its 16-bit words and their sum stay the same.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Adjust(u64);
+
+impl Adjust {
+    /// Bytes that left the region.
+    #[inline]
+    pub fn remove(&mut self, old: &[u8]) {
+        self.0 += u64::from(!fold(sum(old)));
+    }
+
+    /// Bytes that joined the region.
+    #[inline]
+    pub fn add(&mut self, new: &[u8]) {
+        self.0 += u64::from(fold(sum(new)));
+    }
+
+    /// A 16-bit field changed.
+    #[inline]
+    pub fn field16(&mut self, old: u16, new: u16) {
+        self.0 += u64::from(!old) + u64::from(new);
+    }
+
+    /// A 32-bit field (an IPv4 address) changed.
+    #[inline]
+    pub fn field32(&mut self, old: u32, new: u32) {
+        self.field16((old >> 16) as u16, (new >> 16) as u16);
+        self.field16(old as u16, new as u16);
+    }
+
+    /// Another adjustment's edits too.
+    #[inline]
+    pub fn merge(&mut self, other: Adjust) {
+        self.0 += other.0;
+    }
+
+    /// The checksum field `hc` after every edit recorded.
+    #[inline]
+    pub fn apply(self, hc: u16) -> u16 {
+        !fold(fold64(u64::from(!hc) + self.0))
+    }
+}
+
 /// UDP special case: a computed checksum of zero is sent as 0xffff.
 #[inline]
 pub fn udp_nonzero(c: u16) -> u16 {
@@ -178,6 +224,29 @@ mod tests {
             let after = checksum(&data);
             let inc = update32(before, old, new);
             prop_assert_eq!(fold(u32::from(!inc)) % 0xffff, fold(u32::from(!after)) % 0xffff);
+        }
+
+        #[test]
+        fn adjust_follows_splices_and_fields(
+            mut data in proptest::collection::vec(any::<u8>(), 64..200),
+            at in 0usize..30, old_words in 0usize..12, new in proptest::collection::vec(any::<u8>(), 0..24),
+            field in any::<u32>(),
+        ) {
+            // Region: data with a 32-bit field at 0; splice at an even offset, an even length
+            // removed and an even length added (the rest moves by an even amount).
+            let before = checksum(&data);
+            let at = 4 + at * 2;
+            let old_len = (old_words * 2).min(data.len() - at);
+            let new = &new[..new.len() & !1];
+            let mut adj = Adjust::default();
+            adj.remove(&data[at..at + old_len]);
+            adj.add(new);
+            data.splice(at..at + old_len, new.iter().copied());
+            let f = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
+            adj.field32(f, field);
+            data[..4].copy_from_slice(&field.to_be_bytes());
+            let after = checksum(&data);
+            prop_assert_eq!(fold(u32::from(!adj.apply(before))) % 0xffff, fold(u32::from(!after)) % 0xffff);
         }
 
         #[test]
