@@ -126,7 +126,10 @@ pub enum CallVerdict {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplyVerdict {
     /// Rewritten in place; the message grew by `delta` bytes.
-    Rewritten { delta: isize, csum: Adjust },
+    Rewritten {
+        delta: isize,
+        csum: Adjust,
+    },
     /// A handle without attributes to derive its VFH from (e.g. MNT), or more fields than the
     /// scratch holds: the management core finishes it.
     SlowPath,
@@ -158,7 +161,11 @@ fn replace_handle<B: Buffer>(
 ) -> Result<isize, BufferError> {
     let old = 4 + pad4(old_len);
     let want = 4 + pad4(new.len());
-    csum.remove(pkt.data().get(at..at + old).ok_or(BufferError::OutOfRange)?);
+    csum.remove(
+        pkt.data()
+            .get(at..at + old)
+            .ok_or(BufferError::OutOfRange)?,
+    );
     pkt.splice(at, old, want)?;
     let d = pkt.data_mut();
     let slot = d.get_mut(at..at + want).ok_or(BufferError::OutOfRange)?;
@@ -254,7 +261,13 @@ pub fn devirtualize_call<B: Buffer>(
     let mut delta = 0;
     let mut csum = Adjust::default();
     for i in (0..n).rev() {
-        match replace_handle(pkt, msg_at + found[i].0, VFH_LEN, &pfh[i][..plen[i]], &mut csum) {
+        match replace_handle(
+            pkt,
+            msg_at + found[i].0,
+            VFH_LEN,
+            &pfh[i][..plen[i]],
+            &mut csum,
+        ) {
             Ok(d) => delta += d,
             Err(_) => return CallVerdict::Malformed,
         }

@@ -200,6 +200,15 @@ impl<V: Copy + Default> TransactionTable<V> {
         None
     }
 
+    /// Load the first slot `key` probes, so that a later [`insert`](Self::insert) or
+    /// [`take`](Self::take) finds it in cache: a burst touches all its slots first, and their
+    /// misses overlap instead of stalling one packet after another. The value means nothing.
+    #[inline]
+    pub fn touch(&self, key: TxKey) -> u64 {
+        let s = &self.slots[key.hash() as usize & self.mask];
+        s.stamp ^ u64::from(s.key.xid)
+    }
+
     /// Free expired entries (called from time to time off the fast path of a burst).
     pub fn sweep(&mut self, now: u64) -> usize {
         let mut n = 0;
@@ -311,6 +320,13 @@ impl HandleTable {
             }
         }
         None
+    }
+
+    /// Load both cache lines of the first slot `hid` probes (see [`TransactionTable::touch`]).
+    #[inline]
+    pub fn touch(&self, hid: u64) -> u64 {
+        let s = &self.slots[mix(hid) as usize & self.mask];
+        s.vin.load(Ordering::Relaxed) ^ s.words[0].load(Ordering::Relaxed)
     }
 
     /// Whether slot `s` holds exactly `pfh` (the writer's own view: no write can race it).

@@ -367,7 +367,10 @@ fn reply_without_room_goes_to_the_slow_path_untouched() {
         &mut scratch,
         |_, _| {},
     );
-    assert!(matches!(v, ReplyVerdict::Rewritten { delta: 16, .. }), "{v:?}");
+    assert!(
+        matches!(v, ReplyVerdict::Rewritten { delta: 16, .. }),
+        "{v:?}"
+    );
 }
 
 /// Found by the nfs_wire fuzz target: a server's "handle" of length 0 must not become a VFH.
@@ -483,7 +486,10 @@ fn transfer_sizes_are_clamped_to_the_mtu() {
         &mut scratch,
         |_, _| {},
     );
-    assert!(matches!(v, ReplyVerdict::Rewritten { delta: 0, .. }), "{v:?}");
+    assert!(
+        matches!(v, ReplyVerdict::Rewritten { delta: 0, .. }),
+        "{v:?}"
+    );
     let got: Vec<u32> = (0..7).map(|i| be32(b.data(), sizes_at + 4 * i)).collect();
     assert_eq!(got, [1024, 1024, 4096, 1024, 1024, 4096, 1086]);
 }
