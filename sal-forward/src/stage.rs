@@ -1,0 +1,308 @@
+//! The service-router stage (fast path), before routing.
+//!
+//! A SYN, or a connectionless datagram, carrying a SERVICE extension and addressed to one of
+//! the router's addresses is matched against the [`ServiceTable`]:
+//!
+//! - FORWARD (anycast): the IP destination becomes the chosen instance (the client's source
+//!   stays), the router's address (the one the client sent to) joins the SOURCE extension —
+//!   appended as `[client, router]` when there is none — and the SAL, IP and transport
+//!   checksums follow; routing then decrements the TTL and sends it on. A packet whose SOURCE
+//!   already lists this router is a loop and is dropped;
+//! - DROP and no match (for a SYN) drop, counted;
+//! - DEMUX, DELAY, FORWARD to all targets, and a datagram without a match go to the management
+//!   core (local services, the delay queue, copies, the original's RST).
+//!
+//! Everything else — SYN-ACKs, data, RSYN migration, packets to other hosts — is plain IP.
+
+use crate::table::{Action, Matched, Mode, ServiceTable};
+use crate::wire::{self, Sal};
+use packet::checksum::{self, Adjust};
+use packet::ipv4::Ipv4Packet;
+use packet::{drop_reasons, Buffer, DropReason, PuntReason, Stage, Verdict};
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+drop_reasons! {
+    /// Why the service-router stage drops a packet.
+    pub enum SalDrop {
+        Malformed = "malformed",
+        BadChecksum = "bad-checksum",
+        NoMatch = "no-match",
+        Rule = "drop-rule",
+        Loop = "loop",
+        SourceFull = "source-full",
+        NoRoom = "no-room",
+    }
+}
+
+/// What the stage shares with the management core.
+#[derive(Debug)]
+pub struct SalShared {
+    pub table: Arc<ServiceTable>,
+    /// The router's own addresses: service requests are addressed to one of them.
+    pub local: Vec<Ipv4Addr>,
+}
+
+/// Packets matched per rule slot, one array per worker (single writer; the management core
+/// sums them).
+#[derive(Debug)]
+pub struct RuleHits(Box<[AtomicU64]>);
+
+impl RuleHits {
+    pub fn new(n: usize) -> Self {
+        RuleHits((0..n).map(|_| AtomicU64::new(0)).collect())
+    }
+    #[inline]
+    fn bump(&self, slot: u32) {
+        if let Some(c) = self.0.get(slot as usize) {
+            c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        }
+    }
+    pub fn get(&self, slot: u32) -> u64 {
+        self.0
+            .get(slot as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+}
+
+/// One worker's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SalCounters {
+    /// Service requests seen (SYNs and datagrams with SERVICE to the router).
+    pub requests: u64,
+    pub forwarded: u64,
+    pub demux: u64,
+    pub delayed: u64,
+    /// Other Serval packets routed as plain IP.
+    pub passed: u64,
+}
+
+impl SalCounters {
+    pub const NAMES: [&'static str; 5] = ["requests", "forwarded", "demux", "delayed", "passed"];
+    pub fn values(&self) -> [u64; 5] {
+        [
+            self.requests,
+            self.forwarded,
+            self.demux,
+            self.delayed,
+            self.passed,
+        ]
+    }
+}
+
+/// The service-router stage of one worker.
+#[derive(Debug)]
+pub struct SalStage {
+    shared: Arc<SalShared>,
+    hits: Arc<RuleHits>,
+    rng: u64,
+    pub counters: SalCounters,
+}
+
+impl Clone for SalStage {
+    fn clone(&self) -> Self {
+        SalStage {
+            shared: self.shared.clone(),
+            hits: Arc::new(RuleHits::new(self.shared.table.capacity())),
+            rng: self.rng.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15,
+            counters: SalCounters::default(),
+        }
+    }
+}
+
+const ETH: usize = packet::ethernet::HEADER_LEN;
+
+impl SalStage {
+    /// A worker's stage; `seed` makes its anycast draws differ from other workers'.
+    pub fn new(shared: Arc<SalShared>, seed: u64) -> Self {
+        let hits = Arc::new(RuleHits::new(shared.table.capacity()));
+        SalStage {
+            shared,
+            hits,
+            rng: seed | 1,
+            counters: SalCounters::default(),
+        }
+    }
+
+    /// This worker's per-rule counters.
+    pub fn hits(&self) -> &Arc<RuleHits> {
+        &self.hits
+    }
+
+    #[inline]
+    fn draw(&mut self) -> u32 {
+        // xorshift64*
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u32
+    }
+
+    /// Rewrite a matched request towards `to`: the IP destination, the SOURCE extension, and
+    /// the three checksums.
+    fn forward<B: Buffer>(
+        &mut self,
+        pkt: &mut B,
+        hl: usize,
+        s: &Sal,
+        router: Ipv4Addr,
+        to: Ipv4Addr,
+    ) -> Verdict {
+        let sal_at = ETH + hl;
+        let f = pkt.data();
+        let sal = &f[sal_at..];
+        if s.source_addrs(sal).any(|a| a == router) {
+            return SalDrop::Loop.drop();
+        }
+        let client = Ipv4Addr::new(f[ETH + 12], f[ETH + 13], f[ETH + 14], f[ETH + 15]);
+        // Where the new bytes go and what they are.
+        let (at, grow, new): (usize, usize, [u8; 12]) = match s.source {
+            Some(src) => {
+                if s.source_n >= wire::SOURCE_MAX {
+                    return SalDrop::SourceFull.drop();
+                }
+                let mut b = [0u8; 12];
+                b[..4].copy_from_slice(&router.octets());
+                (src + 4 + 4 * s.source_n, 4, b)
+            }
+            None => {
+                let mut b = [0u8; 12];
+                b[0] = wire::ext::SOURCE << 4;
+                b[1] = 12;
+                b[4..8].copy_from_slice(&client.octets());
+                b[8..12].copy_from_slice(&router.octets());
+                (s.len, 12, b)
+            }
+        };
+        if s.len + grow > wire::MAX_LEN || pkt.splice(sal_at + at, 0, grow).is_err() {
+            return SalDrop::NoRoom.drop();
+        }
+        let d = pkt.data_mut();
+        let Some(sal) = d.get_mut(sal_at..) else {
+            return SalDrop::NoRoom.drop();
+        };
+        sal[at..at + grow].copy_from_slice(&new[..grow]);
+        if let Some(src) = s.source {
+            sal[src + 1] += 4;
+        }
+        let new_len = s.len + grow;
+        sal[8] = (new_len / 4) as u8;
+        sal[10..12].fill(0);
+        let c = checksum::checksum(&sal[..new_len]);
+        sal[10..12].copy_from_slice(&c.to_be_bytes());
+        // The transport checksum covers the pseudo-header's destination, nothing else here.
+        let mut tcsum = Adjust::default();
+        tcsum.field32(u32::from(router), u32::from(to));
+        let csum_at = match s.protocol {
+            6 => Some(new_len + 16),
+            17 => Some(new_len + 6),
+            _ => None,
+        };
+        if let Some(slot) = csum_at.and_then(|o| sal.get_mut(o..o + 2)) {
+            let old = u16::from_be_bytes([slot[0], slot[1]]);
+            if !(s.protocol == 17 && old == 0) {
+                let mut v = tcsum.apply(old);
+                if s.protocol == 17 {
+                    v = checksum::udp_nonzero(v);
+                }
+                slot.copy_from_slice(&v.to_be_bytes());
+            }
+        }
+        let mut ip = Ipv4Packet::new_unchecked(&mut d[ETH..]);
+        let old_tl = ip.total_len();
+        let Some(tl) = old_tl.checked_add(grow as u16) else {
+            return SalDrop::NoRoom.drop();
+        };
+        let mut icsum = Adjust::default();
+        icsum.field16(old_tl, tl);
+        icsum.field32(u32::from(router), u32::from(to));
+        ip.set_total_len(tl);
+        ip.set_dst_addr(to);
+        let hc = ip.checksum();
+        ip.set_checksum(icsum.apply(hc));
+        self.counters.forwarded += 1;
+        Verdict::Next
+    }
+
+    fn request<B: Buffer>(
+        &mut self,
+        pkt: &mut B,
+        hl: usize,
+        router: Ipv4Addr,
+        s: &Sal,
+        m: Option<Matched>,
+    ) -> Verdict {
+        let Some(m) = m else {
+            // The original: no match drops a SYN, answers anything else with a RST (built
+            // by the management core).
+            return if s.is_syn() {
+                SalDrop::NoMatch.drop()
+            } else {
+                Verdict::Punt(PuntReason::Application)
+            };
+        };
+        self.hits.bump(m.rule);
+        match m.action {
+            Action::Forward if m.mode == Mode::Anycast => {
+                let draw = self.draw();
+                match m.pick(draw) {
+                    Some(to) => self.forward(pkt, hl, s, router, to),
+                    None => SalDrop::NoMatch.drop(),
+                }
+            }
+            Action::Forward => Verdict::Punt(PuntReason::Application),
+            Action::Demux => {
+                self.counters.demux += 1;
+                Verdict::Punt(PuntReason::Application)
+            }
+            Action::Delay => {
+                self.counters.delayed += 1;
+                Verdict::Punt(PuntReason::Application)
+            }
+            Action::Drop => SalDrop::Rule.drop(),
+        }
+    }
+}
+
+impl Stage for SalStage {
+    type Reason = SalDrop;
+    const NAME: &'static str = "sal";
+
+    fn process<B: Buffer>(&mut self, pkt: &mut B) -> Verdict {
+        let f = pkt.data();
+        if f.len() < ETH + 20 + wire::BASE_LEN || f[12] != 0x08 || f[13] != 0x00 {
+            return Verdict::Next;
+        }
+        let Ok(ip) = Ipv4Packet::new_checked(&f[ETH..]) else {
+            return Verdict::Next;
+        };
+        if ip.protocol() != wire::PROTOCOL || ip.is_fragment() {
+            return Verdict::Next;
+        }
+        let router = ip.dst_addr();
+        if !self.shared.local.contains(&router) {
+            return Verdict::Next;
+        }
+        let hl = usize::from(ip.header_len());
+        let sal_bytes = ip.payload();
+        let s = match wire::parse(sal_bytes) {
+            Ok(s) => s,
+            Err(_) => return SalDrop::Malformed.drop(),
+        };
+        if s.service.is_none() || !(s.is_syn() || s.is_datagram()) {
+            self.counters.passed += 1;
+            return Verdict::Next;
+        }
+        if !wire::verify_checksum(&sal_bytes[..s.len]) {
+            return SalDrop::BadChecksum.drop();
+        }
+        self.counters.requests += 1;
+        let m = s
+            .service_id(sal_bytes)
+            .and_then(|id| self.shared.table.lookup(&id));
+        self.request(pkt, hl, router, &s, m)
+    }
+}
