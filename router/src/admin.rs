@@ -52,6 +52,33 @@ pub enum Request {
     NfsStats,
     /// Write the handle-table checkpoint now.
     NfsCheckpoint,
+    /// Add targets to a service rule (creating it).
+    SalRuleAdd {
+        prefix: String,
+        action: String,
+        #[serde(default)]
+        targets: Vec<String>,
+        #[serde(default)]
+        priority: u32,
+        #[serde(default)]
+        mode: Option<String>,
+    },
+    /// Delete a service rule: one target, one priority's set, or the whole prefix.
+    SalRuleDel {
+        prefix: String,
+        #[serde(default)]
+        priority: Option<u32>,
+        #[serde(default)]
+        target: Option<std::net::Ipv4Addr>,
+    },
+    SalRuleList {
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+    /// Service-router counters: the stage's, the controller's, per rule.
+    SalStats,
+    SalRegistrations,
+    SalDelayed,
 }
 
 /// The router's answer.

@@ -438,6 +438,61 @@ pub struct NfsConfig {
     pub servers: Vec<NfsServerConfig>,
 }
 
+fn d_sal_rules() -> usize {
+    131_072
+}
+fn d_registration_ttl() -> u64 {
+    50
+}
+fn d_delay_queue() -> usize {
+    1024
+}
+fn d_delay_timeout_ms() -> u64 {
+    2000
+}
+
+/// One configured service rule.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SalRuleConfig {
+    /// `16385` (the original tools' decimal form: a /32), `0x…/LEN`, or `ID/LEN`.
+    pub prefix: String,
+    /// forward, demux, delay or drop.
+    pub action: String,
+    /// FORWARD targets as `ADDRESS[:WEIGHT]` (weight 0 counts as 1).
+    #[serde(default)]
+    pub targets: Vec<String>,
+    #[serde(default)]
+    pub priority: u32,
+    /// anycast (one target by weighted sampling) or all (a copy to each).
+    #[serde(default)]
+    pub mode: Option<String>,
+}
+
+/// Serval service routing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SalConfig {
+    /// Rule slots (prefixes) in the service table.
+    #[serde(default = "d_sal_rules")]
+    pub max_rules: usize,
+    /// Run the service controller: hosts' REGISTER/UNREGISTER (to serviceID 88888) become
+    /// FORWARD rules.
+    #[serde(default = "d_true")]
+    pub controller: bool,
+    /// Seconds a registration lives without a refresh (the original: 50).
+    #[serde(default = "d_registration_ttl")]
+    pub registration_ttl_secs: u64,
+    /// Packets the DELAY queue holds (the original: 1024).
+    #[serde(default = "d_delay_queue")]
+    pub delay_queue: usize,
+    /// How long a delayed packet waits for its service to resolve.
+    #[serde(default = "d_delay_timeout_ms")]
+    pub delay_timeout_ms: u64,
+    #[serde(default)]
+    pub rules: Vec<SalRuleConfig>,
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -461,6 +516,8 @@ pub struct Config {
     #[serde(default)]
     pub nfs: Option<NfsConfig>,
     #[serde(default)]
+    pub sal: Option<SalConfig>,
+    #[serde(default)]
     pub icmp: IcmpConfig,
     #[serde(default)]
     pub admin: AdminConfig,
@@ -482,6 +539,19 @@ pub enum RouteTarget {
     Via { gateway: Ipv4Addr, port: u16 },
     Port(u16),
     Blackhole,
+}
+
+impl SalRuleConfig {
+    /// The rule as the service table takes it.
+    pub fn parse(&self) -> Result<sal_forward::table::RuleSpec, String> {
+        sal_forward::table::RuleSpec::parse(
+            &self.prefix,
+            &self.action,
+            &self.targets,
+            self.priority,
+            self.mode.as_deref(),
+        )
+    }
 }
 
 impl Config {
@@ -601,6 +671,16 @@ impl Config {
         }
         if let Some(n) = &self.nfs {
             self.validate_nfs(n)?;
+        }
+        if let Some(sal) = &self.sal {
+            if !(16..=1 << 24).contains(&sal.max_rules) {
+                return Err(invalid("sal.max_rules", "must be 16..=16777216"));
+            }
+            for (i, r) in sal.rules.iter().enumerate() {
+                if let Err(e) = r.parse() {
+                    return Err(invalid(format!("sal.rules[{i}]"), e));
+                }
+            }
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid(

@@ -130,6 +130,9 @@ pub struct CoreCounters {
     /// NFS stage totals of this core, as `nfs_rewrite::datapath::NfsCounters::values` lays
     /// them out.
     pub nfs: Box<[Counter]>,
+    /// SAL stage totals of this core, as `sal_forward::stage::SalCounters::values` lays them
+    /// out.
+    pub sal: Box<[Counter]>,
 }
 
 impl CoreCounters {
@@ -155,6 +158,10 @@ impl CoreCounters {
             nfs: (0..nfs_rewrite::datapath::NfsCounters::WIDTH)
                 .map(|_| Counter::default())
                 .collect(),
+            sal: sal_forward::stage::SalCounters::NAMES
+                .iter()
+                .map(|_| Counter::default())
+                .collect(),
         }
     }
 
@@ -170,6 +177,7 @@ impl CoreCounters {
             punt_ring_full: self.punt_ring_full.get(),
             injected: self.injected.get(),
             nfs: self.nfs.iter().map(Counter::get).collect(),
+            sal: self.sal.iter().map(Counter::get).collect(),
             ports: self
                 .ports
                 .iter()
@@ -220,6 +228,8 @@ pub struct CoreSnapshot {
     /// NFS stage counters (see [`CoreCounters::nfs`]); summed and named in the stats' "nfs".
     #[serde(skip)]
     pub nfs: Vec<u64>,
+    /// SAL stage counters (see [`CoreCounters::sal`]).
+    pub sal: Vec<u64>,
     pub ports: Vec<PortSnapshot>,
     pub stages: Vec<StageSnapshot>,
 }

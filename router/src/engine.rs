@@ -15,6 +15,7 @@ use crate::port::Backend;
 use crate::qsbr::Qsbr;
 use nfs_rewrite::datapath::{NfsDrop, NfsStage};
 use packet::{Buffer, DropReason, PuntReason, Stage, Verdict};
+use sal_forward::stage::{SalDrop, SalStage};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -90,6 +91,8 @@ pub struct Pipeline {
     pub ipv4: Ipv4Stage,
     /// Mirage NFS rewrite, before routing (when `[nfs]` is configured).
     pub nfs: Option<NfsStage>,
+    /// Serval service routing, before routing (when `[sal]` is configured).
+    pub sal: Option<SalStage>,
     /// Coarse clock (ms) the management core advances; stages read it instead of the system
     /// clock.
     pub clock: Arc<AtomicU64>,
@@ -97,16 +100,38 @@ pub struct Pipeline {
 
 /// Index of each stage's counters in `CoreCounters::stages`.
 const IPV4: usize = 0;
-const NFS: usize = 1;
 
 impl Pipeline {
-    /// Counters for this pipeline's stages (IPv4 first, then NFS when configured).
+    /// Counters for this pipeline's stages (IPv4 first, then NFS and SAL when configured).
     pub fn stage_counters(&self) -> Vec<StageCounters> {
         let mut v = vec![StageCounters::new(Ipv4Stage::NAME, Ipv4Drop::NAMES)];
         if self.nfs.is_some() {
             v.push(StageCounters::new(NfsStage::NAME, NfsDrop::NAMES));
         }
+        if self.sal.is_some() {
+            v.push(StageCounters::new(SalStage::NAME, SalDrop::NAMES));
+        }
         v
+    }
+
+    /// Run one application stage over the packets still undecided, and count.
+    #[inline]
+    fn app_stage<B: Buffer, S: Stage>(
+        st: &mut S,
+        s: &StageCounters,
+        pkts: &mut [B],
+        verdicts: &mut [Verdict],
+        undecided: &mut [bool],
+    ) {
+        let n = pkts.len();
+        s.packets
+            .add(undecided[..n].iter().filter(|&&u| u).count() as u64);
+        st.process_burst(pkts, verdicts);
+        Self::count(s, &verdicts[..n], &undecided[..n]);
+        // Next after an application stage means "continue to routing", not forwarded by it.
+        for (u, v) in undecided[..n].iter_mut().zip(&verdicts[..n]) {
+            *u = *v == Verdict::Next;
+        }
     }
 
     /// Count what one stage decided: verdicts it changed from Next (drops, punts, transmits);
@@ -137,22 +162,21 @@ impl Pipeline {
     ) {
         let n = pkts.len();
         verdicts[..n].fill(Verdict::Next);
+        undecided[..n].fill(true);
+        let mut idx = IPV4 + 1;
         if let Some(nfs) = self.nfs.as_mut() {
-            let s = &c.stages[NFS];
-            s.packets.add(n as u64);
             nfs.set_now(self.clock.load(Ordering::Relaxed));
-            nfs.process_burst(pkts, verdicts);
-            undecided[..n].fill(true);
-            Self::count(s, &verdicts[..n], &undecided[..n]);
-            // Next after NFS means "continue to routing", not forwarded by NFS.
-            for (u, v) in undecided[..n].iter_mut().zip(&verdicts[..n]) {
-                *u = *v == Verdict::Next;
-            }
+            Self::app_stage(nfs, &c.stages[idx], pkts, verdicts, undecided);
             for (dst, v) in c.nfs.iter().zip(nfs.counters.values()) {
                 dst.set(v);
             }
-        } else {
-            undecided[..n].fill(true);
+            idx += 1;
+        }
+        if let Some(sal) = self.sal.as_mut() {
+            Self::app_stage(sal, &c.stages[idx], pkts, verdicts, undecided);
+            for (dst, v) in c.sal.iter().zip(sal.counters.values()) {
+                dst.set(v);
+            }
         }
         let s = &c.stages[IPV4];
         s.packets
@@ -315,10 +339,14 @@ impl Engine {
                 mapping_consumers.push(rx);
                 tx
             });
+            let mut pipe = pipeline.clone();
+            if let Some(sal) = pipe.sal.as_mut() {
+                sal.set_instance(w);
+            }
             let ctx = WorkerCtx {
                 id: w,
                 be: backend.clone(),
-                pipe: pipeline.clone(),
+                pipe,
                 c,
                 qsbr: qsbr.clone(),
                 stop: stop.clone(),

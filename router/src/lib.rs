@@ -14,6 +14,7 @@ pub mod mgmt;
 pub mod port;
 pub mod qsbr;
 pub mod reasm;
+pub mod sal;
 
 use config::Config;
 use engine::{Engine, Pipeline};
@@ -41,6 +42,8 @@ pub enum RunError {
     },
     #[error("port {port}: {msg}")]
     Port { port: String, msg: String },
+    #[error("sal: {0}")]
+    Sal(String),
 }
 
 /// What every worker's NFS stage shares, from the `[nfs]` section.
@@ -120,13 +123,28 @@ pub fn run<B: Backend>(
             source,
         })?;
     let nfs = cfg.nfs.as_ref().map(|n| nfs_shared(n, cfg.nfs_limits()));
+    let sal = cfg.sal.as_ref().map(|sc| {
+        Arc::new(sal_forward::stage::SalShared::new(
+            Arc::new(sal_forward::table::ServiceTable::new(sc.max_rules)),
+            cfg.addresses().iter().map(|(_, a, _)| *a).collect(),
+            workers + 1,
+        ))
+    });
     let clock = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let pipeline = Pipeline {
         ipv4: stage.clone(),
         nfs: nfs.as_ref().zip(cfg.nfs.as_ref()).map(|(sh, n)| {
             nfs_rewrite::datapath::NfsStage::new(sh.clone(), n.transactions, n.transaction_ttl_ms)
         }),
+        sal: sal
+            .as_ref()
+            .map(|sh| sal_forward::stage::SalStage::new(sh.clone(), 0)),
         clock: clock.clone(),
+    };
+    // The service rules go in before the workers start.
+    let sal_mgmt = match (&cfg.sal, &sal) {
+        (Some(sc), Some(sh)) => Some(sal::SalMgmt::new(sc, sh.clone()).map_err(RunError::Sal)?),
+        _ => None,
     };
     let (engine, rings) =
         Engine::start(&cfg, backend.clone(), pipeline, qsbr).map_err(RunError::Lcores)?;
@@ -134,6 +152,7 @@ pub fn run<B: Backend>(
     let mut mgmt = Mgmt::new(
         clock,
         nfs,
+        sal_mgmt,
         cfg,
         backend.clone(),
         fib,

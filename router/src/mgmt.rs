@@ -86,7 +86,7 @@ pub struct MgmtCounters {
 }
 
 /// The IPv4 packet in an Ethernet frame, if it holds a valid one.
-fn ipv4_in(frame: &[u8]) -> Option<Ipv4Packet<&[u8]>> {
+pub(crate) fn ipv4_in(frame: &[u8]) -> Option<Ipv4Packet<&[u8]>> {
     Ipv4Packet::new_checked(frame.get(ETH_LEN..)?).ok()
 }
 
@@ -101,6 +101,8 @@ const PORTMAP_PORT: u16 = 111;
 macro_rules! counter_json {
     ($s:expr, $($f:ident),*) => { json!({ $(stringify!($f): $s.$f.get()),* }) };
 }
+
+const SAL_OFF: &str = "Serval service routing is not configured (no [sal] section)";
 
 /// The management core's state.
 pub struct Mgmt<B: Backend> {
@@ -131,6 +133,8 @@ pub struct Mgmt<B: Backend> {
     ckpt: Checkpoints,
     /// IP reassembly for the applications (NFS over UDP).
     reasm: crate::reasm::Reassembler,
+    /// Serval service routing: the controller, rules, the DELAY queue.
+    sal: Option<crate::sal::SalMgmt>,
 }
 
 /// Handle-table checkpoint bookkeeping.
@@ -232,6 +236,7 @@ impl<B: Backend> Mgmt<B> {
     pub fn new(
         clock: Arc<std::sync::atomic::AtomicU64>,
         nfs: Option<Arc<nfs_rewrite::datapath::NfsShared>>,
+        sal: Option<crate::sal::SalMgmt>,
         cfg: Config,
         be: Arc<B>,
         fib: Fib,
@@ -273,6 +278,7 @@ impl<B: Backend> Mgmt<B> {
             nfs,
             ckpt: Checkpoints::default(),
             reasm: crate::reasm::Reassembler::new(64, Duration::from_secs(2)),
+            sal,
         };
         m.load_checkpoint();
         for n in statics {
@@ -506,7 +512,7 @@ impl<B: Backend> Mgmt<B> {
             }
             PuntReason::Application if is_fragment(&buf) => self.fragment_input(buf),
             PuntReason::Application => {
-                if !self.nfs_input(&buf) {
+                if !self.nfs_input(&buf) && !self.sal_input(&buf) {
                     // No controller for it: count, answer nothing (no ICMP: the client retries).
                     self.counters.application_unhandled.inc();
                 }
@@ -525,13 +531,7 @@ impl<B: Backend> Mgmt<B> {
         if self.nfs_datagram(&c.datagram) {
             return;
         }
-        for f in c.frames {
-            if let Some(mut b) = self.alloc_frame(f.len()) {
-                b.data_mut().copy_from_slice(&f);
-                b.set_port(port);
-                self.output(b);
-            }
-        }
+        self.route_frames(c.frames.into_iter().map(|f| (f, port)));
     }
 
     fn inject(&mut self, buf: B::Buf) {
@@ -932,6 +932,40 @@ impl<B: Backend> Mgmt<B> {
         true
     }
 
+    /// A Serval packet the SAL stage handed over. True when it was one.
+    fn sal_input(&mut self, buf: &B::Buf) -> bool {
+        let now = self.now_ms();
+        let Some(sal) = self.sal.as_mut() else {
+            return false;
+        };
+        match sal.input(buf.data(), buf.port(), now) {
+            crate::sal::Handled::NotMine => false,
+            crate::sal::Handled::Done => true,
+            crate::sal::Handled::Copies(frames) => {
+                let port = buf.port();
+                self.route_frames(frames.into_iter().map(|f| (f, port)));
+                true
+            }
+            crate::sal::Handled::Send(src, dst, payload) => {
+                self.send_ip(src, dst, sal_forward::wire::PROTOCOL, payload.len(), |p| {
+                    p.copy_from_slice(&payload)
+                });
+                true
+            }
+        }
+    }
+
+    /// Route frames the management core made (copies, released packets).
+    fn route_frames(&mut self, frames: impl Iterator<Item = (Vec<u8>, u16)>) {
+        for (f, port) in frames {
+            if let Some(mut b) = self.alloc_frame(f.len()) {
+                b.data_mut().copy_from_slice(&f);
+                b.set_port(port);
+                self.output(b);
+            }
+        }
+    }
+
     /// Send a UDP datagram from the router.
     fn send_udp(&mut self, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), payload: &[u8]) {
         self.send_ip(
@@ -1057,6 +1091,10 @@ impl<B: Backend> Mgmt<B> {
             self.checkpoint_timer();
         }
         self.reasm.expire(Instant::now());
+        if let Some(sal) = self.sal.as_mut() {
+            let released = sal.poll(now_ms);
+            self.route_frames(released.into_iter());
+        }
         let now = Instant::now();
         let retry = Duration::from_millis(self.cfg.neighbours.arp_retry_ms);
         let reach = Duration::from_secs(self.cfg.neighbours.reachable_secs);
@@ -1179,6 +1217,7 @@ impl<B: Backend> Mgmt<B> {
                     "next_hops": self.fib.next_hops().len(), "leaked_tbl8": self.fib.leaked_tbl8},
             "mempool_free": self.be.pool_free(),
             "nfs": self.nfs_stats(&cores),
+            "sal": self.sal.as_ref().map(|s| s.stats(&cores)),
         })
     }
 
@@ -1369,6 +1408,43 @@ impl<B: Backend> Mgmt<B> {
                 Err(e) => Response::err(e),
             },
             Request::NfsServers => self.nfs_servers(),
+            Request::SalRuleAdd {
+                prefix,
+                action,
+                targets,
+                priority,
+                mode,
+            } => match self.sal.as_mut() {
+                Some(s) => s.rule_add(&prefix, &action, &targets, priority, mode.as_deref()),
+                None => Response::err(SAL_OFF),
+            },
+            Request::SalRuleDel {
+                prefix,
+                priority,
+                target,
+            } => match self.sal.as_mut() {
+                Some(s) => s.rule_del(&prefix, priority, target),
+                None => Response::err(SAL_OFF),
+            },
+            Request::SalRuleList { limit } => match self.sal.as_ref() {
+                Some(s) => s.rule_list(limit),
+                None => Response::err(SAL_OFF),
+            },
+            Request::SalStats => {
+                let cores: Vec<_> = self.cores.iter().map(|c| c.snapshot()).collect();
+                match self.sal.as_ref() {
+                    Some(s) => Response::ok(s.stats(&cores)),
+                    None => Response::err(SAL_OFF),
+                }
+            }
+            Request::SalRegistrations => match self.sal.as_ref() {
+                Some(s) => s.registrations(self.now_ms()),
+                None => Response::err(SAL_OFF),
+            },
+            Request::SalDelayed => match self.sal.as_ref() {
+                Some(s) => s.delayed(self.now_ms()),
+                None => Response::err(SAL_OFF),
+            },
             Request::NfsStats => {
                 let cores: Vec<_> = self.cores.iter().map(|c| c.snapshot()).collect();
                 match self.nfs_stats(&cores) {

@@ -11,6 +11,7 @@
 //! - [`ctrlmsg`]: the original control messages (REGISTER, UNREGISTER, …).
 #![forbid(unsafe_code)]
 
+pub mod controller;
 pub mod ctrlmsg;
 pub mod id;
 pub mod stage;

@@ -42,6 +42,24 @@ pub struct SalShared {
     pub table: Arc<ServiceTable>,
     /// The router's own addresses: service requests are addressed to one of them.
     pub local: Vec<Ipv4Addr>,
+    /// Per-rule packet counts, one array per stage instance (workers, then the management
+    /// core's own).
+    pub hits: Vec<RuleHits>,
+}
+
+impl SalShared {
+    /// For `stages` stage instances.
+    pub fn new(table: Arc<ServiceTable>, local: Vec<Ipv4Addr>, stages: usize) -> Self {
+        let hits = (0..stages.max(1))
+            .map(|_| RuleHits::new(table.capacity()))
+            .collect();
+        SalShared { table, local, hits }
+    }
+
+    /// Packets every stage instance matched to rule `slot`.
+    pub fn rule_hits(&self, slot: u32) -> u64 {
+        self.hits.iter().map(|h| h.get(slot)).sum()
+    }
 }
 
 /// Packets matched per rule slot, one array per worker (single writer; the management core
@@ -92,42 +110,44 @@ impl SalCounters {
 }
 
 /// The service-router stage of one worker.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SalStage {
     shared: Arc<SalShared>,
-    hits: Arc<RuleHits>,
+    /// Which of `shared.hits` is this instance's.
+    instance: usize,
     rng: u64,
     pub counters: SalCounters,
-}
-
-impl Clone for SalStage {
-    fn clone(&self) -> Self {
-        SalStage {
-            shared: self.shared.clone(),
-            hits: Arc::new(RuleHits::new(self.shared.table.capacity())),
-            rng: self.rng.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15,
-            counters: SalCounters::default(),
-        }
-    }
 }
 
 const ETH: usize = packet::ethernet::HEADER_LEN;
 
 impl SalStage {
-    /// A worker's stage; `seed` makes its anycast draws differ from other workers'.
-    pub fn new(shared: Arc<SalShared>, seed: u64) -> Self {
-        let hits = Arc::new(RuleHits::new(shared.table.capacity()));
-        SalStage {
+    /// Stage instance `instance` (its rule counters and its anycast draws are its own).
+    pub fn new(shared: Arc<SalShared>, instance: usize) -> Self {
+        let mut s = SalStage {
             shared,
-            hits,
-            rng: seed | 1,
+            instance: 0,
+            rng: 1,
             counters: SalCounters::default(),
-        }
+        };
+        s.set_instance(instance);
+        s
     }
 
-    /// This worker's per-rule counters.
-    pub fn hits(&self) -> &Arc<RuleHits> {
-        &self.hits
+    /// Make a copy another instance (a worker's copy of the pipeline).
+    pub fn set_instance(&mut self, instance: usize) {
+        self.instance = instance.min(self.shared.hits.len() - 1);
+        self.rng = (instance as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        self.counters = SalCounters::default();
+    }
+
+    pub fn shared(&self) -> &Arc<SalShared> {
+        &self.shared
+    }
+
+    /// This instance's per-rule counters.
+    pub fn hits(&self) -> &RuleHits {
+        &self.shared.hits[self.instance]
     }
 
     #[inline]
@@ -244,7 +264,7 @@ impl SalStage {
                 Verdict::Punt(PuntReason::Application)
             };
         };
-        self.hits.bump(m.rule);
+        self.shared.hits[self.instance].bump(m.rule);
         match m.action {
             Action::Forward if m.mode == Mode::Anycast => {
                 let draw = self.draw();
@@ -267,39 +287,58 @@ impl SalStage {
     }
 }
 
+impl SalStage {
+    /// A service request addressed to the router: (IP header length, the router address it
+    /// was sent to, its SAL header). Anything else gets its verdict.
+    fn classify(&mut self, f: &[u8]) -> Result<(usize, Ipv4Addr, Sal), Verdict> {
+        if f.len() < ETH + 20 + wire::BASE_LEN || f[12] != 0x08 || f[13] != 0x00 {
+            return Err(Verdict::Next);
+        }
+        let Ok(ip) = Ipv4Packet::new_checked(&f[ETH..]) else {
+            return Err(Verdict::Next);
+        };
+        if ip.protocol() != wire::PROTOCOL || ip.is_fragment() {
+            return Err(Verdict::Next);
+        }
+        let router = ip.dst_addr();
+        if !self.shared.local.contains(&router) {
+            return Err(Verdict::Next);
+        }
+        let hl = usize::from(ip.header_len());
+        let sal_bytes = ip.payload();
+        let s = wire::parse(sal_bytes).map_err(|_| SalDrop::Malformed.drop())?;
+        if s.service.is_none() || !(s.is_syn() || s.is_datagram()) {
+            self.counters.passed += 1;
+            return Err(Verdict::Next);
+        }
+        if !wire::verify_checksum(&sal_bytes[..s.len]) {
+            return Err(SalDrop::BadChecksum.drop());
+        }
+        Ok((hl, router, s))
+    }
+
+    /// Forward a service request to `to` whatever the table says (the management core's
+    /// copies for a FORWARD-to-all rule).
+    pub fn process_to<B: Buffer>(&mut self, pkt: &mut B, to: Ipv4Addr) -> Verdict {
+        match self.classify(pkt.data()) {
+            Ok((hl, router, s)) => self.forward(pkt, hl, &s, router, to),
+            Err(v) => v,
+        }
+    }
+}
+
 impl Stage for SalStage {
     type Reason = SalDrop;
     const NAME: &'static str = "sal";
 
     fn process<B: Buffer>(&mut self, pkt: &mut B) -> Verdict {
-        let f = pkt.data();
-        if f.len() < ETH + 20 + wire::BASE_LEN || f[12] != 0x08 || f[13] != 0x00 {
-            return Verdict::Next;
-        }
-        let Ok(ip) = Ipv4Packet::new_checked(&f[ETH..]) else {
-            return Verdict::Next;
+        let (hl, router, s) = match self.classify(pkt.data()) {
+            Ok(x) => x,
+            Err(v) => return v,
         };
-        if ip.protocol() != wire::PROTOCOL || ip.is_fragment() {
-            return Verdict::Next;
-        }
-        let router = ip.dst_addr();
-        if !self.shared.local.contains(&router) {
-            return Verdict::Next;
-        }
-        let hl = usize::from(ip.header_len());
-        let sal_bytes = ip.payload();
-        let s = match wire::parse(sal_bytes) {
-            Ok(s) => s,
-            Err(_) => return SalDrop::Malformed.drop(),
-        };
-        if s.service.is_none() || !(s.is_syn() || s.is_datagram()) {
-            self.counters.passed += 1;
-            return Verdict::Next;
-        }
-        if !wire::verify_checksum(&sal_bytes[..s.len]) {
-            return SalDrop::BadChecksum.drop();
-        }
         self.counters.requests += 1;
+        let f = pkt.data();
+        let sal_bytes = &f[ETH + hl..];
         let m = s
             .service_id(sal_bytes)
             .and_then(|id| self.shared.table.lookup(&id));

@@ -410,6 +410,72 @@ pub enum TableError {
     NotFound,
 }
 
+/// A rule as an operator writes it (config file, `routerctl sal rule add`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleSpec {
+    pub prefix: Prefix,
+    pub priority: u32,
+    pub mode: Mode,
+    pub targets: Vec<Target>,
+}
+
+impl RuleSpec {
+    /// From text: a prefix (`16385`, `0x…/LEN`, `ID/LEN`), an action (forward, demux, delay,
+    /// drop), FORWARD targets as `ADDRESS[:WEIGHT]`, a priority, a mode (anycast, all).
+    pub fn parse(
+        prefix: &str,
+        action: &str,
+        targets: &[String],
+        priority: u32,
+        mode: Option<&str>,
+    ) -> Result<Self, String> {
+        let prefix: Prefix = prefix
+            .parse()
+            .map_err(|e| format!("prefix {prefix:?}: {e}"))?;
+        let action = Action::from_name(action)
+            .ok_or_else(|| format!("action {action:?}: one of forward, demux, delay, drop"))?;
+        let mode = match mode.unwrap_or("anycast") {
+            "anycast" => Mode::Anycast,
+            "all" => Mode::All,
+            m => return Err(format!("mode {m:?}: anycast or all")),
+        };
+        let targets: Vec<Target> = if action == Action::Forward {
+            if targets.is_empty() {
+                return Err("a forward rule needs targets (ADDRESS[:WEIGHT])".into());
+            }
+            targets
+                .iter()
+                .map(|t| {
+                    let (a, w) = t.split_once(':').unwrap_or((t, "1"));
+                    Ok(Target {
+                        action,
+                        addr: a
+                            .parse()
+                            .map_err(|_| format!("target {t:?}: not an IPv4 address"))?,
+                        weight: w.parse().map_err(|_| format!("target {t:?}: bad weight"))?,
+                    })
+                })
+                .collect::<Result<_, String>>()?
+        } else {
+            if !targets.is_empty() {
+                return Err(format!("a {} rule takes no targets", action.name()));
+            }
+            vec![Target {
+                action,
+                addr: Ipv4Addr::UNSPECIFIED,
+                weight: 1,
+            }]
+        };
+        Rules::check(&targets).map_err(|e| e.to_string())?;
+        Ok(RuleSpec {
+            prefix,
+            priority,
+            mode,
+            targets,
+        })
+    }
+}
+
 /// A configured entry: target sets by priority (the highest is published).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Entry {

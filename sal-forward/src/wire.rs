@@ -334,6 +334,45 @@ impl SalRepr {
     }
 }
 
+/// A whole IPv4 datagram: `sal`, then the transport segment `segment` (TCP or UDP as
+/// `sal.protocol` says, ports 0), its checksum filled in (pseudo-header, segment only). For
+/// hosts, tests and benchmarks; the router never builds requests.
+pub fn datagram(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, sal: &SalRepr, segment: &[u8]) -> Vec<u8> {
+    let hl = sal.len();
+    let total = 20 + hl + segment.len();
+    let mut d = vec![0u8; total];
+    packet::ipv4::Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        protocol: PROTOCOL,
+        payload_len: hl + segment.len(),
+        ttl,
+        tos: 0,
+        ident: 0,
+        dont_frag: false,
+    }
+    .emit(&mut packet::ipv4::Ipv4Packet::new_unchecked(&mut d[..]));
+    let _ = sal.emit(&mut d[20..20 + hl]);
+    let seg = &mut d[20 + hl..];
+    seg.copy_from_slice(segment);
+    let at = match sal.protocol {
+        6 => Some(16),
+        17 => Some(6),
+        _ => None,
+    };
+    if let Some(at) = at.filter(|&a| seg.len() >= a + 2) {
+        seg[at..at + 2].fill(0);
+        let c = !checksum::transport_sum(src.octets(), dst.octets(), sal.protocol, seg);
+        let c = if sal.protocol == 17 {
+            checksum::udp_nonzero(c)
+        } else {
+            c
+        };
+        seg[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    }
+    d
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

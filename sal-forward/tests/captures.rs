@@ -83,13 +83,7 @@ fn stage_with(to: Ipv4Addr, router: Ipv4Addr) -> (Rules, SalStage) {
             }],
         )
         .unwrap();
-    let stage = SalStage::new(
-        Arc::new(SalShared {
-            table,
-            local: vec![router],
-        }),
-        1,
-    );
+    let stage = SalStage::new(Arc::new(SalShared::new(table, vec![router], 1)), 0);
     (rules, stage)
 }
 

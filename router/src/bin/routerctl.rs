@@ -62,6 +62,59 @@ enum Cmd {
         #[command(subcommand)]
         cmd: NfsCmd,
     },
+    /// Serval service routing.
+    Sal {
+        #[command(subcommand)]
+        cmd: SalCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SalCmd {
+    /// Service rules.
+    Rule {
+        #[command(subcommand)]
+        cmd: SalRuleCmd,
+    },
+    /// Stage, controller and DELAY-queue counters.
+    Stats,
+    /// Hosts' registrations (soft state).
+    Registrations,
+    /// Packets waiting in the DELAY queue.
+    Delayed,
+}
+
+#[derive(Subcommand, Debug)]
+enum SalRuleCmd {
+    /// Add targets to a rule: `sal rule add 16385 forward 10.0.2.2:3 10.0.3.2:1`,
+    /// `sal rule add 0x8/4 drop`, `sal rule add 0/0 delay`.
+    Add {
+        /// `16385` (a /32, the original tools' form), `ID/LEN`, or `0x…[/LEN]`.
+        prefix: String,
+        /// forward, demux, delay or drop.
+        action: String,
+        /// FORWARD targets: ADDRESS[:WEIGHT].
+        targets: Vec<String>,
+        /// Only the highest-priority set of a prefix is used.
+        #[arg(long, default_value_t = 0)]
+        priority: u32,
+        /// anycast (one target by weight) or all (a copy to each).
+        #[arg(long)]
+        mode: Option<String>,
+    },
+    /// Delete a rule's target, a priority's set, or the whole prefix.
+    Del {
+        prefix: String,
+        /// Only this target.
+        target: Option<std::net::Ipv4Addr>,
+        #[arg(long)]
+        priority: Option<u32>,
+    },
+    /// List rules with their packet counts.
+    List {
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -168,6 +221,44 @@ fn real_main() -> Result<()> {
         Cmd::Nfs {
             cmd: NfsCmd::Checkpoint,
         } => Request::NfsCheckpoint,
+        Cmd::Sal { cmd } => match cmd {
+            SalCmd::Rule {
+                cmd:
+                    SalRuleCmd::Add {
+                        prefix,
+                        action,
+                        targets,
+                        priority,
+                        mode,
+                    },
+            } => Request::SalRuleAdd {
+                prefix: prefix.clone(),
+                action: action.clone(),
+                targets: targets.clone(),
+                priority: *priority,
+                mode: mode.clone(),
+            },
+            SalCmd::Rule {
+                cmd:
+                    SalRuleCmd::Del {
+                        prefix,
+                        target,
+                        priority,
+                    },
+            } => Request::SalRuleDel {
+                prefix: prefix.clone(),
+                priority: *priority,
+                target: *target,
+            },
+            SalCmd::Rule {
+                cmd: SalRuleCmd::List { limit },
+            } => Request::SalRuleList {
+                limit: Some(*limit),
+            },
+            SalCmd::Stats => Request::SalStats,
+            SalCmd::Registrations => Request::SalRegistrations,
+            SalCmd::Delayed => Request::SalDelayed,
+        },
     };
     let data = call(&mut c, &req)?;
     if cli.json {
@@ -289,6 +380,123 @@ fn real_main() -> Result<()> {
             plain(&data["path"]),
             data["ms"].as_f64().unwrap_or(0.0)
         ),
+        Cmd::Sal {
+            cmd: SalCmd::Rule {
+                cmd: SalRuleCmd::List { .. },
+            },
+        } => {
+            say!(
+                "{:<24} {:>10} {:<8} {:<8} {:>12} targets",
+                "prefix",
+                "priority",
+                "action",
+                "mode",
+                "packets"
+            );
+            for r in data["rules"].as_array().into_iter().flatten() {
+                let targets: Vec<String> = r["targets"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|t| format!("{}:{}", plain(&t["address"]), plain(&t["weight"])))
+                    .collect();
+                say!(
+                    "{:<24} {:>10} {:<8} {:<8} {:>12} {}{}",
+                    plain(&r["prefix"]),
+                    plain(&r["priority"]),
+                    plain(&r["action"]),
+                    plain(&r["mode"]),
+                    plain(&r["packets"]),
+                    targets.join(" "),
+                    if r["active"] == true {
+                        ""
+                    } else {
+                        " (inactive)"
+                    }
+                );
+            }
+            say!("{} rules", plain(&data["total"]));
+        }
+        Cmd::Sal {
+            cmd: SalCmd::Registrations,
+        } => {
+            say!(
+                "{:<24} {:<16} {:>8} {:>10} {:>9}",
+                "prefix",
+                "address",
+                "age(s)",
+                "refreshed",
+                "refreshes"
+            );
+            for r in data["registrations"].as_array().into_iter().flatten() {
+                say!(
+                    "{:<24} {:<16} {:>8} {:>9}s {:>9}",
+                    plain(&r["prefix"]),
+                    plain(&r["address"]),
+                    plain(&r["age_secs"]),
+                    plain(&r["refreshed_secs_ago"]),
+                    plain(&r["refreshes"])
+                );
+            }
+        }
+        Cmd::Sal {
+            cmd: SalCmd::Delayed,
+        } => {
+            say!(
+                "{:<8} {:<24} {:>10} {:>6}",
+                "id",
+                "service",
+                "waiting",
+                "bytes"
+            );
+            for d in data["delayed"].as_array().into_iter().flatten() {
+                say!(
+                    "{:<8} {:<24} {:>8}ms {:>6}",
+                    plain(&d["id"]),
+                    plain(&d["service"]),
+                    plain(&d["waiting_ms"]),
+                    plain(&d["bytes"])
+                );
+            }
+        }
+        Cmd::Sal { cmd: SalCmd::Stats } => {
+            let st = &data["stage"];
+            say!(
+                "stage: requests {}  forwarded {}  demux {}  delayed {}  passed {}",
+                plain(&st["requests"]),
+                plain(&st["forwarded"]),
+                plain(&st["demux"]),
+                plain(&st["delayed"]),
+                plain(&st["passed"])
+            );
+            say!(
+                "rules {} of {}",
+                plain(&data["rules"]),
+                plain(&data["rule_capacity"])
+            );
+            let c = &data["controller"];
+            say!(
+                "controller: messages {}  registrations {}  registers {}  refreshes {}  reregisters {}  unregisters {}  expired {}  refused {}",
+                plain(&c["messages"]),
+                plain(&c["registrations"]),
+                plain(&c["registers"]),
+                plain(&c["refreshes"]),
+                plain(&c["reregisters"]),
+                plain(&c["unregisters"]),
+                plain(&c["expired"]),
+                plain(&c["refused"])
+            );
+            let d = &data["delay"];
+            say!(
+                "delay queue: {} waiting; delayed {}  released {}  timed out {}  full {}; RSTs sent {}",
+                plain(&d["queued"]),
+                plain(&d["delayed"]),
+                plain(&d["released"]),
+                plain(&d["timeouts"]),
+                plain(&d["full"]),
+                plain(&data["rst_sent"])
+            );
+        }
         _ => say!("ok: {}", plain(&data)),
     }
     Ok(())
