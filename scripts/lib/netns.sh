@@ -172,16 +172,26 @@ topo_ganesha_wait() {
 	die "ganesha $1 did not start"
 }
 
-# The NFS topology: topo_ipv4 (its server namespace is "alpha", 10.0.2.2) plus a second server
+# A second server namespace "beta" (10.0.3.2/24 behind the router's 10.0.3.1 on r2): put
+# $TOPO_BETA_PORT in the router config given to topo_ipv4, then call topo_beta.
+TOPO_BETA_PORT='[[ports]]
+name = "beta"
+device = "net_af_packet2,iface=r2,qdisc_bypass=1"
+addresses = ["10.0.3.1/24"]'
+topo_beta() {
+	topo_ns beta NS_B
+	topo_veth "$NS_R" r2 "$NS_B" b0
+	ip -n "$NS_B" addr add 10.0.3.2/24 dev b0
+	ip -n "$NS_B" route add default via 10.0.3.1
+}
+
+# The NFS topology (extra router TOML may follow in $1): topo_ipv4 (its server namespace is "alpha", 10.0.2.2) plus a second server
 # namespace "beta" (10.0.3.2/24 behind the router's 10.0.3.1), an nfs-ganesha server in each,
 # and the router's [nfs] section: the virtual server at 10.0.1.1 aggregating both exports.
 #   client 10.0.1.2 --c0|r0-- router 10.0.1.1 (virtual server) --r1|s0-- alpha 10.0.2.2
 #                                                               --r2|b0-- beta  10.0.3.2
 topo_nfs() {
-	topo_ipv4 "[[ports]]
-name = \"beta\"
-device = \"net_af_packet2,iface=r2,qdisc_bypass=1\"
-addresses = [\"10.0.3.1/24\"]
+	topo_ipv4 "$TOPO_BETA_PORT
 [nfs]
 virtual_address = \"10.0.1.1\"
 handle_secret = \"$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')\"
@@ -197,11 +207,8 @@ sid = 2
 name = \"beta\"
 address = \"10.0.3.2\"
 export = \"$TOPO_DIR/beta/export\"
-"
-	topo_ns beta NS_B
-	topo_veth "$NS_R" r2 "$NS_B" b0
-	ip -n "$NS_B" addr add 10.0.3.2/24 dev b0
-	ip -n "$NS_B" route add default via 10.0.3.1
+${1:-}"
+	topo_beta
 	topo_ganesha "$NS_S" alpha 10.0.2.2 11
 	topo_ganesha "$NS_B" beta 10.0.3.2 12
 	topo_ganesha_wait alpha
