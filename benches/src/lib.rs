@@ -288,3 +288,103 @@ pub fn nfs_workload(
     let (ckpt, _) = nfs_rewrite::checkpoint::encode(&table, &key);
     (frames, ckpt)
 }
+
+/// Serval service prefixes for the benchmarks: `n` in all, shaped like a service router's
+/// table — mostly hosts' registrations (/32, the original tools' decimal ids), some whole
+/// 256-bit ids, and a few aggregates (/8–/24) above them.
+pub fn service_prefixes(n: usize, seed: u64) -> Vec<sal_forward::Prefix> {
+    use sal_forward::{Prefix, ServiceId};
+    let mut rng = Rng::new(seed);
+    let mut seen = std::collections::HashSet::with_capacity(n);
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let mut id = [0u8; 32];
+        let len = match rng.below(100) {
+            0..=89 => 32,
+            90..=97 => 256,
+            _ => 8 + 8 * rng.below(3) as u16,
+        };
+        for chunk in id.chunks_mut(8) {
+            chunk.copy_from_slice(&rng.next_u64().to_be_bytes());
+        }
+        let p = Prefix::new(ServiceId(id), len);
+        if seen.insert(p) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A serviceID under prefix `p` (its bits, then random ones).
+pub fn id_under(p: &sal_forward::Prefix, rng: &mut Rng) -> sal_forward::ServiceId {
+    let mut id = [0u8; 32];
+    for chunk in id.chunks_mut(8) {
+        chunk.copy_from_slice(&rng.next_u64().to_be_bytes());
+    }
+    for i in 0..usize::from(p.len) {
+        let bit = 0x80 >> (i % 8);
+        if p.id.0[i / 8] & bit != 0 {
+            id[i / 8] |= bit;
+        } else {
+            id[i / 8] &= !bit;
+        }
+    }
+    sal_forward::ServiceId(id)
+}
+
+/// The Serval SYN-forwarding workload: `flows` SYNs (CONTROL SYN + SERVICE + TCP SYN, as the
+/// original client sends them) from clients in 10.0.1.0/24 to the router at 10.0.1.1, each to
+/// a serviceID under one of `prefixes`; and the rules file forwarding every prefix to
+/// `instance`.
+pub fn sal_workload(
+    flows: usize,
+    prefixes: &[sal_forward::Prefix],
+    instance: Ipv4Addr,
+    dst_mac: EthernetAddress,
+) -> (Vec<Vec<u8>>, String) {
+    use sal_forward::wire::{self, flags, Control, SalRepr};
+    let mut rng = Rng::new(0x5e7a1);
+    let mut frames = Vec::with_capacity(flows);
+    for i in 0..flows {
+        let p = &prefixes[rng.below(prefixes.len() as u64) as usize];
+        let sal = SalRepr {
+            src_flow: i as u32 + 1,
+            dst_flow: 0,
+            protocol: 6,
+            control: Some(Control {
+                flags: flags::SYN,
+                verno: rng.next_u64() as u32,
+                ackno: 0,
+                nonce: rng.next_u64().to_be_bytes(),
+            }),
+            service: Some(id_under(p, &mut rng)),
+            ..SalRepr::default()
+        };
+        let mut tcp = [0u8; 20];
+        tcp[4..8].copy_from_slice(&(rng.next_u64() as u32).to_be_bytes());
+        tcp[12] = 0x50;
+        tcp[13] = 0x02;
+        tcp[14..16].copy_from_slice(&8192u16.to_be_bytes());
+        let client = Ipv4Addr::new(10, 0, 1, 2 + (i % 250) as u8);
+        let ip = wire::datagram(client, Ipv4Addr::new(10, 0, 1, 1), 64, &sal, &tcp);
+        let mut f = Vec::with_capacity(14 + ip.len());
+        f.extend_from_slice(&dst_mac.0);
+        f.extend_from_slice(&[2, 0, 0, 0, 0, 0x20]);
+        f.extend_from_slice(&[0x08, 0x00]);
+        f.extend_from_slice(&ip);
+        frames.push(f);
+    }
+    let mut rules = String::with_capacity(prefixes.len() * 90);
+    for p in prefixes {
+        rules.push_str(&format!(
+            "0x{}/{} forward {instance}\n",
+            hex(&p.id.0),
+            p.len
+        ));
+    }
+    (frames, rules)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

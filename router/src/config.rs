@@ -491,6 +491,42 @@ pub struct SalConfig {
     pub delay_timeout_ms: u64,
     #[serde(default)]
     pub rules: Vec<SalRuleConfig>,
+    /// More rules, one per line: `PREFIX ACTION [ADDRESS[:WEIGHT]...] [priority=N] [mode=all]`
+    /// (`#` starts a comment), for tables too large for the config file.
+    #[serde(default)]
+    pub rules_file: Option<std::path::PathBuf>,
+}
+
+/// Parse a rules file's text (see [`SalConfig::rules_file`]); errors name the line.
+pub fn parse_sal_rules(text: &str) -> Result<Vec<sal_forward::table::RuleSpec>, String> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let (Some(prefix), Some(action)) = (words.next(), words.next()) else {
+            return Err(format!("line {}: PREFIX ACTION [TARGETS] expected", n + 1));
+        };
+        let (mut targets, mut priority, mut mode) = (Vec::new(), 0, None);
+        for w in words {
+            if let Some(p) = w.strip_prefix("priority=") {
+                priority = p
+                    .parse()
+                    .map_err(|_| format!("line {}: bad priority {p:?}", n + 1))?;
+            } else if let Some(m) = w.strip_prefix("mode=") {
+                mode = Some(m);
+            } else {
+                targets.push(w.to_string());
+            }
+        }
+        out.push(
+            sal_forward::table::RuleSpec::parse(prefix, action, &targets, priority, mode)
+                .map_err(|e| format!("line {}: {e}", n + 1))?,
+        );
+    }
+    Ok(out)
 }
 
 /// The whole file.

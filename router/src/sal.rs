@@ -51,6 +51,23 @@ impl SalMgmt {
                 .add(spec.prefix, spec.priority, spec.mode, &spec.targets)
                 .map_err(|e| format!("sal.rules[{i}]: {e}"))?;
         }
+        if let Some(path) = &cfg.rules_file {
+            let what = |e: String| format!("sal.rules_file {}: {e}", path.display());
+            let text = std::fs::read_to_string(path).map_err(|e| what(e.to_string()))?;
+            let specs = crate::config::parse_sal_rules(&text).map_err(what)?;
+            let t0 = std::time::Instant::now();
+            for spec in &specs {
+                rules
+                    .add(spec.prefix, spec.priority, spec.mode, &spec.targets)
+                    .map_err(|e| what(format!("{}: {e}", spec.prefix)))?;
+            }
+            tracing::info!(
+                "sal: {} rules from {} in {:.2} s",
+                specs.len(),
+                path.display(),
+                t0.elapsed().as_secs_f64()
+            );
+        }
         if cfg.controller {
             rules
                 .add(

@@ -27,6 +27,9 @@ struct Args {
     /// Routes loaded into the FIB.
     #[arg(long, default_value_t = 1_000_000)]
     routes: usize,
+    /// Serval service prefixes in the service table.
+    #[arg(long, default_value_t = 100_000)]
+    service_prefixes: usize,
     /// Distinct frames in the workload pcap (flows).
     #[arg(long, default_value_t = 4096)]
     flows: usize,
@@ -424,6 +427,50 @@ export = "{export}"
         json!({
             "mix": "GETATTR, LOOKUP, READ 512 B: calls and replies",
             "frame_bytes_mean": mean_frame,
+            "flows": args.flows,
+            "memory": args.memory,
+        }),
+    ));
+    // Serval: SYNs to serviceIDs under 100K service prefixes, forwarded by the SAL stage
+    // (FORWARD rewrite: destination, SOURCE extension, three checksums) and routed.
+    let sal_pcap = args.dir.join("sal-syn.pcap");
+    let sal_rules = args.dir.join("sal-rules.txt");
+    let prefixes = router_bench::service_prefixes(args.service_prefixes, 7);
+    let (frames, rules) = router_bench::sal_workload(
+        args.flows,
+        &prefixes,
+        Ipv4Addr::new(10, 0, 2, 2),
+        EthernetAddress([2, 0, 0, 0, 0, 1]),
+    );
+    router_bench::write_pcap(&sal_pcap, &frames)?;
+    std::fs::write(&sal_rules, rules)?;
+    let io = run_testpmd(&args, &sal_pcap, "io", 1, "sal-io1")?;
+    let mac = run_testpmd(&args, &sal_pcap, "mac", 1, "sal-mac1")?;
+    eprintln!("testpmd on the Serval workload: io {io:.2} Mpps, mac {mac:.2} Mpps");
+    let sal_toml = format!(
+        "[sal]\nmax_rules = {}\nrules_file = \"{}\"\n",
+        args.service_prefixes + 1024,
+        sal_rules.display()
+    );
+    let r = run_router(
+        &args,
+        &sal_pcap,
+        Extra::Toml(sal_toml),
+        "run-to-completion",
+        1,
+        "sal1",
+    )?;
+    eprintln!(
+        "router sal run-to-completion 1 worker: {:.2} Mpps ({:.1} ns/pkt in stages)",
+        r.mpps, r.ns_per_pkt
+    );
+    rows.push(result_row(
+        ("serval-syn", "run-to-completion", 1),
+        &r,
+        (io, mac),
+        json!({
+            "service_prefixes": args.service_prefixes,
+            "frame_bytes": frames.first().map_or(0, Vec::len),
             "flows": args.flows,
             "memory": args.memory,
         }),
