@@ -276,3 +276,41 @@ action = "delay"
         .unwrap()
         .is_empty());
 }
+
+/// FORWARD to all targets: the management core sends a copy to each. A datagram without a
+/// matching rule gets the original's RST back.
+#[test]
+fn copies_to_all_and_rst() {
+    let h = harness(
+        r#"[sal]
+[[sal.rules]]
+prefix = "9000"
+action = "forward"
+targets = ["10.77.2.2", "10.77.2.3"]
+mode = "all"
+"#,
+    );
+    h.inject(0, &syn(CLIENT, ROUTER_C, 9000, 1));
+    let mut got: Vec<Ipv4Addr> = h.expect_tx(1, 2).iter().map(|f| dst(f)).collect();
+    got.sort();
+    assert_eq!(got, [A, B], "one copy per target");
+    // A connectionless datagram to an unknown service: RST back to the sender.
+    let sal = SalRepr {
+        src_flow: 77,
+        protocol: 17,
+        service: Some(ServiceId::from_u32(4321)),
+        src_service: Some(ServiceId::from_u32(1)),
+        ..SalRepr::default()
+    };
+    let ip = wire::datagram(CLIENT, ROUTER_C, 64, &sal, &[0u8; 8]);
+    h.inject(
+        0,
+        &eth(mac("66:59:d9:46:45:a4"), mac("92:7d:37:ca:ca:19"), &ip),
+    );
+    let back = h.expect_tx(0, 1);
+    assert_eq!(dst(&back[0]), CLIENT);
+    let (r, _) = SalRepr::parse(&back[0][34..]).unwrap();
+    assert_eq!(r.control.map(|c| c.flags), Some(flags::RST));
+    assert_eq!((r.src_flow, r.dst_flow), (0, 77));
+    assert_eq!(sal_stats(&h)["rst_sent"], 1);
+}
