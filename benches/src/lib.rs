@@ -317,17 +317,13 @@ pub fn service_prefixes(n: usize, seed: u64) -> Vec<sal_forward::Prefix> {
 
 /// A serviceID under prefix `p` (its bits, then random ones).
 pub fn id_under(p: &sal_forward::Prefix, rng: &mut Rng) -> sal_forward::ServiceId {
+    let keep = sal_forward::ServiceId([0xff; 32]).masked(p.len);
     let mut id = [0u8; 32];
     for chunk in id.chunks_mut(8) {
         chunk.copy_from_slice(&rng.next_u64().to_be_bytes());
     }
-    for i in 0..usize::from(p.len) {
-        let bit = 0x80 >> (i % 8);
-        if p.id.0[i / 8] & bit != 0 {
-            id[i / 8] |= bit;
-        } else {
-            id[i / 8] &= !bit;
-        }
+    for ((b, k), pb) in id.iter_mut().zip(keep.0).zip(p.id.0) {
+        *b = (*b & !k) | pb;
     }
     sal_forward::ServiceId(id)
 }

@@ -240,21 +240,23 @@ fn finish<B: Buffer>(
     let mut ip_csum = Adjust::default();
     ip_csum.field16(old_tl, new_tl);
     ip.set_total_len(new_tl);
+    // The address is in the UDP pseudo-header too; the total length is not.
     let port = match to {
         Readdress::Dst(addr, port) => {
-            ip_csum.field32(u32::from(ip.dst_addr()), u32::from(addr));
+            let (old, new) = (u32::from(ip.dst_addr()), u32::from(addr));
+            ip_csum.field32(old, new);
+            csum.field32(old, new);
             ip.set_dst_addr(addr);
             port
         }
         Readdress::Src(addr, port) => {
-            ip_csum.field32(u32::from(ip.src_addr()), u32::from(addr));
+            let (old, new) = (u32::from(ip.src_addr()), u32::from(addr));
+            ip_csum.field32(old, new);
+            csum.field32(old, new);
             ip.set_src_addr(addr);
             port
         }
     };
-    // The addresses are in the UDP pseudo-header too; the total length is not.
-    csum.merge(ip_csum);
-    csum.field16(new_tl, old_tl);
     let hc = ip.checksum();
     ip.set_checksum(ip_csum.apply(hc));
     let mut udp = UdpPacket::new_unchecked(f.get_mut(ip_at + hl..ip_at + tl)?);

@@ -140,12 +140,6 @@ impl Adjust {
         self.field16(old as u16, new as u16);
     }
 
-    /// Another adjustment's edits too.
-    #[inline]
-    pub fn merge(&mut self, other: Adjust) {
-        self.0 += other.0;
-    }
-
     /// The checksum field `hc` after every edit recorded.
     #[inline]
     pub fn apply(self, hc: u16) -> u16 {

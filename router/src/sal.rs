@@ -40,6 +40,8 @@ pub struct SalMgmt {
     controller: bool,
     pub rst_sent: u64,
     pub control_messages: u64,
+    /// DEMUX matches for a service no one serves here (only the controller is local).
+    pub demux_unhandled: u64,
 }
 
 impl SalMgmt {
@@ -95,6 +97,7 @@ impl SalMgmt {
             controller: cfg.controller,
             rst_sent: 0,
             control_messages: 0,
+            demux_unhandled: 0,
         })
     }
 
@@ -121,6 +124,7 @@ impl SalMgmt {
         match m.action {
             Action::Demux => {
                 if !self.controller || id != ServiceId::from_u32(ctrlmsg::ROUTER_SERVICE) {
+                    self.demux_unhandled += 1;
                     return Handled::Done;
                 }
                 // UDP header (ports 0), then the control message.
@@ -298,6 +302,7 @@ impl SalMgmt {
                 "released": c.delay_released, "timeouts": c.delay_timeouts, "full": c.delay_full,
             },
             "rst_sent": self.rst_sent,
+            "demux_unhandled": self.demux_unhandled,
         })
     }
 

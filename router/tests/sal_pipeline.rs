@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{mac, Harness};
+use common::{mac, Harness, SOFT_DATAPLANE};
 use packet::ethernet::EthernetAddress;
 use router::admin::Request;
 use sal_forward::ctrlmsg::{self, Register};
@@ -23,12 +23,7 @@ const B: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 3);
 /// The capture's router: its MACs, the instance's MAC as a static neighbour.
 fn harness(extra: &str) -> Harness {
     Harness::start(&format!(
-        r#"
-[dataplane]
-backend = "soft"
-workers = [0]
-pin = false
-idle_sleep_max_us = 100
+        r#"{SOFT_DATAPLANE}
 [[ports]]
 name = "clients"
 device = "memory"
@@ -207,6 +202,8 @@ fn weights_and_rule_changes() {
     h.inject(0, &syn(CLIENT, ROUTER_C, 7000, 2000));
     h.inject(0, &syn(CLIENT, ROUTER_C, 7001, 2001));
     h.expect_silence(1);
+    assert_eq!(h.stage_drops("sal", "drop-rule"), 1);
+    assert_eq!(h.stage_drops("sal", "no-match"), 1);
     let bad = h.admin().call(&Request::SalRuleAdd {
         prefix: "7000".into(),
         action: "forward".into(),

@@ -178,6 +178,7 @@ impl SalStage {
             return SalDrop::Loop.drop();
         }
         let client = Ipv4Addr::new(f[ETH + 12], f[ETH + 13], f[ETH + 14], f[ETH + 15]);
+        let old_tl = u16::from_be_bytes([f[ETH + 2], f[ETH + 3]]);
         // Where the new bytes go and what they are.
         let (at, grow, new): (usize, usize, [u8; 12]) = match s.source {
             Some(src) => {
@@ -197,6 +198,10 @@ impl SalStage {
                 (s.len, 12, b)
             }
         };
+        // Checked before anything changes: a refused packet leaves untouched.
+        let Some(tl) = old_tl.checked_add(grow as u16) else {
+            return SalDrop::NoRoom.drop();
+        };
         if s.len + grow > wire::MAX_LEN || pkt.splice(sal_at + at, 0, grow).is_err() {
             return SalDrop::NoRoom.drop();
         }
@@ -204,15 +209,24 @@ impl SalStage {
         let Some(sal) = d.get_mut(sal_at..) else {
             return SalDrop::NoRoom.drop();
         };
+        // The SAL checksum, updated like the others: the new bytes sit at a 4-byte offset and
+        // what follows them moved by 4 or 12, so only the added words and the two length
+        // fields change the sum.
+        let mut scsum = Adjust::default();
         sal[at..at + grow].copy_from_slice(&new[..grow]);
+        scsum.add(&new[..grow]);
         if let Some(src) = s.source {
+            let word = |b: &[u8]| u16::from_be_bytes([b[src], b[src + 1]]);
+            let old = word(sal);
             sal[src + 1] += 4;
+            scsum.field16(old, word(sal));
         }
         let new_len = s.len + grow;
+        let old_word = u16::from_be_bytes([sal[8], sal[9]]);
         sal[8] = (new_len / 4) as u8;
-        sal[10..12].fill(0);
-        let c = checksum::checksum(&sal[..new_len]);
-        sal[10..12].copy_from_slice(&c.to_be_bytes());
+        scsum.field16(old_word, u16::from_be_bytes([sal[8], sal[9]]));
+        let hc = u16::from_be_bytes([sal[10], sal[11]]);
+        sal[10..12].copy_from_slice(&scsum.apply(hc).to_be_bytes());
         // The transport checksum covers the pseudo-header's destination, nothing else here.
         let mut tcsum = Adjust::default();
         tcsum.field32(u32::from(router), u32::from(to));
@@ -232,10 +246,6 @@ impl SalStage {
             }
         }
         let mut ip = Ipv4Packet::new_unchecked(&mut d[ETH..]);
-        let old_tl = ip.total_len();
-        let Some(tl) = old_tl.checked_add(grow as u16) else {
-            return SalDrop::NoRoom.drop();
-        };
         let mut icsum = Adjust::default();
         icsum.field16(old_tl, tl);
         icsum.field32(u32::from(router), u32::from(to));

@@ -139,8 +139,9 @@ struct RuleSlot {
     gen: AtomicU32,
     /// action | mode << 8 | n << 16 | prefix length << 32
     meta: AtomicU64,
-    addrs: [AtomicU32; MAX_TARGETS],
-    cum: [AtomicU32; MAX_TARGETS],
+    /// Target i: address << 32 | cumulative weight. A reader loads only the `n` in use: a rule
+    /// of up to six targets is one cache line.
+    targets: [AtomicU64; MAX_TARGETS],
 }
 
 /// The table workers read (shared through an `Arc`; one writer: [`Rules`]).
@@ -290,6 +291,7 @@ impl ServiceTable {
             }
             let g = s.gen.load(Ordering::Relaxed);
             let meta = s.meta.load(Ordering::Relaxed);
+            let n = ((meta >> 16) & 0xff).min(MAX_TARGETS as u64) as u8;
             let mut m = Matched {
                 rule: idx,
                 prefix_len: (meta >> 32) as u16,
@@ -299,13 +301,14 @@ impl ServiceTable {
                 } else {
                     Mode::Anycast
                 },
-                n: ((meta >> 16) & 0xff).min(MAX_TARGETS as u64) as u8,
+                n,
                 addrs: [0; MAX_TARGETS],
                 cum: [0; MAX_TARGETS],
             };
-            for i in 0..MAX_TARGETS {
-                m.addrs[i] = s.addrs[i].load(Ordering::Relaxed);
-                m.cum[i] = s.cum[i].load(Ordering::Relaxed);
+            for (i, t) in s.targets[..usize::from(n)].iter().enumerate() {
+                let v = t.load(Ordering::Relaxed);
+                m.addrs[i] = (v >> 32) as u32;
+                m.cum[i] = v as u32;
             }
             fence(Ordering::Acquire);
             if s.seq.load(Ordering::Relaxed) != s1 {
@@ -328,16 +331,15 @@ impl ServiceTable {
             | (n as u64) << 16
             | u64::from(prefix_len) << 32;
         let mut cum = 0u32;
-        for i in 0..MAX_TARGETS {
-            let (a, c) = match targets.get(i) {
+        for (i, slot) in s.targets.iter().enumerate() {
+            let v = match targets.get(i) {
                 Some(t) if i < n => {
                     cum = cum.saturating_add(t.weight.max(1));
-                    (u32::from(t.addr), cum)
+                    u64::from(u32::from(t.addr)) << 32 | u64::from(cum)
                 }
-                _ => (0, 0),
+                _ => 0,
             };
-            s.addrs[i].store(a, Ordering::Relaxed);
-            s.cum[i].store(c, Ordering::Relaxed);
+            slot.store(v, Ordering::Relaxed);
         }
         s.meta.store(meta, Ordering::Relaxed);
         s.gen.store(gen, Ordering::Relaxed);
@@ -559,8 +561,10 @@ impl Rules {
             .get(&prefix)
             .and_then(|e| e.sets.get(&priority))
         {
+            // FORWARD and DEMUX sets grow; a DROP or DELAY set is replaced.
             Some((_, old))
-                if old[0].action == targets[0].action && old[0].action < Action::Delay =>
+                if old[0].action == targets[0].action
+                    && matches!(old[0].action, Action::Forward | Action::Demux) =>
             {
                 old.clone()
             }

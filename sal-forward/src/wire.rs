@@ -163,18 +163,6 @@ impl Sal {
     }
 }
 
-/// The SAL checksum of `header` (its checksum field taken as zero).
-pub fn checksum(header: &[u8]) -> u16 {
-    let mut acc = checksum::sum(header);
-    if header.len() >= BASE_LEN {
-        acc = checksum::combine(&[
-            acc,
-            u32::from(!u16::from_be_bytes([header[10], header[11]])),
-        ]);
-    }
-    !checksum::fold(acc)
-}
-
 /// Whether the SAL header `header` (exactly its `len` bytes) carries a valid checksum.
 pub fn verify_checksum(header: &[u8]) -> bool {
     checksum::fold(checksum::sum(header)) == 0xffff
@@ -328,7 +316,8 @@ impl SalRepr {
                 out[at + 4 + 4 * i..at + 8 + 4 * i].copy_from_slice(&a.octets());
             }
         }
-        let c = checksum(out);
+        // The checksum field is zero here.
+        let c = checksum::checksum(out);
         out[10..12].copy_from_slice(&c.to_be_bytes());
         Ok(len)
     }

@@ -2,9 +2,10 @@
 //! `shared/reference/captures/serval-*.pcap` in `tests/fixtures`).
 
 use packet::ipv4::Ipv4Packet;
+use packet::DropReason;
 use packet::{Buffer, HeapBuffer, Stage, Verdict};
 use sal_forward::id::{Prefix, ServiceId};
-use sal_forward::stage::{SalShared, SalStage};
+use sal_forward::stage::{SalDrop, SalShared, SalStage};
 use sal_forward::table::{Action, Mode, Rules, ServiceTable, Target};
 use sal_forward::wire::{self, flags, SalRepr};
 use std::net::Ipv4Addr;
@@ -120,10 +121,57 @@ fn after_the_handshake_and_loops() {
     let mut looped = server[0].clone();
     Ipv4Packet::new_unchecked(&mut looped[14..]).rewrite_dst(router);
     let mut b = HeapBuffer::from_bytes(&looped);
-    assert!(matches!(stage.process(&mut b), Verdict::Drop(_)));
+    assert_eq!(stage.process(&mut b), SalDrop::Loop.drop());
     // A bad SAL checksum is dropped.
     let mut bad = client[0].clone();
     bad[14 + 20 + 40] ^= 1;
     let mut b = HeapBuffer::from_bytes(&bad);
-    assert!(matches!(stage.process(&mut b), Verdict::Drop(_)));
+    assert_eq!(stage.process(&mut b), SalDrop::BadChecksum.drop());
+}
+
+/// A second service router on the path adds its address to the SOURCE extension the first
+/// one appended; every checksum still verifies.
+#[test]
+fn a_second_router_extends_source() {
+    let server = capture("serval-sr-server-side.pcap");
+    let second = Ipv4Addr::new(10, 77, 2, 1);
+    let to = Ipv4Addr::new(10, 77, 3, 3);
+    let (_rules, mut stage) = stage_with(to, second);
+    // The first router's output, addressed to the second router instead of the instance.
+    let mut f = server[0].clone();
+    Ipv4Packet::new_unchecked(&mut f[14..]).rewrite_dst(second);
+    // (the TCP checksum covers the destination too: SAL of 80 bytes, checksum at 16)
+    let at = 34 + 80 + 16;
+    let old = u16::from_be_bytes([f[at], f[at + 1]]);
+    let new = packet::checksum::update32(
+        old,
+        u32::from(Ipv4Addr::new(10, 77, 2, 2)),
+        u32::from(second),
+    );
+    f[at..at + 2].copy_from_slice(&new.to_be_bytes());
+    let mut b = HeapBuffer::from_bytes(&f);
+    assert_eq!(stage.process(&mut b), Verdict::Next);
+    let out = b.data();
+    let ip = Ipv4Packet::new_checked(&out[14..]).unwrap();
+    assert!(ip.verify_checksum());
+    assert_eq!(
+        (ip.dst_addr(), usize::from(ip.total_len())),
+        (to, f.len() - 14 + 4)
+    );
+    let body = &out[34..];
+    let (r, len) = SalRepr::parse(body).expect("SAL checksum verifies");
+    assert_eq!(
+        r.source.as_slice(),
+        [
+            Ipv4Addr::new(10, 77, 1, 2),
+            Ipv4Addr::new(10, 77, 1, 1),
+            second
+        ]
+    );
+    let tcp = &body[len..];
+    assert_eq!(
+        packet::checksum::transport_sum(ip.src_addr().octets(), to.octets(), 6, tcp),
+        0xffff,
+        "TCP checksum verifies"
+    );
 }

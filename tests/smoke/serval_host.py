@@ -204,46 +204,49 @@ def serve(addr, register=None, service=None, refresh=20.0, refresh_for=1e9, repo
 
 # ---------------------------------------------------------------- client
 
+def await_packet(h, want, timeout):
+    """The first (src, dst, sal, body) for which want(src, sal, body) holds, or None."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = h.recv()
+        if got is not None and want(got[0], got[2], got[3]):
+            return got
+    return None
+
+
 def connect_once(h, router, service, timeout=1.0, tries=3):
     """SYN to the router; returns (instance, flow state) or None."""
     flow = h.next_flow()
     seq = random.randint(0, 1 << 30)
     nonce = os.urandom(8)
     syn = sal(flow, 0, 6, (SYN, seq, 0, nonce), (service_id(service),))
+    synack = lambda src, s, body: (s["dst_flow"] == flow and s["flags"] is not None
+                                   and s["flags"] & (SYN | ACK) == SYN | ACK)
     for _ in range(tries):
         h.send(router, syn + tcp(h.addr, router, seq, 0, TCP_SYN))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            got = h.recv()
-            if got is None:
-                continue
-            src, _, s, body = got
-            if s["dst_flow"] == flow and s["flags"] is not None and s["flags"] & (SYN | ACK) == SYN | ACK:
-                seg = body[s["len"]:]
-                sseq = struct.unpack("!I", seg[4:8])[0]
-                st = {"peer": src, "flow": flow, "peer_flow": s["src_flow"], "seq": seq + 1,
-                      "ack": sseq + 1}
-                # Third ACK: CONTROL(ACK) + SERVICE, straight to the instance.
-                ack = sal(flow, st["peer_flow"], 6, (ACK, seq + 1, s["verno"] + 1, s["nonce"]),
-                          (service_id(service),))
-                h.send(src, ack + tcp(h.addr, src, seq + 1, sseq + 1, TCP_ACK))
-                return st
+        got = await_packet(h, synack, timeout)
+        if got is None:
+            continue
+        src, _, s, body = got
+        sseq = struct.unpack("!I", body[s["len"] + 4:s["len"] + 8])[0]
+        st = {"peer": src, "flow": flow, "peer_flow": s["src_flow"], "seq": seq + 1,
+              "ack": sseq + 1}
+        # Third ACK: CONTROL(ACK) + SERVICE, straight to the instance.
+        ack = sal(flow, st["peer_flow"], 6, (ACK, seq + 1, s["verno"] + 1, s["nonce"]),
+                  (service_id(service),))
+        h.send(src, ack + tcp(h.addr, src, seq + 1, sseq + 1, TCP_ACK))
+        return st
     return None
 
 
 def exchange(h, st, data, timeout=1.0, tries=3):
     hdr = sal(st["flow"], st["peer_flow"], 6)
+    echo = lambda src, s, body: s["dst_flow"] == st["flow"] and body[s["len"] + 20:] == data.upper()
     for _ in range(tries):
         h.send(st["peer"], hdr + tcp(h.addr, st["peer"], st["seq"], st["ack"], TCP_ACK, data))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            got = h.recv()
-            if got is None:
-                continue
-            src, _, s, body = got
-            if s["dst_flow"] == st["flow"] and body[s["len"] + 20:] == data.upper():
-                st["seq"] += len(data)
-                return True
+        if await_packet(h, echo, timeout) is not None:
+            st["seq"] += len(data)
+            return True
     return False
 
 

@@ -25,15 +25,28 @@ pub fn mac(s: &str) -> EthernetAddress {
     s.parse().unwrap()
 }
 
-/// The usual test router: one soft worker, port 0 "lan" (10.0.1.1/24, MAC 02:bb:00:00:00:01)
-/// and port 1 "wan" (10.0.2.1/24, MAC 02:bb:00:00:00:02) on in-memory wires.
-pub const LAN_WAN: &str = r#"
+/// The dataplane of every engine test: one soft worker, unpinned, a short idle back-off.
+macro_rules! soft_dataplane {
+    () => {
+        "
 [dataplane]
-backend = "soft"
+backend = \"soft\"
 workers = [0]
 pin = false
 idle_sleep_max_us = 100
-[[ports]]
+"
+    };
+}
+
+/// [`soft_dataplane!`] for tests with ports of their own.
+#[allow(dead_code)]
+pub const SOFT_DATAPLANE: &str = soft_dataplane!();
+
+/// The usual test router: one soft worker, port 0 "lan" (10.0.1.1/24, MAC 02:bb:00:00:00:01)
+/// and port 1 "wan" (10.0.2.1/24, MAC 02:bb:00:00:00:02) on in-memory wires.
+pub const LAN_WAN: &str = concat!(
+    soft_dataplane!(),
+    r#"[[ports]]
 name = "lan"
 device = "memory"
 mac = "02:bb:00:00:00:01"
@@ -43,7 +56,8 @@ name = "wan"
 device = "memory"
 mac = "02:bb:00:00:00:02"
 addresses = ["10.0.2.1/24"]
-"#;
+"#
+);
 
 impl Harness {
     /// [`LAN_WAN`] plus `extra` TOML (routes, neighbours, applications).
@@ -145,12 +159,19 @@ impl Harness {
 
     /// Sum of a drop counter of the ipv4 stage over every core.
     pub fn drops(&self, reason: &str) -> u64 {
+        self.stage_drops("ipv4", reason)
+    }
+
+    /// Sum of a drop counter of stage `stage` over every core.
+    pub fn stage_drops(&self, stage: &str, reason: &str) -> u64 {
         let s = self.call(Request::Stats);
         s["cores"]
             .as_array()
             .unwrap()
             .iter()
-            .flat_map(|c| c["stages"][0]["drops"].as_array().unwrap().iter())
+            .flat_map(|c| c["stages"].as_array().unwrap().iter())
+            .filter(|st| st["name"] == stage)
+            .flat_map(|st| st["drops"].as_array().unwrap().iter())
             .filter(|p| p[0] == reason)
             .map(|p| p[1].as_u64().unwrap())
             .sum()
