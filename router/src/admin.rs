@@ -79,6 +79,9 @@ pub enum Request {
     SalStats,
     SalRegistrations,
     SalDelayed,
+    /// The controller hierarchy: parent, mode, pointer records, cached answers, resolutions
+    /// in flight.
+    SalHierarchy,
 }
 
 /// The router's answer.

@@ -450,6 +450,67 @@ fn d_delay_queue() -> usize {
 fn d_delay_timeout_ms() -> u64 {
     2000
 }
+fn d_cache_secs() -> u64 {
+    30
+}
+fn d_refresh_secs() -> u64 {
+    20
+}
+fn d_resolve_timeout_ms() -> u64 {
+    500
+}
+
+/// The controller's place in a hierarchy of controllers (`[sal.hierarchy]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SalHierarchyConfig {
+    /// The parent controller's address (none: this controller is a root). Every prefix this
+    /// controller knows is pointed to at the parent.
+    #[serde(default)]
+    pub parent: Option<Ipv4Addr>,
+    /// How this controller resolves a service it does not know: `iterative` (follow
+    /// referrals itself) or `recursive` (each controller asks on its behalf).
+    #[serde(default = "d_mode")]
+    pub mode: String,
+    /// Lifetime of the answers this controller gives for its own registrations.
+    #[serde(default = "d_cache_secs")]
+    pub cache_secs: u64,
+    /// How often pointer records are refreshed at the parent (below its registration TTL).
+    #[serde(default = "d_refresh_secs")]
+    pub refresh_secs: u64,
+    /// A RESOLVE unanswered this long is resent (twice), then fails.
+    #[serde(default = "d_resolve_timeout_ms")]
+    pub resolve_timeout_ms: u64,
+    /// Install the default rule `0/0 → DELAY` (unless one for prefix 0 is configured), so a
+    /// SYN for an unknown service waits for resolution.
+    #[serde(default = "d_true")]
+    pub delay_unknown: bool,
+}
+
+fn d_mode() -> String {
+    "iterative".into()
+}
+
+impl SalHierarchyConfig {
+    pub fn mode(&self) -> Result<sal_forward::controller::ResolveMode, String> {
+        use sal_forward::controller::ResolveMode;
+        match self.mode.as_str() {
+            "iterative" => Ok(ResolveMode::Iterative),
+            "recursive" => Ok(ResolveMode::Recursive),
+            m => Err(format!("{m:?}: iterative or recursive")),
+        }
+    }
+
+    pub fn settings(&self) -> Result<sal_forward::controller::Hierarchy, String> {
+        Ok(sal_forward::controller::Hierarchy {
+            parent: self.parent,
+            mode: self.mode()?,
+            cache_ms: self.cache_secs * 1000,
+            refresh_ms: self.refresh_secs * 1000,
+            timeout_ms: self.resolve_timeout_ms,
+        })
+    }
+}
 
 /// One configured service rule.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -495,6 +556,9 @@ pub struct SalConfig {
     /// (`#` starts a comment), for tables too large for the config file.
     #[serde(default)]
     pub rules_file: Option<std::path::PathBuf>,
+    /// Resolution through a hierarchy of controllers.
+    #[serde(default)]
+    pub hierarchy: Option<SalHierarchyConfig>,
 }
 
 /// Parse a rules file's text (see [`SalConfig::rules_file`]); errors name the line.
@@ -715,6 +779,37 @@ impl Config {
             for (i, r) in sal.rules.iter().enumerate() {
                 if let Err(e) = r.parse() {
                     return Err(invalid(format!("sal.rules[{i}]"), e));
+                }
+            }
+            if let Some(h) = &sal.hierarchy {
+                if let Err(e) = h.mode() {
+                    return Err(invalid("sal.hierarchy.mode", e));
+                }
+                if !sal.controller {
+                    return Err(invalid(
+                        "sal.hierarchy",
+                        "needs the controller (sal.controller = true)",
+                    ));
+                }
+                if h.refresh_secs == 0 || h.refresh_secs >= sal.registration_ttl_secs.max(1) {
+                    return Err(invalid(
+                        "sal.hierarchy.refresh_secs",
+                        "must be at least 1 and below sal.registration_ttl_secs (the parent's TTL)",
+                    ));
+                }
+                if h.resolve_timeout_ms == 0 {
+                    return Err(invalid(
+                        "sal.hierarchy.resolve_timeout_ms",
+                        "must be at least 1",
+                    ));
+                }
+                if h.parent
+                    .is_some_and(|p| self.addresses().iter().any(|(_, a, _)| *a == p))
+                {
+                    return Err(invalid(
+                        "sal.hierarchy.parent",
+                        "is one of this router's addresses",
+                    ));
                 }
             }
         }

@@ -938,7 +938,7 @@ impl<B: Backend> Mgmt<B> {
         let Some(sal) = self.sal.as_mut() else {
             return false;
         };
-        match sal.input(buf.data(), buf.port(), now) {
+        let mine = match sal.input(buf.data(), buf.port(), now) {
             crate::sal::Handled::NotMine => false,
             crate::sal::Handled::Done => true,
             crate::sal::Handled::Copies(frames) => {
@@ -952,7 +952,52 @@ impl<B: Backend> Mgmt<B> {
                 });
                 true
             }
+        };
+        self.flush_sal(now);
+        mine
+    }
+
+    /// Send what the service controller has to say (to its parent, children, askers) and
+    /// route the delayed packets an answer released.
+    fn flush_sal(&mut self, now_ms: u64) {
+        let Some(sal) = self.sal.as_mut() else {
+            return;
+        };
+        let (msgs, released) = sal.take_output(now_ms);
+        for (dst, msg) in msgs {
+            let Some(src) = self.source_for(dst) else {
+                if let Some(sal) = self.sal.as_mut() {
+                    sal.control_send_failed += 1;
+                }
+                continue;
+            };
+            let seg = crate::sal::SalMgmt::control_segment(src, dst, &msg);
+            self.send_ip(src, dst, sal_forward::wire::PROTOCOL, seg.len(), |p| {
+                p.copy_from_slice(&seg)
+            });
         }
+        self.route_frames(released.into_iter());
+    }
+
+    /// The router's address to send from towards `dst`: one of the output port's, on the
+    /// next hop's subnet when it has several.
+    fn source_for(&self, dst: Ipv4Addr) -> Option<Ipv4Addr> {
+        let nh = self.stage.next_hop(dst)?;
+        let port = self.ports.get(usize::from(nh.port))?;
+        let hop = if nh.gateway.is_unspecified() {
+            dst
+        } else {
+            nh.gateway
+        };
+        let on = |a: Ipv4Addr, l: u8| {
+            let m = packet::ipv4::mask(l);
+            u32::from(a) & m == u32::from(hop) & m
+        };
+        port.addrs
+            .iter()
+            .find(|(a, l)| on(*a, *l))
+            .or(port.addrs.first())
+            .map(|(a, _)| *a)
     }
 
     /// Route frames the management core made (copies, released packets).
@@ -1094,6 +1139,7 @@ impl<B: Backend> Mgmt<B> {
         if let Some(sal) = self.sal.as_mut() {
             let released = sal.poll(now_ms);
             self.route_frames(released.into_iter());
+            self.flush_sal(now_ms);
         }
         let now = Instant::now();
         let retry = Duration::from_millis(self.cfg.neighbours.arp_retry_ms);
@@ -1443,6 +1489,10 @@ impl<B: Backend> Mgmt<B> {
             },
             Request::SalDelayed => match self.sal.as_ref() {
                 Some(s) => s.delayed(self.now_ms()),
+                None => Response::err(SAL_OFF),
+            },
+            Request::SalHierarchy => match self.sal.as_ref() {
+                Some(s) => s.hierarchy(self.now_ms()),
                 None => Response::err(SAL_OFF),
             },
             Request::NfsStats => {

@@ -5,7 +5,7 @@
 use crate::admin::Response;
 use crate::config::SalConfig;
 use packet::{Buffer, Stage, Verdict};
-use sal_forward::controller::{Controller, Outcome};
+use sal_forward::controller::{Controller, Outcome, Settings};
 use sal_forward::ctrlmsg;
 use sal_forward::id::{Prefix, ServiceId};
 use sal_forward::stage::{SalShared, SalStage};
@@ -17,6 +17,9 @@ use std::sync::Arc;
 
 /// Priority of the controller's own DEMUX rule (above anything an operator or host adds).
 pub const CONTROLLER_PRIORITY: u32 = u32::MAX;
+
+/// A frame to route, and the port it came in on.
+pub type Frame = (Vec<u8>, u16);
 
 /// What the management core does with a Serval packet the stage handed over.
 #[derive(Debug)]
@@ -42,6 +45,8 @@ pub struct SalMgmt {
     pub control_messages: u64,
     /// DEMUX matches for a service no one serves here (only the controller is local).
     pub demux_unhandled: u64,
+    /// Control messages that could not be sent (no route to the controller).
+    pub control_send_failed: u64,
 }
 
 impl SalMgmt {
@@ -70,6 +75,23 @@ impl SalMgmt {
                 t0.elapsed().as_secs_f64()
             );
         }
+        let hierarchy = cfg.hierarchy.as_ref().map(|h| h.settings()).transpose()?;
+        if cfg.hierarchy.as_ref().is_some_and(|h| h.delay_unknown)
+            && rules.get(&Prefix::DEFAULT).is_none()
+        {
+            rules
+                .add(
+                    Prefix::DEFAULT,
+                    0,
+                    Mode::Anycast,
+                    &[Target {
+                        action: Action::Delay,
+                        addr: Ipv4Addr::UNSPECIFIED,
+                        weight: 1,
+                    }],
+                )
+                .map_err(|e| format!("the default DELAY rule: {e}"))?;
+        }
         if cfg.controller {
             rules
                 .add(
@@ -89,15 +111,19 @@ impl SalMgmt {
             stage: SalStage::new(shared.clone(), instance),
             ctl: Controller::new(
                 rules,
-                cfg.registration_ttl_secs * 1000,
-                cfg.delay_queue,
-                cfg.delay_timeout_ms,
+                Settings {
+                    ttl_ms: cfg.registration_ttl_secs * 1000,
+                    delay_cap: cfg.delay_queue,
+                    delay_timeout_ms: cfg.delay_timeout_ms,
+                    hierarchy,
+                },
             ),
             shared,
             controller: cfg.controller,
             rst_sent: 0,
             control_messages: 0,
             demux_unhandled: 0,
+            control_send_failed: 0,
         })
     }
 
@@ -139,6 +165,12 @@ impl SalMgmt {
                     Outcome::Unregistered { prefix, addr } => {
                         tracing::debug!("sal: {addr} unregistered {prefix}")
                     }
+                    Outcome::Pointer {
+                        prefix,
+                        child,
+                        present,
+                    } => tracing::debug!("sal: pointer {prefix} -> {child}: {present}"),
+                    Outcome::Resolve => {}
                     Outcome::Refused(e) => tracing::debug!("sal: control message from {src}: {e}"),
                 }
                 Handled::Done
@@ -162,6 +194,37 @@ impl SalMgmt {
             }
             Action::Drop => Handled::Done,
         }
+    }
+
+    /// What the controller has to send — (destination, control message) — and the delayed
+    /// packets an answer released (frame, input port).
+    pub fn take_output(&mut self, now_ms: u64) -> (Vec<(Ipv4Addr, Vec<u8>)>, Vec<Frame>) {
+        let msgs = self.ctl.take_outbox();
+        let released = if self.ctl.take_resolved() {
+            let ds = self.ctl.release(now_ms);
+            self.rematch(ds, now_ms)
+        } else {
+            Vec::new()
+        };
+        (msgs, released)
+    }
+
+    /// A control message as the Serval datagram that carries it — SAL header (destination
+    /// and source serviceID 88888) and UDP header — from `src` to `dst`.
+    pub fn control_segment(src: Ipv4Addr, dst: Ipv4Addr, msg: &[u8]) -> Vec<u8> {
+        let ctl = ServiceId::from_u32(ctrlmsg::ROUTER_SERVICE);
+        let repr = SalRepr {
+            protocol: packet::ipv4::protocol::UDP,
+            service: Some(ctl),
+            src_service: Some(ctl),
+            ..SalRepr::default()
+        };
+        let len = packet::udp::HEADER_LEN + msg.len();
+        let mut udp = vec![0u8; len];
+        udp[4..6].copy_from_slice(&(len as u16).to_be_bytes());
+        udp[packet::udp::HEADER_LEN..].copy_from_slice(msg);
+        // The IP header is the caller's to build; the transport checksum covers its addresses.
+        wire::datagram(src, dst, 64, &repr, &udp).split_off(20)
     }
 
     /// The original's RST: CONTROL(RST), flow ids swapped, back to the sender.
@@ -188,9 +251,15 @@ impl SalMgmt {
     }
 
     /// Timers: expiries, and delayed packets to match again (frame, input port).
-    pub fn poll(&mut self, now_ms: u64) -> Vec<(Vec<u8>, u16)> {
+    pub fn poll(&mut self, now_ms: u64) -> Vec<Frame> {
+        let ds = self.ctl.poll(now_ms);
+        self.rematch(ds, now_ms)
+    }
+
+    /// Match released packets again.
+    fn rematch(&mut self, ds: Vec<sal_forward::controller::Delayed>, now_ms: u64) -> Vec<Frame> {
         let mut out = Vec::new();
-        for d in self.ctl.poll(now_ms) {
+        for d in ds {
             let mut b = packet::HeapBuffer::with_capacity(d.frame.len() + 128, 64);
             if b.append(d.frame.len()).is_err() {
                 continue;
@@ -295,15 +364,77 @@ impl SalMgmt {
                 "messages": self.control_messages,
                 "registers": c.registers, "reregisters": c.reregisters, "refreshes": c.refreshes,
                 "unregisters": c.unregisters, "expired": c.expired, "refused": c.refused,
+                "delay_not_found": c.delay_not_found,
                 "registrations": self.ctl.registrations().count(),
             },
             "delay": {
                 "queued": self.ctl.delayed().count(), "delayed": c.delayed,
                 "released": c.delay_released, "timeouts": c.delay_timeouts, "full": c.delay_full,
             },
+            "resolve": self.resolve_json(),
             "rst_sent": self.rst_sent,
             "demux_unhandled": self.demux_unhandled,
         })
+    }
+
+    fn resolve_json(&self) -> serde_json::Value {
+        let r = &self.ctl.resolve_stats;
+        json!({
+            "pointer_updates": r.pointer_updates, "pointer_removes": r.pointer_removes,
+            "pointers_expired": r.pointers_expired, "adverts_sent": r.adverts_sent,
+            "resolutions": r.resolutions, "requests_sent": r.requests_sent,
+            "requests_received": r.requests_received, "answers_received": r.answers_received,
+            "referrals_received": r.referrals_received, "not_found_received": r.not_found_received,
+            "answered": r.answered, "referred": r.referred, "not_found_sent": r.not_found_sent,
+            "timeouts": r.timeouts, "cached": r.cached, "cache_expired": r.cache_expired,
+            "unexpected": r.unexpected, "control_send_failed": self.control_send_failed,
+        })
+    }
+
+    /// The controller's place in the hierarchy: parent, mode, pointer records, cached
+    /// answers, resolutions in flight, counters.
+    pub fn hierarchy(&self, now_ms: u64) -> Response {
+        use sal_forward::controller::Origin;
+        let Some(h) = self.ctl.hierarchy() else {
+            return Response::err("no controller hierarchy is configured ([sal.hierarchy])");
+        };
+        let pointers: Vec<_> = self
+            .ctl
+            .pointers()
+            .map(|(p, child, t)| {
+                json!({"prefix": p.to_string(), "child": child.to_string(),
+                       "refreshed_secs_ago": now_ms.saturating_sub(t) / 1000})
+            })
+            .collect();
+        let cache: Vec<_> = self
+            .ctl
+            .cache()
+            .map(|(p, c)| {
+                json!({"prefix": p.to_string(), "from": c.from.to_string(),
+                       "targets": c.targets.iter().map(|(a, w)| format!("{a}:{w}")).collect::<Vec<_>>(),
+                       "expires_in_ms": c.expires_ms.saturating_sub(now_ms)})
+            })
+            .collect();
+        let pending: Vec<_> = self
+            .ctl
+            .pending()
+            .map(|(xid, p)| {
+                json!({"xid": xid, "service": p.service.to_string(), "asked": p.asked.to_string(),
+                       "for": match p.origin { Origin::Local => "delayed packets".to_string(),
+                                               Origin::Remote { addr, .. } => addr.to_string() },
+                       "recursive": p.recursive, "tries": p.tries + 1,
+                       "waiting_ms": now_ms.saturating_sub(p.sent_ms)})
+            })
+            .collect();
+        Response::ok(json!({
+            "parent": h.parent.map(|p| p.to_string()),
+            "mode": h.mode.name(),
+            "cache_secs": h.cache_ms / 1000,
+            "pointers": pointers,
+            "cache": cache,
+            "pending": pending,
+            "stats": self.resolve_json(),
+        }))
     }
 
     pub fn registrations(&self, now_ms: u64) -> Response {

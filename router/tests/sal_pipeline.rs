@@ -95,8 +95,25 @@ fn syn(src: Ipv4Addr, to: Ipv4Addr, id: u32, flow: u32) -> Vec<u8> {
     eth(mac("66:59:d9:46:45:a4"), mac("92:7d:37:ca:ca:19"), &ip)
 }
 
-/// A host's REGISTER (or UNREGISTER) of `id` as the original daemon sends it: a Serval UDP
-/// datagram from serviceID 55555 to 88888.
+/// A control message in a Serval UDP datagram from serviceID `from_service` to 88888, as the
+/// original daemons send it, arriving on the servers' port.
+fn control_frame(src: Ipv4Addr, from_service: u32, msg: &[u8]) -> Vec<u8> {
+    let sal = SalRepr {
+        src_flow: 1,
+        protocol: 17,
+        service: Some(ServiceId::from_u32(ctrlmsg::ROUTER_SERVICE)),
+        src_service: Some(ServiceId::from_u32(from_service)),
+        ..SalRepr::default()
+    };
+    let mut udp = vec![0u8; 8 + msg.len()];
+    let len = udp.len() as u16;
+    udp[4..6].copy_from_slice(&len.to_be_bytes());
+    udp[8..].copy_from_slice(msg);
+    let ip = wire::datagram(src, ROUTER_S, 64, &sal, &udp);
+    eth(mac("2e:0b:0d:24:a4:3a"), mac("f6:7b:b5:83:05:dd"), &ip)
+}
+
+/// A host's REGISTER (or UNREGISTER) of `id` as the original daemon sends it.
 fn register(host: Ipv4Addr, id: u32, unregister: bool) -> Vec<u8> {
     let msg = Register {
         unregister,
@@ -108,19 +125,29 @@ fn register(host: Ipv4Addr, id: u32, unregister: bool) -> Vec<u8> {
         id: ServiceId::from_u32(id),
     }
     .emit();
-    let sal = SalRepr {
-        src_flow: 1,
-        protocol: 17,
-        service: Some(ServiceId::from_u32(ctrlmsg::ROUTER_SERVICE)),
-        src_service: Some(ServiceId::from_u32(ctrlmsg::HOST_SERVICE)),
-        ..SalRepr::default()
-    };
-    let mut udp = vec![0u8; 8 + msg.len()];
-    let len = udp.len() as u16;
-    udp[4..6].copy_from_slice(&len.to_be_bytes());
-    udp[8..].copy_from_slice(&msg);
-    let ip = wire::datagram(host, ROUTER_S, 64, &sal, &udp);
-    eth(mac("2e:0b:0d:24:a4:3a"), mac("f6:7b:b5:83:05:dd"), &ip)
+    control_frame(host, ctrlmsg::HOST_SERVICE, &msg)
+}
+
+/// The control message in a frame the router sent to another controller, after checking
+/// the datagram: from the router's servers-side address, serviceID 88888 to 88888, valid SAL
+/// and UDP checksums.
+fn control_sent(f: &[u8], to: Ipv4Addr) -> Vec<u8> {
+    let ip = packet::ipv4::Ipv4Packet::new_checked(&f[14..]).unwrap();
+    assert_eq!(
+        (ip.src_addr(), ip.dst_addr(), ip.protocol()),
+        (ROUTER_S, to, 144)
+    );
+    assert!(ip.verify_checksum());
+    let (r, hl) = SalRepr::parse(ip.payload()).unwrap();
+    let ctl = Some(ServiceId::from_u32(ctrlmsg::ROUTER_SERVICE));
+    assert_eq!((r.protocol, r.service, r.src_service), (17, ctl, ctl));
+    let udp = &ip.payload()[hl..];
+    assert_eq!(
+        !packet::checksum::transport_sum(ROUTER_S.octets(), to.octets(), 17, udp),
+        0,
+        "UDP checksum"
+    );
+    udp[8..].to_vec()
 }
 
 /// The IP destination of a frame.
@@ -310,4 +337,118 @@ mode = "all"
     assert_eq!(r.control.map(|c| c.flags), Some(flags::RST));
     assert_eq!((r.src_flow, r.dst_flow), (0, 77));
     assert_eq!(sal_stats(&h)["rst_sent"], 1);
+}
+
+/// A leaf of a controller hierarchy (parent 10.77.2.9): its hosts' registrations go up as
+/// pointer records; an unknown service is delayed and resolved through the parent
+/// (iterative: a referral, then the controller it names), and the answer — cached as a rule —
+/// releases the SYN; the parent's own request is answered from the registrations.
+#[test]
+fn hierarchy_leaf_resolves_through_its_parent() {
+    use sal_forward::ctrlmsg::{Answer, Resolve, DELEGATE};
+    const PARENT: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 9);
+    let h = harness(
+        r#"[[static_neighbours]]
+port = "servers"
+address = "10.77.2.9"
+mac = "f6:7b:b5:83:05:df"
+[sal]
+[sal.hierarchy]
+parent = "10.77.2.9"
+mode = "iterative"
+cache_secs = 60
+"#,
+    );
+    // A host registers 3001: the router points its parent at itself.
+    h.inject(1, &register(B, 3001, false));
+    let up = Register::parse(&control_sent(&h.expect_tx(1, 1)[0], PARENT)).unwrap();
+    assert_eq!(
+        (up.unregister, up.flags, up.prefix_bits),
+        (false, DELEGATE, 32)
+    );
+    assert_eq!(up.id, ServiceId::from_u32(3001));
+    // A SYN for 4001, which nobody here knows: delayed (the default rule), and resolved.
+    h.inject(0, &syn(CLIENT, ROUTER_C, 4001, 1));
+    let q = Resolve::parse(&control_sent(&h.expect_tx(1, 1)[0], PARENT)).unwrap();
+    assert_eq!(
+        (q.answer, q.recursive, q.id),
+        (None, false, ServiceId::from_u32(4001))
+    );
+    assert_eq!(
+        h.call(Request::SalDelayed)["delayed"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // The parent refers the router to controller A; the router asks A.
+    let referral = Resolve {
+        answer: Some(Answer::Referral),
+        targets: vec![(A, 1)],
+        ..q.clone()
+    };
+    h.inject(
+        1,
+        &control_frame(PARENT, ctrlmsg::ROUTER_SERVICE, &referral.emit()),
+    );
+    let q2 = Resolve::parse(&control_sent(&h.expect_tx(1, 1)[0], A)).unwrap();
+    assert_eq!((q2.answer, q2.id, q2.hops), (None, q.id, 2));
+    // A's answer: 4001/32 at 10.77.2.3. The delayed SYN goes there.
+    let found = Resolve {
+        answer: Some(Answer::Found),
+        prefix_len: 32,
+        lifetime_ms: 60_000,
+        targets: vec![(B, 1)],
+        ..q2.clone()
+    };
+    h.inject(1, &control_frame(A, ctrlmsg::ROUTER_SERVICE, &found.emit()));
+    assert_eq!(dst(&h.expect_tx(1, 1)[0]), B);
+    // The next SYN hits the cached rule: straight through, no message.
+    h.inject(0, &syn(CLIENT, ROUTER_C, 4001, 2));
+    let out = h.expect_tx(1, 1);
+    assert_eq!(out.len(), 1, "only the SYN");
+    assert_eq!(dst(&out[0]), B);
+    let view = h.call(Request::SalHierarchy);
+    assert_eq!(view["mode"], "iterative", "{view}");
+    assert_eq!(view["cache"][0]["prefix"], "4001/32", "{view}");
+    assert_eq!(view["cache"][0]["from"], "10.77.2.2", "{view}");
+    let rs = &view["stats"];
+    assert_eq!(
+        (
+            &rs["resolutions"],
+            &rs["requests_sent"],
+            &rs["referrals_received"],
+            &rs["answers_received"]
+        ),
+        (&1.into(), &2.into(), &1.into(), &1.into()),
+        "{view}"
+    );
+    let rules = h.call(Request::SalRuleList { limit: None });
+    let cached = rules["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["prefix"] == "4001/32")
+        .unwrap();
+    // The released SYN (matched again by the management core) and the second one.
+    assert_eq!(cached["packets"], 2, "the cached rule's packets: {rules}");
+    // The parent asks (recursively) for 3001: answered from the registration.
+    let ask = Resolve::request(77, ServiceId::from_u32(3001), true, 1);
+    h.inject(
+        1,
+        &control_frame(PARENT, ctrlmsg::ROUTER_SERVICE, &ask.emit()),
+    );
+    let a = Resolve::parse(&control_sent(&h.expect_tx(1, 1)[0], PARENT)).unwrap();
+    assert_eq!(
+        (a.xid, a.answer, a.prefix_len),
+        (77, Some(Answer::Found), 32)
+    );
+    assert_eq!(
+        (a.targets.as_slice(), a.lifetime_ms),
+        (&[(B, 1)][..], 60_000)
+    );
+    // The host unregisters: the pointer is withdrawn at the parent.
+    h.inject(1, &register(B, 3001, true));
+    let down = Register::parse(&control_sent(&h.expect_tx(1, 1)[0], PARENT)).unwrap();
+    assert_eq!((down.unregister, down.flags), (true, DELEGATE));
 }

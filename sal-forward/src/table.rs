@@ -99,6 +99,18 @@ impl Matched {
             .map(|&a| Ipv4Addr::from(a))
     }
 
+    /// Target addresses with their weights (FORWARD).
+    pub fn targets(&self) -> impl Iterator<Item = (Ipv4Addr, u32)> + '_ {
+        let n = usize::from(self.n);
+        (0..n).map(|i| {
+            let below = if i == 0 { 0 } else { self.cum[i - 1] };
+            (
+                Ipv4Addr::from(self.addrs[i]),
+                self.cum[i].saturating_sub(below),
+            )
+        })
+    }
+
     pub fn len(&self) -> usize {
         usize::from(self.n)
     }

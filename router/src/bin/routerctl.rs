@@ -82,6 +82,9 @@ enum SalCmd {
     Registrations,
     /// Packets waiting in the DELAY queue.
     Delayed,
+    /// The controller hierarchy: parent, mode, children's pointer records, cached answers,
+    /// resolutions in flight, counters.
+    Hierarchy,
 }
 
 #[derive(Subcommand, Debug)]
@@ -258,6 +261,7 @@ fn real_main() -> Result<()> {
             SalCmd::Stats => Request::SalStats,
             SalCmd::Registrations => Request::SalRegistrations,
             SalCmd::Delayed => Request::SalDelayed,
+            SalCmd::Hierarchy => Request::SalHierarchy,
         },
     };
     let data = call(&mut c, &req)?;
@@ -459,6 +463,66 @@ fn real_main() -> Result<()> {
                 );
             }
         }
+        Cmd::Sal {
+            cmd: SalCmd::Hierarchy,
+        } => {
+            say!(
+                "parent {}  mode {}  answers from here live {} s",
+                if data["parent"].is_null() {
+                    "none (root)".to_string()
+                } else {
+                    plain(&data["parent"])
+                },
+                plain(&data["mode"]),
+                plain(&data["cache_secs"])
+            );
+            say!(
+                "pointer records ({}):",
+                data["pointers"].as_array().map_or(0, |a| a.len())
+            );
+            for p in data["pointers"].as_array().into_iter().flatten() {
+                say!(
+                    "  {:<24} -> {:<16} refreshed {}s ago",
+                    plain(&p["prefix"]),
+                    plain(&p["child"]),
+                    plain(&p["refreshed_secs_ago"])
+                );
+            }
+            say!(
+                "cached answers ({}):",
+                data["cache"].as_array().map_or(0, |a| a.len())
+            );
+            for c in data["cache"].as_array().into_iter().flatten() {
+                let targets: Vec<String> = c["targets"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(plain)
+                    .collect();
+                say!(
+                    "  {:<24} -> {}  (from {}, expires in {} ms)",
+                    plain(&c["prefix"]),
+                    targets.join(" "),
+                    plain(&c["from"]),
+                    plain(&c["expires_in_ms"])
+                );
+            }
+            say!(
+                "resolving ({}):",
+                data["pending"].as_array().map_or(0, |a| a.len())
+            );
+            for p in data["pending"].as_array().into_iter().flatten() {
+                say!(
+                    "  {:<24} asked {} for {} (try {}, {} ms)",
+                    plain(&p["service"]),
+                    plain(&p["asked"]),
+                    plain(&p["for"]),
+                    plain(&p["tries"]),
+                    plain(&p["waiting_ms"])
+                );
+            }
+            print_resolve_stats(&data["stats"]);
+        }
         Cmd::Sal { cmd: SalCmd::Stats } => {
             let st = &data["stage"];
             say!(
@@ -496,10 +560,33 @@ fn real_main() -> Result<()> {
                 plain(&d["full"]),
                 plain(&data["rst_sent"])
             );
+            print_resolve_stats(&data["resolve"]);
         }
         _ => say!("ok: {}", plain(&data)),
     }
     Ok(())
+}
+
+fn print_resolve_stats(r: &Value) {
+    say!(
+        "hierarchy: resolutions {}  requests sent {} received {}  answers {} referrals {} not found {} (received)  answered {} referred {} not found {} (sent)  timeouts {}  cached {} expired {}  pointer updates {} removes {} expired {}  adverts sent {}",
+        plain(&r["resolutions"]),
+        plain(&r["requests_sent"]),
+        plain(&r["requests_received"]),
+        plain(&r["answers_received"]),
+        plain(&r["referrals_received"]),
+        plain(&r["not_found_received"]),
+        plain(&r["answered"]),
+        plain(&r["referred"]),
+        plain(&r["not_found_sent"]),
+        plain(&r["timeouts"]),
+        plain(&r["cached"]),
+        plain(&r["cache_expired"]),
+        plain(&r["pointer_updates"]),
+        plain(&r["pointer_removes"]),
+        plain(&r["pointers_expired"]),
+        plain(&r["adverts_sent"])
+    );
 }
 
 fn print_nfs_stats(d: &Value) {
