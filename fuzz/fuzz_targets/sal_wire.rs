@@ -4,7 +4,8 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use packet::{Buffer, HeapBuffer, Stage, Verdict};
-use sal_forward::ctrlmsg::Register;
+use sal_forward::controller::{Controller, Hierarchy, ResolveMode, Settings};
+use sal_forward::ctrlmsg::{Register, Resolve};
 use sal_forward::stage::{SalShared, SalStage};
 use sal_forward::table::{Action, Mode, Rules, ServiceTable, Target};
 use sal_forward::wire::{self, SalRepr};
@@ -21,6 +22,33 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(back, r);
     }
     let _ = Register::parse(data);
+    if let Ok(r) = Resolve::parse(data) {
+        assert_eq!(Resolve::parse(&r.emit()).unwrap(), r);
+    }
+    // Any control message, to a controller in a hierarchy: no panic, and what it sends back
+    // parses.
+    {
+        let mut c = Controller::new(
+            Rules::new(Arc::new(ServiceTable::new(16))),
+            Settings {
+                ttl_ms: 1000,
+                delay_cap: 4,
+                delay_timeout_ms: 1000,
+                hierarchy: Some(Hierarchy {
+                    parent: Some(Ipv4Addr::new(10, 9, 0, 1)),
+                    mode: ResolveMode::Recursive,
+                    cache_ms: 1000,
+                    refresh_ms: 500,
+                    timeout_ms: 100,
+                }),
+            },
+        );
+        c.control(Ipv4Addr::new(10, 9, 0, 3), data, 0);
+        c.poll(5000);
+        for (_, m) in c.take_outbox() {
+            assert!(Register::parse(&m).is_ok() || Resolve::parse(&m).is_ok());
+        }
+    }
     // As the IP payload of a frame to the router, through the stage (default rule: FORWARD).
     let table = Arc::new(ServiceTable::new(16));
     let mut rules = Rules::new(table.clone());

@@ -1047,6 +1047,28 @@ via = "10.0.2.2"
     }
 
     #[test]
+    fn sal_hierarchy_section() {
+        let with = |h: &str| {
+            Config::parse(&format!(
+                "{GOOD}\n[sal]\nregistration_ttl_secs = 5\n[sal.hierarchy]\n{h}"
+            ))
+        };
+        let c = with("parent = \"10.0.2.9\"\nmode = \"recursive\"\nrefresh_secs = 2").unwrap();
+        let h = c.sal.unwrap().hierarchy.unwrap().settings().unwrap();
+        assert_eq!(h.parent, Some("10.0.2.9".parse().unwrap()));
+        assert_eq!(h.mode, sal_forward::controller::ResolveMode::Recursive);
+        assert_eq!(
+            (h.cache_ms, h.refresh_ms, h.timeout_ms),
+            (30_000, 2000, 500)
+        );
+        let err = |h: &str| with(h).unwrap_err().to_string();
+        assert!(err("mode = \"both\"\nrefresh_secs = 2").contains("sal.hierarchy.mode"));
+        assert!(err("refresh_secs = 5").contains("sal.hierarchy.refresh_secs"));
+        assert!(err("parent = \"10.0.1.1\"\nrefresh_secs = 2").contains("sal.hierarchy.parent"));
+        assert!(err("refresh_secs = 2\nresolve_timeout_ms = 0").contains("resolve_timeout_ms"));
+    }
+
+    #[test]
     fn nfs_section() {
         let nfs = r#"
 [nfs]

@@ -57,20 +57,21 @@ topo_bg() {
 	TOPO_PIDS+=("$TOPO_LAST_PID")
 }
 
-# start_router NS CONFIG: start the router in NS and wait until its admin socket answers.
+# start_router NS CONFIG [LOG]: start the router in NS and wait until its admin socket answers
+# (its output goes to LOG, default $TOPO_DIR/router.log; its PID is in ROUTER_PID).
 topo_start_router() {
-	local ns=$1 cfg=$2 sock
+	local ns=$1 cfg=$2 log=${3:-$TOPO_DIR/router.log} sock
 	sock=$(sed -n 's/^socket *= *"\(.*\)"/\1/p' "$cfg" | head -1)
-	topo_bg "$ns" "$ROUTER_BIN" run --config "$cfg" >"$TOPO_DIR/router.log" 2>&1
+	topo_bg "$ns" "$ROUTER_BIN" run --config "$cfg" >"$log" 2>&1
 	ROUTER_PID=$TOPO_LAST_PID
 	for _ in $(seq 1 100); do
 		if "$ROUTERCTL_BIN" -s "$sock" status >/dev/null 2>&1; then
 			return 0
 		fi
-		kill -0 "$ROUTER_PID" 2>/dev/null || { cat "$TOPO_DIR/router.log" >&2; die "router exited during start-up"; }
+		kill -0 "$ROUTER_PID" 2>/dev/null || { cat "$log" >&2; die "router exited during start-up"; }
 		sleep 0.1
 	done
-	cat "$TOPO_DIR/router.log" >&2
+	cat "$log" >&2
 	die "router did not open $sock"
 }
 

@@ -7,11 +7,12 @@ shared/reference/wire-formats.md). The TCP here is a minimal stop-and-wait one (
 retransmission on timeout): enough to open connections to a serviceID through a service router
 and exchange data host to host.
 
-  serve  ADDR [--register ROUTER --service ID --refresh S --refresh-for S] [--report FILE]
+  serve  ADDR [--register ROUTER --service ID[,ID...] --refresh S --refresh-for S] [--report FILE]
       Answer SYNs for any service (SYN-ACK straight to the client, SOURCE echoed with our
       address), echo data upper-cased. Checks the SAL and TCP checksums of every packet it
       gets (the router rewrote them). Optionally registers ID with the router's controller
-      (REGISTER, the original control message, from serviceID 55555 to 88888) every S seconds
+      (REGISTER, the original control message, from serviceID 55555 to 88888; one message
+      per ID) every S seconds
       for --refresh-for seconds, then stops refreshing. Writes a JSON report on SIGTERM.
   connect ROUTER SERVICE N      open N connections in turn, one data exchange each; prints
       JSON {"instances": {addr: count}, "failed": n}
@@ -135,7 +136,7 @@ class Host:
 
 # ---------------------------------------------------------------- server
 
-def serve(addr, register=None, service=None, refresh=20.0, refresh_for=1e9, report=None):
+def serve(addr, register=None, services=(), refresh=20.0, refresh_for=1e9, report=None):
     h = Host(addr)
     flows = {}  # local flow -> (client addr, client flow, next seq, expected seq)
     stats = {"addr": addr, "syns": 0, "data": 0, "bad_sal_checksum": 0, "bad_tcp_checksum": 0,
@@ -155,13 +156,14 @@ def serve(addr, register=None, service=None, refresh=20.0, refresh_for=1e9, repo
         start = time.monotonic()
         xid = 1
         while not stop.is_set() and time.monotonic() - start < refresh_for:
-            msg = struct.pack("!BBH", 0, 0, 48) + struct.pack("<I", xid)
-            msg += struct.pack("!BBBB4s", 0, 0, 32, 0, bytes(4)) + service_id(service)
-            udp = struct.pack("!HHHH", 0, 0, 8 + len(msg), 0) + msg  # checksum 0: none
-            h.send(register, sal(h.next_flow(), 0, 17, None,
-                                 (service_id(88888), service_id(55555))) + udp)
-            stats["registers"] += 1
-            xid += 1
+            for service in services:
+                msg = struct.pack("!BBH", 0, 0, 48) + struct.pack("<I", xid)
+                msg += struct.pack("!BBBB4s", 0, 0, 32, 0, bytes(4)) + service_id(service)
+                udp = struct.pack("!HHHH", 0, 0, 8 + len(msg), 0) + msg  # checksum 0: none
+                h.send(register, sal(h.next_flow(), 0, 17, None,
+                                     (service_id(88888), service_id(55555))) + udp)
+                stats["registers"] += 1
+                xid += 1
             stop.wait(refresh)
 
     if register:
@@ -294,7 +296,8 @@ def main():
     a = sys.argv[1:]
     opt = lambda k, d=None: a[a.index(k) + 1] if k in a else d
     if a[0] == "serve":
-        serve(a[1], opt("--register"), int(opt("--service", "0")), float(opt("--refresh", "20")),
+        services = [int(x) for x in opt("--service", "0").split(",")]
+        serve(a[1], opt("--register"), services, float(opt("--refresh", "20")),
               float(opt("--refresh-for", "1e9")), opt("--report"))
     elif a[0] == "connect":
         connect(a[1], int(a[2]), int(a[3]))
