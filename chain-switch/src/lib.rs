@@ -1,0 +1,15 @@
+//! NetChain (NSDI 2018) switch nodes, wire compatible with the public P4 prototype:
+//!
+//! - [`wire`]: the query header (chain IP list, op, sc, seq, key, value, vgroup) on UDP
+//!   8888/8889;
+//! - [`store`]: one node's registers — key index, sequence and value registers in fixed
+//!   arrays, written by workers without waiting;
+//! - [`node`]: roles per virtual group (head, middle, tail, stopped) and the failover table;
+//! - [`stage`]: the fast-path stage — reads at the tail, writes down the chain, replies,
+//!   fast failover.
+#![forbid(unsafe_code)]
+
+pub mod node;
+pub mod stage;
+pub mod store;
+pub mod wire;

@@ -1,0 +1,218 @@
+//! What a switch node holds besides its registers: its roles per virtual group, and the
+//! failover table every NetChain packet passes. Both are written by the control plane (the
+//! management core) and read by every worker without locks.
+
+use crate::store::Store;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+
+/// Role bits of a node in a virtual group's chain.
+pub mod role {
+    /// The node is in the group's chain.
+    pub const MEMBER: u16 = 1;
+    /// It stamps sequence numbers on writes.
+    pub const HEAD: u16 = 2;
+    /// It answers reads and acknowledges writes.
+    pub const TAIL: u16 = 4;
+    /// Writes for the group are refused for now (recovery's stop-and-sync phase).
+    pub const STOPPED: u16 = 8;
+}
+
+/// Virtual groups a node can be in (the wire's vgroup is 16 bits).
+pub const VGROUPS: usize = 1 << 16;
+
+/// A node's role and session per virtual group.
+#[derive(Debug)]
+pub struct Roles(Box<[AtomicU32]>);
+
+impl Default for Roles {
+    fn default() -> Self {
+        Roles((0..VGROUPS).map(|_| AtomicU32::new(0)).collect())
+    }
+}
+
+impl Roles {
+    /// (role bits, session) of `vgroup`.
+    #[inline]
+    pub fn get(&self, vgroup: u16) -> (u16, u16) {
+        let v = self.0[usize::from(vgroup)].load(Ordering::Acquire);
+        (v as u16, (v >> 16) as u16)
+    }
+
+    pub fn set(&self, vgroup: u16, bits: u16, session: u16) {
+        self.0[usize::from(vgroup)].store(
+            u32::from(session) << 16 | u32::from(bits),
+            Ordering::Release,
+        );
+    }
+
+    /// Groups with any role: (vgroup, bits, session).
+    pub fn list(&self) -> Vec<(u16, u16, u16)> {
+        (0..VGROUPS)
+            .filter_map(|g| {
+                let (b, s) = self.get(g as u16);
+                (b != 0).then_some((g as u16, b, s))
+            })
+            .collect()
+    }
+}
+
+/// One NetChain switch node.
+#[derive(Debug)]
+pub struct Node {
+    pub addr: Ipv4Addr,
+    pub store: Store,
+    pub roles: Roles,
+}
+
+impl Node {
+    pub fn new(addr: Ipv4Addr, keys: usize, value_len: usize) -> Self {
+        Node {
+            addr,
+            store: Store::new(keys, value_len),
+            roles: Roles::default(),
+        }
+    }
+}
+
+/// A failover rule: a packet headed for `dst` whose next list entry is `next` (0.0.0.0: any)
+/// in `vgroup` (none: any) skips `dst` — its entry is popped and it goes to `next`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailoverRule {
+    pub dst: Ipv4Addr,
+    pub next: Ipv4Addr,
+    pub vgroup: Option<u16>,
+}
+
+/// Rules the failover table holds at most.
+pub const FAILOVER_RULES: usize = 256;
+
+/// The failover table: a few rules, replaced whole by the control plane under a sequence lock
+/// (workers retry a read that overlapped a change).
+#[derive(Debug)]
+pub struct Failover {
+    seq: AtomicU32,
+    n: AtomicU32,
+    /// dst << 32 | next, and valid << 32 | any-vgroup << 16 | vgroup.
+    rules: Box<[[AtomicU64; 2]]>,
+}
+
+impl Default for Failover {
+    fn default() -> Self {
+        Failover {
+            seq: AtomicU32::new(0),
+            n: AtomicU32::new(0),
+            rules: (0..FAILOVER_RULES)
+                .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
+                .collect(),
+        }
+    }
+}
+
+impl Failover {
+    /// Does a rule match (dst, next, vgroup)? Empty table: one load.
+    #[inline]
+    pub fn matches(&self, dst: Ipv4Addr, next: Ipv4Addr, vgroup: u16) -> bool {
+        loop {
+            let s1 = self.seq.load(Ordering::Acquire);
+            let n = self.n.load(Ordering::Relaxed) as usize;
+            if n == 0 && s1 & 1 == 0 {
+                return false;
+            }
+            let (d, nx) = (u64::from(u32::from(dst)), u64::from(u32::from(next)));
+            let mut hit = false;
+            for r in self.rules.iter().take(n.min(FAILOVER_RULES)) {
+                let a = r[0].load(Ordering::Relaxed);
+                let b = r[1].load(Ordering::Relaxed);
+                if b >> 32 == 1
+                    && a >> 32 == d
+                    && (a & 0xffff_ffff == 0 || a & 0xffff_ffff == nx)
+                    && (b & 0x1_0000 != 0 || b & 0xffff == u64::from(vgroup))
+                {
+                    hit = true;
+                    break;
+                }
+            }
+            fence(Ordering::Acquire);
+            if s1 & 1 == 0 && self.seq.load(Ordering::Relaxed) == s1 {
+                return hit;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Replace the rules (control plane). More than [`FAILOVER_RULES`] is refused.
+    pub fn replace(&self, rules: &[FailoverRule]) -> Result<(), String> {
+        if rules.len() > FAILOVER_RULES {
+            return Err(format!("at most {FAILOVER_RULES} failover rules"));
+        }
+        let s = self.seq.load(Ordering::Relaxed);
+        self.seq.store(s + 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        for (slot, r) in self.rules.iter().zip(rules) {
+            slot[0].store(
+                u64::from(u32::from(r.dst)) << 32 | u64::from(u32::from(r.next)),
+                Ordering::Relaxed,
+            );
+            slot[1].store(
+                1 << 32 | r.vgroup.map_or(0x1_0000, u64::from),
+                Ordering::Relaxed,
+            );
+        }
+        self.n.store(rules.len() as u32, Ordering::Relaxed);
+        self.seq.store(s + 2, Ordering::Release);
+        Ok(())
+    }
+
+    pub fn list(&self) -> Vec<FailoverRule> {
+        let n = self.n.load(Ordering::Acquire) as usize;
+        self.rules
+            .iter()
+            .take(n)
+            .map(|r| {
+                let a = r[0].load(Ordering::Relaxed);
+                let b = r[1].load(Ordering::Relaxed);
+                FailoverRule {
+                    dst: Ipv4Addr::from((a >> 32) as u32),
+                    next: Ipv4Addr::from(a as u32),
+                    vgroup: (b & 0x1_0000 == 0).then_some(b as u16),
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_and_failover() {
+        let r = Roles::default();
+        r.set(7, role::MEMBER | role::HEAD, 3);
+        assert_eq!(r.get(7), (role::MEMBER | role::HEAD, 3));
+        assert_eq!(r.list(), [(7, 3, 3)]);
+        let f = Failover::default();
+        let (m, t) = (Ipv4Addr::new(10, 0, 100, 2), Ipv4Addr::new(10, 0, 100, 3));
+        assert!(!f.matches(m, t, 0));
+        f.replace(&[FailoverRule {
+            dst: m,
+            next: t,
+            vgroup: Some(0),
+        }])
+        .unwrap();
+        assert!(f.matches(m, t, 0));
+        assert!(!f.matches(m, t, 1));
+        assert!(!f.matches(t, m, 0));
+        f.replace(&[FailoverRule {
+            dst: m,
+            next: Ipv4Addr::UNSPECIFIED,
+            vgroup: None,
+        }])
+        .unwrap();
+        assert!(f.matches(m, t, 9));
+        assert_eq!(f.list()[0].vgroup, None);
+        f.replace(&[]).unwrap();
+        assert!(!f.matches(m, t, 9));
+    }
+}

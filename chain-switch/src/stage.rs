@@ -1,0 +1,340 @@
+//! The NetChain stage (fast path), before routing. A UDP datagram to port 8888 carrying a
+//! query:
+//!
+//! - addressed to one of this appliance's nodes: the node acts for the query's virtual group —
+//!   a **read** at the tail copies the stored value in and becomes the reply; a **write** at
+//!   the head stamps `stored seq + 1` (a new session jumps, see [`crate::store`]) and stores
+//!   the value, at any other node it is applied only when newer (else dropped as stale). Then
+//!   the node's list entry is popped (sc − 1); the tail's write reply also drops the end
+//!   marker. A reply swaps the IP addresses (the node answers the client), takes op 11 / 13 and
+//!   UDP destination port 8889; anything else goes on to the next entry — processed again
+//!   right here when that node is this appliance's too;
+//! - headed for a node the failover table says is gone (destination, next entry, vgroup): the
+//!   dead node's entry is popped and the query goes to the next (fast failover);
+//! - otherwise it is plain IP.
+//!
+//! Lengths and the IP and UDP checksums are rewritten when the packet changed; routing then
+//! decrements the TTL and rewrites the MACs.
+
+use crate::node::{role, Failover, Node};
+use crate::store::Write;
+use crate::wire::{self, op, KEY_LEN, MAX_VALUE_LEN};
+use packet::ipv4::Ipv4Packet;
+use packet::udp::UdpPacket;
+use packet::{drop_reasons, Buffer, DropReason, Stage, Verdict};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+drop_reasons! {
+    /// Why the NetChain stage drops a packet.
+    pub enum ChainDrop {
+        Malformed = "malformed",
+        /// The node is not in the query's virtual group.
+        NotMember = "not-member",
+        UnknownKey = "unknown-key",
+        /// A read reached a node that is not the group's tail.
+        ReadNotTail = "read-not-tail",
+        /// A write older than (or as old as) what the node holds.
+        Stale = "stale",
+        /// Another worker held the key's registers at that moment.
+        Busy = "busy",
+        /// Writes for the group are stopped (recovery).
+        Stopped = "stopped",
+        /// The list ended before a tail answered (a misconfigured chain).
+        ListEnd = "list-end",
+    }
+}
+
+/// What the stage shares with the management core: this appliance's nodes and the failover
+/// table.
+#[derive(Debug)]
+pub struct ChainShared {
+    pub nodes: Vec<Node>,
+    pub failover: Failover,
+    pub value_len: usize,
+}
+
+impl ChainShared {
+    pub fn new(addrs: &[Ipv4Addr], keys: usize, value_len: usize) -> Self {
+        ChainShared {
+            nodes: addrs
+                .iter()
+                .map(|&a| Node::new(a, keys, value_len))
+                .collect(),
+            failover: Failover::default(),
+            value_len,
+        }
+    }
+
+    #[inline]
+    pub fn node(&self, addr: Ipv4Addr) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.addr == addr)
+    }
+}
+
+/// One worker's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChainCounters {
+    pub reads: u64,
+    pub writes: u64,
+    /// Replies sent to clients (reads and writes answered at a tail).
+    pub replies: u64,
+    /// Queries passed on to the next node of their chain.
+    pub chained: u64,
+    /// Dead nodes skipped by the failover table.
+    pub failovers: u64,
+    /// NetChain queries for other hosts, routed as plain IP.
+    pub passed: u64,
+}
+
+impl ChainCounters {
+    pub const NAMES: [&'static str; 6] = [
+        "reads",
+        "writes",
+        "replies",
+        "chained",
+        "failovers",
+        "passed",
+    ];
+    pub fn values(&self) -> [u64; 6] {
+        [
+            self.reads,
+            self.writes,
+            self.replies,
+            self.chained,
+            self.failovers,
+            self.passed,
+        ]
+    }
+}
+
+/// The NetChain stage of one worker.
+#[derive(Debug, Clone)]
+pub struct ChainStage {
+    shared: Arc<ChainShared>,
+    pub counters: ChainCounters,
+}
+
+const ETH: usize = packet::ethernet::HEADER_LEN;
+/// Ethernet + IPv4 (no options) + UDP: where the query starts.
+const QUERY_AT: usize = ETH + 20 + 8;
+
+/// What one node did with a query.
+enum Step {
+    /// Popped and headed for the next entry.
+    Next,
+    /// Turned into the reply to the client.
+    Reply,
+}
+
+impl ChainStage {
+    pub fn new(shared: Arc<ChainShared>) -> Self {
+        ChainStage {
+            shared,
+            counters: ChainCounters::default(),
+        }
+    }
+
+    pub fn shared(&self) -> &Arc<ChainShared> {
+        &self.shared
+    }
+
+    /// Pop the query's first list entry (4 bytes at the front of the UDP payload): sc − 1.
+    #[inline]
+    fn pop<B: Buffer>(pkt: &mut B, q: &wire::Query, dec_sc: bool) -> Result<(), ChainDrop> {
+        let sc_at = QUERY_AT + q.op_at() + 1;
+        if dec_sc {
+            let d = pkt.data_mut();
+            d[sc_at] = d[sc_at].saturating_sub(1);
+        }
+        pkt.splice(QUERY_AT, 4, 0).map_err(|_| ChainDrop::Malformed)
+    }
+
+    /// The node `n` acts on the query in `pkt` (IP destination = its address).
+    #[inline]
+    fn at_node<B: Buffer>(
+        &mut self,
+        n: &Node,
+        pkt: &mut B,
+        q: &wire::Query,
+    ) -> Result<Step, ChainDrop> {
+        let (bits, session) = n.roles.get(q.vgroup);
+        if bits & role::MEMBER == 0 {
+            return Err(ChainDrop::NotMember);
+        }
+        let p = &pkt.data()[QUERY_AT..];
+        let mut key = [0u8; KEY_LEN];
+        key.copy_from_slice(q.key(p));
+        let slot = n.store.find(&key).ok_or(ChainDrop::UnknownKey)?;
+        let tail = bits & role::TAIL != 0;
+        match q.op {
+            op::READ_REQUEST => {
+                if !tail {
+                    return Err(ChainDrop::ReadNotTail);
+                }
+                self.counters.reads += 1;
+                let v = QUERY_AT + q.value_at();
+                let out = &mut pkt.data_mut()[v..v + q.value_len];
+                n.store.read(slot, out).ok_or(ChainDrop::Busy)?;
+                Self::pop(pkt, q, true)?;
+                self.reply(pkt, n.addr, 4 * (q.entries - 1), op::READ_REPLY);
+                Ok(Step::Reply)
+            }
+            op::WRITE_REQUEST => {
+                if bits & role::STOPPED != 0 {
+                    return Err(ChainDrop::Stopped);
+                }
+                let mut value = [0u8; MAX_VALUE_LEN];
+                let vl = q.value_len.min(MAX_VALUE_LEN);
+                value[..vl].copy_from_slice(q.value(p));
+                let w = if bits & role::HEAD != 0 {
+                    n.store.write_head(slot, &key, &value[..vl], session)
+                } else {
+                    n.store.write_newer(slot, &key, &value[..vl], q.seq)
+                };
+                let seq = match w {
+                    Write::Applied(s) => s,
+                    Write::Stale => return Err(ChainDrop::Stale),
+                    Write::Busy => return Err(ChainDrop::Busy),
+                };
+                self.counters.writes += 1;
+                let s = QUERY_AT + q.seq_at();
+                pkt.data_mut()[s..s + 2].copy_from_slice(&seq.to_be_bytes());
+                Self::pop(pkt, q, true)?;
+                if tail {
+                    // The list is down to its end marker: it goes too (sc stays 1).
+                    let mut left = q.entries - 1;
+                    if left == 1 {
+                        Self::pop(pkt, q, false)?;
+                        left = 0;
+                    }
+                    self.reply(pkt, n.addr, 4 * left, op::WRITE_REPLY);
+                    return Ok(Step::Reply);
+                }
+                if q.entries <= 2 {
+                    return Err(ChainDrop::ListEnd);
+                }
+                Ok(Step::Next)
+            }
+            _ => Err(ChainDrop::Malformed),
+        }
+    }
+
+    /// Make the query (its op byte at `op_at`) the reply from `me` to the client (the IP
+    /// source).
+    #[inline]
+    fn reply<B: Buffer>(&mut self, pkt: &mut B, me: Ipv4Addr, op_at: usize, reply_op: u8) {
+        self.counters.replies += 1;
+        let d = pkt.data_mut();
+        let mut ip = Ipv4Packet::new_unchecked(&mut d[ETH..]);
+        let client = ip.src_addr();
+        ip.set_src_addr(me);
+        ip.set_dst_addr(client);
+        UdpPacket::new_unchecked(&mut d[ETH + 20..]).set_dst_port(wire::REPLY_PORT);
+        d[QUERY_AT + op_at] = reply_op;
+    }
+
+    /// Lengths and checksums after the query changed.
+    #[inline]
+    fn finish<B: Buffer>(pkt: &mut B, udp_len: usize) {
+        let d = pkt.data_mut();
+        let mut ip = Ipv4Packet::new_unchecked(&mut d[ETH..]);
+        ip.set_total_len((20 + udp_len) as u16);
+        ip.fill_checksum();
+        let (src, dst) = (ip.src_addr(), ip.dst_addr());
+        let mut u = UdpPacket::new_unchecked(&mut d[ETH + 20..ETH + 20 + udp_len]);
+        u.set_len(udp_len as u16);
+        u.fill_checksum(src, dst);
+    }
+}
+
+impl Stage for ChainStage {
+    type Reason = ChainDrop;
+    const NAME: &'static str = "netchain";
+
+    #[inline]
+    fn process<B: Buffer>(&mut self, pkt: &mut B) -> Verdict {
+        let d = pkt.data();
+        if d.len() < QUERY_AT || d[12..14] != [0x08, 0x00] {
+            return Verdict::Next;
+        }
+        let ip = Ipv4Packet::new_unchecked(&d[ETH..]);
+        if ip.version() != 4
+            || ip.header_len() != 20
+            || ip.protocol() != packet::ipv4::protocol::UDP
+            || ip.is_fragment()
+            || u16::from_be_bytes([d[ETH + 22], d[ETH + 23]]) != wire::REQUEST_PORT
+        {
+            return Verdict::Next;
+        }
+        let total = usize::from(ip.total_len());
+        if total < 28 || ETH + total > d.len() {
+            return ChainDrop::Malformed.drop();
+        }
+        // Drop any Ethernet padding: the query ends where the IP packet does.
+        let pad = d.len() - ETH - total;
+        if pad > 0 && pkt.trim(pad).is_err() {
+            return ChainDrop::Malformed.drop();
+        }
+        let shared = self.shared.clone();
+        let vl = shared.value_len;
+        let mut changed = false;
+        for _ in 0..=wire::MAX_LIST {
+            let d = pkt.data();
+            let Ok(q) = wire::parse(&d[QUERY_AT..], vl) else {
+                if changed {
+                    return ChainDrop::Malformed.drop();
+                }
+                // Not a query this node understands: plain IP.
+                self.counters.passed += 1;
+                return Verdict::Next;
+            };
+            if q.op != op::READ_REQUEST && q.op != op::WRITE_REQUEST {
+                break;
+            }
+            let dst = Ipv4Packet::new_unchecked(&d[ETH..]).dst_addr();
+            if let Some(n) = shared.node(dst) {
+                match self.at_node(n, pkt, &q) {
+                    Ok(Step::Reply) => {
+                        changed = true;
+                        break;
+                    }
+                    Ok(Step::Next) => {
+                        self.counters.chained += 1;
+                        changed = true;
+                    }
+                    Err(r) => return r.drop(),
+                }
+            } else {
+                let p = &d[QUERY_AT..];
+                let next = q.entry(p, 1).unwrap_or(Ipv4Addr::UNSPECIFIED);
+                if next.is_unspecified() || !shared.failover.matches(dst, next, q.vgroup) {
+                    if !changed {
+                        self.counters.passed += 1;
+                    }
+                    break;
+                }
+                // The destination is gone: skip its entry.
+                self.counters.failovers += 1;
+                if let Err(r) = Self::pop(pkt, &q, true) {
+                    return r.drop();
+                }
+                changed = true;
+            }
+            // Headed for the (new) first entry.
+            let d = pkt.data_mut();
+            let next = [
+                d[QUERY_AT],
+                d[QUERY_AT + 1],
+                d[QUERY_AT + 2],
+                d[QUERY_AT + 3],
+            ];
+            Ipv4Packet::new_unchecked(&mut d[ETH..]).set_dst_addr(Ipv4Addr::from(next));
+        }
+        if changed {
+            let udp_len = pkt.len() - ETH - 20;
+            Self::finish(pkt, udp_len);
+        }
+        Verdict::Next
+    }
+}
