@@ -82,6 +82,15 @@ pub enum Request {
     /// The controller hierarchy: parent, mode, pointer records, cached answers, resolutions
     /// in flight.
     SalHierarchy,
+    /// NetChain nodes: address, keys, groups by role.
+    ChainNodes,
+    /// NetChain virtual groups per node (role, session) and the failover rules.
+    ChainGroups {
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+    /// NetChain stage counters.
+    ChainStats,
 }
 
 /// The router's answer.

@@ -512,6 +512,83 @@ impl SalHierarchyConfig {
     }
 }
 
+fn d_chain_keys() -> usize {
+    65_536
+}
+fn d_value_len() -> usize {
+    16
+}
+
+/// NetChain switch nodes (`[chain]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainConfig {
+    /// Value size in bytes: 16 (the prototype's, the default) up to 128 (the paper's).
+    #[serde(default = "d_value_len")]
+    pub value_len: usize,
+    /// Keys each node's register store holds.
+    #[serde(default = "d_chain_keys")]
+    pub max_keys: usize,
+    /// Keys every node stores from the start: a decimal number (right-aligned in 16 bytes, as
+    /// the prototype's client writes one) or `0x` and hex digits.
+    #[serde(default)]
+    pub keys: Vec<String>,
+    pub nodes: Vec<ChainNodeConfig>,
+    /// Failover rules: a query headed for `dst` whose next entry is `next` skips `dst`.
+    #[serde(default)]
+    pub failover: Vec<ChainFailoverConfig>,
+}
+
+/// One NetChain node this appliance acts as.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainNodeConfig {
+    /// The node's address: queries to it are answered here (it need not be a port address;
+    /// peers route it to this appliance).
+    pub address: Ipv4Addr,
+    /// Virtual groups (`N` or `A-B`) where the node is the head, a middle node, the tail.
+    /// A group both head and tail is a one-node chain.
+    #[serde(default)]
+    pub head: Vec<String>,
+    #[serde(default)]
+    pub middle: Vec<String>,
+    #[serde(default)]
+    pub tail: Vec<String>,
+    /// The session its head roles start in.
+    #[serde(default)]
+    pub session: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainFailoverConfig {
+    pub dst: Ipv4Addr,
+    /// The next list entry to match (leave out: any).
+    #[serde(default)]
+    pub next: Option<Ipv4Addr>,
+    /// Leave out: any virtual group.
+    #[serde(default)]
+    pub vgroup: Option<u16>,
+}
+
+/// Parse a list of virtual groups (`N`, `A-B`).
+pub fn parse_vgroups(list: &[String]) -> Result<Vec<std::ops::RangeInclusive<u16>>, String> {
+    list.iter()
+        .map(|s| {
+            let bad = || format!("{s:?}: a virtual group is N or A-B (0..=65535)");
+            let (a, b) = match s.split_once('-') {
+                Some((a, b)) => (a.trim(), b.trim()),
+                None => (s.trim(), s.trim()),
+            };
+            let (a, b): (u16, u16) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+            if a > b {
+                return Err(bad());
+            }
+            Ok(a..=b)
+        })
+        .collect()
+}
+
 /// One configured service rule.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -617,6 +694,8 @@ pub struct Config {
     pub nfs: Option<NfsConfig>,
     #[serde(default)]
     pub sal: Option<SalConfig>,
+    #[serde(default)]
+    pub chain: Option<ChainConfig>,
     #[serde(default)]
     pub icmp: IcmpConfig,
     #[serde(default)]
@@ -811,6 +890,42 @@ impl Config {
                         "is one of this router's addresses",
                     ));
                 }
+            }
+        }
+        if let Some(c) = &self.chain {
+            if !(1..=chain_switch::wire::MAX_VALUE_LEN).contains(&c.value_len) {
+                return Err(invalid(
+                    "chain.value_len",
+                    "must be 1..=128 (16: the prototype's)",
+                ));
+            }
+            if !(1..=1 << 24).contains(&c.max_keys) {
+                return Err(invalid("chain.max_keys", "must be 1..=16777216"));
+            }
+            if c.keys.len() > c.max_keys {
+                return Err(invalid("chain.keys", "more keys than chain.max_keys"));
+            }
+            for (i, k) in c.keys.iter().enumerate() {
+                if chain_switch::wire::parse_key(k).is_none() {
+                    return Err(invalid(
+                        format!("chain.keys[{i}]"),
+                        format!("{k:?}: a decimal number or 0x and up to 32 hex digits"),
+                    ));
+                }
+            }
+            if c.nodes.is_empty() {
+                return Err(invalid("chain.nodes", "at least one node"));
+            }
+            for (i, n) in c.nodes.iter().enumerate() {
+                if c.nodes[..i].iter().any(|m| m.address == n.address) {
+                    return Err(invalid(format!("chain.nodes[{i}].address"), "used twice"));
+                }
+                for (what, l) in [("head", &n.head), ("middle", &n.middle), ("tail", &n.tail)] {
+                    parse_vgroups(l).map_err(|e| invalid(format!("chain.nodes[{i}].{what}"), e))?;
+                }
+            }
+            if c.failover.len() > chain_switch::node::FAILOVER_RULES {
+                return Err(invalid("chain.failover", "at most 256 rules"));
             }
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {

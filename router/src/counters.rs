@@ -133,6 +133,9 @@ pub struct CoreCounters {
     /// SAL stage totals of this core, as `sal_forward::stage::SalCounters::values` lays them
     /// out.
     pub sal: Box<[Counter]>,
+    /// NetChain stage totals of this core, as `chain_switch::stage::ChainCounters::values`
+    /// lays them out.
+    pub chain: Box<[Counter]>,
 }
 
 impl CoreCounters {
@@ -162,6 +165,10 @@ impl CoreCounters {
                 .iter()
                 .map(|_| Counter::default())
                 .collect(),
+            chain: chain_switch::stage::ChainCounters::NAMES
+                .iter()
+                .map(|_| Counter::default())
+                .collect(),
         }
     }
 
@@ -178,6 +185,7 @@ impl CoreCounters {
             injected: self.injected.get(),
             nfs: self.nfs.iter().map(Counter::get).collect(),
             sal: self.sal.iter().map(Counter::get).collect(),
+            chain: self.chain.iter().map(Counter::get).collect(),
             ports: self
                 .ports
                 .iter()
@@ -230,6 +238,8 @@ pub struct CoreSnapshot {
     pub nfs: Vec<u64>,
     /// SAL stage counters (see [`CoreCounters::sal`]).
     pub sal: Vec<u64>,
+    /// NetChain stage counters (see [`CoreCounters::chain`]).
+    pub chain: Vec<u64>,
     pub ports: Vec<PortSnapshot>,
     pub stages: Vec<StageSnapshot>,
 }

@@ -13,6 +13,7 @@ use crate::counters::{CoreCounters, StageCounters};
 use crate::ipv4::{Ipv4Drop, Ipv4Stage};
 use crate::port::Backend;
 use crate::qsbr::Qsbr;
+use chain_switch::stage::{ChainDrop, ChainStage};
 use nfs_rewrite::datapath::{NfsDrop, NfsStage};
 use packet::{Buffer, DropReason, PuntReason, Stage, Verdict};
 use sal_forward::stage::{SalDrop, SalStage};
@@ -93,6 +94,8 @@ pub struct Pipeline {
     pub nfs: Option<NfsStage>,
     /// Serval service routing, before routing (when `[sal]` is configured).
     pub sal: Option<SalStage>,
+    /// NetChain switch nodes, before routing (when `[chain]` is configured).
+    pub chain: Option<ChainStage>,
     /// Coarse clock (ms) the management core advances; stages read it instead of the system
     /// clock.
     pub clock: Arc<AtomicU64>,
@@ -110,6 +113,9 @@ impl Pipeline {
         }
         if self.sal.is_some() {
             v.push(StageCounters::new(SalStage::NAME, SalDrop::NAMES));
+        }
+        if self.chain.is_some() {
+            v.push(StageCounters::new(ChainStage::NAME, ChainDrop::NAMES));
         }
         v
     }
@@ -175,6 +181,13 @@ impl Pipeline {
         if let Some(sal) = self.sal.as_mut() {
             Self::app_stage(sal, &c.stages[idx], pkts, verdicts, undecided);
             for (dst, v) in c.sal.iter().zip(sal.counters.values()) {
+                dst.set(v);
+            }
+            idx += 1;
+        }
+        if let Some(chain) = self.chain.as_mut() {
+            Self::app_stage(chain, &c.stages[idx], pkts, verdicts, undecided);
+            for (dst, v) in c.chain.iter().zip(chain.counters.values()) {
                 dst.set(v);
             }
         }

@@ -5,6 +5,7 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod chain;
 pub mod config;
 pub mod counters;
 pub mod engine;
@@ -42,6 +43,8 @@ pub enum RunError {
     },
     #[error("port {port}: {msg}")]
     Port { port: String, msg: String },
+    #[error("chain: {0}")]
+    Chain(String),
     #[error("sal: {0}")]
     Sal(String),
 }
@@ -130,6 +133,12 @@ pub fn run<B: Backend>(
             workers + 1,
         ))
     });
+    let chain_mgmt = cfg
+        .chain
+        .as_ref()
+        .map(chain::ChainMgmt::new)
+        .transpose()
+        .map_err(RunError::Chain)?;
     let clock = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let pipeline = Pipeline {
         ipv4: stage.clone(),
@@ -139,6 +148,9 @@ pub fn run<B: Backend>(
         sal: sal
             .as_ref()
             .map(|sh| sal_forward::stage::SalStage::new(sh.clone(), 0)),
+        chain: chain_mgmt
+            .as_ref()
+            .map(|c| chain_switch::stage::ChainStage::new(c.shared.clone())),
         clock: clock.clone(),
     };
     // The service rules go in before the workers start.
@@ -153,6 +165,7 @@ pub fn run<B: Backend>(
         clock,
         nfs,
         sal_mgmt,
+        chain_mgmt,
         cfg,
         backend.clone(),
         fib,

@@ -102,6 +102,7 @@ macro_rules! counter_json {
     ($s:expr, $($f:ident),*) => { json!({ $(stringify!($f): $s.$f.get()),* }) };
 }
 
+const CHAIN_OFF: &str = "NetChain is not configured (no [chain] section)";
 const SAL_OFF: &str = "Serval service routing is not configured (no [sal] section)";
 
 /// The management core's state.
@@ -135,6 +136,7 @@ pub struct Mgmt<B: Backend> {
     reasm: crate::reasm::Reassembler,
     /// Serval service routing: the controller, rules, the DELAY queue.
     sal: Option<crate::sal::SalMgmt>,
+    chain: Option<crate::chain::ChainMgmt>,
 }
 
 /// Handle-table checkpoint bookkeeping.
@@ -237,6 +239,7 @@ impl<B: Backend> Mgmt<B> {
         clock: Arc<std::sync::atomic::AtomicU64>,
         nfs: Option<Arc<nfs_rewrite::datapath::NfsShared>>,
         sal: Option<crate::sal::SalMgmt>,
+        chain: Option<crate::chain::ChainMgmt>,
         cfg: Config,
         be: Arc<B>,
         fib: Fib,
@@ -279,6 +282,7 @@ impl<B: Backend> Mgmt<B> {
             ckpt: Checkpoints::default(),
             reasm: crate::reasm::Reassembler::new(64, Duration::from_secs(2)),
             sal,
+            chain,
         };
         m.load_checkpoint();
         for n in statics {
@@ -1264,6 +1268,7 @@ impl<B: Backend> Mgmt<B> {
             "mempool_free": self.be.pool_free(),
             "nfs": self.nfs_stats(&cores),
             "sal": self.sal.as_ref().map(|s| s.stats(&cores)),
+            "chain": self.chain.as_ref().map(|c| c.stats(&cores)),
         })
     }
 
@@ -1495,6 +1500,21 @@ impl<B: Backend> Mgmt<B> {
                 Some(s) => s.hierarchy(self.now_ms()),
                 None => Response::err(SAL_OFF),
             },
+            Request::ChainNodes => match self.chain.as_ref() {
+                Some(c) => c.nodes(),
+                None => Response::err(CHAIN_OFF),
+            },
+            Request::ChainGroups { limit } => match self.chain.as_ref() {
+                Some(c) => c.groups(limit),
+                None => Response::err(CHAIN_OFF),
+            },
+            Request::ChainStats => {
+                let cores: Vec<_> = self.cores.iter().map(|c| c.snapshot()).collect();
+                match self.chain.as_ref() {
+                    Some(c) => Response::ok(c.stats(&cores)),
+                    None => Response::err(CHAIN_OFF),
+                }
+            }
             Request::NfsStats => {
                 let cores: Vec<_> = self.cores.iter().map(|c| c.snapshot()).collect();
                 match self.nfs_stats(&cores) {
