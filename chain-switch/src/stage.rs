@@ -292,6 +292,11 @@ impl Stage for ChainStage {
             if q.op != op::READ_REQUEST && q.op != op::WRITE_REQUEST {
                 break;
             }
+            // A request's sc counts its list (the prototype's client sets it so); the pops
+            // below keep them in step.
+            if usize::from(q.sc) != q.entries {
+                return ChainDrop::Malformed.drop();
+            }
             let dst = Ipv4Packet::new_unchecked(&d[ETH..]).dst_addr();
             if let Some(n) = shared.node(dst) {
                 match self.at_node(n, pkt, &q) {

@@ -267,3 +267,13 @@ fn padding_and_garbage() {
         let _ = st.process(&mut b);
     }
 }
+
+/// Found by fuzzing: a read whose sc (0) disagrees with its list became a reply its own
+/// parser could not read. A request's sc must count its list.
+#[test]
+fn sc_must_count_the_list() {
+    let mut st = appliance(&[(1, HEAD), (2, MID), (3, TAIL)]);
+    let f = include_bytes!("fixtures/fuzz/sc-disagrees-with-list.bin");
+    let (v, _) = run(&mut st, f);
+    assert_eq!(v, ChainDrop::Malformed.drop());
+}
