@@ -106,27 +106,33 @@ topo_ipv4() {
 	ip -n "$NS_C" route add default via 10.0.1.1
 	ip -n "$NS_S" addr add 10.0.2.2/24 dev s0
 	ip -n "$NS_S" route add default via 10.0.2.1
-	cat >"$TOPO_DIR/router.toml" <<TOML
+	topo_router_toml "$TOPO_ID" "$TOPO_DIR/admin.sock" "client r0 10.0.1.1/24" "server r1 10.0.2.1/24" \
+		>"$TOPO_DIR/router.toml"
+	printf '%s\n' "${1:-}" >>"$TOPO_DIR/router.toml"
+	ROUTERCTL="$ROUTERCTL_BIN -s $TOPO_DIR/admin.sock"
+}
+
+# topo_router_toml EAL_PREFIX SOCKET PORT...: print a router config for namespace tests (DPDK
+# af_packet ports, no hugepages, one worker); each PORT is "name iface address/len".
+topo_router_toml() {
+	local prefix=$1 sock=$2 i=0 port
+	shift 2
+	cat <<TOML
 [eal]
-args = ["--no-pci", "--no-huge", "-m", "256", "--file-prefix", "$TOPO_ID", "-l", "0"]
+args = ["--no-pci", "--no-huge", "-m", "256", "--file-prefix", "$prefix", "-l", "0"]
 [dataplane]
 workers = [${ROUTER_WORKER_CPU:-1}]
 idle_sleep_max_us = 200
 [mempool]
 mbufs = 4095
-[[ports]]
-name = "client"
-device = "net_af_packet0,iface=r0,qdisc_bypass=1"
-addresses = ["10.0.1.1/24"]
-[[ports]]
-name = "server"
-device = "net_af_packet1,iface=r1,qdisc_bypass=1"
-addresses = ["10.0.2.1/24"]
 [admin]
-socket = "$TOPO_DIR/admin.sock"
-${1:-}
+socket = "$sock"
 TOML
-	ROUTERCTL="$ROUTERCTL_BIN -s $TOPO_DIR/admin.sock"
+	for port in "$@"; do
+		set -- $port
+		printf '[[ports]]\nname = "%s"\ndevice = "net_af_packet%d,iface=%s,qdisc_bypass=1"\naddresses = ["%s"]\n' "$1" "$i" "$2" "$3"
+		i=$((i + 1))
+	done
 }
 
 # Does an rpcbind accept connections on its Unix socket?

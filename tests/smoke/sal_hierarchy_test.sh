@@ -42,28 +42,12 @@ ip -n "$NS_C" route add default via 10.1.1.1
 ip -n "$NS_S" addr add 10.2.1.2/24 dev s0
 ip -n "$NS_S" route add default via 10.2.1.1
 
-# router NAME EXTRA_TOML PORT...: a router config in $TOPO_DIR/NAME.toml; each PORT is
-# "name iface address/len".
+# router_config NAME EXTRA_TOML PORT...: $TOPO_DIR/NAME.toml (PORT: "name iface address/len").
 router_config() {
-	local name=$1 extra=$2 i=0 port
+	local name=$1 extra=$2
 	shift 2
 	{
-		cat <<TOML
-[eal]
-args = ["--no-pci", "--no-huge", "-m", "256", "--file-prefix", "$TOPO_ID-$name", "-l", "0"]
-[dataplane]
-workers = [${ROUTER_WORKER_CPU:-1}]
-idle_sleep_max_us = 200
-[mempool]
-mbufs = 4095
-[admin]
-socket = "$TOPO_DIR/$name.sock"
-TOML
-		for port in "$@"; do
-			set -- $port
-			printf '[[ports]]\nname = "%s"\ndevice = "net_af_packet%d,iface=%s,qdisc_bypass=1"\naddresses = ["%s"]\n' "$1" "$i" "$2" "$3"
-			i=$((i + 1))
-		done
+		topo_router_toml "$TOPO_ID-$name" "$TOPO_DIR/$name.sock" "$@"
 		printf '%s\n' "$extra"
 	} >"$TOPO_DIR/$name.toml"
 	"$ROUTER_BIN" check-config "$TOPO_DIR/$name.toml" >/dev/null
