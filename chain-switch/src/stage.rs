@@ -18,7 +18,7 @@
 
 use crate::node::{role, Failover, Node};
 use crate::store::Write;
-use crate::wire::{self, op, KEY_LEN, MAX_VALUE_LEN};
+use crate::wire::{self, op, KEY_LEN};
 use packet::ipv4::Ipv4Packet;
 use packet::udp::UdpPacket;
 use packet::{drop_reasons, Buffer, DropReason, Stage, Verdict};
@@ -153,7 +153,7 @@ impl ChainStage {
     /// The node `n` acts on the query in `pkt` (IP destination = its address).
     #[inline]
     fn at_node<B: Buffer>(
-        &mut self,
+        counters: &mut ChainCounters,
         n: &Node,
         pkt: &mut B,
         q: &wire::Query,
@@ -163,41 +163,41 @@ impl ChainStage {
             return Err(ChainDrop::NotMember);
         }
         let p = &pkt.data()[QUERY_AT..];
-        let mut key = [0u8; KEY_LEN];
-        key.copy_from_slice(q.key(p));
-        let slot = n.store.find(&key).ok_or(ChainDrop::UnknownKey)?;
+        let key: &[u8; KEY_LEN] = q.key(p).try_into().map_err(|_| ChainDrop::Malformed)?;
+        let slot = n.store.find(key).ok_or(ChainDrop::UnknownKey)?;
         let tail = bits & role::TAIL != 0;
         match q.op {
             op::READ_REQUEST => {
                 if !tail {
                     return Err(ChainDrop::ReadNotTail);
                 }
-                self.counters.reads += 1;
+                counters.reads += 1;
                 let v = QUERY_AT + q.value_at();
                 let out = &mut pkt.data_mut()[v..v + q.value_len];
                 n.store.read(slot, out).ok_or(ChainDrop::Busy)?;
                 Self::pop(pkt, q, true)?;
-                self.reply(pkt, n.addr, 4 * (q.entries - 1), op::READ_REPLY);
+                Self::reply(counters, pkt, n.addr, 4 * (q.entries - 1), op::READ_REPLY);
                 Ok(Step::Reply)
             }
             op::WRITE_REQUEST => {
                 if bits & role::STOPPED != 0 {
                     return Err(ChainDrop::Stopped);
                 }
-                let mut value = [0u8; MAX_VALUE_LEN];
-                let vl = q.value_len.min(MAX_VALUE_LEN);
-                value[..vl].copy_from_slice(q.value(p));
+                // A node that is not the tail needs a next entry: checked before the write.
+                if !tail && q.entries <= 2 {
+                    return Err(ChainDrop::ListEnd);
+                }
                 let w = if bits & role::HEAD != 0 {
-                    n.store.write_head(slot, &key, &value[..vl], session)
+                    n.store.write_head(slot, key, q.value(p), session)
                 } else {
-                    n.store.write_newer(slot, &key, &value[..vl], q.seq)
+                    n.store.write_newer(slot, key, q.value(p), q.seq)
                 };
                 let seq = match w {
                     Write::Applied(s) => s,
                     Write::Stale => return Err(ChainDrop::Stale),
                     Write::Busy => return Err(ChainDrop::Busy),
                 };
-                self.counters.writes += 1;
+                counters.writes += 1;
                 let s = QUERY_AT + q.seq_at();
                 pkt.data_mut()[s..s + 2].copy_from_slice(&seq.to_be_bytes());
                 Self::pop(pkt, q, true)?;
@@ -208,11 +208,8 @@ impl ChainStage {
                         Self::pop(pkt, q, false)?;
                         left = 0;
                     }
-                    self.reply(pkt, n.addr, 4 * left, op::WRITE_REPLY);
+                    Self::reply(counters, pkt, n.addr, 4 * left, op::WRITE_REPLY);
                     return Ok(Step::Reply);
-                }
-                if q.entries <= 2 {
-                    return Err(ChainDrop::ListEnd);
                 }
                 Ok(Step::Next)
             }
@@ -223,8 +220,14 @@ impl ChainStage {
     /// Make the query (its op byte at `op_at`) the reply from `me` to the client (the IP
     /// source).
     #[inline]
-    fn reply<B: Buffer>(&mut self, pkt: &mut B, me: Ipv4Addr, op_at: usize, reply_op: u8) {
-        self.counters.replies += 1;
+    fn reply<B: Buffer>(
+        counters: &mut ChainCounters,
+        pkt: &mut B,
+        me: Ipv4Addr,
+        op_at: usize,
+        reply_op: u8,
+    ) {
+        counters.replies += 1;
         let d = pkt.data_mut();
         let mut ip = Ipv4Packet::new_unchecked(&mut d[ETH..]);
         let client = ip.src_addr();
@@ -276,7 +279,9 @@ impl Stage for ChainStage {
         if pad > 0 && pkt.trim(pad).is_err() {
             return ChainDrop::Malformed.drop();
         }
-        let shared = self.shared.clone();
+        // Borrow the shared state and the counters apart (no reference-count traffic per packet).
+        let ChainStage { shared, counters } = self;
+        let shared: &ChainShared = shared;
         let vl = shared.value_len;
         let mut changed = false;
         for _ in 0..=wire::MAX_LIST {
@@ -286,7 +291,7 @@ impl Stage for ChainStage {
                     return ChainDrop::Malformed.drop();
                 }
                 // Not a query this node understands: plain IP.
-                self.counters.passed += 1;
+                counters.passed += 1;
                 return Verdict::Next;
             };
             if q.op != op::READ_REQUEST && q.op != op::WRITE_REQUEST {
@@ -299,13 +304,13 @@ impl Stage for ChainStage {
             }
             let dst = Ipv4Packet::new_unchecked(&d[ETH..]).dst_addr();
             if let Some(n) = shared.node(dst) {
-                match self.at_node(n, pkt, &q) {
+                match Self::at_node(counters, n, pkt, &q) {
                     Ok(Step::Reply) => {
                         changed = true;
                         break;
                     }
                     Ok(Step::Next) => {
-                        self.counters.chained += 1;
+                        counters.chained += 1;
                         changed = true;
                     }
                     Err(r) => return r.drop(),
@@ -315,12 +320,12 @@ impl Stage for ChainStage {
                 let next = q.entry(p, 1).unwrap_or(Ipv4Addr::UNSPECIFIED);
                 if next.is_unspecified() || !shared.failover.matches(dst, next, q.vgroup) {
                     if !changed {
-                        self.counters.passed += 1;
+                        counters.passed += 1;
                     }
                     break;
                 }
                 // The destination is gone: skip its entry.
-                self.counters.failovers += 1;
+                counters.failovers += 1;
                 if let Err(r) = Self::pop(pkt, &q, true) {
                     return r.drop();
                 }

@@ -165,19 +165,26 @@ impl Store {
     /// sequence number; `None` when writers kept it busy.
     #[inline]
     pub fn read(&self, slot: u32, out: &mut [u8]) -> Option<u16> {
-        let s = slot as usize;
+        self.snapshot(slot as usize, out, READ_TRIES)
+            .map(|cur| cur as u16)
+    }
+
+    /// A consistent copy of slot `s`'s value (into `out`) and its sequence register
+    /// (session << 16 | seq), trying at most `tries` times.
+    #[inline]
+    fn snapshot(&self, s: usize, out: &mut [u8], tries: usize) -> Option<u32> {
         let lock = self.lock.get(s)?;
-        for _ in 0..READ_TRIES {
+        for _ in 0..tries {
             let v1 = lock.load(Ordering::Acquire);
             if v1 & 1 != 0 {
                 std::hint::spin_loop();
                 continue;
             }
-            let seq = self.seq[s].load(Ordering::Relaxed) as u16;
+            let cur = self.seq[s].load(Ordering::Relaxed);
             self.copy_out(s, out);
             fence(Ordering::Acquire);
             if lock.load(Ordering::Relaxed) == v1 {
-                return Some(seq);
+                return Some(cur);
             }
         }
         None
@@ -271,6 +278,23 @@ impl Store {
 
     // ---- control plane (single writer) ----
 
+    /// Take slot `s`'s lock, waiting out a worker that holds it (a worker holds a slot for a
+    /// few stores; the control plane is not the fast path). Returns the even value it was.
+    fn lock_wait(&self, s: usize) -> u32 {
+        loop {
+            let v = self.lock[s].load(Ordering::Relaxed);
+            if v & 1 == 0
+                && self.lock[s]
+                    .compare_exchange(v, v + 1, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                fence(Ordering::Release);
+                return v;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
     /// Insert `key` (value zero, sequence 0).
     pub fn insert(&self, key: &[u8; KEY_LEN]) -> Result<u32, StoreError> {
         if self.find(key).is_some() {
@@ -284,9 +308,7 @@ impl Store {
             .ok_or(StoreError::Full)?;
         let s = slot as usize;
         let w = words(key);
-        let v = self.lock[s].load(Ordering::Relaxed);
-        self.lock[s].store(v + 1, Ordering::Relaxed);
-        fence(Ordering::Release);
+        let v = self.lock_wait(s);
         self.key[2 * s].store(w[0], Ordering::Relaxed);
         self.key[2 * s + 1].store(w[1], Ordering::Relaxed);
         self.seq[s].store(0, Ordering::Relaxed);
@@ -319,9 +341,7 @@ impl Store {
             pos = (pos + 1) & self.mask;
         }
         let s = slot as usize;
-        let v = self.lock[s].load(Ordering::Relaxed);
-        self.lock[s].store(v + 1, Ordering::Relaxed);
-        fence(Ordering::Release);
+        let v = self.lock_wait(s);
         // No longer the key's: a worker holding the old slot number finds another key here.
         self.key[2 * s].store(u64::MAX, Ordering::Relaxed);
         self.key[2 * s + 1].store(u64::MAX - s as u64, Ordering::Relaxed);
@@ -345,19 +365,7 @@ impl Store {
             None => self.insert(key)?,
         };
         let s = slot as usize;
-        // The control plane waits out a worker holding the slot (it is not the fast path).
-        let v = loop {
-            let cur = self.lock[s].load(Ordering::Relaxed);
-            if cur & 1 == 0
-                && self.lock[s]
-                    .compare_exchange(cur, cur + 1, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-            {
-                break cur;
-            }
-            std::hint::spin_loop();
-        };
-        fence(Ordering::Release);
+        let v = self.lock_wait(s);
         self.seq[s].store(u32::from(session) << 16 | u32::from(seq), Ordering::Relaxed);
         self.copy_in(s, value);
         self.lock[s].store(v + 2, Ordering::Release);
@@ -368,24 +376,14 @@ impl Store {
     pub fn get(&self, key: &[u8; KEY_LEN]) -> Option<Record> {
         let slot = self.find(key)?;
         let mut value = vec![0u8; self.value_len];
-        let s = slot as usize;
-        loop {
-            let v1 = self.lock[s].load(Ordering::Acquire);
-            if v1 & 1 == 0 {
-                let cur = self.seq[s].load(Ordering::Relaxed);
-                self.copy_out(s, &mut value);
-                fence(Ordering::Acquire);
-                if self.lock[s].load(Ordering::Relaxed) == v1 {
-                    return Some(Record {
-                        key: *key,
-                        seq: cur as u16,
-                        session: (cur >> 16) as u16,
-                        value,
-                    });
-                }
-            }
-            std::hint::spin_loop();
-        }
+        // The control plane outwaits writers (they hold a slot for a few stores).
+        let cur = self.snapshot(slot as usize, &mut value, usize::MAX)?;
+        Some(Record {
+            key: *key,
+            seq: cur as u16,
+            session: (cur >> 16) as u16,
+            value,
+        })
     }
 
     /// Every stored key's registers (control plane: listing, recovery).

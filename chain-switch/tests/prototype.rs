@@ -183,10 +183,7 @@ fn failover_skips_a_dead_node() {
     );
     assert_eq!(a.counters.failovers, 1);
     let (_, w2) = run(&mut c, &w1);
-    let (src, _, dport, _, q, _) = {
-        let (s, d, _, p, q, l) = look(&w2);
-        (s, d, p, l, q, ())
-    };
+    let (src, _, _, dport, q, _) = look(&w2);
     assert_eq!(
         (src, dport, q.op, q.seq),
         (node(3), 8889, op::WRITE_REPLY, 1)
@@ -257,15 +254,27 @@ fn padding_and_garbage() {
     let (v, w) = run(&mut st, &f);
     assert_eq!(v, Verdict::Next);
     assert_eq!(look(&w).5, 38);
-    // Truncated or nonsense queries: no panic, counted or passed.
+    // Truncated queries: no panic, nothing stored, no reply; they pass as plain IP (not a
+    // query this node understands) or are dropped.
     let full = fixture("write_request");
+    let before = st.counters;
     for cut in (ETH + 28..full.len()).step_by(3) {
         let mut f = full[..cut].to_vec();
         let tl = (cut - ETH) as u16;
         f[ETH + 2..ETH + 4].copy_from_slice(&tl.to_be_bytes());
         let mut b = HeapBuffer::from_bytes(&f);
-        let _ = st.process(&mut b);
+        let v = st.process(&mut b);
+        assert!(v == Verdict::Next || matches!(v, Verdict::Drop(_)), "{v:?}");
     }
+    let after = st.counters;
+    assert_eq!(
+        (after.writes, after.replies),
+        (before.writes, before.replies)
+    );
+    assert_eq!(
+        after.passed - before.passed,
+        (full.len() - ETH - 28).div_ceil(3) as u64
+    );
 }
 
 /// Found by fuzzing: a read whose sc (0) disagrees with its list became a reply its own
@@ -276,4 +285,30 @@ fn sc_must_count_the_list() {
     let f = include_bytes!("fixtures/fuzz/sc-disagrees-with-list.bin");
     let (v, _) = run(&mut st, f);
     assert_eq!(v, ChainDrop::Malformed.drop());
+}
+
+/// A write reaching a middle node with no next entry (a misconfigured chain) is dropped before
+/// it changes the node's registers.
+#[test]
+fn list_end_at_a_middle_node_stores_nothing() {
+    let mut b = appliance(&[(2, MID)]);
+    let req = QueryRepr::request(
+        op::WRITE_REQUEST,
+        &[node(2)],
+        key_from_u128(2018),
+        &wire::value_from_u64(9, 16),
+        0,
+    );
+    let mut frame = fixture("write_request")[..ETH + 28].to_vec();
+    frame.extend_from_slice(&QueryRepr { seq: 5, ..req }.emit(true));
+    let total = (frame.len() - ETH) as u16;
+    {
+        let mut ip = Ipv4Packet::new_unchecked(&mut frame[ETH..]);
+        ip.set_dst_addr(node(2));
+        ip.set_total_len(total);
+    }
+    let (v, _) = run(&mut b, &frame);
+    assert_eq!(v, ChainDrop::ListEnd.drop());
+    let r = b.shared().nodes[0].store.get(&key_from_u128(2018)).unwrap();
+    assert_eq!((r.seq, r.value[15]), (0, 0), "nothing stored");
 }

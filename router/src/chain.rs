@@ -127,19 +127,11 @@ impl ChainMgmt {
         Response::ok(json!({"total": total, "groups": rows, "failover": failover}))
     }
 
-    /// The stage's counters summed over the workers, and its drops.
+    /// The stage's counters summed over the workers (its drops: `routerctl stats`).
     pub fn stats(&self, cores: &[crate::counters::CoreSnapshot]) -> serde_json::Value {
-        let mut sum = [0u64; ChainCounters::NAMES.len()];
-        for c in cores {
-            for (t, v) in sum.iter_mut().zip(&c.chain) {
-                *t += v;
-            }
-        }
-        let stage: serde_json::Map<_, _> = ChainCounters::NAMES
-            .iter()
-            .zip(sum)
-            .map(|(k, v)| (k.to_string(), json!(v)))
-            .collect();
+        let sum: [u64; ChainCounters::NAMES.len()] =
+            crate::counters::sum_cores(cores, |c| &c.chain);
+        let stage = crate::counters::named(&ChainCounters::NAMES, &sum);
         json!({
             "stage": stage,
             "nodes": self.shared.nodes.len(),

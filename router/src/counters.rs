@@ -243,3 +243,26 @@ pub struct CoreSnapshot {
     pub ports: Vec<PortSnapshot>,
     pub stages: Vec<StageSnapshot>,
 }
+
+/// One application's per-core counter array (`pick`), summed over the cores: `N` values.
+pub fn sum_cores<const N: usize>(
+    cores: &[CoreSnapshot],
+    pick: impl Fn(&CoreSnapshot) -> &[u64],
+) -> [u64; N] {
+    let mut sum = [0u64; N];
+    for c in cores {
+        for (t, v) in sum.iter_mut().zip(pick(c)) {
+            *t += v;
+        }
+    }
+    sum
+}
+
+/// Summed counters as a JSON object keyed by their names.
+pub fn named(names: &[&str], values: &[u64]) -> serde_json::Map<String, serde_json::Value> {
+    names
+        .iter()
+        .zip(values)
+        .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+        .collect()
+}

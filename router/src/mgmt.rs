@@ -1280,12 +1280,7 @@ impl<B: Backend> Mgmt<B> {
         let (Some(n), Some(ctl)) = (&self.nfs, &self.nfs_ctl) else {
             return serde_json::Value::Null;
         };
-        let mut sum = [0u64; NfsCounters::WIDTH];
-        for c in cores {
-            for (t, v) in sum.iter_mut().zip(&c.nfs) {
-                *t += v;
-            }
-        }
+        let sum: [u64; NfsCounters::WIDTH] = crate::counters::sum_cores(cores, |c| &c.nfs);
         let k = NfsCounters::from_values(&sum);
         let by_proc = |a: &[u64; 22]| -> serde_json::Map<String, serde_json::Value> {
             Proc::ALL

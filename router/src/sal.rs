@@ -201,7 +201,7 @@ impl SalMgmt {
     pub fn take_output(&mut self, now_ms: u64) -> (Vec<(Ipv4Addr, Vec<u8>)>, Vec<Frame>) {
         let msgs = self.ctl.take_outbox();
         let released = if self.ctl.take_resolved() {
-            let ds = self.ctl.release(now_ms);
+            let ds = self.ctl.release();
             self.rematch(ds, now_ms)
         } else {
             Vec::new()
@@ -344,17 +344,8 @@ impl SalMgmt {
 
     pub fn stats(&self, cores: &[crate::counters::CoreSnapshot]) -> serde_json::Value {
         use sal_forward::stage::SalCounters;
-        let mut sum = [0u64; 5];
-        for c in cores {
-            for (t, v) in sum.iter_mut().zip(&c.sal) {
-                *t += v;
-            }
-        }
-        let stage: serde_json::Map<_, _> = SalCounters::NAMES
-            .iter()
-            .zip(sum)
-            .map(|(k, v)| (k.to_string(), json!(v)))
-            .collect();
+        let sum: [u64; SalCounters::NAMES.len()] = crate::counters::sum_cores(cores, |c| &c.sal);
+        let stage = crate::counters::named(&SalCounters::NAMES, &sum);
         let c = &self.ctl.stats;
         json!({
             "stage": stage,

@@ -700,7 +700,7 @@ impl Controller {
     /// again.
     pub fn poll(&mut self, now_ms: u64) -> Vec<Delayed> {
         self.expire(now_ms);
-        self.release(now_ms)
+        self.release()
     }
 
     fn expire(&mut self, now: u64) {
@@ -775,7 +775,7 @@ impl Controller {
     }
 
     /// Delayed packets whose service no longer resolves to DELAY, to be matched again.
-    pub fn release(&mut self, _now_ms: u64) -> Vec<Delayed> {
+    pub fn release(&mut self) -> Vec<Delayed> {
         let table = self.rules.table().clone();
         let mut out = Vec::new();
         let mut keep = VecDeque::with_capacity(self.delay.len());
@@ -1004,7 +1004,7 @@ mod tests {
         assert_eq!((m.action, m.prefix_len), (Action::Forward, 32));
         assert_eq!(m.addrs().collect::<Vec<_>>(), [HOST]);
         assert!(t.at(LEAF_B).take_resolved());
-        assert_eq!(t.at(LEAF_B).release(12).len(), 2);
+        assert_eq!(t.at(LEAF_B).release().len(), 2);
         let (b, root) = (t.at(LEAF_B).resolve_stats, t.at(ROOT).resolve_stats);
         match mode {
             ResolveMode::Iterative => {

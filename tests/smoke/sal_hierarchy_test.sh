@@ -104,17 +104,25 @@ count() { python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["insta
 stat() { json leafb sal hierarchy -- "d['stats']['$1']"; }
 rule_packets() { json "$1" sal rule list -- "sum(r['packets'] for r in d['rules'] if r['prefix'] == '$2/32' and r['action'] == 'forward')"; }
 
+# through_leafb SERVICE "RESOLUTIONS REQUESTS REFERRALS ANSWERS" WHY: 5 connections to SERVICE
+# through leaf B all succeed; B resolved it once, with the counts given; only the first SYN
+# waited, the rest hit the rule the answer installed.
+through_leafb() {
+	local svc=$1 want=$2 why=$3 out r hits
+	out=$(client connect 10.1.1.1 "$svc" 5)
+	log "leaf B $(json leafb sal hierarchy -- 'd["mode"]'), 5 connections to $svc: $out"
+	[ "$(count "$out")" = "5 0" ] || die "connections to $svc through the hierarchy failed: $out"
+	ctl leafb sal hierarchy
+	r="$(stat resolutions) $(stat requests_sent) $(stat referrals_received) $(stat answers_received)"
+	[ "$r" = "$want" ] || die "leaf B (resolutions, requests, referrals, answers) = $r, expected $want ($why)"
+	[ "$(json leafb sal stats -- 'd["delay"]["delayed"]')" = 1 ] || die "more than the first SYN to $svc was delayed"
+	hits=$(rule_packets leafb "$svc")
+	[ "$hits" -ge 5 ] || die "B's cached rule for $svc matched $hits SYNs"
+	log "leaf B: one resolution ($why); the cached rule took $hits SYNs"
+}
+
 # 1. Iterative.
-out=$(client connect 10.1.1.1 3001 5)
-log "leaf B iterative, 5 connections to 3001: $out"
-[ "$(count "$out")" = "5 0" ] || die "connections to 3001 through the hierarchy failed: $out"
-ctl leafb sal hierarchy
-r="$(stat resolutions) $(stat requests_sent) $(stat referrals_received) $(stat answers_received)"
-[ "$r" = "1 2 1 1" ] || die "leaf B (resolutions, requests, referrals, answers) = $r, expected 1 2 1 1 (root's referral, then A's answer)"
-[ "$(json leafb sal stats -- 'd["delay"]["delayed"]')" = 1 ] || die "more than the first SYN was delayed"
-hits=$(rule_packets leafb 3001)
-[ "$hits" -ge 5 ] || die "B's cached rule for 3001 matched $hits SYNs"
-log "leaf B: one resolution (referral from the root, answer from A); the cached rule took $hits SYNs"
+through_leafb 3001 "1 2 1 1" "the root's referral, then A's answer"
 [ "$(json root sal hierarchy -- 'd["stats"]["referred"]')" -ge 1 ] || die "the root gave no referral"
 
 # 2. Recursive: leaf B restarted in recursive mode (its soft state starts empty).
@@ -123,18 +131,11 @@ for _ in $(seq 1 50); do kill -0 "$LEAFB_PID" 2>/dev/null || break; sleep 0.1; d
 leafb_config recursive
 topo_start_router "$NS_LB" "$TOPO_DIR/leafb.toml" "$TOPO_DIR/leafb2.log"
 log "leaf B restarted in recursive mode"
-out=$(client connect 10.1.1.1 3002 5)
-log "leaf B recursive, 5 connections to 3002: $out"
-[ "$(count "$out")" = "5 0" ] || die "connections to 3002 through the hierarchy failed: $out"
-ctl leafb sal hierarchy
-r="$(stat resolutions) $(stat requests_sent) $(stat referrals_received) $(stat answers_received)"
-[ "$r" = "1 1 0 1" ] || die "leaf B (resolutions, requests, referrals, answers) = $r, expected 1 1 0 1 (the root answered on A's word)"
-hits=$(rule_packets leafb 3002)
-[ "$hits" -ge 5 ] || die "B's cached rule for 3002 matched $hits SYNs"
+through_leafb 3002 "1 1 0 1" "the root asked A on B's behalf"
 ctl root sal hierarchy
 [ "$(json root sal hierarchy -- '[c["prefix"] for c in d["cache"]]')" = "['3002/32']" ] \
 	|| die "the root did not cache the answer it passed on"
-log "leaf B: one request (the root asked A on its behalf and cached the answer); the cached rule took $hits SYNs"
+log "the root cached the answer it passed on"
 
 # 3. The server stops refreshing: records go along the path.
 kill -TERM "$SERVER"
