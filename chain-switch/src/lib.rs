@@ -6,10 +6,17 @@
 //!   arrays, written by workers without waiting;
 //! - [`node`]: roles per virtual group (head, middle, tail, stopped) and the failover table;
 //! - [`stage`]: the fast-path stage — reads at the tail, writes down the chain, replies,
-//!   fast failover.
+//!   fast failover;
+//! - [`control`]: the authenticated control channel between the chain master and each
+//!   appliance's management core, and the master's directory for clients;
+//! - [`placement`]: keys to virtual groups, virtual groups to chains (consistent hashing);
+//! - [`linear`]: a linearizability checker for recorded histories.
 #![forbid(unsafe_code)]
 
+pub mod control;
+pub mod linear;
 pub mod node;
+pub mod placement;
 pub mod stage;
 pub mod store;
 pub mod wire;

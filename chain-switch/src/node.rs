@@ -76,12 +76,27 @@ impl Node {
 }
 
 /// A failover rule: a packet headed for `dst` whose next list entry is `next` (0.0.0.0: any)
-/// in `vgroup` (none: any) skips `dst` — its entry is popped and it goes to `next`.
+/// in `vgroup` (none: any) skips `dst` — its entry is popped and it goes to `next` (fast
+/// failover) — or, when `to` is set, goes to `to` instead, its entry rewritten (a node that
+/// recovery put in the dead one's place). The first matching rule decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FailoverRule {
     pub dst: Ipv4Addr,
     pub next: Ipv4Addr,
     pub vgroup: Option<u16>,
+    /// 0.0.0.0: skip.
+    pub to: Ipv4Addr,
+}
+
+/// What the failover table says of a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detour {
+    /// No rule: on to its destination.
+    None,
+    /// The destination is gone: pop its entry.
+    Skip,
+    /// The destination was replaced by this node.
+    To(Ipv4Addr),
 }
 
 /// Rules the failover table holds at most.
@@ -93,7 +108,7 @@ pub const FAILOVER_RULES: usize = 256;
 pub struct Failover {
     seq: AtomicU32,
     n: AtomicU32,
-    /// dst << 32 | next, and valid << 32 | any-vgroup << 16 | vgroup.
+    /// dst << 32 | next, and to << 32 | valid << 17 | any-vgroup << 16 | vgroup.
     rules: Box<[[AtomicU64; 2]]>,
 }
 
@@ -110,26 +125,29 @@ impl Default for Failover {
 }
 
 impl Failover {
-    /// Does a rule match (dst, next, vgroup)? Empty table: one load.
+    /// The first rule matching (dst, next, vgroup). Empty table: one load.
     #[inline]
-    pub fn matches(&self, dst: Ipv4Addr, next: Ipv4Addr, vgroup: u16) -> bool {
+    pub fn lookup(&self, dst: Ipv4Addr, next: Ipv4Addr, vgroup: u16) -> Detour {
         loop {
             let s1 = self.seq.load(Ordering::Acquire);
             let n = self.n.load(Ordering::Relaxed) as usize;
             if n == 0 && s1 & 1 == 0 {
-                return false;
+                return Detour::None;
             }
             let (d, nx) = (u64::from(u32::from(dst)), u64::from(u32::from(next)));
-            let mut hit = false;
+            let mut hit = Detour::None;
             for r in self.rules.iter().take(n.min(FAILOVER_RULES)) {
                 let a = r[0].load(Ordering::Relaxed);
                 let b = r[1].load(Ordering::Relaxed);
-                if b >> 32 == 1
+                if b & 0x2_0000 != 0
                     && a >> 32 == d
                     && (a & 0xffff_ffff == 0 || a & 0xffff_ffff == nx)
                     && (b & 0x1_0000 != 0 || b & 0xffff == u64::from(vgroup))
                 {
-                    hit = true;
+                    hit = match (b >> 32) as u32 {
+                        0 => Detour::Skip,
+                        to => Detour::To(Ipv4Addr::from(to)),
+                    };
                     break;
                 }
             }
@@ -155,7 +173,7 @@ impl Failover {
                 Ordering::Relaxed,
             );
             slot[1].store(
-                1 << 32 | r.vgroup.map_or(0x1_0000, u64::from),
+                u64::from(u32::from(r.to)) << 32 | 0x2_0000 | r.vgroup.map_or(0x1_0000, u64::from),
                 Ordering::Relaxed,
             );
         }
@@ -176,6 +194,7 @@ impl Failover {
                     dst: Ipv4Addr::from((a >> 32) as u32),
                     next: Ipv4Addr::from(a as u32),
                     vgroup: (b & 0x1_0000 == 0).then_some(b as u16),
+                    to: Ipv4Addr::from((b >> 32) as u32),
                 }
             })
             .collect()
@@ -194,25 +213,39 @@ mod tests {
         assert_eq!(r.list(), [(7, 3, 3)]);
         let f = Failover::default();
         let (m, t) = (Ipv4Addr::new(10, 0, 100, 2), Ipv4Addr::new(10, 0, 100, 3));
-        assert!(!f.matches(m, t, 0));
+        let any = Ipv4Addr::UNSPECIFIED;
+        let n = Ipv4Addr::new(10, 0, 100, 4);
+        assert_eq!(f.lookup(m, t, 0), Detour::None);
         f.replace(&[FailoverRule {
             dst: m,
             next: t,
             vgroup: Some(0),
+            to: any,
         }])
         .unwrap();
-        assert!(f.matches(m, t, 0));
-        assert!(!f.matches(m, t, 1));
-        assert!(!f.matches(t, m, 0));
-        f.replace(&[FailoverRule {
-            dst: m,
-            next: Ipv4Addr::UNSPECIFIED,
-            vgroup: None,
-        }])
-        .unwrap();
-        assert!(f.matches(m, t, 9));
-        assert_eq!(f.list()[0].vgroup, None);
+        assert_eq!(f.lookup(m, t, 0), Detour::Skip);
+        assert_eq!(f.lookup(m, t, 1), Detour::None);
+        assert_eq!(f.lookup(t, m, 0), Detour::None);
+        // A replacement for group 3 comes before the skip for every group.
+        let rules = [
+            FailoverRule {
+                dst: m,
+                next: any,
+                vgroup: Some(3),
+                to: n,
+            },
+            FailoverRule {
+                dst: m,
+                next: any,
+                vgroup: None,
+                to: any,
+            },
+        ];
+        f.replace(&rules).unwrap();
+        assert_eq!(f.lookup(m, t, 9), Detour::Skip);
+        assert_eq!(f.lookup(m, t, 3), Detour::To(n));
+        assert_eq!(f.list(), rules);
         f.replace(&[]).unwrap();
-        assert!(!f.matches(m, t, 9));
+        assert_eq!(f.lookup(m, t, 9), Detour::None);
     }
 }

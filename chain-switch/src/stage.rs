@@ -16,7 +16,7 @@
 //! Lengths and the IP and UDP checksums are rewritten when the packet changed; routing then
 //! decrements the TTL and rewrites the MACs.
 
-use crate::node::{role, Failover, Node};
+use crate::node::{role, Detour, Failover, Node};
 use crate::store::Write;
 use crate::wire::{self, op, KEY_LEN};
 use packet::ipv4::Ipv4Packet;
@@ -318,16 +318,25 @@ impl Stage for ChainStage {
             } else {
                 let p = &d[QUERY_AT..];
                 let next = q.entry(p, 1).unwrap_or(Ipv4Addr::UNSPECIFIED);
-                if next.is_unspecified() || !shared.failover.matches(dst, next, q.vgroup) {
-                    if !changed {
-                        counters.passed += 1;
+                match shared.failover.lookup(dst, next, q.vgroup) {
+                    // Skipping needs a next entry: a dead last node is nobody's to skip.
+                    Detour::Skip if !next.is_unspecified() => {
+                        counters.failovers += 1;
+                        if let Err(r) = Self::pop(pkt, &q, true) {
+                            return r.drop();
+                        }
                     }
-                    break;
-                }
-                // The destination is gone: skip its entry.
-                counters.failovers += 1;
-                if let Err(r) = Self::pop(pkt, &q, true) {
-                    return r.drop();
+                    Detour::To(a) => {
+                        // Recovery put `a` in the dead node's place: the entry becomes it.
+                        counters.failovers += 1;
+                        pkt.data_mut()[QUERY_AT..QUERY_AT + 4].copy_from_slice(&a.octets());
+                    }
+                    _ => {
+                        if !changed {
+                            counters.passed += 1;
+                        }
+                        break;
+                    }
                 }
                 changed = true;
             }

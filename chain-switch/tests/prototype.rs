@@ -172,6 +172,7 @@ fn failover_skips_a_dead_node() {
             dst: node(2),
             next: node(3),
             vgroup: Some(0),
+            to: std::net::Ipv4Addr::UNSPECIFIED,
         }])
         .unwrap();
     let (_, w1) = run(&mut a, &fixture("write_request"));

@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     }
     shared
         .failover
-        .replace(&[FailoverRule { dst: Ipv4Addr::new(10, 0, 100, 9), next: Ipv4Addr::UNSPECIFIED, vgroup: None }])
+        .replace(&[FailoverRule { dst: Ipv4Addr::new(10, 0, 100, 9), next: Ipv4Addr::UNSPECIFIED, vgroup: None, to: Ipv4Addr::UNSPECIFIED }])
         .unwrap();
     let mut st = ChainStage::new(Arc::new(shared));
     let mut b = HeapBuffer::from_bytes(data);

@@ -69,6 +69,7 @@ impl ChainMgmt {
                 dst: f.dst,
                 next: f.next.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
                 vgroup: f.vgroup,
+                to: f.to.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
             })
             .collect();
         shared.failover.replace(&rules)?;
@@ -121,7 +122,8 @@ impl ChainMgmt {
             .map(|r| {
                 json!({"dst": r.dst.to_string(),
                        "next": (!r.next.is_unspecified()).then(|| r.next.to_string()),
-                       "vgroup": r.vgroup})
+                       "vgroup": r.vgroup,
+                       "to": (!r.to.is_unspecified()).then(|| r.to.to_string())})
             })
             .collect();
         Response::ok(json!({"total": total, "groups": rows, "failover": failover}))

@@ -569,6 +569,9 @@ pub struct ChainFailoverConfig {
     /// Leave out: any virtual group.
     #[serde(default)]
     pub vgroup: Option<u16>,
+    /// Send the query to this node instead (its entry rewritten); leave out: skip `dst`.
+    #[serde(default)]
+    pub to: Option<Ipv4Addr>,
 }
 
 /// Parse a list of virtual groups (`N`, `A-B`).
