@@ -3,8 +3,10 @@
 
 use crate::admin::Response;
 use crate::config::{parse_vgroups, ChainConfig};
+use chain_switch::control::{self, Reply, Request};
 use chain_switch::node::{role, FailoverRule};
 use chain_switch::stage::{ChainCounters, ChainShared};
+use chain_switch::store::StoreError;
 use chain_switch::wire;
 use serde_json::json;
 use std::sync::Arc;
@@ -12,6 +14,23 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub struct ChainMgmt {
     pub shared: Arc<ChainShared>,
+    pub control: Option<Control>,
+}
+
+/// The master's control channel on this appliance.
+#[derive(Debug)]
+pub struct Control {
+    pub port: u16,
+    secret: Vec<u8>,
+    guard: control::ReplayGuard,
+    /// Tells the master this run from an earlier one (whose registers it may not trust).
+    pub boot: u64,
+    /// Failover rules arriving in pieces.
+    staged: Vec<FailoverRule>,
+    pub taken: u64,
+    pub bad_tag: u64,
+    pub replayed: u64,
+    pub refused: u64,
 }
 
 /// The role bits as words.
@@ -73,9 +92,145 @@ impl ChainMgmt {
             })
             .collect();
         shared.failover.replace(&rules)?;
+        let control = match &cfg.secret_file {
+            None => None,
+            Some(p) => {
+                let secret = std::fs::read(p)
+                    .map_err(|e| format!("chain.secret_file {}: {e}", p.display()))?;
+                let secret = secret.trim_ascii().to_vec();
+                if secret.is_empty() {
+                    return Err(format!("chain.secret_file {}: empty", p.display()));
+                }
+                Some(Control {
+                    port: cfg.control_port,
+                    secret,
+                    guard: control::ReplayGuard::default(),
+                    boot: control::Ids::default().next_id(),
+                    staged: Vec::new(),
+                    taken: 0,
+                    bad_tag: 0,
+                    replayed: 0,
+                    refused: 0,
+                })
+            }
+        };
         Ok(ChainMgmt {
             shared: Arc::new(shared),
+            control,
         })
+    }
+
+    /// A datagram to the control port: the signed answer to send back, if it was a request
+    /// of the master's (anything unauthenticated or replayed gets no answer).
+    pub fn control_input(&mut self, payload: &[u8]) -> Option<Vec<u8>> {
+        let c = self.control.as_mut()?;
+        let o = match control::open(&c.secret, payload) {
+            Ok(o) if o.kind & control::RESPONSE == 0 => o,
+            Ok(_) => return None,
+            Err(_) => {
+                c.bad_tag += 1;
+                return None;
+            }
+        };
+        if c.guard.admit(o.id).is_err() {
+            c.replayed += 1;
+            return None;
+        }
+        let r = Request::parse(o.kind, o.body)
+            .map_err(|e| e.to_string())
+            .and_then(|req| Self::execute(&self.shared, c, req));
+        match &r {
+            Ok(_) => c.taken += 1,
+            Err(_) => c.refused += 1,
+        }
+        Some(control::respond(&c.secret, o.kind, o.id, r))
+    }
+
+    fn execute(shared: &ChainShared, c: &mut Control, req: Request) -> Result<Reply, String> {
+        let node = |a: std::net::Ipv4Addr| {
+            shared
+                .node(a)
+                .ok_or_else(|| format!("{a} is not a node of this appliance"))
+        };
+        let count = |n: usize| Ok(Reply::Count(n as u32));
+        match req {
+            Request::Ping => Ok(Reply::Pong {
+                boot: c.boot,
+                value_len: shared.value_len as u16,
+                capacity: shared.nodes.first().map_or(0, |n| n.store.capacity()) as u32,
+                nodes: shared
+                    .nodes
+                    .iter()
+                    .map(|n| (n.addr, n.store.len() as u32))
+                    .collect(),
+            }),
+            Request::Roles { node: a, groups } => {
+                let n = node(a)?;
+                for &(g, bits, session) in &groups {
+                    n.roles.set(g, bits, session);
+                }
+                count(groups.len())
+            }
+            Request::Insert { node: a, keys } => {
+                let n = node(a)?;
+                let mut new = 0;
+                for k in &keys {
+                    match n.store.insert(k) {
+                        Ok(_) => new += 1,
+                        Err(StoreError::Exists) => {}
+                        Err(e) => return Err(format!("{}: {e}", wire::key_string(k))),
+                    }
+                }
+                count(new)
+            }
+            Request::Remove { node: a, keys } => {
+                let n = node(a)?;
+                count(keys.iter().filter(|k| n.store.remove(k).is_ok()).count())
+            }
+            Request::Failover {
+                offset,
+                total,
+                rules,
+            } => {
+                if offset == 0 {
+                    c.staged.clear();
+                }
+                if usize::from(offset) != c.staged.len() {
+                    return Err(format!(
+                        "failover rules from {offset}, expected {}",
+                        c.staged.len()
+                    ));
+                }
+                c.staged.extend(rules);
+                if c.staged.len() >= usize::from(total) {
+                    shared.failover.replace(&c.staged)?;
+                }
+                count(c.staged.len())
+            }
+            Request::Get { node: a, keys } => {
+                let n = node(a)?;
+                Ok(Reply::Records(
+                    keys.iter().map(|k| n.store.get(k)).collect(),
+                ))
+            }
+            Request::Set { node: a, records } => {
+                let n = node(a)?;
+                for r in &records {
+                    if r.value.len() != shared.value_len {
+                        return Err(format!(
+                            "values here are {} bytes, not {}",
+                            shared.value_len,
+                            r.value.len()
+                        ));
+                    }
+                    n.store
+                        .set(&r.key, r.seq, r.session, &r.value)
+                        .map_err(|e| format!("{}: {e}", wire::key_string(&r.key)))?;
+                }
+                count(records.len())
+            }
+            Request::Admin(_) => Err("this is an appliance, not a chain master".into()),
+        }
     }
 
     /// Every node: address, keys stored, groups by role.
@@ -134,8 +289,13 @@ impl ChainMgmt {
         let sum: [u64; ChainCounters::NAMES.len()] =
             crate::counters::sum_cores(cores, |c| &c.chain);
         let stage = crate::counters::named(&ChainCounters::NAMES, &sum);
+        let control = self.control.as_ref().map(|c| {
+            json!({"port": c.port, "boot": c.boot, "taken": c.taken, "bad_tag": c.bad_tag,
+                   "replayed": c.replayed, "refused": c.refused})
+        });
         json!({
             "stage": stage,
+            "control": control,
             "nodes": self.shared.nodes.len(),
             "keys": self.shared.nodes.iter().map(|n| n.store.len()).sum::<usize>(),
             "value_len": self.shared.value_len,

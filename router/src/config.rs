@@ -537,6 +537,17 @@ pub struct ChainConfig {
     /// Failover rules: a query headed for `dst` whose next entry is `next` skips `dst`.
     #[serde(default)]
     pub failover: Vec<ChainFailoverConfig>,
+    /// The chain master's control channel: a file holding the shared secret that
+    /// authenticates it (leave out: no control channel, the configuration is all there is).
+    #[serde(default)]
+    pub secret_file: Option<std::path::PathBuf>,
+    /// The UDP port on the appliance's port addresses where the master's requests arrive.
+    #[serde(default = "d_control_port")]
+    pub control_port: u16,
+}
+
+fn d_control_port() -> u16 {
+    chain_switch::control::CONTROL_PORT
 }
 
 /// One NetChain node this appliance acts as.

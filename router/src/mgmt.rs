@@ -510,7 +510,7 @@ impl<B: Backend> Mgmt<B> {
             }
             PuntReason::FragNeeded => self.fragment_or_refuse(buf),
             PuntReason::Local => {
-                if !self.nfs_input(&buf) {
+                if !self.nfs_input(&buf) && !self.chain_control(&buf) {
                     self.local_input(&buf)
                 }
             }
@@ -1031,6 +1031,42 @@ impl<B: Backend> Mgmt<B> {
                 u.fill_checksum(src.0, dst.0);
             },
         );
+    }
+
+    /// A datagram to the NetChain control port: the master's request. True when it was one.
+    fn chain_control(&mut self, buf: &B::Buf) -> bool {
+        let Some(port) = self
+            .chain
+            .as_ref()
+            .and_then(|c| c.control.as_ref())
+            .map(|c| c.port)
+        else {
+            return false;
+        };
+        let Some(ip) = ipv4_in(buf.data()) else {
+            return false;
+        };
+        if ip.protocol() != protocol::UDP || ip.is_fragment() {
+            return false;
+        }
+        let Ok(udp) = packet::udp::UdpPacket::new_checked(ip.payload()) else {
+            return false;
+        };
+        if udp.dst_port() != port {
+            return false;
+        }
+        let (src, dst) = (
+            (ip.src_addr(), udp.src_port()),
+            (ip.dst_addr(), udp.dst_port()),
+        );
+        let reply = self
+            .chain
+            .as_mut()
+            .and_then(|c| c.control_input(udp.payload()));
+        if let Some(r) = reply {
+            self.send_udp(dst, src, &r);
+        }
+        true
     }
 
     fn local_input(&mut self, buf: &B::Buf) {

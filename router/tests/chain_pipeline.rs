@@ -116,3 +116,127 @@ fn prototype_write_then_read() {
     h.expect_silence(0);
     assert_eq!(h.stage_drops("netchain", "unknown-key"), 1);
 }
+
+/// The master's control channel, through the engine: signed requests to the appliance's port
+/// address install keys and roles (then the prototype's write is answered), read records
+/// back; a wrong secret or a replayed id gets no answer and is counted.
+#[test]
+fn control_channel_installs_a_chain() {
+    use chain_switch::control::{self, kind, Reply, Request as Ctl};
+    let dir = std::env::temp_dir().join(format!("chain-ctl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let h = Harness::start(&format!(
+        r#"{SOFT_DATAPLANE}
+[[ports]]
+name = "clients"
+device = "memory"
+mac = "aa:bb:cc:dd:ee:41"
+addresses = ["10.0.0.254/24"]
+[[static_neighbours]]
+port = "clients"
+address = "10.0.0.2"
+mac = "aa:bb:cc:dd:ee:01"
+[chain]
+secret_file = "{}"
+[[chain.nodes]]
+address = "10.0.100.1"
+"#,
+        secret.display()
+    ));
+    let master = (Ipv4Addr::new(10, 0, 0, 2), 5555);
+    let me = (Ipv4Addr::new(10, 0, 0, 254), control::CONTROL_PORT);
+    let node = Ipv4Addr::new(10, 0, 100, 1);
+    let call = |key: &[u8], id: u64, req: &Ctl| -> Option<Reply> {
+        let f = packet::udp::frame(
+            mac("aa:bb:cc:dd:ee:01"),
+            mac("aa:bb:cc:dd:ee:41"),
+            master.0,
+            me.0,
+            master.1,
+            me.1,
+            &control::request(key, id, req),
+        );
+        h.inject(0, &f);
+        if key != b"s3cret" {
+            h.expect_silence(0);
+            return None;
+        }
+        let out = h.expect_tx(0, 1).remove(0);
+        let ip = Ipv4Packet::new_checked(&out[14..]).unwrap();
+        let u = UdpPacket::new_checked(ip.payload()).unwrap();
+        assert_eq!((ip.dst_addr(), u.dst_port()), master);
+        Some(control::read_response(b"s3cret", req.kind(), id, u.payload()).unwrap())
+    };
+    let Some(Reply::Pong {
+        nodes, value_len, ..
+    }) = call(b"s3cret", 10, &Ctl::Ping)
+    else {
+        panic!("no pong")
+    };
+    assert_eq!((nodes, value_len), (vec![(node, 0)], 16));
+    let key = key_from_u128(2018);
+    let insert = Ctl::Insert {
+        node,
+        keys: vec![key],
+    };
+    assert_eq!(call(b"s3cret", 11, &insert), Some(Reply::Count(1)));
+    // A one-node chain: head and tail.
+    let roles = Ctl::Roles {
+        node,
+        groups: vec![(0, 1 | 2 | 4, 0)],
+    };
+    assert_eq!(call(b"s3cret", 12, &roles), Some(Reply::Count(1)));
+    let w = QueryRepr::request(op::WRITE_REQUEST, &[node], key, &value_from_u64(7, 16), 0);
+    h.inject(
+        0,
+        &packet::udp::frame(
+            mac("aa:bb:cc:dd:ee:01"),
+            mac("aa:bb:cc:dd:ee:41"),
+            master.0,
+            node,
+            40000,
+            8888,
+            &w.emit(true),
+        ),
+    );
+    let out = h.expect_tx(0, 1).remove(0);
+    let ip = Ipv4Packet::new_checked(&out[14..]).unwrap();
+    let q = QueryRepr::parse(UdpPacket::new_checked(ip.payload()).unwrap().payload(), 16).unwrap();
+    assert_eq!((q.op, q.seq), (op::WRITE_REPLY, 1));
+    let get = Ctl::Get {
+        node,
+        keys: vec![key, key_from_u128(1)],
+    };
+    let Some(Reply::Records(r)) = call(b"s3cret", 13, &get) else {
+        panic!("no records")
+    };
+    assert_eq!(r.len(), 2);
+    let rec = r[0].as_ref().unwrap();
+    assert_eq!((rec.seq, rec.value.clone()), (1, value_from_u64(7, 16)));
+    assert!(r[1].is_none());
+    // Junk is no answer.
+    assert!(matches!(
+        control::read_response(b"s3cret", kind::SET, 1, b"junk"),
+        Err(control::Error::NotControl)
+    ));
+    // Unauthenticated and replayed requests: no answer.
+    call(b"wrong", 14, &Ctl::Ping);
+    let f = packet::udp::frame(
+        mac("aa:bb:cc:dd:ee:01"),
+        mac("aa:bb:cc:dd:ee:41"),
+        master.0,
+        me.0,
+        master.1,
+        me.1,
+        &control::request(b"s3cret", 9, &Ctl::Ping),
+    );
+    h.inject(0, &f);
+    h.expect_silence(0);
+    let s = h.call(Request::ChainStats);
+    assert_eq!(s["control"]["taken"], 4, "{s}");
+    assert_eq!(s["control"]["bad_tag"], 1, "{s}");
+    assert_eq!(s["control"]["replayed"], 1, "{s}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
