@@ -10,11 +10,17 @@
 //! - [`control`]: the authenticated control channel between the chain master and each
 //!   appliance's management core, and the master's directory for clients;
 //! - [`placement`]: keys to virtual groups, virtual groups to chains (consistent hashing);
-//! - [`linear`]: a linearizability checker for recorded histories.
+//! - [`master`]: the chain master — placement, failover, recovery, membership in etcd;
+//! - [`client`]: a client over UDP sockets (get, put, concurrent workloads with history);
+//! - [`linear`]: a linearizability checker for recorded histories;
+//! - [`etcd`]: etcd's v3 JSON gateway (the master's store, the benchmark's baseline).
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod control;
+pub mod etcd;
 pub mod linear;
+pub mod master;
 pub mod node;
 pub mod placement;
 pub mod stage;
