@@ -384,3 +384,38 @@ pub fn sal_workload(
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// The NetChain workloads: `flows` prototype-format queries from `client` (one source port
+/// each) on keys 1..=`keys`, in virtual groups 0..16. Reads go to `node` as the tail (the reply
+/// goes back to the client); writes go to `node` as the head of the chain `node → next` (the
+/// write is stamped, stored and passed on to `next`). 16-byte values.
+pub fn netchain_workload(
+    flows: usize,
+    keys: u128,
+    write: bool,
+    (client, node, next): (Ipv4Addr, Ipv4Addr, Ipv4Addr),
+    dst_mac: EthernetAddress,
+) -> Vec<Vec<u8>> {
+    use chain_switch::wire::{key_from_u128, op, value_from_u64, QueryRepr};
+    let mut rng = Rng::new(0xc4a1);
+    (0..flows)
+        .map(|i| {
+            let key = key_from_u128(1 + u128::from(rng.below(keys as u64)));
+            let q = if write {
+                let v = value_from_u64(rng.next_u64(), 16);
+                QueryRepr::request(op::WRITE_REQUEST, &[node, next], key, &v, (i % 16) as u16)
+            } else {
+                QueryRepr::request(op::READ_REQUEST, &[node], key, &[0; 16], (i % 16) as u16)
+            };
+            packet::udp::frame(
+                EthernetAddress([2, 0, 0, 0, 0, 0x30]),
+                dst_mac,
+                client,
+                node,
+                1024 + (i % 60000) as u16,
+                chain_switch::wire::REQUEST_PORT,
+                &q.emit(true),
+            )
+        })
+        .collect()
+}

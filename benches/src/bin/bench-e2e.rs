@@ -30,6 +30,9 @@ struct Args {
     /// Serval service prefixes in the service table.
     #[arg(long, default_value_t = 100_000)]
     service_prefixes: usize,
+    /// Keys each NetChain node stores (the NetChain rows).
+    #[arg(long, default_value_t = 10_000)]
+    netchain_keys: u128,
     /// Distinct frames in the workload pcap (flows).
     #[arg(long, default_value_t = 4096)]
     flows: usize,
@@ -39,9 +42,19 @@ struct Args {
     /// EAL memory arguments: "no-huge" (default) or "huge" (hugepages reserved; --in-memory).
     #[arg(long, default_value = "no-huge")]
     memory: String,
+    /// Only the workloads whose names start with this (ipv4, nfs, serval, netchain); their
+    /// rows replace the same workloads' rows in an existing results.json.
+    #[arg(long)]
+    only: Option<String>,
     /// Worker counts to measure.
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     lcores: Vec<usize>,
+}
+
+impl Args {
+    fn wants(&self, workload: &str) -> bool {
+        self.only.as_deref().is_none_or(|o| workload.starts_with(o))
+    }
 }
 
 fn eal_mem(args: &Args) -> Vec<String> {
@@ -326,69 +339,72 @@ fn main() -> Result<()> {
         args.flows,
         args.dir.display()
     );
-    let prefixes = router_bench::route_prefixes(args.routes, 1);
-    let routes_file = args.dir.join("routes.txt");
-    router_bench::write_routes_file(&routes_file, &prefixes, Ipv4Addr::new(10, 0, 2, 2))?;
-    let workload = args.dir.join("ipv4-udp64.pcap");
-    let frames = router_bench::ipv4_workload(
-        &prefixes,
-        args.flows,
-        EthernetAddress([2, 0, 0, 0, 0, 1]),
-        2,
-    );
-    router_bench::write_pcap(&workload, &frames)?;
-
     let mut rows = Vec::new();
-    let mut ceilings = std::collections::HashMap::new();
-    for &n in &args.lcores {
-        let io = run_testpmd(&args, &workload, "io", n, &format!("io{n}"))?;
-        let mac = run_testpmd(&args, &workload, "mac", n, &format!("mac{n}"))?;
-        eprintln!("testpmd {n} lcore(s): io {io:.2} Mpps, mac {mac:.2} Mpps");
-        ceilings.insert(n, (io, mac));
-    }
-    for placement in ["run-to-completion", "split"] {
+    if args.wants("ipv4") {
+        let prefixes = router_bench::route_prefixes(args.routes, 1);
+        let routes_file = args.dir.join("routes.txt");
+        router_bench::write_routes_file(&routes_file, &prefixes, Ipv4Addr::new(10, 0, 2, 2))?;
+        let workload = args.dir.join("ipv4-udp64.pcap");
+        let frames = router_bench::ipv4_workload(
+            &prefixes,
+            args.flows,
+            EthernetAddress([2, 0, 0, 0, 0, 1]),
+            2,
+        );
+        router_bench::write_pcap(&workload, &frames)?;
+
+        let mut ceilings = std::collections::HashMap::new();
         for &n in &args.lcores {
-            let tag = format!("{}{n}", if placement == "split" { "split" } else { "rtc" });
-            let r = run_router(
-                &args,
-                &workload,
-                Extra::RoutesFile(&routes_file),
-                placement,
-                n,
-                &tag,
-            )?;
-            let (io, mac) = ceilings[&n];
-            eprintln!(
-                "router ipv4 {placement} {n} worker(s): {:.2} Mpps ({:.1} ns/pkt in stages)",
-                r.mpps, r.ns_per_pkt
-            );
-            rows.push(result_row(
-                ("ipv4-forward", placement, n),
-                &r,
-                (io, mac),
-                json!({
-                    "routes": args.routes,
-                    "frame_bytes": 64,
-                    "flows": args.flows,
-                    "memory": args.memory,
-                }),
-            ));
+            let io = run_testpmd(&args, &workload, "io", n, &format!("io{n}"))?;
+            let mac = run_testpmd(&args, &workload, "mac", n, &format!("mac{n}"))?;
+            eprintln!("testpmd {n} lcore(s): io {io:.2} Mpps, mac {mac:.2} Mpps");
+            ceilings.insert(n, (io, mac));
+        }
+        for placement in ["run-to-completion", "split"] {
+            for &n in &args.lcores {
+                let tag = format!("{}{n}", if placement == "split" { "split" } else { "rtc" });
+                let r = run_router(
+                    &args,
+                    &workload,
+                    Extra::RoutesFile(&routes_file),
+                    placement,
+                    n,
+                    &tag,
+                )?;
+                let (io, mac) = ceilings[&n];
+                eprintln!(
+                    "router ipv4 {placement} {n} worker(s): {:.2} Mpps ({:.1} ns/pkt in stages)",
+                    r.mpps, r.ns_per_pkt
+                );
+                rows.push(result_row(
+                    ("ipv4-forward", placement, n),
+                    &r,
+                    (io, mac),
+                    json!({
+                        "routes": args.routes,
+                        "frame_bytes": 64,
+                        "flows": args.flows,
+                        "memory": args.memory,
+                    }),
+                ));
+            }
         }
     }
-    // NFS: GETATTR, LOOKUP and READ calls with their replies, rewritten both ways (one
-    // run-to-completion worker: calls and replies must meet on one transaction table).
-    let nfs_pcap = args.dir.join("nfs-udp.pcap");
-    let (frames, ckpt) =
-        router_bench::nfs_workload(args.flows, 512, EthernetAddress([2, 0, 0, 0, 0, 1]));
-    router_bench::write_pcap(&nfs_pcap, &frames)?;
-    let ckpt_path = args.dir.join("nfs-handles.ckpt");
-    std::fs::write(&ckpt_path, &ckpt)?;
-    let mean_frame = frames.iter().map(Vec::len).sum::<usize>() / frames.len().max(1);
-    let io = run_testpmd(&args, &nfs_pcap, "io", 1, "nfs-io1")?;
-    let mac = run_testpmd(&args, &nfs_pcap, "mac", 1, "nfs-mac1")?;
-    eprintln!("testpmd on the NFS workload: io {io:.2} Mpps, mac {mac:.2} Mpps");
-    let nfs_toml = format!(
-        r#"[[routes]]
+    if args.wants("nfs") {
+        // NFS: GETATTR, LOOKUP and READ calls with their replies, rewritten both ways (one
+        // run-to-completion worker: calls and replies must meet on one transaction table).
+        let nfs_pcap = args.dir.join("nfs-udp.pcap");
+        let (frames, ckpt) =
+            router_bench::nfs_workload(args.flows, 512, EthernetAddress([2, 0, 0, 0, 0, 1]));
+        router_bench::write_pcap(&nfs_pcap, &frames)?;
+        let ckpt_path = args.dir.join("nfs-handles.ckpt");
+        std::fs::write(&ckpt_path, &ckpt)?;
+        let mean_frame = frames.iter().map(Vec::len).sum::<usize>() / frames.len().max(1);
+        let io = run_testpmd(&args, &nfs_pcap, "io", 1, "nfs-io1")?;
+        let mac = run_testpmd(&args, &nfs_pcap, "mac", 1, "nfs-mac1")?;
+        eprintln!("testpmd on the NFS workload: io {io:.2} Mpps, mac {mac:.2} Mpps");
+        let nfs_toml = format!(
+            r#"[[routes]]
 prefix = "10.0.3.0/24"
 via = "10.0.2.2"
 [nfs]
@@ -402,79 +418,137 @@ name = "bench"
 address = "{server}"
 export = "{export}"
 "#,
-        virt = router_bench::nfs::VIRTUAL,
-        secret = router_bench::nfs::SECRET,
-        ckpt = ckpt_path.display(),
-        server = router_bench::nfs::SERVER,
-        export = router_bench::nfs::EXPORT,
-    );
-    let r = run_router(
-        &args,
-        &nfs_pcap,
-        Extra::Toml(nfs_toml),
-        "run-to-completion",
-        1,
-        "nfs1",
-    )?;
-    eprintln!(
-        "router nfs run-to-completion 1 worker: {:.2} Mpps ({:.1} ns/pkt in stages)",
-        r.mpps, r.ns_per_pkt
-    );
-    rows.push(result_row(
-        ("nfs-rewrite", "run-to-completion", 1),
-        &r,
-        (io, mac),
-        json!({
-            "mix": "GETATTR, LOOKUP, READ 512 B: calls and replies",
-            "frame_bytes_mean": mean_frame,
-            "flows": args.flows,
-            "memory": args.memory,
-        }),
-    ));
-    // Serval: SYNs to serviceIDs under 100K service prefixes, forwarded by the SAL stage
-    // (FORWARD rewrite: destination, SOURCE extension, three checksums) and routed.
-    let sal_pcap = args.dir.join("sal-syn.pcap");
-    let sal_rules = args.dir.join("sal-rules.txt");
-    let prefixes = router_bench::service_prefixes(args.service_prefixes, 7);
-    let (frames, rules) = router_bench::sal_workload(
-        args.flows,
-        &prefixes,
-        Ipv4Addr::new(10, 0, 2, 2),
-        EthernetAddress([2, 0, 0, 0, 0, 1]),
-    );
-    router_bench::write_pcap(&sal_pcap, &frames)?;
-    std::fs::write(&sal_rules, rules)?;
-    let io = run_testpmd(&args, &sal_pcap, "io", 1, "sal-io1")?;
-    let mac = run_testpmd(&args, &sal_pcap, "mac", 1, "sal-mac1")?;
-    eprintln!("testpmd on the Serval workload: io {io:.2} Mpps, mac {mac:.2} Mpps");
-    let sal_toml = format!(
-        "[sal]\nmax_rules = {}\nrules_file = \"{}\"\n",
-        args.service_prefixes + 1024,
-        sal_rules.display()
-    );
-    let r = run_router(
-        &args,
-        &sal_pcap,
-        Extra::Toml(sal_toml),
-        "run-to-completion",
-        1,
-        "sal1",
-    )?;
-    eprintln!(
-        "router sal run-to-completion 1 worker: {:.2} Mpps ({:.1} ns/pkt in stages)",
-        r.mpps, r.ns_per_pkt
-    );
-    rows.push(result_row(
-        ("serval-syn", "run-to-completion", 1),
-        &r,
-        (io, mac),
-        json!({
-            "service_prefixes": args.service_prefixes,
-            "frame_bytes": frames.first().map_or(0, Vec::len),
-            "flows": args.flows,
-            "memory": args.memory,
-        }),
-    ));
+            virt = router_bench::nfs::VIRTUAL,
+            secret = router_bench::nfs::SECRET,
+            ckpt = ckpt_path.display(),
+            server = router_bench::nfs::SERVER,
+            export = router_bench::nfs::EXPORT,
+        );
+        let r = run_router(
+            &args,
+            &nfs_pcap,
+            Extra::Toml(nfs_toml),
+            "run-to-completion",
+            1,
+            "nfs1",
+        )?;
+        eprintln!(
+            "router nfs run-to-completion 1 worker: {:.2} Mpps ({:.1} ns/pkt in stages)",
+            r.mpps, r.ns_per_pkt
+        );
+        rows.push(result_row(
+            ("nfs-rewrite", "run-to-completion", 1),
+            &r,
+            (io, mac),
+            json!({
+                "mix": "GETATTR, LOOKUP, READ 512 B: calls and replies",
+                "frame_bytes_mean": mean_frame,
+                "flows": args.flows,
+                "memory": args.memory,
+            }),
+        ));
+    }
+    if args.wants("serval") {
+        // Serval: SYNs to serviceIDs under 100K service prefixes, forwarded by the SAL stage
+        // (FORWARD rewrite: destination, SOURCE extension, three checksums) and routed.
+        let sal_pcap = args.dir.join("sal-syn.pcap");
+        let sal_rules = args.dir.join("sal-rules.txt");
+        let prefixes = router_bench::service_prefixes(args.service_prefixes, 7);
+        let (frames, rules) = router_bench::sal_workload(
+            args.flows,
+            &prefixes,
+            Ipv4Addr::new(10, 0, 2, 2),
+            EthernetAddress([2, 0, 0, 0, 0, 1]),
+        );
+        router_bench::write_pcap(&sal_pcap, &frames)?;
+        std::fs::write(&sal_rules, rules)?;
+        let io = run_testpmd(&args, &sal_pcap, "io", 1, "sal-io1")?;
+        let mac = run_testpmd(&args, &sal_pcap, "mac", 1, "sal-mac1")?;
+        eprintln!("testpmd on the Serval workload: io {io:.2} Mpps, mac {mac:.2} Mpps");
+        let sal_toml = format!(
+            "[sal]\nmax_rules = {}\nrules_file = \"{}\"\n",
+            args.service_prefixes + 1024,
+            sal_rules.display()
+        );
+        let r = run_router(
+            &args,
+            &sal_pcap,
+            Extra::Toml(sal_toml),
+            "run-to-completion",
+            1,
+            "sal1",
+        )?;
+        eprintln!(
+            "router sal run-to-completion 1 worker: {:.2} Mpps ({:.1} ns/pkt in stages)",
+            r.mpps, r.ns_per_pkt
+        );
+        rows.push(result_row(
+            ("serval-syn", "run-to-completion", 1),
+            &r,
+            (io, mac),
+            json!({
+                "service_prefixes": args.service_prefixes,
+                "frame_bytes": frames.first().map_or(0, Vec::len),
+                "flows": args.flows,
+                "memory": args.memory,
+            }),
+        ));
+    }
+    if args.wants("netchain") {
+        // NetChain: the appliance is one node. Reads at the tail come back as replies to the
+        // client (10.0.2.2, behind the out port); writes at the head are stamped, stored and
+        // passed to the next node (10.0.2.2).
+        let keys = args.netchain_keys;
+        let key_list: Vec<String> = (1..=keys).map(|k| format!("\"{k}\"")).collect();
+        for (name, write) in [("netchain-read", false), ("netchain-write", true)] {
+            let pcap = args.dir.join(format!("{name}.pcap"));
+            let frames = router_bench::netchain_workload(
+                args.flows,
+                keys,
+                write,
+                (
+                    Ipv4Addr::new(10, 0, 2, 2),
+                    Ipv4Addr::new(10, 0, 1, 1),
+                    Ipv4Addr::new(10, 0, 2, 2),
+                ),
+                EthernetAddress([2, 0, 0, 0, 0, 1]),
+            );
+            router_bench::write_pcap(&pcap, &frames)?;
+            let io = run_testpmd(&args, &pcap, "io", 1, &format!("{name}-io1"))?;
+            let mac = run_testpmd(&args, &pcap, "mac", 1, &format!("{name}-mac1"))?;
+            eprintln!("testpmd on {name}: io {io:.2} Mpps, mac {mac:.2} Mpps");
+            let role = if write { "head" } else { "tail" };
+            let toml = format!(
+            "[chain]\nmax_keys = {}\nkeys = [{}]\n[[chain.nodes]]\naddress = \"10.0.1.1\"\n{role} = [\"0-15\"]\n",
+            keys.max(1024),
+            key_list.join(",")
+        );
+            let r = run_router(
+                &args,
+                &pcap,
+                Extra::Toml(toml),
+                "run-to-completion",
+                1,
+                name,
+            )?;
+            eprintln!(
+                "router {name} run-to-completion 1 worker: {:.2} Mpps ({:.1} ns/pkt in stages)",
+                r.mpps, r.ns_per_pkt
+            );
+            rows.push(result_row(
+                (name, "run-to-completion", 1),
+                &r,
+                (io, mac),
+                json!({
+                    "keys": keys,
+                    "value_bytes": 16,
+                    "frame_bytes": frames.first().map_or(0, Vec::len),
+                    "flows": args.flows,
+                    "memory": args.memory,
+                }),
+            ));
+        }
+    }
     let one = rows
         .iter()
         .find(|r| r["placement"] == "run-to-completion" && r["lcores"] == 1)
@@ -514,6 +588,25 @@ export = "{export}"
         "rows": rows,
     });
     let path = args.dir.join("results.json");
+    let mut out = out;
+    if args.only.is_some() {
+        // Keep the other workloads' rows of the last full run.
+        if let Ok(old) = std::fs::read(&path) {
+            if let Ok(old) = serde_json::from_slice::<Value>(&old) {
+                let mine: Vec<Value> = rows.iter().map(|r| r["workload"].clone()).collect();
+                let mut all: Vec<Value> = old["rows"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|r| !mine.contains(&r["workload"]))
+                    .collect();
+                all.extend(rows.iter().cloned());
+                out["rows"] = Value::Array(all);
+                out["rtc_scaling_2_vs_1"] = old["rtc_scaling_2_vs_1"].clone();
+            }
+        }
+    }
     std::fs::write(&path, serde_json::to_string_pretty(&out)?)?;
     println!("wrote {}", path.display());
     Ok(())
