@@ -232,3 +232,68 @@ topo_nfs_wait_mounted() {
 	$ROUTERCTL nfs servers >&2 || true
 	die "the router did not mount the exports"
 }
+
+# topo_netchain N: NetChain appliances n1..nN (one router each, in its own namespace, one node
+# at its port address 10.0.9.I) and a clients namespace (10.0.9.100 and .101, $NS_C) on one
+# bridged segment; a shared secret in $TOPO_DIR/secret. Routers n1..nN are started (PIDs in
+# NC_PID[I]); topo_netchain_start I starts another one already laid out (up to NC_MAX, default N).
+declare -A NC_PID NC_NS
+topo_netchain() {
+	local n=$1 i ns
+	topo_ns clients NS_C
+	topo_ns core NS_CORE
+	ip -n "$NS_CORE" link add br0 type bridge
+	ip -n "$NS_CORE" link set br0 up
+	topo_veth "$NS_C" c0 "$NS_CORE" cc
+	ip -n "$NS_CORE" link set cc master br0
+	ip -n "$NS_C" addr add 10.0.9.100/24 dev c0
+	ip -n "$NS_C" addr add 10.0.9.101/24 dev c0
+	printf 'netchain-%s\n' "$(od -An -tx8 -N16 /dev/urandom | tr -d ' \n')" >"$TOPO_DIR/secret"
+	for i in $(seq 1 "${NC_MAX:-$n}"); do
+		topo_ns "n$i" ns
+		NC_NS[$i]=$ns
+		topo_veth "$ns" "p$i" "$NS_CORE" "b$i"
+		ip -n "$NS_CORE" link set "b$i" master br0
+		{
+			topo_router_toml "$TOPO_ID-n$i" "$TOPO_DIR/n$i.sock" "core p$i 10.0.9.$i/24"
+			printf '[chain]\nmax_keys = 4096\nsecret_file = "%s"\n[[chain.nodes]]\naddress = "10.0.9.%s"\n' \
+				"$TOPO_DIR/secret" "$i"
+		} >"$TOPO_DIR/n$i.toml"
+		"$ROUTER_BIN" check-config "$TOPO_DIR/n$i.toml" >/dev/null
+	done
+	for i in $(seq 1 "$n"); do topo_netchain_start "$i"; done
+}
+
+topo_netchain_start() {
+	topo_start_router "${NC_NS[$1]}" "$TOPO_DIR/n$1.toml" "$TOPO_DIR/n$1.log"
+	NC_PID[$1]=$ROUTER_PID
+}
+
+# topo_etcd NS: a single-node etcd in NS on 127.0.0.1:2379, data in $TOPO_DIR/etcd.
+topo_etcd() {
+	local ns=$1
+	command -v etcd >/dev/null || die "etcd missing (apt-get install etcd-server etcd-client)"
+	topo_bg "$ns" etcd --name nc --data-dir "$TOPO_DIR/etcd" \
+		--listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
+		--listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+		--initial-cluster nc=http://127.0.0.1:2380 --log-level error >"$TOPO_DIR/etcd.log" 2>&1
+	for _ in $(seq 1 100); do
+		ip netns exec "$ns" etcdctl --endpoints 127.0.0.1:2379 endpoint health >/dev/null 2>&1 && return 0
+		sleep 0.1
+	done
+	cat "$TOPO_DIR/etcd.log" >&2
+	die "etcd did not come up"
+}
+
+# topo_netchain_master N [EXTRA]: the chain master config for appliances n1..nN (8 groups, 3
+# replicas, etcd) in $TOPO_DIR/master.toml; EXTRA lines are added.
+topo_netchain_master() {
+	local n=$1 i
+	{
+		printf 'listen = "10.0.9.100:8891"\nsecret_file = "%s"\nvgroups = 8\nreplicas = 3\n' "$TOPO_DIR/secret"
+		printf 'etcd = "127.0.0.1:2379"\nping_ms = 100\nfail_after = 3\n%s\n' "${2:-}"
+		for i in $(seq 1 "$n"); do
+			printf '[[appliances]]\ncontrol = "10.0.9.%s:8890"\nnodes = ["10.0.9.%s"]\n' "$i" "$i"
+		done
+	} >"$TOPO_DIR/master.toml"
+}

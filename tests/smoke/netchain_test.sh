@@ -21,59 +21,16 @@
 set -euo pipefail
 source "$(dirname "$0")/../../scripts/lib/netns.sh"
 topo_need_root
-command -v etcd >/dev/null || die "etcd missing (apt-get install etcd-server)"
 trap topo_cleanup EXIT
 NETCHAIN_BIN=${NETCHAIN_BIN:-$ROOT/target/release/netchain}
 
-topo_ns clients NS_C
-topo_ns core NS_CORE
-ip -n "$NS_CORE" link add br0 type bridge
-ip -n "$NS_CORE" link set br0 up
-topo_veth "$NS_C" c0 "$NS_CORE" cc
-ip -n "$NS_CORE" link set cc master br0
-ip -n "$NS_C" addr add 10.0.9.100/24 dev c0
-ip -n "$NS_C" addr add 10.0.9.101/24 dev c0
-printf 'netchain-%s\n' "$(od -An -tx8 -N16 /dev/urandom | tr -d ' \n')" >"$TOPO_DIR/secret"
-
-declare -A PID
-for i in 1 2 3 4; do
-	topo_ns "n$i" ns
-	topo_veth "$ns" "p$i" "$NS_CORE" "b$i"
-	ip -n "$NS_CORE" link set "b$i" master br0
-	{
-		topo_router_toml "$TOPO_ID-n$i" "$TOPO_DIR/n$i.sock" "core p$i 10.0.9.$i/24"
-		printf '[chain]\nmax_keys = 4096\nsecret_file = "%s"\n[[chain.nodes]]\naddress = "10.0.9.%s"\n' \
-			"$TOPO_DIR/secret" "$i"
-	} >"$TOPO_DIR/n$i.toml"
-	"$ROUTER_BIN" check-config "$TOPO_DIR/n$i.toml" >/dev/null
-	topo_start_router "$ns" "$TOPO_DIR/n$i.toml" "$TOPO_DIR/n$i.log"
-	PID[$i]=$ROUTER_PID
-done
+NC_MAX=4 topo_netchain 3
 ctl() { local n=$1; shift; "$ROUTERCTL_BIN" -s "$TOPO_DIR/n$n.sock" "$@"; }
-log "four appliances up"
-
-topo_bg "$NS_C" etcd --name nc --data-dir "$TOPO_DIR/etcd" \
-	--listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
-	--listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
-	--initial-cluster nc=http://127.0.0.1:2380 --log-level error >"$TOPO_DIR/etcd.log" 2>&1
-for _ in $(seq 1 100); do
-	ip netns exec "$NS_C" etcdctl --endpoints 127.0.0.1:2379 endpoint health >/dev/null 2>&1 && break
-	sleep 0.1
-done
-ip netns exec "$NS_C" etcdctl --endpoints 127.0.0.1:2379 endpoint health >/dev/null 2>&1 ||
-	{ cat "$TOPO_DIR/etcd.log" >&2; die "etcd did not come up"; }
+topo_netchain_start 4
+log "four appliances up (n4 not known to the master yet)"
+topo_etcd "$NS_C"
 log "etcd up"
-
-cat >"$TOPO_DIR/master.toml" <<EOF
-listen = "10.0.9.100:8891"
-secret_file = "$TOPO_DIR/secret"
-vgroups = 8
-replicas = 3
-etcd = "127.0.0.1:2379"
-ping_ms = 100
-fail_after = 3
-$(for i in 1 2 3; do printf '[[appliances]]\ncontrol = "10.0.9.%s:8890"\nnodes = ["10.0.9.%s"]\n' "$i" "$i"; done)
-EOF
+topo_netchain_master 3
 start_master() {
 	topo_bg "$NS_C" "$NETCHAIN_BIN" master --config "$TOPO_DIR/master.toml"
 	MASTER=$TOPO_LAST_PID
@@ -111,8 +68,8 @@ bench 10.0.9.101 2
 B2=$TOPO_LAST_PID
 sleep 3
 
-log "killing n2 (PID ${PID[2]})"
-kill -KILL "${PID[2]}"
+log "killing n2 (PID ${NC_PID[2]})"
+kill -KILL "${NC_PID[2]}"
 for _ in $(seq 1 50); do
 	[ "$(status '[a["alive"] for a in d["appliances"]][1]')" = False ] && break
 	sleep 0.1
