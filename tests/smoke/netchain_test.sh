@@ -80,7 +80,9 @@ sleep 1
 
 log "restarting the master"
 kill -KILL "$MASTER"
+DOWN=$(date +%s%N)
 sleep 1
+UP=$(date +%s%N)
 start_master 2>>"$TOPO_DIR/master.log"
 for _ in $(seq 1 50); do admin status >/dev/null 2>&1 && break; sleep 0.1; done
 [ "$(status 'd["resumed"]')" = True ] || die "the restarted master did not resume from etcd"
@@ -107,7 +109,9 @@ ncli bench --master 10.0.9.100:8891 --bind 10.0.9.100 --client-id 3 --keys 200 -
 ops=$(cat "$TOPO_DIR"/history-* | wc -l)
 acked=$(awk '$3 == "w" && $6 != "-"' "$TOPO_DIR"/history-1 "$TOPO_DIR"/history-2 | wc -l)
 [ "$acked" -gt 1000 ] || die "only $acked acknowledged writes"
-log "history: $ops operations, $acked acknowledged writes"
+served=$(awk -v a="$DOWN" -v b="$UP" '$6 != "-" && $5 >= a && $6 <= b' "$TOPO_DIR"/history-1 "$TOPO_DIR"/history-2 | wc -l)
+[ "$served" -gt 1000 ] || die "only $served operations answered while the master was down"
+log "history: $ops operations, $acked acknowledged writes; $served answered while the master was down"
 out=$(ncli check "$TOPO_DIR"/history-1 "$TOPO_DIR"/history-2 "$TOPO_DIR"/history-3) ||
 	die "linearizability check failed: $out"
 log "$out"
