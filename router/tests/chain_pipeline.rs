@@ -24,7 +24,8 @@ fn fixture(name: &str) -> Vec<u8> {
         .collect()
 }
 
-fn harness() -> Harness {
+/// The appliance's one port, with client 10.0.0.2 known; `extra` follows.
+fn start(extra: &str) -> Harness {
     Harness::start(&format!(
         r#"{SOFT_DATAPLANE}
 [[ports]]
@@ -34,11 +35,17 @@ mac = "aa:bb:cc:dd:ee:41"
 addresses = ["10.0.0.254/24"]
 [[static_neighbours]]
 port = "clients"
-address = "10.0.0.1"
-mac = "aa:bb:cc:dd:ee:01"
-[[static_neighbours]]
-port = "clients"
 address = "10.0.0.2"
+mac = "aa:bb:cc:dd:ee:01"
+{extra}"#
+    ))
+}
+
+fn harness() -> Harness {
+    start(
+        r#"[[static_neighbours]]
+port = "clients"
+address = "10.0.0.1"
 mac = "aa:bb:cc:dd:ee:01"
 [chain]
 keys = ["2018", "0x10"]
@@ -51,8 +58,8 @@ middle = ["0-3"]
 [[chain.nodes]]
 address = "10.0.100.3"
 tail = ["0-3"]
-"#
-    ))
+"#,
+    )
 }
 
 /// The reply frame's checked fields: MACs, TTL, addresses, ports, the query.
@@ -117,6 +124,19 @@ fn prototype_write_then_read() {
     assert_eq!(h.stage_drops("netchain", "unknown-key"), 1);
 }
 
+/// A UDP frame from the clients' side to the appliance's MAC.
+fn from_client(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), payload: &[u8]) -> Vec<u8> {
+    packet::udp::frame(
+        mac("aa:bb:cc:dd:ee:01"),
+        mac("aa:bb:cc:dd:ee:41"),
+        src.0,
+        dst.0,
+        src.1,
+        dst.1,
+        payload,
+    )
+}
+
 /// The master's control channel, through the engine: signed requests to the appliance's port
 /// address install keys and roles (then the prototype's write is answered), read records
 /// back; a wrong secret or a replayed id gets no answer and is counted.
@@ -127,18 +147,8 @@ fn control_channel_installs_a_chain() {
     std::fs::create_dir_all(&dir).unwrap();
     let secret = dir.join("secret");
     std::fs::write(&secret, "s3cret\n").unwrap();
-    let h = Harness::start(&format!(
-        r#"{SOFT_DATAPLANE}
-[[ports]]
-name = "clients"
-device = "memory"
-mac = "aa:bb:cc:dd:ee:41"
-addresses = ["10.0.0.254/24"]
-[[static_neighbours]]
-port = "clients"
-address = "10.0.0.2"
-mac = "aa:bb:cc:dd:ee:01"
-[chain]
+    let h = start(&format!(
+        r#"[chain]
 secret_file = "{}"
 [[chain.nodes]]
 address = "10.0.100.1"
@@ -149,16 +159,7 @@ address = "10.0.100.1"
     let me = (Ipv4Addr::new(10, 0, 0, 254), control::CONTROL_PORT);
     let node = Ipv4Addr::new(10, 0, 100, 1);
     let call = |key: &[u8], id: u64, req: &Ctl| -> Option<Reply> {
-        let f = packet::udp::frame(
-            mac("aa:bb:cc:dd:ee:01"),
-            mac("aa:bb:cc:dd:ee:41"),
-            master.0,
-            me.0,
-            master.1,
-            me.1,
-            &control::request(key, id, req),
-        );
-        h.inject(0, &f);
+        h.inject(0, &from_client(master, me, &control::request(key, id, req)));
         if key != b"s3cret" {
             h.expect_silence(0);
             return None;
@@ -191,15 +192,7 @@ address = "10.0.100.1"
     let w = QueryRepr::request(op::WRITE_REQUEST, &[node], key, &value_from_u64(7, 16), 0);
     h.inject(
         0,
-        &packet::udp::frame(
-            mac("aa:bb:cc:dd:ee:01"),
-            mac("aa:bb:cc:dd:ee:41"),
-            master.0,
-            node,
-            40000,
-            8888,
-            &w.emit(true),
-        ),
+        &from_client((master.0, 40000), (node, 8888), &w.emit(true)),
     );
     let out = h.expect_tx(0, 1).remove(0);
     let ip = Ipv4Packet::new_checked(&out[14..]).unwrap();
@@ -223,16 +216,10 @@ address = "10.0.100.1"
     ));
     // Unauthenticated and replayed requests: no answer.
     call(b"wrong", 14, &Ctl::Ping);
-    let f = packet::udp::frame(
-        mac("aa:bb:cc:dd:ee:01"),
-        mac("aa:bb:cc:dd:ee:41"),
-        master.0,
-        me.0,
-        master.1,
-        me.1,
-        &control::request(b"s3cret", 9, &Ctl::Ping),
+    h.inject(
+        0,
+        &from_client(master, me, &control::request(b"s3cret", 9, &Ctl::Ping)),
     );
-    h.inject(0, &f);
     h.expect_silence(0);
     let s = h.call(Request::ChainStats);
     assert_eq!(s["control"]["taken"], 4, "{s}");
