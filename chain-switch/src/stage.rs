@@ -13,12 +13,14 @@
 //!   dead node's entry is popped and the query goes to the next (fast failover);
 //! - otherwise it is plain IP.
 //!
-//! Lengths and the IP and UDP checksums are rewritten when the packet changed; routing then
+//! Lengths are rewritten and the IP and UDP checksums updated (RFC 1624) when the packet
+//! changed; a query whose IP header checksum is wrong is dropped before a node acts; routing then
 //! decrements the TTL and rewrites the MACs.
 
 use crate::node::{role, Detour, Failover, Node};
 use crate::store::Write;
 use crate::wire::{self, op, KEY_LEN};
+use packet::checksum::{self, Adjust};
 use packet::ipv4::Ipv4Packet;
 use packet::udp::UdpPacket;
 use packet::{drop_reasons, Buffer, DropReason, Stage, Verdict};
@@ -42,6 +44,8 @@ drop_reasons! {
         Stopped = "stopped",
         /// The list ended before a tail answered (a misconfigured chain).
         ListEnd = "list-end",
+        /// The IP header checksum of a query this node would act on is wrong.
+        BadChecksum = "bad-checksum",
     }
 }
 
@@ -141,12 +145,21 @@ impl ChainStage {
 
     /// Pop the query's first list entry (4 bytes at the front of the UDP payload): sc − 1.
     #[inline]
-    fn pop<B: Buffer>(pkt: &mut B, q: &wire::Query, dec_sc: bool) -> Result<(), ChainDrop> {
-        let sc_at = QUERY_AT + q.op_at() + 1;
+    fn pop<B: Buffer>(
+        pkt: &mut B,
+        q: &wire::Query,
+        dec_sc: bool,
+        sum: &mut Adjust,
+    ) -> Result<(), ChainDrop> {
+        let op_at = QUERY_AT + q.op_at();
+        let d = pkt.data_mut();
         if dec_sc {
-            let d = pkt.data_mut();
-            d[sc_at] = d[sc_at].saturating_sub(1);
+            let old = u16::from_be_bytes([d[op_at], d[op_at + 1]]);
+            d[op_at + 1] = d[op_at + 1].saturating_sub(1);
+            sum.field16(old, u16::from_be_bytes([d[op_at], d[op_at + 1]]));
         }
+        // The rest moves by 4 bytes: its 16-bit words, and their sum, stay.
+        sum.remove(&d[QUERY_AT..QUERY_AT + 4]);
         pkt.splice(QUERY_AT, 4, 0).map_err(|_| ChainDrop::Malformed)
     }
 
@@ -157,6 +170,7 @@ impl ChainStage {
         n: &Node,
         pkt: &mut B,
         q: &wire::Query,
+        sum: &mut Adjust,
     ) -> Result<Step, ChainDrop> {
         let (bits, session) = n.roles.get(q.vgroup);
         if bits & role::MEMBER == 0 {
@@ -174,9 +188,13 @@ impl ChainStage {
                 counters.reads += 1;
                 let v = QUERY_AT + q.value_at();
                 let out = &mut pkt.data_mut()[v..v + q.value_len];
+                let mut old = [0u8; wire::MAX_VALUE_LEN];
+                old[..q.value_len].copy_from_slice(out);
                 n.store.read(slot, out).ok_or(ChainDrop::Busy)?;
-                Self::pop(pkt, q, true)?;
-                Self::reply(counters, pkt, n.addr, 4 * (q.entries - 1), op::READ_REPLY);
+                sum.remove(&old[..q.value_len]);
+                sum.add(out);
+                Self::pop(pkt, q, true, sum)?;
+                Self::reply(counters, pkt, 4 * (q.entries - 1), op::READ_REPLY, sum);
                 Ok(Step::Reply)
             }
             op::WRITE_REQUEST => {
@@ -199,16 +217,17 @@ impl ChainStage {
                 };
                 counters.writes += 1;
                 let s = QUERY_AT + q.seq_at();
+                sum.field16(q.seq, seq);
                 pkt.data_mut()[s..s + 2].copy_from_slice(&seq.to_be_bytes());
-                Self::pop(pkt, q, true)?;
+                Self::pop(pkt, q, true, sum)?;
                 if tail {
                     // The list is down to its end marker: it goes too (sc stays 1).
                     let mut left = q.entries - 1;
                     if left == 1 {
-                        Self::pop(pkt, q, false)?;
+                        Self::pop(pkt, q, false, sum)?;
                         left = 0;
                     }
-                    Self::reply(counters, pkt, n.addr, 4 * left, op::WRITE_REPLY);
+                    Self::reply(counters, pkt, 4 * left, op::WRITE_REPLY, sum);
                     return Ok(Step::Reply);
                 }
                 Ok(Step::Next)
@@ -217,38 +236,91 @@ impl ChainStage {
         }
     }
 
-    /// Make the query (its op byte at `op_at`) the reply from `me` to the client (the IP
-    /// source).
+    /// Make the query (its op byte at `op_at`) the reply to the client (the IP source): the
+    /// addresses swap (the node answering is the destination it was sent to).
     #[inline]
     fn reply<B: Buffer>(
         counters: &mut ChainCounters,
         pkt: &mut B,
-        me: Ipv4Addr,
         op_at: usize,
         reply_op: u8,
+        sum: &mut Adjust,
     ) {
         counters.replies += 1;
         let d = pkt.data_mut();
         let mut ip = Ipv4Packet::new_unchecked(&mut d[ETH..]);
-        let client = ip.src_addr();
+        let (client, me) = (ip.src_addr(), ip.dst_addr());
         ip.set_src_addr(me);
         ip.set_dst_addr(client);
         UdpPacket::new_unchecked(&mut d[ETH + 20..]).set_dst_port(wire::REPLY_PORT);
-        d[QUERY_AT + op_at] = reply_op;
+        let at = QUERY_AT + op_at;
+        let old = u16::from_be_bytes([d[at], d[at + 1]]);
+        d[at] = reply_op;
+        sum.field16(old, u16::from_be_bytes([d[at], d[at + 1]]));
     }
 
-    /// Lengths and checksums after the query changed.
+    /// Lengths and checksums after the query changed: RFC 1624 updates from the headers as
+    /// they came in (`orig`) and the edits to the query (`sum`) — no pass over the packet.
     #[inline]
-    fn finish<B: Buffer>(pkt: &mut B, udp_len: usize) {
+    fn finish<B: Buffer>(pkt: &mut B, orig: &Orig, mut sum: Adjust) {
         let d = pkt.data_mut();
-        let mut ip = Ipv4Packet::new_unchecked(&mut d[ETH..]);
-        ip.set_total_len((20 + udp_len) as u16);
-        ip.fill_checksum();
-        let (src, dst) = (ip.src_addr(), ip.dst_addr());
-        let mut u = UdpPacket::new_unchecked(&mut d[ETH + 20..ETH + 20 + udp_len]);
-        u.set_len(udp_len as u16);
-        u.fill_checksum(src, dst);
+        let udp_len = (d.len() - ETH - 20) as u16;
+        let (src, dst) = {
+            let mut ip = Ipv4Packet::new_unchecked(&mut d[ETH..]);
+            ip.set_total_len(20 + udp_len);
+            let (src, dst) = (ip.src_addr(), ip.dst_addr());
+            let mut h = Adjust::default();
+            h.field16(20 + orig.udp_len, 20 + udp_len);
+            h.field32(orig.src.into(), src.into());
+            h.field32(orig.dst.into(), dst.into());
+            ip.set_checksum(h.apply(orig.ip_checksum));
+            (src, dst)
+        };
+        let mut u = UdpPacket::new_unchecked(&mut d[ETH + 20..]);
+        u.set_len(udp_len);
+        if orig.udp_checksum != 0 {
+            // The length sits in the header and in the pseudo-header; so do the addresses.
+            sum.field16(orig.udp_len, udp_len);
+            sum.field16(orig.udp_len, udp_len);
+            sum.field32(orig.src.into(), src.into());
+            sum.field32(orig.dst.into(), dst.into());
+            sum.field16(wire::REQUEST_PORT, u.dst_port());
+            u.set_checksum(checksum::udp_nonzero(sum.apply(orig.udp_checksum)));
+        }
     }
+
+    /// The headers as they came in, the IP header's checksum known good (its addresses steer
+    /// the query). The UDP checksum is not verified here — a switch does not, and Ethernet's
+    /// FCS guards the links — but it is updated, not recomputed, so a query damaged on the way
+    /// keeps a wrong checksum and its client discards the reply.
+    #[inline]
+    fn verified(d: &[u8]) -> Result<Orig, ChainDrop> {
+        let ip = Ipv4Packet::new_unchecked(&d[ETH..]);
+        let udp = UdpPacket::new_unchecked(&d[ETH + 20..]);
+        let udp_len = udp.len();
+        if usize::from(udp_len) != d.len() - ETH - 20 {
+            return Err(ChainDrop::Malformed);
+        }
+        if !ip.verify_checksum() {
+            return Err(ChainDrop::BadChecksum);
+        }
+        Ok(Orig {
+            src: ip.src_addr(),
+            dst: ip.dst_addr(),
+            ip_checksum: ip.checksum(),
+            udp_len,
+            udp_checksum: udp.checksum(),
+        })
+    }
+}
+
+/// A query's headers before the stage changed them.
+struct Orig {
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ip_checksum: u16,
+    udp_len: u16,
+    udp_checksum: u16,
 }
 
 impl Stage for ChainStage {
@@ -284,6 +356,8 @@ impl Stage for ChainStage {
         let shared: &ChainShared = shared;
         let vl = shared.value_len;
         let mut changed = false;
+        let mut orig: Option<Orig> = None;
+        let mut sum = Adjust::default();
         for _ in 0..=wire::MAX_LIST {
             let d = pkt.data();
             let Ok(q) = wire::parse(&d[QUERY_AT..], vl) else {
@@ -304,7 +378,13 @@ impl Stage for ChainStage {
             }
             let dst = Ipv4Packet::new_unchecked(&d[ETH..]).dst_addr();
             if let Some(n) = shared.node(dst) {
-                match Self::at_node(counters, n, pkt, &q) {
+                if orig.is_none() {
+                    match Self::verified(d) {
+                        Ok(o) => orig = Some(o),
+                        Err(r) => return r.drop(),
+                    }
+                }
+                match Self::at_node(counters, n, pkt, &q, &mut sum) {
                     Ok(Step::Reply) => {
                         changed = true;
                         break;
@@ -318,18 +398,33 @@ impl Stage for ChainStage {
             } else {
                 let p = &d[QUERY_AT..];
                 let next = q.entry(p, 1).unwrap_or(Ipv4Addr::UNSPECIFIED);
-                match shared.failover.lookup(dst, next, q.vgroup) {
+                let detour = shared.failover.lookup(dst, next, q.vgroup);
+                let acts = match detour {
                     // Skipping needs a next entry: a dead last node is nobody's to skip.
-                    Detour::Skip if !next.is_unspecified() => {
+                    Detour::Skip => !next.is_unspecified(),
+                    Detour::To(_) => true,
+                    Detour::None => false,
+                };
+                if acts && orig.is_none() {
+                    match Self::verified(d) {
+                        Ok(o) => orig = Some(o),
+                        Err(r) => return r.drop(),
+                    }
+                }
+                match detour {
+                    Detour::Skip if acts => {
                         counters.failovers += 1;
-                        if let Err(r) = Self::pop(pkt, &q, true) {
+                        if let Err(r) = Self::pop(pkt, &q, true, &mut sum) {
                             return r.drop();
                         }
                     }
                     Detour::To(a) => {
                         // Recovery put `a` in the dead node's place: the entry becomes it.
                         counters.failovers += 1;
-                        pkt.data_mut()[QUERY_AT..QUERY_AT + 4].copy_from_slice(&a.octets());
+                        let e = &mut pkt.data_mut()[QUERY_AT..QUERY_AT + 4];
+                        let old = u32::from_be_bytes([e[0], e[1], e[2], e[3]]);
+                        sum.field32(old, a.into());
+                        e.copy_from_slice(&a.octets());
                     }
                     _ => {
                         if !changed {
@@ -350,9 +445,8 @@ impl Stage for ChainStage {
             ];
             Ipv4Packet::new_unchecked(&mut d[ETH..]).set_dst_addr(Ipv4Addr::from(next));
         }
-        if changed {
-            let udp_len = pkt.len() - ETH - 20;
-            Self::finish(pkt, udp_len);
+        if let (true, Some(o)) = (changed, orig.as_ref()) {
+            Self::finish(pkt, o, sum);
         }
         Verdict::Next
     }

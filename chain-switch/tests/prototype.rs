@@ -40,6 +40,20 @@ fn appliance(nodes: &[(u8, u16)]) -> ChainStage {
     ChainStage::new(Arc::new(shared))
 }
 
+/// A frame edited by a test, its lengths and checksums made right again (the stage acts only
+/// on queries whose checksums hold).
+fn checksummed(mut f: Vec<u8>) -> Vec<u8> {
+    let total = (f.len() - ETH) as u16;
+    let mut ip = Ipv4Packet::new_unchecked(&mut f[ETH..]);
+    ip.set_total_len(total);
+    ip.fill_checksum();
+    let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    let mut u = UdpPacket::new_unchecked(ip.payload_mut());
+    u.set_len(total - 20);
+    u.fill_checksum(src, dst);
+    f
+}
+
 fn run(st: &mut ChainStage, frame: &[u8]) -> (Verdict, Vec<u8>) {
     let mut b = HeapBuffer::from_bytes(frame);
     let v = st.process(&mut b);
@@ -135,11 +149,13 @@ fn prototype_requests_through_three_appliances() {
     // A read at the middle is not answered; at the tail it is.
     let (v, _) = run(
         &mut b,
-        &fixture("read_request")
-            .iter()
-            .enumerate()
-            .map(|(i, &x)| if i == 33 { 2 } else { x })
-            .collect::<Vec<_>>(),
+        &checksummed(
+            fixture("read_request")
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| if i == 33 { 2 } else { x })
+                .collect(),
+        ),
     );
     assert_eq!(v, ChainDrop::ReadNotTail.drop());
     let (_, r) = run(&mut c, &fixture("read_request"));
@@ -193,6 +209,7 @@ fn failover_skips_a_dead_node() {
     let mut other = fixture("write_request");
     other[ETH + 20 + 8 + 52] = 0;
     other[ETH + 20 + 8 + 53] = 5;
+    let other = checksummed(other);
     let st = a.shared().clone();
     st.nodes[0].roles.set(5, role::MEMBER | HEAD, 0);
     let mut b = HeapBuffer::from_bytes(&other);
@@ -228,12 +245,8 @@ fn a_new_head_jumps_its_sequence() {
     );
     let mut frame = fixture("write_request")[..ETH + 28].to_vec();
     frame.extend_from_slice(&req.emit(true));
-    let total = (frame.len() - ETH) as u16;
-    {
-        let mut ip = Ipv4Packet::new_unchecked(&mut frame[ETH..]);
-        ip.set_dst_addr(node(2));
-        ip.set_total_len(total);
-    }
+    Ipv4Packet::new_unchecked(&mut frame[ETH..]).set_dst_addr(node(2));
+    let frame = checksummed(frame);
     let (_, w) = run(&mut b, &frame);
     let (_, _, _, _, q, _) = look(&w);
     assert_eq!(q.seq, 1 + chain_switch::store::SESSION_JUMP);
@@ -302,12 +315,8 @@ fn list_end_at_a_middle_node_stores_nothing() {
     );
     let mut frame = fixture("write_request")[..ETH + 28].to_vec();
     frame.extend_from_slice(&QueryRepr { seq: 5, ..req }.emit(true));
-    let total = (frame.len() - ETH) as u16;
-    {
-        let mut ip = Ipv4Packet::new_unchecked(&mut frame[ETH..]);
-        ip.set_dst_addr(node(2));
-        ip.set_total_len(total);
-    }
+    Ipv4Packet::new_unchecked(&mut frame[ETH..]).set_dst_addr(node(2));
+    let frame = checksummed(frame);
     let (v, _) = run(&mut b, &frame);
     assert_eq!(v, ChainDrop::ListEnd.drop());
     let r = b.shared().nodes[0].store.get(&key_from_u128(2018)).unwrap();

@@ -116,11 +116,17 @@ fn prototype_write_then_read() {
     let g = h.call(Request::ChainGroups { limit: Some(2) });
     assert_eq!(g["total"], 12, "{g}");
     assert_eq!(g["groups"][0]["role"], "head", "{g}");
-    // An unknown key is dropped and counted by the stage; the client sees nothing.
+    // An unknown key is dropped and counted by the stage; the client sees nothing. A query
+    // with a damaged IP header is dropped before any node acts on it.
     let mut unknown = fixture("write_request");
     unknown[14 + 28 + 16 + 4 + 15] = 0x99;
     h.inject(0, &unknown);
     h.expect_silence(0);
+    let mut damaged = fixture("write_request");
+    damaged[14 + 8] ^= 0x40;
+    h.inject(0, &damaged);
+    h.expect_silence(0);
+    assert_eq!(h.stage_drops("netchain", "bad-checksum"), 1);
     assert_eq!(h.stage_drops("netchain", "unknown-key"), 1);
 }
 
