@@ -121,6 +121,23 @@ struct InFlight {
     invoke: u64,
 }
 
+impl InFlight {
+    /// The value a reply carries when it answers this request (a write's reply echoes the
+    /// value written).
+    fn answered_by(&self, q: &QueryRepr) -> Option<u64> {
+        let want = if self.write {
+            op::WRITE_REPLY
+        } else {
+            op::READ_REPLY
+        };
+        let got = value_number(&q.value);
+        (q.op == want
+            && u128::from_be_bytes(q.key) == self.key
+            && (!self.write || got == self.value))
+            .then_some(got)
+    }
+}
+
 struct Slot {
     sock: UdpSocket,
     port: u16,
@@ -288,18 +305,9 @@ impl Client {
                     };
                     let s = &mut slots[i];
                     let Some(f) = s.op.as_ref() else { continue };
-                    let want = if f.write {
-                        op::WRITE_REPLY
-                    } else {
-                        op::READ_REPLY
-                    };
-                    let got = value_number(&q.value);
-                    if q.op != want
-                        || u128::from_be_bytes(q.key) != f.key
-                        || (f.write && got != f.value)
-                    {
+                    let Some(got) = f.answered_by(&q) else {
                         continue;
-                    }
+                    };
                     let done = now_ns();
                     rep.latencies.push(f.sent.elapsed().as_nanos() as u64);
                     if f.write {
@@ -378,18 +386,15 @@ impl Client {
                 let Ok(q) = QueryRepr::parse(&buf[..n], self.value_len()) else {
                     continue;
                 };
-                let want = if write {
-                    op::WRITE_REPLY
-                } else {
-                    op::READ_REPLY
+                let Some(f) = s.op.as_ref().filter(|_| from.port() == s.port) else {
+                    continue;
                 };
-                if from.port() == s.port && q.op == want && u128::from_be_bytes(q.key) == key {
-                    let Some(f) = s.op.take() else { break };
+                if let Some(value) = f.answered_by(&q) {
                     return Ok(Op {
                         client: 0,
                         key,
                         write,
-                        value: value_number(&q.value),
+                        value,
                         invoke: f.invoke,
                         complete: Some(now_ns()),
                     });

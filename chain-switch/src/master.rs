@@ -20,7 +20,7 @@ use crate::control::{self, Directory, Ids, Reply, Request};
 use crate::etcd::Etcd;
 use crate::node::{role, FailoverRule, FAILOVER_RULES};
 use crate::placement::{vgroup_of, Ring};
-use crate::wire::{self, KEY_LEN};
+use crate::wire;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::BTreeSet;
@@ -554,26 +554,28 @@ impl Master {
         }
     }
 
-    /// Keys of every group a node is in.
-    fn install_keys(&mut self, node: Ipv4Addr, group: Option<usize>) -> Result<(), String> {
-        let Some(a) = self.appliance_of(node) else {
-            return Ok(());
-        };
-        let keys: Vec<[u8; KEY_LEN]> = (0..self.state.groups.len())
-            .filter(|&g| group.is_none_or(|x| x == g))
-            .filter(|&g| self.state.groups[g].chain.contains(&node))
-            .flat_map(|g| self.keys[g].iter().map(|&k| wire::key_from_u128(k)))
-            .collect();
+    /// Insert (or remove) `keys` at `node`, a datagram's worth at a time.
+    fn send_keys(&mut self, node: Ipv4Addr, keys: &[u128], insert: bool) -> Result<(), String> {
+        let a = self.appliance_of(node).ok_or("unknown node")?;
         for c in keys.chunks(control::KEYS_PER_MSG) {
-            self.call(
-                a,
-                &Request::Insert {
-                    node,
-                    keys: c.to_vec(),
-                },
-            )?;
+            let keys = c.iter().map(|&k| wire::key_from_u128(k)).collect();
+            let req = if insert {
+                Request::Insert { node, keys }
+            } else {
+                Request::Remove { node, keys }
+            };
+            self.call(a, &req)?;
         }
         Ok(())
+    }
+
+    /// The keys of every group a node is in.
+    fn install_keys(&mut self, node: Ipv4Addr) -> Result<(), String> {
+        let keys: Vec<u128> = (0..self.state.groups.len())
+            .filter(|&g| self.state.groups[g].chain.contains(&node))
+            .flat_map(|g| self.keys[g].iter().copied())
+            .collect();
+        self.send_keys(node, &keys, true)
     }
 
     /// Everything on every live appliance: keys, roles, failover rules (idempotent).
@@ -584,7 +586,7 @@ impl Master {
             }
             for node in self.state.appliances[a].nodes.clone() {
                 if let Err(e) = self
-                    .install_keys(node, None)
+                    .install_keys(node)
                     .and_then(|_| self.install_roles(node, None))
                 {
                     log(format!("install on {node}: {e}"));
@@ -750,16 +752,7 @@ impl Master {
         let na = self.appliance_of(new).ok_or("unknown node")?;
         // Not a member yet; stale replacements naming it go.
         self.state.groups[g].replaced.retain(|r| r.0 != new);
-        let ks: Vec<_> = keys.iter().map(|&k| wire::key_from_u128(k)).collect();
-        for c in ks.chunks(control::KEYS_PER_MSG) {
-            self.call(
-                na,
-                &Request::Insert {
-                    node: new,
-                    keys: c.to_vec(),
-                },
-            )?;
-        }
+        self.send_keys(new, &keys, true)?;
         self.call(
             na,
             &Request::Roles {
@@ -872,22 +865,7 @@ impl Master {
                 .filter(|&n| self.is_alive(n))
                 .collect();
             for n in members {
-                let a = self.appliance_of(n).ok_or("unknown node")?;
-                let wk: Vec<_> = ks.iter().map(|&k| wire::key_from_u128(k)).collect();
-                for c in wk.chunks(control::KEYS_PER_MSG) {
-                    let req = if insert {
-                        Request::Insert {
-                            node: n,
-                            keys: c.to_vec(),
-                        }
-                    } else {
-                        Request::Remove {
-                            node: n,
-                            keys: c.to_vec(),
-                        }
-                    };
-                    self.call(a, &req)?;
-                }
+                self.send_keys(n, &ks, insert)?;
             }
             for k in &ks {
                 if insert {

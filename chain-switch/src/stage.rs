@@ -188,10 +188,9 @@ impl ChainStage {
                 counters.reads += 1;
                 let v = QUERY_AT + q.value_at();
                 let out = &mut pkt.data_mut()[v..v + q.value_len];
-                let mut old = [0u8; wire::MAX_VALUE_LEN];
-                old[..q.value_len].copy_from_slice(out);
+                // The value's bytes leave the checksum before the stored ones replace them.
+                sum.remove(out);
                 n.store.read(slot, out).ok_or(ChainDrop::Busy)?;
-                sum.remove(&old[..q.value_len]);
                 sum.add(out);
                 Self::pop(pkt, q, true, sum)?;
                 Self::reply(counters, pkt, 4 * (q.entries - 1), op::READ_REPLY, sum);

@@ -90,6 +90,28 @@ pub(crate) fn ipv4_in(frame: &[u8]) -> Option<Ipv4Packet<&[u8]>> {
     Ipv4Packet::new_checked(frame.get(ETH_LEN..)?).ok()
 }
 
+/// An unfragmented UDP datagram's (source, destination) addresses and ports, and payload.
+#[allow(clippy::type_complexity)]
+fn udp_in(datagram: &[u8]) -> Option<((Ipv4Addr, u16), (Ipv4Addr, u16), &[u8])> {
+    let ip = Ipv4Packet::new_checked(datagram).ok()?;
+    if ip.protocol() != protocol::UDP || ip.is_fragment() {
+        return None;
+    }
+    let hl = usize::from(ip.header_len());
+    let total = usize::from(ip.total_len()).min(datagram.len());
+    let seg = datagram.get(hl..total)?;
+    let udp = packet::udp::UdpPacket::new_checked(seg).ok()?;
+    let (src, dst) = (
+        (ip.src_addr(), udp.src_port()),
+        (ip.dst_addr(), udp.dst_port()),
+    );
+    Some((
+        src,
+        dst,
+        &seg[packet::udp::HEADER_LEN..usize::from(udp.len())],
+    ))
+}
+
 /// Whether a frame holds an IPv4 fragment.
 fn is_fragment<Bf: packet::Buffer>(buf: &Bf) -> bool {
     ipv4_in(buf.data()).is_some_and(|ip| ip.is_fragment())
@@ -892,40 +914,30 @@ impl<B: Backend> Mgmt<B> {
         let (Some(ctl), Some(n)) = (self.nfs_ctl.as_mut(), self.cfg.nfs.as_ref()) else {
             return false;
         };
-        let Ok(ip) = Ipv4Packet::new_checked(datagram) else {
+        let Some((src, dst, payload)) = udp_in(datagram) else {
             return false;
         };
-        if ip.protocol() != protocol::UDP || ip.is_fragment() {
-            return false;
-        }
-        let Ok(udp) = packet::udp::UdpPacket::new_checked(ip.payload()) else {
-            return false;
-        };
-        let (src, dst) = (
-            (ip.src_addr(), udp.src_port()),
-            (ip.dst_addr(), udp.dst_port()),
-        );
         let virt = n.virtual_address;
         if dst.0 != virt {
             // A server's reply to a client that no worker had the call of.
             let Some(sid) = ctl.shared().server_at(src.0, src.1).map(|s| s.sid) else {
                 return false;
             };
-            if let Some(reply) = ctl.server_reply(udp.payload(), sid, dst, now) {
+            if let Some(reply) = ctl.server_reply(payload, sid, dst, now) {
                 let from = (virt, n.nfs_port);
                 self.send_udp(from, dst, &reply);
             }
             return true;
         }
         if dst.1 == nfs_rewrite::upstream::CLIENT_PORT {
-            ctl.upstream_reply(udp.payload(), now);
+            ctl.upstream_reply(payload, now);
             self.flush_nfs();
             return true;
         }
         if dst.1 != PORTMAP_PORT && dst.1 != n.mount_port && dst.1 != n.nfs_port {
             return false;
         }
-        match ctl.answer(udp.payload(), src, now) {
+        match ctl.answer(payload, src, now) {
             Some(reply) => {
                 self.counters.nfs_answered.inc();
                 self.send_udp(dst, src, &reply);
@@ -1043,26 +1055,13 @@ impl<B: Backend> Mgmt<B> {
         else {
             return false;
         };
-        let Some(ip) = ipv4_in(buf.data()) else {
+        let Some((src, dst, payload)) = buf.data().get(ETH_LEN..).and_then(udp_in) else {
             return false;
         };
-        if ip.protocol() != protocol::UDP || ip.is_fragment() {
+        if dst.1 != port {
             return false;
         }
-        let Ok(udp) = packet::udp::UdpPacket::new_checked(ip.payload()) else {
-            return false;
-        };
-        if udp.dst_port() != port {
-            return false;
-        }
-        let (src, dst) = (
-            (ip.src_addr(), udp.src_port()),
-            (ip.dst_addr(), udp.dst_port()),
-        );
-        let reply = self
-            .chain
-            .as_mut()
-            .and_then(|c| c.control_input(udp.payload()));
+        let reply = self.chain.as_mut().and_then(|c| c.control_input(payload));
         if let Some(r) = reply {
             self.send_udp(dst, src, &r);
         }

@@ -126,4 +126,7 @@ while i < len(s):
     d,i=dec.raw_decode(s,i); t+=d["stage"]["failovers"]
 print(t)')
 [ "$f" -gt 0 ] || die "no query took a failover rule"
+n4=$(ctl 4 --json chain stats | python3 -c 'import json,sys; d=json.load(sys.stdin)["stage"]; print(d["writes"], d["replies"])')
+set -- $n4
+[ "$1" -gt 0 ] && [ "$2" -gt 0 ] || die "n4 took no traffic after recovery (writes, replies: $n4)"
 log "PASS: failover, master restart from etcd, recovery onto n4; $f queries took failover rules"
