@@ -993,11 +993,14 @@ pub fn admin_call(
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
     let id = Ids::default().next_id();
     let msg = control::request(secret, id, &Request::Admin(body.to_string()));
-    s.send_to(&msg, master).map_err(|e| e.to_string())?;
+    // Connected: no master listening there is an error at once (ICMP port unreachable), not
+    // a wait for the timeout.
+    s.connect(master).map_err(|e| e.to_string())?;
+    s.send(&msg).map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; 65536];
     loop {
-        let (n, _) = s
-            .recv_from(&mut buf)
+        let n = s
+            .recv(&mut buf)
             .map_err(|e| format!("no answer from the master at {master}: {e}"))?;
         match control::read_response(secret, control::kind::ADMIN, id, &buf[..n]) {
             Ok(Reply::Admin(j)) => return serde_json::from_str(&j).map_err(|e| e.to_string()),
