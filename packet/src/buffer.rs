@@ -39,6 +39,17 @@ pub trait Buffer {
     /// Set the port.
     fn set_port(&mut self, port: u16);
 
+    /// Ask the CPU to start loading the cache line holding `p` (table slots a later pass of a
+    /// burst will read, so that the burst's misses overlap). Only a hint: it never faults and
+    /// never reads memory architecturally, so any address is fine. Backends on hardware with
+    /// a prefetch instruction implement it; the default does nothing.
+    #[inline]
+    fn prefetch(_p: *const u8)
+    where
+        Self: Sized,
+    {
+    }
+
     /// Packet length.
     #[inline]
     fn len(&self) -> usize {

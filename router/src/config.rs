@@ -99,6 +99,12 @@ pub struct DataplaneConfig {
     /// Pin threads to their CPUs.
     #[serde(default = "d_true")]
     pub pin: bool,
+    /// Back the big lookup tables (FIB, service, handle, key tables) with transparent huge
+    /// pages: the router re-executes itself once with glibc's `glibc.malloc.hugetlb=1`
+    /// tunable, so most table lookups stop missing the TLB (needs THP `madvise` or `always`
+    /// in `/sys/kernel/mm/transparent_hugepage/enabled`).
+    #[serde(default = "d_true")]
+    pub huge_tables: bool,
 }
 
 fn d_true() -> bool {
@@ -117,6 +123,7 @@ impl Default for DataplaneConfig {
             ring_size: d_ring(),
             idle_sleep_max_us: d_idle(),
             pin: true,
+            huge_tables: true,
         }
     }
 }

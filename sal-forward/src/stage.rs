@@ -14,7 +14,8 @@
 //!
 //! Everything else — SYN-ACKs, data, RSYN migration, packets to other hosts — is plain IP.
 
-use crate::table::{Action, Matched, Mode, ServiceTable};
+use crate::id::ServiceId;
+use crate::table::{Action, Matched, Mode, RuleRef, ServiceTable};
 use crate::wire::{self, Sal};
 use packet::checksum::{self, Adjust};
 use packet::ipv4::Ipv4Packet;
@@ -337,21 +338,76 @@ impl SalStage {
     }
 }
 
+/// A burst is processed in chunks of this many packets (the stage's scratch size).
+const CHUNK: usize = 32;
+
+/// A service request between the passes over a chunk.
+#[derive(Debug, Clone, Copy, Default)]
+struct Pending {
+    hl: usize,
+    router: Option<Ipv4Addr>,
+    sal: Sal,
+    id: Option<ServiceId>,
+    at: Option<RuleRef>,
+}
+
+impl SalStage {
+    /// Three passes over a chunk, so that its table misses overlap instead of queueing: parse
+    /// every packet and hint the index slots its lookup probes first; find every request's
+    /// index entry and hint its rule; then read the rules and act.
+    fn process_chunk<B: Buffer>(&mut self, pkts: &mut [B], verdicts: &mut [Verdict]) {
+        let mut pend = [Pending::default(); CHUNK];
+        for ((p, v), slot) in pkts.iter().zip(verdicts.iter_mut()).zip(pend.iter_mut()) {
+            if *v != Verdict::Next {
+                continue;
+            }
+            match self.classify(p.data()) {
+                Err(verdict) => *v = verdict,
+                Ok((hl, router, sal)) => {
+                    self.counters.requests += 1;
+                    let id = p.data().get(ETH + hl..).and_then(|b| sal.service_id(b));
+                    if let Some(id) = &id {
+                        self.shared.table.prefetch_lookup(id, 2, B::prefetch);
+                    }
+                    *slot = Pending {
+                        hl,
+                        router: Some(router),
+                        sal,
+                        id,
+                        at: None,
+                    };
+                }
+            }
+        }
+        let table = &self.shared.table;
+        for p in pend.iter_mut().filter(|p| p.router.is_some()) {
+            p.at = p.id.and_then(|id| table.locate(&id));
+            if let Some(at) = p.at {
+                table.prefetch_rule(at, B::prefetch);
+            }
+        }
+        for ((pkt, v), p) in pkts.iter_mut().zip(verdicts.iter_mut()).zip(pend) {
+            if let Some(router) = p.router {
+                let m = p.at.and_then(|at| self.shared.table.rule(at));
+                *v = self.request(pkt, p.hl, router, &p.sal, m);
+            }
+        }
+    }
+}
+
 impl Stage for SalStage {
     type Reason = SalDrop;
     const NAME: &'static str = "sal";
 
+    fn process_burst<B: Buffer>(&mut self, pkts: &mut [B], verdicts: &mut [Verdict]) {
+        for (p, v) in pkts.chunks_mut(CHUNK).zip(verdicts.chunks_mut(CHUNK)) {
+            self.process_chunk(p, v);
+        }
+    }
+
     fn process<B: Buffer>(&mut self, pkt: &mut B) -> Verdict {
-        let (hl, router, s) = match self.classify(pkt.data()) {
-            Ok(x) => x,
-            Err(v) => return v,
-        };
-        self.counters.requests += 1;
-        let f = pkt.data();
-        let sal_bytes = &f[ETH + hl..];
-        let m = s
-            .service_id(sal_bytes)
-            .and_then(|id| self.shared.table.lookup(&id));
-        self.request(pkt, hl, router, &s, m)
+        let mut v = Verdict::Next;
+        self.process_chunk(std::slice::from_mut(pkt), std::slice::from_mut(&mut v));
+        v
     }
 }

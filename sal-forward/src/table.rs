@@ -77,6 +77,14 @@ pub struct Target {
     pub weight: u32,
 }
 
+/// Where an index entry keeps its rule (slab slot and generation), between the two halves of
+/// a lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleRef {
+    slot: u32,
+    gen: u32,
+}
+
 /// A rule as a worker reads it: the prefix's highest-priority target set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Matched {
@@ -234,31 +242,69 @@ impl ServiceTable {
         h as usize
     }
 
+    /// The prefix lengths in use, longest first.
+    #[inline]
+    fn lengths_desc(&self) -> impl Iterator<Item = u16> + '_ {
+        (0..5).rev().flat_map(move |chunk| {
+            let mut bits = self.lengths[chunk].load(Ordering::Acquire);
+            std::iter::from_fn(move || {
+                (bits != 0).then(|| {
+                    let top = 63 - bits.leading_zeros() as usize;
+                    bits &= !(1 << top);
+                    (chunk * 64 + top) as u16
+                })
+            })
+        })
+    }
+
     /// The longest prefix holding `id`, with its rule.
     #[inline]
     pub fn lookup(&self, id: &ServiceId) -> Option<Matched> {
+        self.locate(id).and_then(|r| self.rule(r))
+    }
+
+    /// A burst's first pass: hint (with `prefetch`, e.g. [`packet::Buffer::prefetch`]) the
+    /// index slots a lookup of `id` probes first — those of the `depth` longest prefix lengths
+    /// in use — so that the burst's misses overlap.
+    #[inline]
+    pub fn prefetch_lookup(&self, id: &ServiceId, depth: usize, prefetch: impl Fn(*const u8)) {
         let w = words(id);
-        for chunk in (0..5).rev() {
-            let mut bits = self.lengths[chunk].load(Ordering::Acquire);
-            while bits != 0 {
-                let top = 63 - bits.leading_zeros() as usize;
-                bits &= !(1 << top);
-                let len = (chunk * 64 + top) as u16;
-                if let Some(m) = self.find(&masked_words(&w, len), len) {
-                    return Some(m);
-                }
-            }
+        for len in self.lengths_desc().take(depth) {
+            let h = self.hash(&masked_words(&w, len), len);
+            prefetch(std::ptr::from_ref(&self.index[h & self.imask]).cast());
         }
-        None
+    }
+
+    /// The index half of [`lookup`](Self::lookup): where the longest prefix holding `id` keeps
+    /// its rule.
+    #[inline]
+    pub fn locate(&self, id: &ServiceId) -> Option<RuleRef> {
+        let w = words(id);
+        self.lengths_desc()
+            .find_map(|len| self.find(&masked_words(&w, len), len))
+    }
+
+    /// Hint the rule slot [`rule`](Self::rule) will read.
+    #[inline]
+    pub fn prefetch_rule(&self, r: RuleRef, prefetch: impl Fn(*const u8)) {
+        if let Some(s) = self.rules.get(r.slot as usize) {
+            prefetch(std::ptr::from_ref(s).cast());
+        }
+    }
+
+    /// The rule half of [`lookup`](Self::lookup); `None` when the rule was deleted since.
+    #[inline]
+    pub fn rule(&self, r: RuleRef) -> Option<Matched> {
+        self.read_rule(r.slot, r.gen)
     }
 
     /// The rule of exactly this prefix, if any.
     pub fn exact(&self, p: &Prefix) -> Option<Matched> {
-        self.find(&words(&p.id), p.len)
+        self.find(&words(&p.id), p.len).and_then(|r| self.rule(r))
     }
 
     #[inline]
-    fn find(&self, key: &[u64; 4], len: u16) -> Option<Matched> {
+    fn find(&self, key: &[u64; 4], len: u16) -> Option<RuleRef> {
         let h = self.hash(key, len);
         let want = 1 + u32::from(len);
         for i in 0..MAX_PROBE {
@@ -287,12 +333,13 @@ impl ServiceTable {
                 return None;
             }
             if state == want && k == *key {
-                return self.read_rule(rule, gen);
+                return Some(RuleRef { slot: rule, gen });
             }
         }
         None
     }
 
+    #[inline]
     fn read_rule(&self, idx: u32, gen: u32) -> Option<Matched> {
         let s = self.rules.get(idx as usize)?;
         loop {

@@ -111,8 +111,61 @@ fn real_main() -> Result<()> {
             }
             cfg.eal.args.extend(eal);
             cfg.validate()?;
+            if cfg.dataplane.huge_tables {
+                reexec_with_huge_tables();
+            }
             run(cfg)
         }
+    }
+}
+
+/// glibc's tunable that has malloc advise transparent huge pages for its mappings (2.35+).
+const HUGE_TABLES: &str = "glibc.malloc.hugetlb=1";
+
+/// The lookup tables are plain heap allocations of tens of MiB (DIR-24-8's tbl24 alone is
+/// 64 MiB) read at random: on 4 KiB pages most lookups also miss the TLB. glibc backs malloc's
+/// mappings with transparent huge pages when [`HUGE_TABLES`] is set, and reads tunables only
+/// when a program starts, so the router execs itself once with it (same PID, same arguments).
+/// If that fails it runs on, with a warning.
+fn reexec_with_huge_tables() {
+    use std::os::unix::process::CommandExt;
+    let cur = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+    if cur.contains("glibc.malloc.hugetlb") {
+        return;
+    }
+    let value = if cur.is_empty() {
+        HUGE_TABLES.to_string()
+    } else {
+        format!("{cur}:{HUGE_TABLES}")
+    };
+    let mut args = std::env::args_os();
+    let err = match std::env::current_exe() {
+        Ok(exe) => std::process::Command::new(exe)
+            .arg0(args.next().unwrap_or_default())
+            .args(args)
+            .env("GLIBC_TUNABLES", value)
+            .exec(),
+        Err(e) => e,
+    };
+    eprintln!("router: warning: could not re-execute with {HUGE_TABLES} ({err}); tables stay on 4 KiB pages");
+}
+
+/// Are the tables on transparent huge pages (for the start-up log)?
+fn huge_tables_state() -> String {
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .ok()
+        .and_then(|s| {
+            let (_, rest) = s.split_once('[')?;
+            Some(rest.split_once(']')?.0.to_string())
+        })
+        .unwrap_or_else(|| "unavailable".into());
+    let tunable = std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains(HUGE_TABLES));
+    match (thp.as_str(), tunable) {
+        ("always", _) | ("madvise", true) => format!("on (THP {thp})"),
+        _ => format!(
+            "off (THP {thp}, {HUGE_TABLES} {})",
+            if tunable { "set" } else { "not set" }
+        ),
     }
 }
 
@@ -128,6 +181,14 @@ fn run(cfg: Config) -> Result<()> {
         handle.reload(f).map_err(|e| e.to_string())
     });
 
+    tracing::info!(
+        "huge-page tables: {}",
+        if cfg.dataplane.huge_tables {
+            huge_tables_state()
+        } else {
+            "off (dataplane.huge_tables = false)".into()
+        }
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
     ctrlc::set_handler(move || s.store(true, Ordering::SeqCst))

@@ -150,6 +150,18 @@ impl Buffer for Mbuf {
     fn set_port(&mut self, port: u16) {
         self.m_mut().port = port;
     }
+    #[inline]
+    fn prefetch(p: *const u8) {
+        // rte_prefetch0: PREFETCHT0 into every cache level.
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: PREFETCHT0 is a hint. It never faults, whatever the address, and changes no
+        // memory and no architectural state, so no pointer validity is required.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = p;
+    }
 }
 
 /// EAL may be initialised once per process.
