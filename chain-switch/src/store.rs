@@ -77,6 +77,21 @@ pub struct Record {
     pub value: Vec<u8>,
 }
 
+/// Value bytes kept in a slot's own cache line; a longer value's rest is in `Store::more`.
+const INLINE_WORDS: usize = 5;
+
+/// One slot's registers, one cache line: a query's key check, sequence lock, sequence number
+/// and (up to 40 bytes of) value are a single line to fetch.
+#[derive(Debug, Default)]
+#[repr(C, align(64))]
+struct Slot {
+    lock: AtomicU32,
+    /// session << 16 | seq
+    seq: AtomicU32,
+    key: [AtomicU64; 2],
+    value: [AtomicU64; INLINE_WORDS],
+}
+
 /// One node's registers.
 #[derive(Debug)]
 pub struct Store {
@@ -84,11 +99,9 @@ pub struct Store {
     vwords: usize,
     index: Box<[AtomicU64]>,
     mask: usize,
-    lock: Box<[AtomicU32]>,
-    /// session << 16 | seq
-    seq: Box<[AtomicU32]>,
-    key: Box<[AtomicU64]>,
-    value: Box<[AtomicU64]>,
+    slots: Box<[Slot]>,
+    /// Value words past the inline ones (`vwords - INLINE_WORDS` per slot, values over 40 bytes).
+    more: Box<[AtomicU64]>,
     /// Control-plane side: free slots and the key count (single writer).
     free: std::sync::Mutex<Vec<u32>>,
 }
@@ -100,23 +113,20 @@ impl Store {
         let value_len = value_len.clamp(1, MAX_VALUE_LEN);
         let vwords = value_len.div_ceil(8);
         let isize = (keys * 2).next_power_of_two();
-        let atomics32 = |n: usize| (0..n).map(|_| AtomicU32::new(0)).collect::<Box<[_]>>();
         let atomics64 = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect::<Box<[_]>>();
         Store {
             value_len,
             vwords,
             index: atomics64(isize),
             mask: isize - 1,
-            lock: atomics32(keys),
-            seq: atomics32(keys),
-            key: atomics64(keys * 2),
-            value: atomics64(keys * vwords),
+            slots: (0..keys).map(|_| Slot::default()).collect(),
+            more: atomics64(keys * vwords.saturating_sub(INLINE_WORDS)),
             free: std::sync::Mutex::new((0..keys as u32).rev().collect()),
         }
     }
 
     pub fn capacity(&self) -> usize {
-        self.lock.len()
+        self.slots.len()
     }
 
     pub fn value_len(&self) -> usize {
@@ -132,10 +142,34 @@ impl Store {
         self.len() == 0
     }
 
+    /// Word `i` of slot `s`'s value.
+    #[inline]
+    fn vword(&self, s: usize, i: usize) -> &AtomicU64 {
+        match self.slots[s].value.get(i) {
+            Some(w) => w,
+            None => &self.more[s * (self.vwords - INLINE_WORDS) + i - INLINE_WORDS],
+        }
+    }
+
+    /// A burst's first pass: hint (with `prefetch`, e.g. `packet::Buffer::prefetch`) the index
+    /// entry [`find`](Self::find) reads first for `key`.
+    #[inline]
+    pub fn prefetch_index(&self, key: &[u8; KEY_LEN], prefetch: impl Fn(*const u8)) {
+        prefetch(std::ptr::from_ref(&self.index[hash(key) as usize & self.mask]).cast());
+    }
+
+    /// A burst's second pass: hint the registers of the slot `find` returned.
+    #[inline]
+    pub fn prefetch_slot(&self, slot: u32, prefetch: impl Fn(*const u8)) {
+        if let Some(s) = self.slots.get(slot as usize) {
+            prefetch(std::ptr::from_ref(s).cast());
+        }
+    }
+
     #[inline]
     fn key_is(&self, slot: usize, w: &[u64; 2]) -> bool {
-        self.key[2 * slot].load(Ordering::Relaxed) == w[0]
-            && self.key[2 * slot + 1].load(Ordering::Relaxed) == w[1]
+        self.slots[slot].key[0].load(Ordering::Relaxed) == w[0]
+            && self.slots[slot].key[1].load(Ordering::Relaxed) == w[1]
     }
 
     /// The slot of `key` (fast path).
@@ -173,14 +207,14 @@ impl Store {
     /// (session << 16 | seq), trying at most `tries` times.
     #[inline]
     fn snapshot(&self, s: usize, out: &mut [u8], tries: usize) -> Option<u32> {
-        let lock = self.lock.get(s)?;
+        let lock = &self.slots.get(s)?.lock;
         for _ in 0..tries {
             let v1 = lock.load(Ordering::Acquire);
             if v1 & 1 != 0 {
                 std::hint::spin_loop();
                 continue;
             }
-            let cur = self.seq[s].load(Ordering::Relaxed);
+            let cur = self.slots[s].seq.load(Ordering::Relaxed);
             self.copy_out(s, out);
             fence(Ordering::Acquire);
             if lock.load(Ordering::Relaxed) == v1 {
@@ -194,9 +228,7 @@ impl Store {
     fn copy_out(&self, s: usize, out: &mut [u8]) {
         let n = out.len().min(self.value_len);
         for (i, chunk) in out[..n].chunks_mut(8).enumerate() {
-            let w = self.value[s * self.vwords + i]
-                .load(Ordering::Relaxed)
-                .to_le_bytes();
+            let w = self.vword(s, i).load(Ordering::Relaxed).to_le_bytes();
             chunk.copy_from_slice(&w[..chunk.len()]);
         }
     }
@@ -208,14 +240,15 @@ impl Store {
             let from = (8 * i).min(v.len());
             let to = (8 * i + 8).min(v.len());
             w[..to - from].copy_from_slice(&v[from..to]);
-            self.value[s * self.vwords + i].store(u64::from_le_bytes(w), Ordering::Relaxed);
+            self.vword(s, i)
+                .store(u64::from_le_bytes(w), Ordering::Relaxed);
         }
     }
 
     /// Take slot `s`'s lock if it is free and the slot still holds `key`.
     #[inline]
     fn try_lock(&self, s: usize, key: &[u8; KEY_LEN]) -> Option<u32> {
-        let lock = self.lock.get(s)?;
+        let lock = &self.slots.get(s)?.lock;
         let v = lock.load(Ordering::Relaxed);
         if v & 1 != 0
             || lock
@@ -241,19 +274,19 @@ impl Store {
         let Some(v) = self.try_lock(s, key) else {
             return Write::Busy;
         };
-        let cur = self.seq[s].load(Ordering::Relaxed);
+        let cur = self.slots[s].seq.load(Ordering::Relaxed);
         let (seq, ses) = (cur as u16, (cur >> 16) as u16);
         let next = if ses == session {
             seq.wrapping_add(1)
         } else {
             seq.wrapping_add(SESSION_JUMP)
         };
-        self.seq[s].store(
+        self.slots[s].seq.store(
             u32::from(session) << 16 | u32::from(next),
             Ordering::Relaxed,
         );
         self.copy_in(s, value);
-        self.lock[s].store(v + 2, Ordering::Release);
+        self.slots[s].lock.store(v + 2, Ordering::Release);
         Write::Applied(next)
     }
 
@@ -264,15 +297,17 @@ impl Store {
         let Some(v) = self.try_lock(s, key) else {
             return Write::Busy;
         };
-        let cur = self.seq[s].load(Ordering::Relaxed);
+        let cur = self.slots[s].seq.load(Ordering::Relaxed);
         if !newer(seq, cur as u16) {
-            self.lock[s].store(v, Ordering::Release);
+            self.slots[s].lock.store(v, Ordering::Release);
             // Nothing changed: put the lock back as it was (readers saw no write).
             return Write::Stale;
         }
-        self.seq[s].store((cur & 0xffff_0000) | u32::from(seq), Ordering::Relaxed);
+        self.slots[s]
+            .seq
+            .store((cur & 0xffff_0000) | u32::from(seq), Ordering::Relaxed);
         self.copy_in(s, value);
-        self.lock[s].store(v + 2, Ordering::Release);
+        self.slots[s].lock.store(v + 2, Ordering::Release);
         Write::Applied(seq)
     }
 
@@ -282,9 +317,10 @@ impl Store {
     /// few stores; the control plane is not the fast path). Returns the even value it was.
     fn lock_wait(&self, s: usize) -> u32 {
         loop {
-            let v = self.lock[s].load(Ordering::Relaxed);
+            let v = self.slots[s].lock.load(Ordering::Relaxed);
             if v & 1 == 0
-                && self.lock[s]
+                && self.slots[s]
+                    .lock
                     .compare_exchange(v, v + 1, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
             {
@@ -309,11 +345,11 @@ impl Store {
         let s = slot as usize;
         let w = words(key);
         let v = self.lock_wait(s);
-        self.key[2 * s].store(w[0], Ordering::Relaxed);
-        self.key[2 * s + 1].store(w[1], Ordering::Relaxed);
-        self.seq[s].store(0, Ordering::Relaxed);
+        self.slots[s].key[0].store(w[0], Ordering::Relaxed);
+        self.slots[s].key[1].store(w[1], Ordering::Relaxed);
+        self.slots[s].seq.store(0, Ordering::Relaxed);
         self.copy_in(s, &[]);
-        self.lock[s].store(v + 2, Ordering::Release);
+        self.slots[s].lock.store(v + 2, Ordering::Release);
         let h = hash(key);
         let mut pos = h as usize & self.mask;
         loop {
@@ -343,9 +379,9 @@ impl Store {
         let s = slot as usize;
         let v = self.lock_wait(s);
         // No longer the key's: a worker holding the old slot number finds another key here.
-        self.key[2 * s].store(u64::MAX, Ordering::Relaxed);
-        self.key[2 * s + 1].store(u64::MAX - s as u64, Ordering::Relaxed);
-        self.lock[s].store(v + 2, Ordering::Release);
+        self.slots[s].key[0].store(u64::MAX, Ordering::Relaxed);
+        self.slots[s].key[1].store(u64::MAX - s as u64, Ordering::Relaxed);
+        self.slots[s].lock.store(v + 2, Ordering::Release);
         if let Ok(mut f) = self.free.lock() {
             f.push(slot);
         }
@@ -366,9 +402,11 @@ impl Store {
         };
         let s = slot as usize;
         let v = self.lock_wait(s);
-        self.seq[s].store(u32::from(session) << 16 | u32::from(seq), Ordering::Relaxed);
+        self.slots[s]
+            .seq
+            .store(u32::from(session) << 16 | u32::from(seq), Ordering::Relaxed);
         self.copy_in(s, value);
-        self.lock[s].store(v + 2, Ordering::Release);
+        self.slots[s].lock.store(v + 2, Ordering::Release);
         Ok(())
     }
 
@@ -396,8 +434,8 @@ impl Store {
             }
             let s = (e & 0xffff_ffff) as usize - 1;
             let mut key = [0u8; KEY_LEN];
-            key[..8].copy_from_slice(&self.key[2 * s].load(Ordering::Relaxed).to_le_bytes());
-            key[8..].copy_from_slice(&self.key[2 * s + 1].load(Ordering::Relaxed).to_le_bytes());
+            key[..8].copy_from_slice(&self.slots[s].key[0].load(Ordering::Relaxed).to_le_bytes());
+            key[8..].copy_from_slice(&self.slots[s].key[1].load(Ordering::Relaxed).to_le_bytes());
             if let Some(r) = self.get(&key) {
                 out.push(r);
             }

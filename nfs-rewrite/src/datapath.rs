@@ -480,11 +480,11 @@ impl NfsStage {
 }
 
 impl NfsStage {
-    /// Touch what processing `frame` will need from the big tables — the transaction slot of
+    /// Hint what processing `frame` will need from the big tables — the transaction slot of
     /// a call or reply, the handle slot of a call's first VFH — found with a few loads from
-    /// fixed offsets (an AUTH_SYS or AUTH_NONE call; anything else touches less).
+    /// fixed offsets (an AUTH_SYS or AUTH_NONE call; anything else hints less).
     #[inline]
-    fn touch(&self, f: &[u8]) -> u64 {
+    fn prefetch<B: Buffer>(&self, f: &[u8]) {
         let be16 = |at: usize| {
             f.get(at..at + 2)
                 .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]))
@@ -494,7 +494,7 @@ impl NfsStage {
                 .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
         };
         if be16(12) != 0x0800 || f.get(23) != Some(&protocol::UDP) {
-            return 0;
+            return;
         }
         let udp = 14 + usize::from(f[14] & 0x0f) * 4;
         let msg = udp + 8;
@@ -510,20 +510,18 @@ impl NfsStage {
             let cred = (be32(msg + 28) as usize + 3) & !3;
             let verf = (be32(msg + 32 + cred + 4) as usize + 3) & !3;
             let args = msg + 32 + cred + 8 + verf;
-            let mut acc = self.tx.touch(key);
+            self.tx.prefetch(key, B::prefetch);
             if be32(args) as usize == crate::vfh::VFH_LEN {
                 let hid = u64::from(be32(args + 4 + 24)) << 32 | u64::from(be32(args + 4 + 28));
-                acc ^= sh.handles.touch(hid);
+                sh.handles.prefetch(hid, B::prefetch);
             }
-            acc
         } else if sh.server_at(src, sport).is_some() {
-            self.tx.touch(TxKey {
+            let key = TxKey {
                 client: u32::from(dst),
                 port: dport,
                 xid: be32(msg),
-            })
-        } else {
-            0
+            };
+            self.tx.prefetch(key, B::prefetch);
         }
     }
 }
@@ -532,16 +530,14 @@ impl Stage for NfsStage {
     type Reason = NfsDrop;
     const NAME: &'static str = "nfs";
 
-    /// Two passes: first every packet's table slots are touched (their cache misses overlap),
+    /// Two passes: first every packet's table slots are hinted (their cache misses overlap),
     /// then each packet is processed.
     fn process_burst<B: Buffer>(&mut self, pkts: &mut [B], verdicts: &mut [Verdict]) {
-        let mut acc = 0;
         for (p, v) in pkts.iter().zip(verdicts.iter()) {
             if *v == Verdict::Next {
-                acc ^= self.touch(p.data());
+                self.prefetch::<B>(p.data());
             }
         }
-        std::hint::black_box(acc);
         for (p, v) in pkts.iter_mut().zip(verdicts.iter_mut()) {
             if *v == Verdict::Next {
                 *v = self.process(p);

@@ -200,13 +200,13 @@ impl<V: Copy + Default> TransactionTable<V> {
         None
     }
 
-    /// Load the first slot `key` probes, so that a later [`insert`](Self::insert) or
-    /// [`take`](Self::take) finds it in cache: a burst touches all its slots first, and their
-    /// misses overlap instead of stalling one packet after another. The value means nothing.
+    /// Hint (with `prefetch`, e.g. `packet::Buffer::prefetch`) the first slot `key` probes,
+    /// so that a later [`insert`](Self::insert) or [`take`](Self::take) finds it in cache: a
+    /// burst hints all its slots first, and their misses overlap instead of stalling one
+    /// packet after another.
     #[inline]
-    pub fn touch(&self, key: TxKey) -> u64 {
-        let s = &self.slots[key.hash() as usize & self.mask];
-        s.stamp ^ u64::from(s.key.xid)
+    pub fn prefetch(&self, key: TxKey, prefetch: impl Fn(*const u8)) {
+        prefetch(std::ptr::from_ref(&self.slots[key.hash() as usize & self.mask]).cast());
     }
 
     /// Free expired entries (called from time to time off the fast path of a burst).
@@ -322,11 +322,13 @@ impl HandleTable {
         None
     }
 
-    /// Load both cache lines of the first slot `hid` probes (see [`TransactionTable::touch`]).
+    /// Hint both cache lines of the first slot `hid` probes (see
+    /// [`TransactionTable::prefetch`]).
     #[inline]
-    pub fn touch(&self, hid: u64) -> u64 {
+    pub fn prefetch(&self, hid: u64, prefetch: impl Fn(*const u8)) {
         let s = &self.slots[mix(hid) as usize & self.mask];
-        s.vin.load(Ordering::Relaxed) ^ s.words[0].load(Ordering::Relaxed)
+        prefetch(std::ptr::from_ref(&s.vin).cast());
+        prefetch(std::ptr::from_ref(&s.words[0]).cast());
     }
 
     /// Whether slot `s` holds exactly `pfh` (the writer's own view: no write can race it).

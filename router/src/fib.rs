@@ -85,6 +85,15 @@ impl Lpm {
         }
     }
 
+    /// Hint the tbl24 entry [`lookup`](Self::lookup) of `ip` reads first (a burst's parse
+    /// pass, so that the burst's misses start early and overlap).
+    #[inline(always)]
+    pub fn prefetch(&self, ip: u32, prefetch: impl Fn(*const u8)) {
+        if let Some(e) = self.tbl24.get((ip >> 8) as usize) {
+            prefetch(std::ptr::from_ref(e).cast());
+        }
+    }
+
     /// Look up a burst of addresses (the worker calls this once per burst).
     #[inline]
     pub fn lookup_bulk(&self, ips: &[u32], out: &mut [Option<u32>]) {

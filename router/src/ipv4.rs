@@ -354,6 +354,7 @@ impl Stage for Ipv4Stage {
             }
             match self.parse(&mut pkts[i]) {
                 Parsed::Lookup(d) => {
+                    self.fib.lpm.prefetch(d, B::prefetch);
                     scratch.dst[i] = d;
                     verdicts[i] = Verdict::Next;
                 }
