@@ -355,8 +355,13 @@ impl SalStage {
     /// Three passes over a chunk, so that its table misses overlap instead of queueing: parse
     /// every packet and hint the index slots its lookup probes first; find every request's
     /// index entry and hint its rule; then read the rules and act.
-    fn process_chunk<B: Buffer>(&mut self, pkts: &mut [B], verdicts: &mut [Verdict]) {
-        let mut pend = [Pending::default(); CHUNK];
+    /// Up to `N` packets.
+    fn process_chunk<B: Buffer, const N: usize>(
+        &mut self,
+        pkts: &mut [B],
+        verdicts: &mut [Verdict],
+    ) {
+        let mut pend = [Pending::default(); N];
         for ((p, v), slot) in pkts.iter().zip(verdicts.iter_mut()).zip(pend.iter_mut()) {
             if *v != Verdict::Next {
                 continue;
@@ -366,7 +371,8 @@ impl SalStage {
                 Ok((hl, router, sal)) => {
                     self.counters.requests += 1;
                     let id = p.data().get(ETH + hl..).and_then(|b| sal.service_id(b));
-                    if let Some(id) = &id {
+                    // A lone packet has nothing to overlap its misses with.
+                    if let (Some(id), true) = (&id, N > 1) {
                         self.shared.table.prefetch_lookup(id, 2, B::prefetch);
                     }
                     *slot = Pending {
@@ -382,7 +388,7 @@ impl SalStage {
         let table = &self.shared.table;
         for p in pend.iter_mut().filter(|p| p.router.is_some()) {
             p.at = p.id.and_then(|id| table.locate(&id));
-            if let Some(at) = p.at {
+            if let (Some(at), true) = (p.at, N > 1) {
                 table.prefetch_rule(at, B::prefetch);
             }
         }
@@ -401,13 +407,13 @@ impl Stage for SalStage {
 
     fn process_burst<B: Buffer>(&mut self, pkts: &mut [B], verdicts: &mut [Verdict]) {
         for (p, v) in pkts.chunks_mut(CHUNK).zip(verdicts.chunks_mut(CHUNK)) {
-            self.process_chunk(p, v);
+            self.process_chunk::<B, CHUNK>(p, v);
         }
     }
 
     fn process<B: Buffer>(&mut self, pkt: &mut B) -> Verdict {
         let mut v = Verdict::Next;
-        self.process_chunk(std::slice::from_mut(pkt), std::slice::from_mut(&mut v));
+        self.process_chunk::<B, 1>(std::slice::from_mut(pkt), std::slice::from_mut(&mut v));
         v
     }
 }
