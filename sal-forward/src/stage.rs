@@ -352,10 +352,9 @@ struct Pending {
 }
 
 impl SalStage {
-    /// Three passes over a chunk, so that its table misses overlap instead of queueing: parse
-    /// every packet and hint the index slots its lookup probes first; find every request's
-    /// index entry and hint its rule; then read the rules and act.
-    /// Up to `N` packets.
+    /// Three passes over a chunk of up to `N` packets, so that its table misses overlap
+    /// instead of queueing: parse every packet and hint the index slots its lookup probes
+    /// first; find every request's index entry and hint its rule; then read the rules and act.
     fn process_chunk<B: Buffer, const N: usize>(
         &mut self,
         pkts: &mut [B],
