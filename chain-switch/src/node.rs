@@ -3,8 +3,9 @@
 //! management core) and read by every worker without locks.
 
 use crate::store::Store;
+use packet::seqlock::SeqLock;
 use std::net::Ipv4Addr;
-use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Role bits of a node in a virtual group's chain.
 pub mod role {
@@ -106,7 +107,7 @@ pub const FAILOVER_RULES: usize = 256;
 /// (workers retry a read that overlapped a change).
 #[derive(Debug)]
 pub struct Failover {
-    seq: AtomicU32,
+    seq: SeqLock,
     n: AtomicU32,
     /// dst << 32 | next, and to << 32 | valid << 17 | any-vgroup << 16 | vgroup.
     rules: Box<[[AtomicU64; 2]]>,
@@ -115,7 +116,7 @@ pub struct Failover {
 impl Default for Failover {
     fn default() -> Self {
         Failover {
-            seq: AtomicU32::new(0),
+            seq: SeqLock::default(),
             n: AtomicU32::new(0),
             rules: (0..FAILOVER_RULES)
                 .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
@@ -125,17 +126,12 @@ impl Default for Failover {
 }
 
 impl Failover {
-    /// The first rule matching (dst, next, vgroup). Empty table: one load.
+    /// The first rule matching (dst, next, vgroup).
     #[inline]
     pub fn lookup(&self, dst: Ipv4Addr, next: Ipv4Addr, vgroup: u16) -> Detour {
-        loop {
-            let s1 = self.seq.load(Ordering::Acquire);
+        let (d, nx) = (u64::from(u32::from(dst)), u64::from(u32::from(next)));
+        self.seq.read(|| {
             let n = self.n.load(Ordering::Relaxed) as usize;
-            if n == 0 && s1 & 1 == 0 {
-                return Detour::None;
-            }
-            let (d, nx) = (u64::from(u32::from(dst)), u64::from(u32::from(next)));
-            let mut hit = Detour::None;
             for r in self.rules.iter().take(n.min(FAILOVER_RULES)) {
                 let a = r[0].load(Ordering::Relaxed);
                 let b = r[1].load(Ordering::Relaxed);
@@ -144,19 +140,14 @@ impl Failover {
                     && (a & 0xffff_ffff == 0 || a & 0xffff_ffff == nx)
                     && (b & 0x1_0000 != 0 || b & 0xffff == u64::from(vgroup))
                 {
-                    hit = match (b >> 32) as u32 {
+                    return match (b >> 32) as u32 {
                         0 => Detour::Skip,
                         to => Detour::To(Ipv4Addr::from(to)),
                     };
-                    break;
                 }
             }
-            fence(Ordering::Acquire);
-            if s1 & 1 == 0 && self.seq.load(Ordering::Relaxed) == s1 {
-                return hit;
-            }
-            std::hint::spin_loop();
-        }
+            Detour::None
+        })
     }
 
     /// Replace the rules (control plane). More than [`FAILOVER_RULES`] is refused.
@@ -164,21 +155,21 @@ impl Failover {
         if rules.len() > FAILOVER_RULES {
             return Err(format!("at most {FAILOVER_RULES} failover rules"));
         }
-        let s = self.seq.load(Ordering::Relaxed);
-        self.seq.store(s + 1, Ordering::Relaxed);
-        fence(Ordering::Release);
-        for (slot, r) in self.rules.iter().zip(rules) {
-            slot[0].store(
-                u64::from(u32::from(r.dst)) << 32 | u64::from(u32::from(r.next)),
-                Ordering::Relaxed,
-            );
-            slot[1].store(
-                u64::from(u32::from(r.to)) << 32 | 0x2_0000 | r.vgroup.map_or(0x1_0000, u64::from),
-                Ordering::Relaxed,
-            );
-        }
-        self.n.store(rules.len() as u32, Ordering::Relaxed);
-        self.seq.store(s + 2, Ordering::Release);
+        self.seq.write(|| {
+            for (slot, r) in self.rules.iter().zip(rules) {
+                slot[0].store(
+                    u64::from(u32::from(r.dst)) << 32 | u64::from(u32::from(r.next)),
+                    Ordering::Relaxed,
+                );
+                slot[1].store(
+                    u64::from(u32::from(r.to)) << 32
+                        | 0x2_0000
+                        | r.vgroup.map_or(0x1_0000, u64::from),
+                    Ordering::Relaxed,
+                );
+            }
+            self.n.store(rules.len() as u32, Ordering::Relaxed);
+        });
         Ok(())
     }
 

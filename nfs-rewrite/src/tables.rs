@@ -10,7 +10,8 @@
 //!   the oldest-probed slot is overwritten and the eviction counted (a VFH holds what recovery
 //!   needs to rebuild the entry).
 
-use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use packet::seqlock::SeqLock;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Slots probed before an insert gives up (transactions) or evicts (handles).
 pub const MAX_PROBE: usize = 16;
@@ -236,7 +237,7 @@ const EMPTY: u64 = 0;
 #[repr(align(64))]
 struct HandleSlot {
     vin: AtomicU64,
-    seq: AtomicU32,
+    seq: SeqLock,
     len: AtomicU32,
     words: [AtomicU64; WORDS],
 }
@@ -291,28 +292,21 @@ impl HandleTable {
         let h = mix(vin) as usize;
         for i in 0..MAX_PROBE {
             let s = &self.slots[(h + i) & self.mask];
-            loop {
-                let s1 = s.seq.load(Ordering::Acquire);
-                if s1 & 1 == 1 {
-                    std::hint::spin_loop();
-                    continue;
-                }
-                let v = s.vin.load(Ordering::Relaxed);
-                let len = (s.len.load(Ordering::Relaxed) as usize).min(PFH_MAX);
+            let (v, len, words) = s.seq.read(|| {
                 let mut words = [0u64; WORDS];
                 for (w, a) in words.iter_mut().zip(&s.words) {
                     *w = a.load(Ordering::Relaxed);
                 }
-                fence(Ordering::Acquire);
-                if s.seq.load(Ordering::Relaxed) != s1 {
-                    continue; // a write raced us: read again
-                }
-                if v == EMPTY {
-                    return None;
-                }
-                if v != vin {
-                    break; // next probe slot
-                }
+                (
+                    s.vin.load(Ordering::Relaxed),
+                    (s.len.load(Ordering::Relaxed) as usize).min(PFH_MAX),
+                    words,
+                )
+            });
+            if v == EMPTY {
+                return None;
+            }
+            if v == vin {
                 for (chunk, w) in out.chunks_exact_mut(8).zip(words) {
                     chunk.copy_from_slice(&w.to_ne_bytes());
                 }
@@ -345,19 +339,17 @@ impl HandleTable {
     }
 
     fn write(&self, s: &HandleSlot, vin: u64, pfh: &[u8]) {
-        let seq = s.seq.load(Ordering::Relaxed);
-        s.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
-        fence(Ordering::Release);
         let mut padded = [0u8; PFH_MAX];
         padded[..pfh.len()].copy_from_slice(pfh);
-        for (a, chunk) in s.words.iter().zip(padded.chunks_exact(8)) {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(chunk);
-            a.store(u64::from_ne_bytes(w), Ordering::Relaxed);
-        }
-        s.len.store(pfh.len() as u32, Ordering::Relaxed);
-        s.vin.store(vin, Ordering::Relaxed);
-        s.seq.store(seq.wrapping_add(2), Ordering::Release);
+        s.seq.write(|| {
+            for (a, chunk) in s.words.iter().zip(padded.chunks_exact(8)) {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(chunk);
+                a.store(u64::from_ne_bytes(w), Ordering::Relaxed);
+            }
+            s.len.store(pfh.len() as u32, Ordering::Relaxed);
+            s.vin.store(vin, Ordering::Relaxed);
+        });
     }
 
     /// Every entry (for the writer's checkpoints: it is the only one changing the table, so

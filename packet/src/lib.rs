@@ -13,6 +13,7 @@ pub mod exercise;
 pub mod icmp;
 pub mod ipv4;
 pub mod pcap;
+pub mod seqlock;
 pub mod stage;
 pub mod tcp;
 pub mod udp;

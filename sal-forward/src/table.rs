@@ -16,9 +16,10 @@
 //! free list, and publication of the highest-priority set of each prefix.
 
 use crate::id::{Prefix, ServiceId};
+use packet::seqlock::SeqLock;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::sync::atomic::{fence, AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Most targets in one rule.
@@ -141,7 +142,7 @@ impl Matched {
 #[derive(Debug, Default)]
 #[repr(align(64))]
 struct IndexSlot {
-    seq: AtomicU32,
+    seq: SeqLock,
     /// 0 empty, 1 + prefix length used, u32::MAX a tomb.
     state: AtomicU32,
     rule: AtomicU32,
@@ -155,7 +156,7 @@ const TOMB: u32 = u32::MAX;
 #[derive(Debug, Default)]
 #[repr(align(64))]
 struct RuleSlot {
-    seq: AtomicU32,
+    seq: SeqLock,
     gen: AtomicU32,
     /// action | mode << 8 | n << 16 | prefix length << 32
     meta: AtomicU64,
@@ -372,26 +373,14 @@ impl ServiceTable {
         let want = 1 + u32::from(len);
         for i in 0..MAX_PROBE {
             let s = &self.index[(h + i) & self.imask];
-            let (state, rule, gen, k) = loop {
-                let s1 = s.seq.load(Ordering::Acquire);
-                if s1 & 1 == 1 {
-                    std::hint::spin_loop();
-                    continue;
-                }
-                let state = s.state.load(Ordering::Relaxed);
-                let rule = s.rule.load(Ordering::Relaxed);
-                let gen = s.gen.load(Ordering::Relaxed);
-                let k = [
-                    s.key[0].load(Ordering::Relaxed),
-                    s.key[1].load(Ordering::Relaxed),
-                    s.key[2].load(Ordering::Relaxed),
-                    s.key[3].load(Ordering::Relaxed),
-                ];
-                fence(Ordering::Acquire);
-                if s.seq.load(Ordering::Relaxed) == s1 {
-                    break (state, rule, gen, k);
-                }
-            };
+            let (state, rule, gen, k) = s.seq.read(|| {
+                (
+                    s.state.load(Ordering::Relaxed),
+                    s.rule.load(Ordering::Relaxed),
+                    s.gen.load(Ordering::Relaxed),
+                    s.key.each_ref().map(|w| w.load(Ordering::Relaxed)),
+                )
+            });
             if state == EMPTY {
                 return None;
             }
@@ -405,12 +394,7 @@ impl ServiceTable {
     #[inline]
     fn read_rule(&self, idx: u32, gen: u32) -> Option<Matched> {
         let s = self.rules.get(idx as usize)?;
-        loop {
-            let s1 = s.seq.load(Ordering::Acquire);
-            if s1 & 1 == 1 {
-                std::hint::spin_loop();
-                continue;
-            }
+        let (g, m) = s.seq.read(|| {
             let g = s.gen.load(Ordering::Relaxed);
             let meta = s.meta.load(Ordering::Relaxed);
             let n = ((meta >> 16) & 0xff).min(MAX_TARGETS as u64) as u8;
@@ -432,54 +416,47 @@ impl ServiceTable {
                 m.addrs[i] = (v >> 32) as u32;
                 m.cum[i] = v as u32;
             }
-            fence(Ordering::Acquire);
-            if s.seq.load(Ordering::Relaxed) != s1 {
-                continue;
-            }
-            // A rule deleted (and its slot perhaps reused) after the index was read.
-            return (g == gen).then_some(m);
-        }
+            (g, m)
+        });
+        // A rule deleted (and its slot perhaps reused) after the index was read.
+        (g == gen).then_some(m)
     }
 
     fn write_rule(&self, idx: u32, gen: u32, prefix_len: u16, mode: Mode, targets: &[Target]) {
         let s = &self.rules[idx as usize];
-        let seq = s.seq.load(Ordering::Relaxed);
-        s.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
-        fence(Ordering::Release);
         let action = targets.first().map_or(Action::Drop, |t| t.action);
         let n = targets.len().min(MAX_TARGETS);
         let meta = action as u64
             | (matches!(mode, Mode::All) as u64) << 8
             | (n as u64) << 16
             | u64::from(prefix_len) << 32;
-        let mut cum = 0u32;
-        for (i, slot) in s.targets.iter().enumerate() {
-            let v = match targets.get(i) {
-                Some(t) if i < n => {
-                    cum = cum.saturating_add(t.weight.max(1));
-                    u64::from(u32::from(t.addr)) << 32 | u64::from(cum)
-                }
-                _ => 0,
-            };
-            slot.store(v, Ordering::Relaxed);
-        }
-        s.meta.store(meta, Ordering::Relaxed);
-        s.gen.store(gen, Ordering::Relaxed);
-        s.seq.store(seq.wrapping_add(2), Ordering::Release);
+        s.seq.write(|| {
+            let mut cum = 0u32;
+            for (i, slot) in s.targets.iter().enumerate() {
+                let v = match targets.get(i) {
+                    Some(t) if i < n => {
+                        cum = cum.saturating_add(t.weight.max(1));
+                        u64::from(u32::from(t.addr)) << 32 | u64::from(cum)
+                    }
+                    _ => 0,
+                };
+                slot.store(v, Ordering::Relaxed);
+            }
+            s.meta.store(meta, Ordering::Relaxed);
+            s.gen.store(gen, Ordering::Relaxed);
+        });
     }
 
     fn write_index(&self, at: usize, state: u32, key: &[u64; 4], rule: u32, gen: u32) {
         let s = &self.index[at];
-        let seq = s.seq.load(Ordering::Relaxed);
-        s.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
-        fence(Ordering::Release);
-        for (a, k) in s.key.iter().zip(key) {
-            a.store(*k, Ordering::Relaxed);
-        }
-        s.rule.store(rule, Ordering::Relaxed);
-        s.gen.store(gen, Ordering::Relaxed);
-        s.state.store(state, Ordering::Relaxed);
-        s.seq.store(seq.wrapping_add(2), Ordering::Release);
+        s.seq.write(|| {
+            for (a, k) in s.key.iter().zip(key) {
+                a.store(*k, Ordering::Relaxed);
+            }
+            s.rule.store(rule, Ordering::Relaxed);
+            s.gen.store(gen, Ordering::Relaxed);
+            s.state.store(state, Ordering::Relaxed);
+        });
     }
 
     /// Writer: the index slot of this prefix, or where to put it.
