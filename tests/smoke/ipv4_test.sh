@@ -16,6 +16,20 @@ fi
 topo_start_router "$NS_R" "$TOPO_DIR/router.toml"
 log "router up ($PLACEMENT)"
 
+# It re-executed itself (same PID) so that its tables sit on transparent huge pages.
+if grep -q '\[never\]' /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null; then
+	log "THP disabled on this machine: huge-page tables not checked"
+else
+	grep -q "huge-page tables: on" "$TOPO_DIR/router.log" ||
+		die "tables not on huge pages: $(grep huge-page "$TOPO_DIR/router.log" || echo no log line)"
+	tr '\0' '\n' <"/proc/$ROUTER_PID/environ" | grep -q "^GLIBC_TUNABLES=.*glibc.malloc.hugetlb=1" ||
+		die "the router runs without glibc.malloc.hugetlb=1"
+	# Only pages written so far count (a table of a few routes is mostly untouched).
+	huge=$(awk '/^AnonHugePages:/ {print $2}' "/proc/$ROUTER_PID/smaps_rollup")
+	[ "${huge:-0}" -gt 0 ] || die "none of the router's memory is on huge pages"
+	log "tables on huge pages: $huge kB so far"
+fi
+
 ip netns exec "$NS_C" ping -c 3 -i 0.2 -W 2 10.0.1.1 >/dev/null || die "ping to the router"
 ip netns exec "$NS_C" ping -c 3 -i 0.2 -W 2 10.0.2.2 >/dev/null || die "ping through the router"
 ip netns exec "$NS_S" ping -c 2 -i 0.2 -W 2 10.0.1.2 >/dev/null || die "ping back through the router"
