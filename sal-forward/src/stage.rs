@@ -78,6 +78,13 @@ impl RuleHits {
             c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         }
     }
+    /// Hint the counter [`bump`](Self::bump) will write (a burst's lookup pass).
+    #[inline]
+    fn prefetch(&self, slot: u32, prefetch: impl Fn(*const u8)) {
+        if let Some(c) = self.0.get(slot as usize) {
+            prefetch(std::ptr::from_ref(c).cast());
+        }
+    }
     pub fn get(&self, slot: u32) -> u64 {
         self.0
             .get(slot as usize)
@@ -389,6 +396,7 @@ impl SalStage {
             p.at = p.id.and_then(|id| table.locate(&id));
             if let (Some(at), true) = (p.at, N > 1) {
                 table.prefetch_rule(at, B::prefetch);
+                self.shared.hits[self.instance].prefetch(at.slot(), B::prefetch);
             }
         }
         for ((pkt, v), p) in pkts.iter_mut().zip(verdicts.iter_mut()).zip(pend) {

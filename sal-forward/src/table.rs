@@ -79,11 +79,64 @@ pub struct Target {
 }
 
 /// Where an index entry keeps its rule (slab slot and generation), between the two halves of
-/// a lookup.
+/// a lookup; a one-target rule travels inline (see [`Inline`]) and needs no second read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RuleRef {
     slot: u32,
     gen: u32,
+    prefix_len: u16,
+    inline: Inline,
+}
+
+impl RuleRef {
+    /// The rule's slab slot (its counters' index).
+    #[inline]
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+}
+
+/// A one-target rule packed into one word of its index slot, so that the common lookup (a
+/// registration with one instance) reads one cache line instead of two: valid (bit 63) |
+/// mode (bit 58) | action (bits 56..57) | weight (bits 32..55) | IPv4 address (bits 0..31).
+/// 0: the rule is in its slab slot only (several targets, or a weight above 24 bits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Inline(u64);
+
+impl Inline {
+    const VALID: u64 = 1 << 63;
+    const WEIGHT_MAX: u32 = (1 << 24) - 1;
+
+    fn of(mode: Mode, targets: &[Target]) -> Inline {
+        match targets {
+            [t] if t.weight <= Self::WEIGHT_MAX => Inline(
+                Self::VALID
+                    | u64::from(matches!(mode, Mode::All)) << 58
+                    | (t.action as u64) << 56
+                    | u64::from(t.weight.max(1)) << 32
+                    | u64::from(u32::from(t.addr)),
+            ),
+            _ => Inline(0),
+        }
+    }
+
+    fn get(self) -> Option<(Mode, Action, u32, u32)> {
+        let v = self.0;
+        (v & Self::VALID != 0).then(|| {
+            let mode = if v >> 58 & 1 == 1 {
+                Mode::All
+            } else {
+                Mode::Anycast
+            };
+            let weight = (v >> 32) as u32 & Self::WEIGHT_MAX;
+            (
+                mode,
+                Action::from_u32((v >> 56 & 3) as u32),
+                v as u32,
+                weight,
+            )
+        })
+    }
 }
 
 /// A rule as a worker reads it: the prefix's highest-priority target set.
@@ -148,6 +201,8 @@ struct IndexSlot {
     rule: AtomicU32,
     gen: AtomicU32,
     key: [AtomicU64; 4],
+    /// The rule itself when it has one target ([`Inline`]), else 0.
+    inline: AtomicU64,
 }
 
 const EMPTY: u32 = 0;
@@ -345,18 +400,36 @@ impl ServiceTable {
             .find_map(|len| self.find(&masked_words(&w, len), len))
     }
 
-    /// Hint the rule slot [`rule`](Self::rule) will read.
+    /// Hint the rule slot [`rule`](Self::rule) will read (none for a rule held inline).
     #[inline]
     pub fn prefetch_rule(&self, r: RuleRef, prefetch: impl Fn(*const u8)) {
+        if r.inline.0 != 0 {
+            return;
+        }
         if let Some(s) = self.rules.get(r.slot as usize) {
             prefetch(std::ptr::from_ref(s).cast());
         }
     }
 
-    /// The rule half of [`lookup`](Self::lookup); `None` when the rule was deleted since.
+    /// The rule half of [`lookup`](Self::lookup); `None` when the rule was deleted since. A
+    /// one-target rule comes from the index entry itself, as it was when the entry was read.
     #[inline]
     pub fn rule(&self, r: RuleRef) -> Option<Matched> {
-        self.read_rule(r.slot, r.gen)
+        let Some((mode, action, addr, weight)) = r.inline.get() else {
+            return self.read_rule(r.slot, r.gen);
+        };
+        let mut m = Matched {
+            rule: r.slot,
+            prefix_len: r.prefix_len,
+            action,
+            mode,
+            n: 1,
+            addrs: [0; MAX_TARGETS],
+            cum: [0; MAX_TARGETS],
+        };
+        m.addrs[0] = addr;
+        m.cum[0] = weight;
+        Some(m)
     }
 
     /// The rule of exactly this prefix, if any.
@@ -373,19 +446,25 @@ impl ServiceTable {
         let want = 1 + u32::from(len);
         for i in 0..MAX_PROBE {
             let s = &self.index[(h + i) & self.imask];
-            let (state, rule, gen, k) = s.seq.read(|| {
+            let (state, rule, gen, k, inline) = s.seq.read(|| {
                 (
                     s.state.load(Ordering::Relaxed),
                     s.rule.load(Ordering::Relaxed),
                     s.gen.load(Ordering::Relaxed),
                     s.key.each_ref().map(|w| w.load(Ordering::Relaxed)),
+                    s.inline.load(Ordering::Relaxed),
                 )
             });
             if state == EMPTY {
                 return None;
             }
             if state == want && k == *key {
-                return Some(RuleRef { slot: rule, gen });
+                return Some(RuleRef {
+                    slot: rule,
+                    gen,
+                    prefix_len: len,
+                    inline: Inline(inline),
+                });
             }
         }
         None
@@ -447,7 +526,16 @@ impl ServiceTable {
         });
     }
 
-    fn write_index(&self, at: usize, state: u32, key: &[u64; 4], rule: u32, gen: u32) {
+    #[allow(clippy::too_many_arguments)]
+    fn write_index(
+        &self,
+        at: usize,
+        state: u32,
+        key: &[u64; 4],
+        rule: u32,
+        gen: u32,
+        inline: Inline,
+    ) {
         let s = &self.index[at];
         s.seq.write(|| {
             for (a, k) in s.key.iter().zip(key) {
@@ -455,8 +543,18 @@ impl ServiceTable {
             }
             s.rule.store(rule, Ordering::Relaxed);
             s.gen.store(gen, Ordering::Relaxed);
+            s.inline.store(inline.0, Ordering::Relaxed);
             s.state.store(state, Ordering::Relaxed);
         });
+    }
+
+    /// Writer: a published rule changed its targets; its index entry's inline copy follows
+    /// (after the slab slot is written, so a reader sees the old rule or the new one).
+    fn write_inline(&self, key: &[u64; 4], len: u16, inline: Inline) {
+        if let Ok((at, true)) = self.slot_for(key, len) {
+            let s = &self.index[at];
+            s.seq.write(|| s.inline.store(inline.0, Ordering::Relaxed));
+        }
     }
 
     /// Writer: the index slot of this prefix, or where to put it.
@@ -708,8 +806,14 @@ impl Rules {
             // length bit.
             self.table.write_rule(slot, gen, prefix.len, mode, &targets);
             self.table.filter_count(&key, prefix.len, true);
-            self.table
-                .write_index(at, 1 + u32::from(prefix.len), &key, slot, gen);
+            self.table.write_index(
+                at,
+                1 + u32::from(prefix.len),
+                &key,
+                slot,
+                gen,
+                Inline::of(mode, &targets),
+            );
             self.per_len[usize::from(prefix.len)] += 1;
             self.table.set_length(prefix.len, true);
             let mut e = Entry {
@@ -734,6 +838,8 @@ impl Rules {
             if let Some((_, (mode, targets))) = e.sets.iter().next_back() {
                 self.table
                     .write_rule(e.slot, e.gen, prefix.len, *mode, targets);
+                self.table
+                    .write_inline(&words(&prefix.id), prefix.len, Inline::of(*mode, targets));
             }
         }
     }
@@ -787,7 +893,8 @@ impl Rules {
         let e = self.entries.remove(&prefix).ok_or(TableError::NotFound)?;
         let key = words(&prefix.id);
         if let Ok((at, true)) = self.table.slot_for(&key, prefix.len) {
-            self.table.write_index(at, TOMB, &[0; 4], 0, 0);
+            self.table
+                .write_index(at, TOMB, &[0; 4], 0, 0, Inline::default());
             self.table.filter_count(&key, prefix.len, false);
         }
         // Invalidate the rule (generation 0 never matches an index entry).
@@ -977,6 +1084,47 @@ mod tests {
             Err(TableError::Mixed)
         );
         assert_eq!(r.list().len(), 1);
+    }
+
+    #[test]
+    fn one_target_rules_are_read_from_the_index_entry() {
+        let mut r = Rules::new(Arc::new(ServiceTable::new(64)));
+        let t = r.table().clone();
+        let p: Prefix = "16385".parse().unwrap();
+        let id = ServiceId::from_u32(16385);
+        let found = |t: &ServiceTable| {
+            let at = t.locate(&id).unwrap();
+            let m = t.rule(at).unwrap();
+            (at.inline.0 != 0, m.mode, m.targets().collect::<Vec<_>>())
+        };
+        r.add(p, 0, Mode::All, &[fwd(1, 7)]).unwrap();
+        assert_eq!(found(&t), (true, Mode::All, vec![(Ipv4Addr::from(1), 7)]));
+        assert_eq!(t.rule(t.locate(&id).unwrap()).unwrap().prefix_len, 32);
+        // A second target: the entry points at the slab again; back to one: inline again.
+        r.add(p, 0, Mode::All, &[fwd(2, 1)]).unwrap();
+        assert_eq!(found(&t).0, false);
+        assert_eq!(found(&t).2.len(), 2);
+        r.del(p, None, Some(Ipv4Addr::from(1))).unwrap();
+        assert_eq!(found(&t), (true, Mode::All, vec![(Ipv4Addr::from(2), 1)]));
+        // A weight too wide for the inline word stays in the slab, exact.
+        r.set(p, 0, Mode::Anycast, vec![fwd(3, 1 << 30)]).unwrap();
+        assert_eq!(
+            found(&t),
+            (false, Mode::Anycast, vec![(Ipv4Addr::from(3), 1 << 30)])
+        );
+        // DELAY and DROP rules are one target too.
+        let delay = Target {
+            action: Action::Delay,
+            addr: Ipv4Addr::UNSPECIFIED,
+            weight: 0,
+        };
+        r.set(p, 0, Mode::Anycast, vec![delay]).unwrap();
+        let at = t.locate(&id).unwrap();
+        assert_ne!(at.inline.0, 0);
+        assert_eq!(t.rule(at).unwrap().action, Action::Delay);
+        // Deleted: the entry is gone with its inline rule.
+        r.del(p, None, None).unwrap();
+        assert!(t.locate(&id).is_none());
     }
 
     #[test]
