@@ -6,7 +6,7 @@ use nfs_rewrite::rewrite::{
     devirtualize_call, virtualize_reply, CallVerdict, Context, Limits, ReplyVerdict,
 };
 use nfs_rewrite::tables::HandleTable;
-use nfs_rewrite::vfh::{HandleKey, VirtualHandle};
+use nfs_rewrite::vfh::{HandleKey, MacMemo, VirtualHandle};
 use nfs_rewrite::wire::nfs3::Proc;
 use nfs_rewrite::wire::{rpc, Field};
 use packet::{Buffer, HeapBuffer};
@@ -21,8 +21,11 @@ fn bench(c: &mut Criterion) {
         let v = VirtualHandle::for_object(&key, 1, mch, 9, i, &pfh);
         handles.insert(v.hid, &pfh);
     }
+    // A worker's memo, as the stage has one.
+    let memo = MacMemo::new(1024);
     let ctx = Context {
         key: &key,
+        memo: &memo,
         handles: &handles,
         virtual_fsid: 7,
         limits: Limits::for_mtu(1500),
@@ -50,35 +53,41 @@ fn bench(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("nfs");
     g.throughput(Throughput::Elements(1));
-    // Each iteration starts from a fresh 2 KiB heap buffer (included in the time).
-    g.bench_function("call-read-vfh-to-pfh", |b| {
-        b.iter(|| {
-            let mut buf = HeapBuffer::from_bytes(&call);
-            let r = devirtualize_call(&mut buf, 0, Proc::Read, 40, &ctx, |_| Some(mch));
-            assert!(matches!(r, CallVerdict::Forward { .. }));
-            black_box(buf.len())
-        })
-    });
-    let mut scratch = [Field::FileId { at: 0 }; 64];
-    g.bench_function("reply-lookup-pfh-to-vfh", |b| {
-        b.iter(|| {
-            let mut buf = HeapBuffer::from_bytes(&reply);
-            let r = virtualize_reply(
-                &mut buf,
-                0,
-                Proc::Lookup,
-                24,
-                1,
-                mch,
-                9,
-                &ctx,
-                &mut scratch,
-                |_, _| {},
-            );
-            assert!(matches!(r, ReplyVerdict::Rewritten { .. }));
-            black_box(buf.len())
-        })
-    });
+    // With the worker's memo warm (a client repeating one handle) and without one (every MAC
+    // computed: a handle seen for the first time).
+    let cold = MacMemo::default();
+    for (name, memo) in [("", &memo), ("-no-memo", &cold)] {
+        let ctx = Context { memo, ..ctx };
+        // Each iteration starts from a fresh 2 KiB heap buffer (included in the time).
+        g.bench_function(format!("call-read-vfh-to-pfh{name}"), |b| {
+            b.iter(|| {
+                let mut buf = HeapBuffer::from_bytes(&call);
+                let r = devirtualize_call(&mut buf, 0, Proc::Read, 40, &ctx, |_| Some(mch));
+                assert!(matches!(r, CallVerdict::Forward { .. }));
+                black_box(buf.len())
+            })
+        });
+        let mut scratch = [Field::FileId { at: 0 }; 64];
+        g.bench_function(format!("reply-lookup-pfh-to-vfh{name}"), |b| {
+            b.iter(|| {
+                let mut buf = HeapBuffer::from_bytes(&reply);
+                let r = virtualize_reply(
+                    &mut buf,
+                    0,
+                    Proc::Lookup,
+                    24,
+                    1,
+                    mch,
+                    9,
+                    &ctx,
+                    &mut scratch,
+                    |_, _| {},
+                );
+                assert!(matches!(r, ReplyVerdict::Rewritten { .. }));
+                black_box(buf.len())
+            })
+        });
+    }
     g.finish();
 }
 

@@ -4,7 +4,7 @@
 use libfuzzer_sys::fuzz_target;
 use nfs_rewrite::rewrite::{devirtualize_call, virtualize_reply, Context, Limits};
 use nfs_rewrite::tables::HandleTable;
-use nfs_rewrite::vfh::HandleKey;
+use nfs_rewrite::vfh::{HandleKey, MacMemo};
 use nfs_rewrite::wire::{mount, nfs3, rpc, Field};
 use packet::HeapBuffer;
 use std::sync::OnceLock;
@@ -63,8 +63,13 @@ fuzz_target!(|data: &[u8]| {
 fn ctx() -> Context<'static> {
     static KEY: OnceLock<HandleKey> = OnceLock::new();
     static TABLE: OnceLock<HandleTable> = OnceLock::new();
+    thread_local! {
+        // Leaked once per thread: a worker's memo lives as long as the worker.
+        static MEMO: &'static MacMemo = Box::leak(Box::new(MacMemo::new(64)));
+    }
     Context {
         key: KEY.get_or_init(|| HandleKey::new(1, 2)),
+        memo: MEMO.with(|m| *m),
         handles: TABLE.get_or_init(|| HandleTable::new(1024)),
         virtual_fsid: 7,
         limits: Limits::for_mtu(1500),

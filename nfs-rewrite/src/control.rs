@@ -14,7 +14,7 @@ use crate::datapath::{NfsShared, Transaction};
 use crate::rewrite::{devirtualize_call, virtualize_reply, CallVerdict, ReplyVerdict};
 use crate::tables::{TransactionTable, TxKey};
 use crate::upstream::{Upstream, Want, CLIENT_PORT};
-use crate::vfh::{self, VirtualHandle};
+use crate::vfh::{self, MacMemo, VirtualHandle};
 use crate::wire::nfs3::{self, stat, Proc};
 use crate::wire::rpc::{self, Writer};
 use crate::wire::{mount, Cursor, Field};
@@ -241,7 +241,7 @@ impl Controller {
             sid,
             server.mch,
             t.dir_pfs,
-            &shared.ctx(),
+            &shared.ctx(&MacMemo::default()),
             &mut self.scratch,
             |hid, pfh| {
                 shared.handles.insert(hid, pfh);
@@ -392,7 +392,8 @@ impl Controller {
         }
         // Classify the handles the way the fast path did (on a copy: nothing is forwarded here).
         let shared = self.shared.clone();
-        let ctx = shared.ctx();
+        let memo = MacMemo::default();
+        let ctx = shared.ctx(&memo);
         let mut copy = roomy(msg);
         let status = match devirtualize_call(&mut copy, 0, p, c.args_at, &ctx, |sid| {
             shared.servers.iter().find(|s| s.sid == sid).map(|s| s.mch)

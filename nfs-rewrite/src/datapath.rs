@@ -19,7 +19,7 @@ use crate::rewrite::{
     devirtualize_call, virtualize_reply, CallVerdict, Context, Limits, ReplyVerdict,
 };
 use crate::tables::{HandleTable, TransactionTable, TxKey, PFH_MAX};
-use crate::vfh::HandleKey;
+use crate::vfh::{HandleKey, MacMemo};
 use crate::wire::nfs3::Proc;
 use crate::wire::{rpc, Field};
 use packet::checksum::{self, Adjust};
@@ -65,10 +65,11 @@ pub struct NfsShared {
 }
 
 impl NfsShared {
-    /// What the rewrite functions need.
-    pub fn ctx(&self) -> Context<'_> {
+    /// What the rewrite functions need (`memo`: the calling worker's, or an empty one).
+    pub fn ctx<'a>(&'a self, memo: &'a MacMemo) -> Context<'a> {
         Context {
             key: &self.key,
+            memo,
             handles: &self.handles,
             virtual_fsid: self.virtual_fsid,
             limits: self.limits,
@@ -166,6 +167,9 @@ pub enum NfsEvent {
 /// Events a worker queues per burst before the engine drains them.
 pub const MAPPING_QUEUE: usize = 256;
 
+/// Entries of a worker's [`MacMemo`] (48 bytes each: 48 KiB, most of it stays in L2).
+const MAC_MEMO: usize = 1024;
+
 /// The per-worker NFS stage (each worker clones its own: the transaction table is private).
 #[derive(Debug, Clone)]
 pub struct NfsStage {
@@ -173,6 +177,8 @@ pub struct NfsStage {
     tx: TransactionTable<Transaction>,
     scratch: Box<[Field]>,
     events: Vec<NfsEvent>,
+    /// MACs this worker computed lately (handles in calls and replies, VINs).
+    memo: MacMemo,
     now: u64,
     pub counters: NfsCounters,
 }
@@ -185,6 +191,7 @@ impl NfsStage {
             tx: TransactionTable::new(transactions, ttl),
             scratch: vec![Field::FileId { at: 0 }; 256].into_boxed_slice(),
             events: Vec::with_capacity(MAPPING_QUEUE),
+            memo: MacMemo::new(MAC_MEMO),
             now: 0,
             counters: NfsCounters::default(),
         }
@@ -305,7 +312,7 @@ impl NfsStage {
         let (xid, args_at) = (c.xid, c.args_at);
         self.counters.calls[p as usize] += 1;
         let shared: &NfsShared = &self.shared; // a borrow, not a clone: no atomic per packet
-        let ctx = shared.ctx();
+        let ctx = shared.ctx(&self.memo);
         match devirtualize_call(pkt, msg_at, p, args_at, &ctx, |sid| {
             shared.server(sid).map(|s| s.mch)
         }) {
@@ -395,7 +402,7 @@ impl NfsStage {
             let Some(p) = Proc::from_u32(u32::from(t.proc_)) else {
                 return NfsDrop::Malformed.drop();
             };
-            let ctx = shared.ctx();
+            let ctx = shared.ctx(&self.memo);
             let (events, counters) = (&mut self.events, &mut self.counters);
             let v = virtualize_reply(
                 pkt,

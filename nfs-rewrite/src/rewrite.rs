@@ -20,7 +20,7 @@
 //! reply with more fields than the scratch holds is handed to the slow path.
 
 use crate::tables::{HandleTable, PFH_MAX};
-use crate::vfh::{self, HandleKey, VfhError, VirtualHandle, VFH_LEN};
+use crate::vfh::{self, HandleKey, MacMemo, VfhError, VirtualHandle, VFH_LEN};
 use crate::wire::nfs3::{self, stat, Proc};
 use crate::wire::Field;
 use packet::checksum::Adjust;
@@ -30,6 +30,8 @@ use packet::{Buffer, BufferError};
 #[derive(Debug, Clone, Copy)]
 pub struct Context<'a> {
     pub key: &'a HandleKey,
+    /// The worker's memo of MACs (an empty one on the management core).
+    pub memo: &'a MacMemo,
     pub handles: &'a HandleTable,
     /// The fsid every client sees.
     pub virtual_fsid: u64,
@@ -227,7 +229,7 @@ pub fn devirtualize_call<B: Buffer>(
             return CallVerdict::Refuse(stat::BADHANDLE);
         }
         let bytes = &msg[at + 4..at + 4 + len];
-        let v = match VirtualHandle::decode(ctx.key, bytes, &mch_of) {
+        let v = match VirtualHandle::decode_memo(ctx.key, ctx.memo, bytes, &mch_of) {
             Ok(v) => v,
             Err(VfhError::BadHandle) => return CallVerdict::Refuse(stat::BADHANDLE),
             Err(VfhError::Stale) => return CallVerdict::Refuse(stat::STALE),
@@ -385,7 +387,7 @@ pub fn virtualize_reply<B: Buffer>(
                 ) else {
                     return ReplyVerdict::Malformed;
                 };
-                let vin = vfh::virtual_inode(ctx.key, sid, pfs, pin);
+                let vin = vfh::virtual_inode_memo(ctx.key, ctx.memo, sid, pfs, pin);
                 put(m, at + Field::FATTR_FSID, &vfsid, &mut csum);
                 put(m, at + Field::FATTR_FILEID, &vin.to_be_bytes(), &mut csum);
                 after = Some((at, pfs, pin));
@@ -398,7 +400,7 @@ pub fn virtualize_reply<B: Buffer>(
                 let Some(pin) = be64(m, at) else {
                     return ReplyVerdict::Malformed;
                 };
-                let vin = vfh::virtual_inode(ctx.key, sid, dir_pfs, pin);
+                let vin = vfh::virtual_inode_memo(ctx.key, ctx.memo, sid, dir_pfs, pin);
                 put(m, at, &vin.to_be_bytes(), &mut csum);
             }
             Field::Handle { at, len } => {
@@ -425,7 +427,13 @@ pub fn virtualize_reply<B: Buffer>(
                 pfh[..len].copy_from_slice(phys);
                 let v = VirtualHandle::for_object(ctx.key, sid, mch, pfs, pin, &pfh[..len]);
                 on_mapping(v.hid, &pfh[..len]);
-                match replace_handle(pkt, msg_at + at, len, &v.encode(ctx.key), &mut csum) {
+                match replace_handle(
+                    pkt,
+                    msg_at + at,
+                    len,
+                    &v.encode_memo(ctx.key, ctx.memo),
+                    &mut csum,
+                ) {
                     Ok(d) => delta += d,
                     Err(_) => return ReplyVerdict::Malformed,
                 }

@@ -207,7 +207,14 @@ impl<V: Copy + Default> TransactionTable<V> {
     /// packet after another.
     #[inline]
     pub fn prefetch(&self, key: TxKey, prefetch: impl Fn(*const u8)) {
-        prefetch(std::ptr::from_ref(&self.slots[key.hash() as usize & self.mask]).cast());
+        // Every line of the slot and of the next one: a slot is not a divisor of the line
+        // size (more than half of them straddle two lines), and a take reads the next slot's
+        // state to know whether its tomb can go.
+        let s: *const u8 = std::ptr::from_ref(&self.slots[key.hash() as usize & self.mask]).cast();
+        let size = std::mem::size_of::<TxSlot<V>>();
+        prefetch(s);
+        prefetch(s.wrapping_add(size - 1));
+        prefetch(s.wrapping_add(2 * size - 1));
     }
 
     /// Free expired entries (called from time to time off the fast path of a burst).

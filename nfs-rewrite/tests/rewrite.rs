@@ -10,7 +10,7 @@ use nfs_rewrite::rewrite::{
     devirtualize_call, virtualize_reply, CallVerdict, Context, Limits, ReplyVerdict,
 };
 use nfs_rewrite::tables::HandleTable;
-use nfs_rewrite::vfh::{HandleKey, VirtualHandle, VFH_LEN};
+use nfs_rewrite::vfh::{HandleKey, MacMemo, VirtualHandle, VFH_LEN};
 use nfs_rewrite::wire::nfs3::{self, stat, Proc};
 use nfs_rewrite::wire::{rpc, Field};
 use packet::{Buffer, HeapBuffer};
@@ -56,6 +56,8 @@ fn call_handles(p: Proc, msg: &[u8], args_at: usize) -> Vec<(usize, usize)> {
 
 struct World {
     key: HandleKey,
+    /// A worker's memo, as the fast path has one (small: entries evict each other).
+    memo: MacMemo,
     handles: HandleTable,
     mch: u32,
     /// What clients of the virtual server hold for each physical handle.
@@ -68,6 +70,7 @@ impl World {
         let mch = key.mount_checksum(SID, b"/export");
         World {
             key,
+            memo: MacMemo::new(8),
             handles: HandleTable::new(4096),
             mch,
             vfh_of: HashMap::new(),
@@ -76,6 +79,7 @@ impl World {
     fn ctx(&self) -> Context<'_> {
         Context {
             key: &self.key,
+            memo: &self.memo,
             handles: &self.handles,
             virtual_fsid: VFSID,
             limits: Limits::UNLIMITED,

@@ -1102,7 +1102,7 @@ mod tests {
         assert_eq!(t.rule(t.locate(&id).unwrap()).unwrap().prefix_len, 32);
         // A second target: the entry points at the slab again; back to one: inline again.
         r.add(p, 0, Mode::All, &[fwd(2, 1)]).unwrap();
-        assert_eq!(found(&t).0, false);
+        assert!(!found(&t).0, "two targets: in the slab");
         assert_eq!(found(&t).2.len(), 2);
         r.del(p, None, Some(Ipv4Addr::from(1))).unwrap();
         assert_eq!(found(&t), (true, Mode::All, vec![(Ipv4Addr::from(2), 1)]));
