@@ -105,6 +105,8 @@ impl HandleKey {
 #[derive(Debug, Clone, Default)]
 pub struct MacMemo {
     slots: Box<[Cell<MemoSlot>]>,
+    /// The key the entries were computed under (a memo used with another key starts over).
+    key: Cell<Option<HandleKey>>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -125,6 +127,7 @@ impl MacMemo {
         };
         MacMemo {
             slots: (0..n).map(|_| Cell::default()).collect(),
+            key: Cell::new(None),
         }
     }
 
@@ -134,6 +137,12 @@ impl MacMemo {
         let bytes = msg.get(..usize::from(len)).unwrap_or(msg);
         if self.slots.is_empty() {
             return key.mac(&[bytes]);
+        }
+        if self.key.get() != Some(*key) {
+            for s in self.slots.iter() {
+                s.set(MemoSlot::default());
+            }
+            self.key.set(Some(*key));
         }
         let w = |i: usize| {
             u64::from_le_bytes([
@@ -341,6 +350,13 @@ mod tests {
         // A VIN message and a handle never share a memo entry's meaning: the length differs.
         let vin = virtual_inode_memo(&k, &memo, 0, 0, 0);
         assert_eq!(vin, virtual_inode(&k, 0, 0, 0));
+        // Another key: nothing memoised under the first one is given back.
+        let other = HandleKey::new(5, 6);
+        assert_eq!(
+            virtual_inode_memo(&other, &memo, 0, 0, 0),
+            virtual_inode(&other, 0, 0, 0)
+        );
+        assert_ne!(vin, virtual_inode(&other, 0, 0, 0));
     }
 
     #[test]
