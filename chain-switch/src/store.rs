@@ -151,21 +151,6 @@ impl Store {
         }
     }
 
-    /// A burst's first pass: hint (with `prefetch`, e.g. `packet::Buffer::prefetch`) the index
-    /// entry [`find`](Self::find) reads first for `key`.
-    #[inline]
-    pub fn prefetch_index(&self, key: &[u8; KEY_LEN], prefetch: impl Fn(*const u8)) {
-        prefetch(std::ptr::from_ref(&self.index[hash(key) as usize & self.mask]).cast());
-    }
-
-    /// A burst's second pass: hint the registers of the slot `find` returned.
-    #[inline]
-    pub fn prefetch_slot(&self, slot: u32, prefetch: impl Fn(*const u8)) {
-        if let Some(s) = self.slots.get(slot as usize) {
-            prefetch(std::ptr::from_ref(s).cast());
-        }
-    }
-
     #[inline]
     fn key_is(&self, slot: usize, w: &[u64; 2]) -> bool {
         self.slots[slot].key[0].load(Ordering::Relaxed) == w[0]
