@@ -350,6 +350,23 @@ mod tests {
         // A VIN message and a handle never share a memo entry's meaning: the length differs.
         let vin = virtual_inode_memo(&k, &memo, 0, 0, 0);
         assert_eq!(vin, virtual_inode(&k, 0, 0, 0));
+        // A repeated handle is answered from the memo: spoil the memoised MAC and the memo's
+        // answer changes (the direct check still passes).
+        let v = VirtualHandle::for_object(&k, 2, mch, 9, 77, &[7; 8]);
+        let b = v.encode_memo(&k, &memo);
+        let slot = memo
+            .slots
+            .iter()
+            .find(|c| c.get().len == 32 && c.get().msg[..] == b[..32])
+            .expect("the new handle's MAC is memoised");
+        let mut e = slot.get();
+        e.mac ^= 1;
+        slot.set(e);
+        assert_eq!(
+            VirtualHandle::decode_memo(&k, &memo, &b, |_| Some(mch)),
+            Err(VfhError::BadHandle)
+        );
+        assert_eq!(VirtualHandle::decode(&k, &b, |_| Some(mch)), Ok(v));
         // Another key: nothing memoised under the first one is given back.
         let other = HandleKey::new(5, 6);
         assert_eq!(

@@ -1099,7 +1099,16 @@ mod tests {
         };
         r.add(p, 0, Mode::All, &[fwd(1, 7)]).unwrap();
         assert_eq!(found(&t), (true, Mode::All, vec![(Ipv4Addr::from(1), 7)]));
-        assert_eq!(t.rule(t.locate(&id).unwrap()).unwrap().prefix_len, 32);
+        let at = t.locate(&id).unwrap();
+        assert_eq!(t.rule(at).unwrap().prefix_len, 32);
+        // The rule is read from the entry, not the slab: a slab slot changed behind the
+        // index's back does not show.
+        t.write_rule(at.slot, at.gen, 32, Mode::All, &[fwd(9, 1)]);
+        assert_eq!(
+            t.rule(at).unwrap().addrs().collect::<Vec<_>>(),
+            [Ipv4Addr::from(1)]
+        );
+        t.write_rule(at.slot, at.gen, 32, Mode::All, &[fwd(1, 7)]);
         // A second target: the entry points at the slab again; back to one: inline again.
         r.add(p, 0, Mode::All, &[fwd(2, 1)]).unwrap();
         assert!(!found(&t).0, "two targets: in the slab");
