@@ -11,7 +11,7 @@
 //! - handles to recover: handed to [`Upstream`], which mounts the servers and walks them.
 
 use crate::datapath::{NfsShared, Transaction};
-use crate::rewrite::{devirtualize_call, virtualize_reply, CallVerdict, ReplyVerdict};
+use crate::rewrite::{devirtualize_call, virtualize_reply, CallVerdict, Limits, ReplyVerdict};
 use crate::tables::{TransactionTable, TxKey};
 use crate::upstream::{Upstream, Want, CLIENT_PORT};
 use crate::vfh::{self, MacMemo, VirtualHandle};
@@ -31,8 +31,29 @@ pub struct Datagram {
     pub payload: Vec<u8>,
 }
 
+/// Who a call to the virtual server came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Peer {
+    /// A UDP client: its address and port (its replies go back as datagrams).
+    Udp(Ipv4Addr, u16),
+    /// A client connection of the stream (TCP) proxy, by its id.
+    Stream(u64),
+}
+
+/// What became of a call to the virtual server ([`Controller::decide`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answer the client with this reply.
+    Reply(Vec<u8>),
+    /// Rewritten for server `tx.sid`: send `msg` to it; its reply is rewritten back with `tx`.
+    Forward { msg: Vec<u8>, tx: Transaction },
+    /// No answer now: held while its handle is recovered (it comes back through
+    /// [`Controller::take_released`] for a stream peer), or dropped and counted.
+    Nothing,
+}
+
 /// A call held during a recovery: the client and the message.
-type HeldCall = ((Ipv4Addr, u16), Vec<u8>);
+type HeldCall = (Peer, Vec<u8>);
 
 /// Calls the management core forwards itself, in flight at once.
 const MGMT_TRANSACTIONS: usize = 4096;
@@ -118,6 +139,8 @@ pub struct Controller {
     held: HashMap<u64, Vec<HeldCall>>,
     held_total: usize,
     outbox: Vec<Datagram>,
+    /// Held calls of stream peers whose handle was recovered: the proxy takes them again.
+    released: Vec<(u64, Vec<u8>)>,
     /// Field scratch for rewriting replies here (allocated once).
     scratch: Box<[Field]>,
     pub stats: ControlStats,
@@ -135,6 +158,7 @@ impl Controller {
             held: HashMap::new(),
             held_total: 0,
             outbox: Vec::new(),
+            released: Vec::new(),
             scratch: vec![Field::FileId { at: 0 }; 8192].into_boxed_slice(),
             stats: ControlStats::default(),
         }
@@ -182,9 +206,16 @@ impl Controller {
     /// Forward the calls held for handles that were just recovered.
     fn release(&mut self, now: u64) {
         for hid in self.upstream.take_recovered() {
-            for (client, msg) in self.held.remove(&hid).unwrap_or_default() {
+            for (peer, msg) in self.held.remove(&hid).unwrap_or_default() {
                 self.held_total -= 1;
                 self.stats.released += 1;
+                let client = match peer {
+                    Peer::Udp(a, p) => (a, p),
+                    Peer::Stream(conn) => {
+                        self.released.push((conn, msg));
+                        continue;
+                    }
+                };
                 if let Some(reply) = self.answer(&msg, client, now) {
                     // Refused after all (e.g. the other handle of a RENAME is stale).
                     self.outbox.push(Datagram {
@@ -195,6 +226,12 @@ impl Controller {
                 }
             }
         }
+    }
+
+    /// Held calls of stream peers whose handles were recovered since the last call: the
+    /// proxy decides them again.
+    pub fn take_released(&mut self) -> Vec<(u64, Vec<u8>)> {
+        std::mem::take(&mut self.released)
     }
 
     /// A reply from server `sid` to `client` that no worker had the call of: ours if we
@@ -219,29 +256,48 @@ impl Controller {
             self.stats.unmatched_replies += 1;
             return None;
         };
-        let results_at = match r {
-            rpc::Reply::Accepted {
+        if t.sid != sid {
+            self.stats.unmatched_replies += 1;
+            return None;
+        }
+        let limits = self.shared.limits;
+        self.rewrite_reply(msg, t, limits)
+    }
+
+    /// The reply `msg` to a call forwarded with transaction `t`, made virtual (handles,
+    /// attributes; FSINFO sizes clamped to `limits`). None when it cannot be rewritten
+    /// (counted): the client's retransmission is served instead.
+    pub fn rewrite_reply(&mut self, msg: &[u8], t: Transaction, limits: Limits) -> Option<Vec<u8>> {
+        let results_at = match rpc::parse(msg) {
+            Ok(rpc::Message::Reply(rpc::Reply::Accepted {
                 stat: rpc::AcceptStat::Success { results_at },
                 ..
-            } => results_at,
-            _ => {
+            })) => results_at,
+            Ok(rpc::Message::Reply(_)) => {
                 self.stats.replies_forwarded += 1;
                 return Some(msg.to_vec());
             }
+            _ => {
+                self.stats.unmatched_replies += 1;
+                return None;
+            }
         };
         let p = Proc::from_u32(u32::from(t.proc_))?;
-        let server = self.shared.server(sid)?;
+        let server = self.shared.server(t.sid)?;
         let mut buf = roomy(msg);
         let shared = self.shared.clone();
+        let memo = MacMemo::default();
+        let mut ctx = shared.ctx(&memo);
+        ctx.limits = limits;
         match virtualize_reply(
             &mut buf,
             0,
             p,
             results_at,
-            sid,
+            t.sid,
             server.mch,
             t.dir_pfs,
-            &shared.ctx(&MacMemo::default()),
+            &ctx,
             &mut self.scratch,
             |hid, pfh| {
                 shared.handles.insert(hid, pfh);
@@ -281,6 +337,44 @@ impl Controller {
     /// server (see [`Controller::drain`]), is held while its handle is recovered, or is not a
     /// call.
     pub fn answer(&mut self, msg: &[u8], client: (Ipv4Addr, u16), now: u64) -> Option<Vec<u8>> {
+        let limits = self.shared.limits;
+        match self.decide(msg, Peer::Udp(client.0, client.1), now, limits) {
+            Outcome::Reply(r) => Some(r),
+            Outcome::Nothing => None,
+            Outcome::Forward { msg: fwd, tx } => {
+                let xid = u32::from_be_bytes(msg.get(..4)?.try_into().ok()?);
+                let server = self.shared.server(tx.sid)?;
+                let key = TxKey {
+                    client: u32::from(client.0),
+                    port: client.1,
+                    xid,
+                };
+                if !self.tx.insert(key, tx, now) {
+                    self.stats.unanswered += 1;
+                    return None;
+                }
+                self.outbox.push(Datagram {
+                    src: client,
+                    dst: (server.addr, server.nfs_port),
+                    payload: fwd,
+                });
+                None
+            }
+        }
+    }
+
+    /// What to do with `msg`, a call from `peer` to the virtual server at time `now` (ms),
+    /// with transfer sizes clamped to `limits` (the UDP path's MTU limits, or the stream
+    /// proxy's). The UDP and the TCP virtual server both come through here.
+    pub fn decide(&mut self, msg: &[u8], peer: Peer, now: u64, limits: Limits) -> Outcome {
+        match self.decide_call(msg, peer, now, limits) {
+            Some(o) => o,
+            None => Outcome::Nothing,
+        }
+    }
+
+    fn decide_call(&mut self, msg: &[u8], peer: Peer, now: u64, limits: Limits) -> Option<Outcome> {
+        let reply = |w: Writer| Some(Outcome::Reply(w.buf));
         let rpc::Message::Call(c) = rpc::parse(msg).ok()? else {
             return None;
         };
@@ -292,7 +386,7 @@ impl Controller {
                     w.accepted_reply(c.xid, accept::PROG_MISMATCH)
                         .u32(portmap::VERSION)
                         .u32(portmap::VERSION);
-                    return Some(w.buf);
+                    return reply(w);
                 }
                 match c.proc_ {
                     portmap::NULL => {
@@ -303,7 +397,7 @@ impl Controller {
                         let (Ok(prog), Ok(vers), Ok(prot)) = (cur.u32(), cur.u32(), cur.u32())
                         else {
                             w.accepted_reply(c.xid, accept::GARBAGE_ARGS);
-                            return Some(w.buf);
+                            return reply(w);
                         };
                         let udp_or_tcp =
                             prot == portmap::IPPROTO_UDP || prot == portmap::IPPROTO_TCP;
@@ -318,13 +412,13 @@ impl Controller {
                         w.accepted_reply(c.xid, accept::PROC_UNAVAIL);
                     }
                 }
-                Some(w.buf)
+                reply(w)
             }
             rpc::program::MOUNT => {
                 self.stats.mount += 1;
                 if c.vers != 3 {
                     w.accepted_reply(c.xid, accept::PROG_MISMATCH).u32(3).u32(3);
-                    return Some(w.buf);
+                    return reply(w);
                 }
                 let Ok((path, _)) = mount::walk_call(c.proc_, msg, c.args_at) else {
                     w.accepted_reply(
@@ -335,7 +429,7 @@ impl Controller {
                             accept::GARBAGE_ARGS
                         },
                     );
-                    return Some(w.buf);
+                    return reply(w);
                 };
                 w.accepted_reply(c.xid, accept::SUCCESS);
                 match c.proc_ {
@@ -359,12 +453,12 @@ impl Controller {
                     }
                     _ => {} // NULL, UMNT, UMNTALL: void
                 }
-                Some(w.buf)
+                reply(w)
             }
-            rpc::program::NFS => self.nfs(&c, msg, client, now),
+            rpc::program::NFS => self.nfs(&c, msg, peer, now, limits),
             _ => {
                 w.accepted_reply(c.xid, accept::PROG_UNAVAIL);
-                Some(w.buf)
+                reply(w)
             }
         }
     }
@@ -373,27 +467,31 @@ impl Controller {
         &mut self,
         c: &rpc::Call<'_>,
         msg: &[u8],
-        client: (Ipv4Addr, u16),
+        peer: Peer,
         now: u64,
-    ) -> Option<Vec<u8>> {
+        limits: Limits,
+    ) -> Option<Outcome> {
+        let reply = |w: Writer| Some(Outcome::Reply(w.buf));
         let mut w = Writer::new();
         if c.vers != 3 {
             w.accepted_reply(c.xid, accept::PROG_MISMATCH).u32(3).u32(3);
-            return Some(w.buf);
+            return reply(w);
         }
         let Some(p) = Proc::from_u32(c.proc_) else {
             w.accepted_reply(c.xid, accept::PROC_UNAVAIL);
-            return Some(w.buf);
+            return reply(w);
         };
         if p == Proc::Null {
             self.stats.nfs_null += 1;
             w.accepted_reply(c.xid, accept::SUCCESS);
-            return Some(w.buf);
+            return reply(w);
         }
-        // Classify the handles the way the fast path did (on a copy: nothing is forwarded here).
+        // Classify the handles the way the fast path does, on a copy (the rewritten copy is
+        // what a forwarded call sends).
         let shared = self.shared.clone();
         let memo = MacMemo::default();
-        let ctx = shared.ctx(&memo);
+        let mut ctx = shared.ctx(&memo);
+        ctx.limits = limits;
         let mut copy = roomy(msg);
         let status = match devirtualize_call(&mut copy, 0, p, c.args_at, &ctx, |sid| {
             shared.servers.iter().find(|s| s.sid == sid).map(|s| s.mch)
@@ -401,14 +499,14 @@ impl Controller {
             CallVerdict::Refuse(st) => st,
             CallVerdict::Malformed => {
                 w.accepted_reply(c.xid, accept::GARBAGE_ARGS);
-                return Some(w.buf);
+                return reply(w);
             }
             CallVerdict::Recover(v) => match self.upstream.want(&v, now) {
                 Want::Wait => {
                     self.stats.recover_waiting += 1;
                     let q = self.held.entry(v.hid).or_default();
                     if q.len() < HOLD_PER_HANDLE && self.held_total < HOLD_TOTAL {
-                        q.push((client, msg.to_vec()));
+                        q.push((peer, msg.to_vec()));
                         self.held_total += 1;
                     } else {
                         self.stats.hold_full += 1;
@@ -417,35 +515,24 @@ impl Controller {
                 }
                 Want::Stale => stat::STALE,
             },
-            // The handle is known now (learned since the fast path punted the call): forward
-            // it from here, and rewrite its reply here too.
+            // The handle is known (for a UDP call: learned since the fast path punted it):
+            // forward the rewritten copy; its reply is rewritten here too.
             CallVerdict::Forward { sid, dir_pfs, .. } => {
-                let server = shared.server(sid)?;
-                let key = TxKey {
-                    client: u32::from(client.0),
-                    port: client.1,
-                    xid: c.xid,
-                };
-                let t = Transaction {
+                shared.server(sid)?;
+                self.stats.forwarded += 1;
+                let tx = Transaction {
                     proc_: p as u8,
                     sid,
                     dir_pfs,
                 };
-                if !self.tx.insert(key, t, now) {
-                    self.stats.unanswered += 1;
-                    return None;
-                }
-                self.stats.forwarded += 1;
-                self.outbox.push(Datagram {
-                    src: client,
-                    dst: (server.addr, server.nfs_port),
-                    payload: copy.data().to_vec(),
+                return Some(Outcome::Forward {
+                    msg: copy.data().to_vec(),
+                    tx,
                 });
-                return None;
             }
             CallVerdict::Virtual => {
                 self.stats.virtual_root += 1;
-                return Some(self.virtual_root(c, msg, p));
+                return Some(Outcome::Reply(self.virtual_root(c, msg, p, limits)));
             }
             CallVerdict::NoHandle => {
                 self.stats.unanswered += 1;
@@ -460,7 +547,7 @@ impl Controller {
         }
         w.accepted_reply(c.xid, accept::SUCCESS).u32(status);
         failure_body(&mut w, p);
-        Some(w.buf)
+        reply(w)
     }
 }
 
@@ -549,7 +636,7 @@ impl Controller {
     }
 
     /// Answer a call on the virtual root directory.
-    fn virtual_root(&mut self, c: &rpc::Call<'_>, msg: &[u8], p: Proc) -> Vec<u8> {
+    fn virtual_root(&mut self, c: &rpc::Call<'_>, msg: &[u8], p: Proc, l: Limits) -> Vec<u8> {
         let mut w = Writer::new();
         let mut args = Cursor::at(msg, c.args_at);
         let garbage = |xid| {
@@ -562,7 +649,6 @@ impl Controller {
             return garbage(c.xid);
         }
         let attr = self.root_attr();
-        let l = self.shared.limits;
         w.accepted_reply(c.xid, accept::SUCCESS);
         match p {
             Proc::Getattr => {

@@ -16,6 +16,7 @@ pub mod checkpoint;
 pub mod control;
 pub mod datapath;
 pub mod rewrite;
+pub mod stream;
 pub mod tables;
 pub mod upstream;
 pub mod vfh;

@@ -2,6 +2,7 @@
 
 pub mod mount;
 pub mod nfs3;
+pub mod record;
 pub mod rpc;
 pub mod xdr;
 
