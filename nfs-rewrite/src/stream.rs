@@ -26,10 +26,19 @@
 use crate::control::{Controller, Outcome, Peer};
 use crate::datapath::Transaction;
 use crate::rewrite::Limits;
-use crate::wire::record::{frame, RecordReader};
+use crate::wire::record::{frame, RecordError, RecordReader};
 use crate::wire::rpc;
 use std::collections::{HashMap, VecDeque};
 use std::net::Ipv4Addr;
+
+/// Why a connection's stream cannot go on (the caller closes it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    #[error("bad record: {0}")]
+    Record(#[from] RecordError),
+    #[error("no such connection")]
+    UnknownConnection,
+}
 
 /// A client connection's id (the caller's).
 pub type ConnId = u64;
@@ -204,8 +213,11 @@ enum Origin {
         conn: ConnId,
         xid: u32,
     },
-    /// The router's own client ([`crate::upstream::Upstream`]): the reply goes to it as is.
-    Upstream,
+    /// The router's own client ([`crate::upstream::Upstream`]): the reply goes to it with
+    /// its own xid.
+    Upstream {
+        xid: u32,
+    },
 }
 
 #[derive(Debug)]
@@ -264,9 +276,30 @@ impl StreamProxy {
         }
     }
 
+    /// Calls sent (or queued) on legs and not answered yet.
+    pub fn calls_in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+
     /// Client connections open.
     pub fn clients(&self) -> usize {
         self.clients.len()
+    }
+
+    /// Whether a new connection from `addr` is within the limits.
+    pub fn may_accept(&self, addr: Ipv4Addr) -> bool {
+        self.clients.len() < self.cfg.max_connections
+            && self.per_addr.get(&addr).copied().unwrap_or(0) < self.cfg.max_per_client
+    }
+
+    /// Count a connection refused before it was opened (by the caller, on
+    /// [`StreamProxy::may_accept`]'s word).
+    pub fn refused(&mut self) {
+        if self.clients.len() >= self.cfg.max_connections {
+            self.stats.refused_total += 1;
+        } else {
+            self.stats.refused_per_client += 1;
+        }
     }
 
     /// A client connected to `local_port` of the virtual address from `peer`. False: refused
@@ -345,18 +378,25 @@ impl StreamProxy {
         true
     }
 
+    /// Whether `conn` has calls at servers or replies not yet written.
+    pub fn client_busy(&self, conn: ConnId) -> bool {
+        self.clients
+            .get(&conn)
+            .is_some_and(|c| c.inflight > 0 || !c.out.is_empty())
+    }
+
     /// Bytes `conn` received. Returns how many were taken (fewer when a bound was reached:
-    /// the rest stays in the connection for later), or Err when the stream is bad and the
-    /// connection is to be closed (counted).
+    /// the rest stays in the connection for later), or an error when the stream is bad and
+    /// the connection is to be closed (counted).
     pub fn client_data(
         &mut self,
         conn: ConnId,
         data: &[u8],
         ctl: &mut Controller,
         now: u64,
-    ) -> Result<usize, ()> {
+    ) -> Result<usize, StreamError> {
         let Some(c) = self.clients.get_mut(&conn) else {
-            return Err(());
+            return Err(StreamError::UnknownConnection);
         };
         let mut reader = std::mem::replace(&mut c.reader, RecordReader::new(0));
         let mut records = Vec::new();
@@ -374,9 +414,9 @@ impl StreamProxy {
         }
         let taken = match r {
             Ok(n) => n,
-            Err(_) => {
+            Err(e) => {
                 self.stats.bad_records += 1;
-                return Err(());
+                return Err(e.into());
             }
         };
         if let Some(c) = self.clients.get_mut(&conn) {
@@ -403,7 +443,7 @@ impl StreamProxy {
         match ctl.decide(msg, Peer::Stream(conn), now, limits) {
             Outcome::Reply(r) => {
                 self.stats.answered += 1;
-                self.to_client(conn, &r);
+                self.queue_reply(conn, &r);
             }
             Outcome::Forward { msg: fwd, tx } => {
                 let Some(server) = ctl.shared().server(tx.sid) else {
@@ -429,7 +469,7 @@ impl StreamProxy {
     }
 
     /// Queue a message for a client as one record.
-    fn to_client(&mut self, conn: ConnId, msg: &[u8]) {
+    fn queue_reply(&mut self, conn: ConnId, msg: &[u8]) {
         match self.clients.get_mut(&conn) {
             Some(c) => {
                 c.out.push(frame(msg));
@@ -490,8 +530,12 @@ impl StreamProxy {
     /// `dst`; its reply is given back by [`StreamProxy::leg_data`] for
     /// [`Controller::upstream_reply`].
     pub fn upstream_call(&mut self, dst: LegKey, sid: u16, msg: Vec<u8>, now: u64) {
+        let Some(x) = msg.get(..4) else {
+            return;
+        };
+        let xid = u32::from_be_bytes([x[0], x[1], x[2], x[3]]);
         self.stats.upstream_calls += 1;
-        self.send_on_leg(dst, sid, Origin::Upstream, None, msg, now);
+        self.send_on_leg(dst, sid, Origin::Upstream { xid }, None, msg, now);
     }
 
     /// Legs that have work and no connection: the caller connects them (and calls
@@ -553,22 +597,19 @@ impl StreamProxy {
         data: &[u8],
         ctl: &mut Controller,
         now: u64,
-    ) -> Result<Vec<Vec<u8>>, ()> {
+    ) -> Result<Vec<Vec<u8>>, StreamError> {
         let Some(l) = self.legs.get_mut(&key) else {
-            return Err(());
+            return Err(StreamError::UnknownConnection);
         };
         l.bytes_in += data.len() as u64;
         self.stats.bytes_in += data.len() as u64;
         let mut records = Vec::new();
-        if l.reader
-            .feed(data, |rec| {
-                records.push(rec);
-                true
-            })
-            .is_err()
-        {
+        if let Err(e) = l.reader.feed(data, |rec| {
+            records.push(rec);
+            true
+        }) {
             self.stats.bad_records += 1;
-            return Err(());
+            return Err(e.into());
         }
         let mut upstream = Vec::new();
         for rec in records {
@@ -606,11 +647,8 @@ impl StreamProxy {
             }
         }
         match f.origin {
-            Origin::Upstream => {
-                // The router's client matches replies by its own xid: restore it.
-                if let Some(orig) = f.framed.get(4..8) {
-                    msg[..4].copy_from_slice(orig);
-                }
+            Origin::Upstream { xid } => {
+                msg[..4].copy_from_slice(&xid.to_be_bytes());
                 upstream.push(msg);
             }
             Origin::Client { conn, xid } => {
@@ -632,7 +670,7 @@ impl StreamProxy {
                 };
                 out[..4].copy_from_slice(&xid.to_be_bytes());
                 self.stats.replies += 1;
-                self.to_client(conn, &out);
+                self.queue_reply(conn, &out);
             }
         }
     }
@@ -903,6 +941,33 @@ mod tests {
     }
 
     #[test]
+    fn a_write_of_a_mebibyte_is_forwarded_whole() {
+        let (mut ctl, vfh) = controller();
+        let mut p = StreamProxy::new(StreamConfig::default(), 0);
+        assert!(p.client_opened(1, (Ipv4Addr::new(10, 0, 0, 2), 900), 2049, 0));
+        let data = vec![7u8; 1 << 20];
+        let mut w = Writer::new();
+        w.call_sys(9, program::NFS, 3, Proc::Write as u32, 0, 0);
+        w.opaque(&vfh)
+            .u64(0)
+            .u32(data.len() as u32)
+            .u32(2)
+            .opaque(&data);
+        let rec = frame(&w.buf);
+        for chunk in rec.chunks(1448) {
+            assert_eq!(p.client_data(1, chunk, &mut ctl, 0), Ok(chunk.len()));
+        }
+        assert!(
+            records(p.client_output(1).unwrap()).is_empty(),
+            "no answer from the router"
+        );
+        p.leg_up(SERVER, 1);
+        let sent = records(p.leg_output(SERVER).unwrap());
+        assert_eq!(sent.len(), 1);
+        assert!(sent[0].ends_with(&data));
+    }
+
+    #[test]
     fn a_leg_that_breaks_sends_its_calls_again_in_order() {
         let (mut ctl, vfh) = controller();
         let mut p = StreamProxy::new(StreamConfig::default(), 0);
@@ -949,7 +1014,7 @@ mod tests {
         // A record claiming 2^31 - 1 bytes closes the stream; nothing was buffered.
         assert_eq!(
             p.client_data(2, &0xffff_ffffu32.to_be_bytes(), &mut ctl, 0),
-            Err(())
+            Err(StreamError::Record(RecordError::TooLong(0x7fff_ffff)))
         );
         assert_eq!(p.stats.bad_records, 1);
         p.client_closed(2);

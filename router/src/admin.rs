@@ -52,6 +52,8 @@ pub enum Request {
     NfsStats,
     /// Write the handle-table checkpoint now.
     NfsCheckpoint,
+    /// The virtual server's TCP connections: clients' and the router's own to servers.
+    NfsConnections,
     /// Add targets to a service rule (creating it).
     SalRuleAdd {
         prefix: String,

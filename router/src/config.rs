@@ -404,6 +404,11 @@ pub struct NfsServerConfig {
     pub mount_port: u16,
     /// The export path to mount on the server.
     pub export: String,
+    /// The router's mounts and recovery walks, and TCP clients' calls, go over this
+    /// ("tcp", the default, or "udp"). UDP clients' calls are rewritten on the fast path and
+    /// reach the server over UDP either way.
+    #[serde(default)]
+    pub transport: NfsTransport,
 }
 
 /// Mirage NFS virtualization: several NFSv3 servers seen by clients as one.
@@ -442,7 +447,87 @@ pub struct NfsConfig {
     /// Seconds between checkpoints (0: only on `routerctl nfs checkpoint` and at stop).
     #[serde(default = "d_checkpoint_secs")]
     pub checkpoint_secs: u64,
+    /// The virtual server over TCP (`[nfs.tcp]`).
+    #[serde(default)]
+    pub tcp: NfsTcpConfig,
     pub servers: Vec<NfsServerConfig>,
+}
+
+/// The virtual server over TCP: the router terminates clients' connections on the virtual
+/// address (portmap, MOUNT, NFS ports) and talks to servers over connections of its own.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NfsTcpConfig {
+    /// Listen on TCP at all (UDP is served either way).
+    #[serde(default = "d_true")]
+    pub enabled: bool,
+    /// READ/WRITE size offered to TCP clients (FSINFO rtmax/wtmax) and READ/READDIR counts
+    /// clamped to, in bytes: 4096..=1048576.
+    #[serde(default = "d_tcp_max_io")]
+    pub max_io: u32,
+    /// Client connections in all, and from one client address.
+    #[serde(default = "d_tcp_max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "d_tcp_max_per_client")]
+    pub max_per_client: usize,
+    /// Calls of one client connection at servers at once (more stay unread in its stream).
+    #[serde(default = "d_tcp_max_inflight")]
+    pub max_inflight: usize,
+    /// A client connection with no whole call for this long (and nothing in flight) is reset.
+    #[serde(default = "d_tcp_idle_secs")]
+    pub idle_secs: u64,
+    /// Receive and send buffer of each client connection, KiB (the window it offers).
+    #[serde(default = "d_tcp_client_buffer")]
+    pub client_buffer_kib: usize,
+    /// Receive and send buffer of each connection to a server, KiB.
+    #[serde(default = "d_tcp_server_buffer")]
+    pub server_buffer_kib: usize,
+}
+
+impl Default for NfsTcpConfig {
+    fn default() -> Self {
+        NfsTcpConfig {
+            enabled: true,
+            max_io: d_tcp_max_io(),
+            max_connections: d_tcp_max_connections(),
+            max_per_client: d_tcp_max_per_client(),
+            max_inflight: d_tcp_max_inflight(),
+            idle_secs: d_tcp_idle_secs(),
+            client_buffer_kib: d_tcp_client_buffer(),
+            server_buffer_kib: d_tcp_server_buffer(),
+        }
+    }
+}
+
+fn d_tcp_max_io() -> u32 {
+    1 << 20
+}
+fn d_tcp_max_connections() -> usize {
+    1024
+}
+fn d_tcp_max_per_client() -> usize {
+    64
+}
+fn d_tcp_max_inflight() -> usize {
+    64
+}
+fn d_tcp_idle_secs() -> u64 {
+    300
+}
+fn d_tcp_client_buffer() -> usize {
+    256
+}
+fn d_tcp_server_buffer() -> usize {
+    2048
+}
+
+/// How the router talks to a server (its own calls, and TCP clients' calls).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NfsTransport {
+    #[default]
+    Tcp,
+    Udp,
 }
 
 fn d_sal_rules() -> usize {
@@ -1009,6 +1094,33 @@ impl Config {
         if let Some(m) = n.max_io {
             if !(512..=65_536).contains(&m) {
                 return Err(invalid("nfs.max_io", "must be 512..=65536 bytes"));
+            }
+        }
+        let t = &n.tcp;
+        if !(4096..=1 << 20).contains(&t.max_io) {
+            return Err(invalid("nfs.tcp.max_io", "must be 4096..=1048576 bytes"));
+        }
+        if !(1..=65_536).contains(&t.max_connections) {
+            return Err(invalid("nfs.tcp.max_connections", "must be 1..=65536"));
+        }
+        if t.max_per_client == 0 || t.max_per_client > t.max_connections {
+            return Err(invalid(
+                "nfs.tcp.max_per_client",
+                "must be 1..=max_connections",
+            ));
+        }
+        if !(1..=4096).contains(&t.max_inflight) {
+            return Err(invalid("nfs.tcp.max_inflight", "must be 1..=4096"));
+        }
+        if t.idle_secs == 0 {
+            return Err(invalid("nfs.tcp.idle_secs", "must be at least 1"));
+        }
+        for (key, v) in [
+            ("nfs.tcp.client_buffer_kib", t.client_buffer_kib),
+            ("nfs.tcp.server_buffer_kib", t.server_buffer_kib),
+        ] {
+            if !(16..=16_384).contains(&v) {
+                return Err(invalid(key, "must be 16..=16384 KiB"));
             }
         }
         // A call and its reply must meet on one worker's transaction table.

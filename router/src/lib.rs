@@ -12,6 +12,7 @@ pub mod engine;
 pub mod fib;
 pub mod ipv4;
 pub mod mgmt;
+pub mod nfs_tcp;
 pub mod port;
 pub mod qsbr;
 pub mod reasm;

@@ -152,6 +152,8 @@ pub struct Mgmt<B: Backend> {
     nfs: Option<Arc<nfs_rewrite::datapath::NfsShared>>,
     /// Answers for the virtual NFS server.
     nfs_ctl: Option<nfs_rewrite::control::Controller>,
+    /// The virtual NFS server over TCP (`[nfs.tcp]`).
+    nfs_tcp: Option<crate::nfs_tcp::NfsTcp>,
     /// Handle-table checkpoints.
     ckpt: Checkpoints,
     /// IP reassembly for the applications (NFS over UDP).
@@ -300,12 +302,14 @@ impl<B: Backend> Mgmt<B> {
                     .map_or(0, |d| d.as_secs() as u32);
                 nfs_rewrite::control::Controller::new(sh, port, epoch)
             }),
+            nfs_tcp: None,
             nfs,
             ckpt: Checkpoints::default(),
             reasm: crate::reasm::Reassembler::new(64, Duration::from_secs(2)),
             sal,
             chain,
         };
+        m.nfs_tcp = m.new_nfs_tcp();
         m.load_checkpoint();
         for n in statics {
             let (Some(port), Ok(mac)) = (m.cfg.port_id(&n.port), n.mac.parse::<EthernetAddress>())
@@ -335,6 +339,7 @@ impl<B: Backend> Mgmt<B> {
             self.clock
                 .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
             let mut work = self.poll_punts(512) + self.poll_mappings(1024);
+            work += self.flush_tcp();
             while let Ok(p) = admin.try_recv() {
                 work += 1;
                 self.counters.admin_requests.inc();
@@ -470,9 +475,119 @@ impl<B: Backend> Mgmt<B> {
         let Some(ctl) = self.nfs_ctl.as_mut() else {
             return;
         };
-        for d in ctl.drain() {
+        let out = ctl.drain();
+        let now = self.now_ms();
+        for d in out {
+            // The router's own calls to a server reached over TCP go on its connection.
+            let sid = self.tcp_server(d.src, d.dst);
+            if let (Some(t), Some(sid)) = (self.nfs_tcp.as_mut(), sid) {
+                t.proxy.upstream_call(d.dst, sid, d.payload, now);
+                continue;
+            }
             self.send_udp(d.src, d.dst, &d.payload);
         }
+    }
+
+    /// The server id when a datagram from the router's NFS client port goes to a server
+    /// whose transport is TCP.
+    fn tcp_server(&self, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Option<u16> {
+        if src.1 != nfs_rewrite::upstream::CLIENT_PORT {
+            return None;
+        }
+        self.cfg.nfs.as_ref()?.servers.iter().find_map(|s| {
+            (s.transport == crate::config::NfsTransport::Tcp
+                && s.address == dst.0
+                && (s.nfs_port == dst.1 || s.mount_port == dst.1))
+                .then_some(s.sid)
+        })
+    }
+
+    /// The TCP side of the virtual NFS server, when `[nfs.tcp]` is enabled.
+    fn new_nfs_tcp(&self) -> Option<crate::nfs_tcp::NfsTcp> {
+        let n = self.cfg.nfs.as_ref()?;
+        let t = &n.tcp;
+        if !t.enabled {
+            return None;
+        }
+        let max_io = t.max_io;
+        let cfg = nfs_rewrite::stream::StreamConfig {
+            limits: nfs_rewrite::rewrite::Limits {
+                max_io,
+                max_dir: max_io,
+            },
+            max_record: max_io as usize + 64 * 1024,
+            max_inflight: t.max_inflight,
+            max_output: 4 * (max_io as usize + 64 * 1024),
+            max_leg_output: 8 * (max_io as usize + 64 * 1024),
+            max_connections: t.max_connections,
+            max_per_client: t.max_per_client,
+            idle_ms: t.idle_secs * 1000,
+            call_timeout_ms: 120_000,
+        };
+        let mtu = self.ports.iter().map(|p| p.mtu).min().unwrap_or(1500);
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        Some(crate::nfs_tcp::NfsTcp::new(
+            n.virtual_address,
+            &[PORTMAP_PORT, n.mount_port, n.nfs_port],
+            cfg,
+            crate::nfs_tcp::Buffers {
+                client: t.client_buffer_kib * 1024,
+                server: t.server_buffer_kib * 1024,
+            },
+            usize::from(mtu),
+            seed,
+            self.now_ms(),
+        ))
+    }
+
+    /// A TCP segment to the virtual NFS server (a client's, or a server's on the router's
+    /// own connection): to the TCP stack. True when it was one.
+    fn tcp_input(&mut self, buf: &B::Buf) -> bool {
+        let Some(t) = self.nfs_tcp.as_mut() else {
+            return false;
+        };
+        let Some(ip) = buf.data().get(ETH_LEN..) else {
+            return false;
+        };
+        if !t.wants(ip) {
+            return false;
+        }
+        t.input(ip);
+        true
+    }
+
+    /// Run the TCP stack and the NFS streams; send what they produce. Returns how many
+    /// packets went out (work done).
+    fn flush_tcp(&mut self) -> usize {
+        let now = self.now_ms();
+        let (Some(t), Some(ctl)) = (self.nfs_tcp.as_mut(), self.nfs_ctl.as_mut()) else {
+            return 0;
+        };
+        if !t.active() {
+            return 0;
+        }
+        let (packets, upstream) = t.poll(ctl, now);
+        let had_upstream = !upstream.is_empty();
+        for msg in upstream {
+            ctl.upstream_reply(&msg, now);
+        }
+        let n = packets.len();
+        for p in packets {
+            let Some(mut b) = self.alloc_frame(ETH_LEN + p.len()) else {
+                continue;
+            };
+            let d = b.data_mut();
+            d[..ETH_LEN].fill(0);
+            d[12..14].copy_from_slice(&ethertype::IPV4.to_be_bytes());
+            d[ETH_LEN..].copy_from_slice(&p);
+            self.output(b);
+        }
+        if had_upstream {
+            self.flush_nfs();
+        }
+        n
     }
 
     /// Take what the workers' NFS stages report: handle mappings (this core is the handle
@@ -532,7 +647,7 @@ impl<B: Backend> Mgmt<B> {
             }
             PuntReason::FragNeeded => self.fragment_or_refuse(buf),
             PuntReason::Local => {
-                if !self.nfs_input(&buf) && !self.chain_control(&buf) {
+                if !self.tcp_input(&buf) && !self.nfs_input(&buf) && !self.chain_control(&buf) {
                     self.local_input(&buf)
                 }
             }
@@ -1326,7 +1441,27 @@ impl<B: Backend> Mgmt<B> {
         };
         let c = ctl.stats;
         let u = ctl.upstream.stats;
+        let tcp = self.nfs_tcp.as_ref().map(|t| {
+            let s = t.proxy.stats;
+            let k = t.counters;
+            json!({"connections": t.proxy.clients(), "accepted": s.accepted,
+                   "refused_total_limit": s.refused_total,
+                   "refused_per_client_limit": s.refused_per_client, "closed": s.closed,
+                   "idle_closed": s.idle_closed, "bad_records": s.bad_records,
+                   "garbage": s.garbage, "calls": s.calls, "answered": s.answered,
+                   "forwarded": s.forwarded, "replies": s.replies,
+                   "orphan_replies": s.orphan_replies, "unmatched_replies": s.unmatched_replies,
+                   "rewrite_failed": s.rewrite_failed, "paused_inflight": s.paused_inflight,
+                   "paused_output": s.paused_output, "paused_server": s.paused_leg,
+                   "server_connects": s.leg_connects, "server_failures": s.leg_failures,
+                   "resent": s.resent, "timed_out": s.timed_out,
+                   "router_calls": s.upstream_calls, "bytes_in": s.bytes_in,
+                   "bytes_out": s.bytes_out, "packets_in": k.packets_in,
+                   "packets_out": k.packets_out, "queue_full": k.queue_full,
+                   "resets": k.resets, "max_io": t.proxy.cfg.limits.max_io})
+        });
         json!({
+            "tcp": tcp,
             "calls": k.calls.iter().sum::<u64>(),
             "replies": k.replies.iter().sum::<u64>(),
             "calls_by_proc": by_proc(&k.calls),
@@ -1552,6 +1687,26 @@ impl<B: Backend> Mgmt<B> {
                     v => Response::ok(v),
                 }
             }
+            Request::NfsConnections => match (&self.nfs_ctl, &self.nfs_tcp) {
+                (None, _) => Response::err("NFS is not configured"),
+                (Some(_), None) => Response::err("NFS over TCP is disabled ([nfs.tcp] enabled = false)"),
+                (Some(_), Some(t)) => {
+                    let now = self.now_ms();
+                    let v: Vec<_> = t
+                        .proxy
+                        .connections(now)
+                        .into_iter()
+                        .map(|c| {
+                            json!({"kind": c.kind, "peer": format!("{}:{}", c.peer.0, c.peer.1),
+                                   "local_port": c.local_port, "sid": c.sid, "state": c.state,
+                                   "bytes_in": c.bytes_in, "bytes_out": c.bytes_out,
+                                   "inflight": c.inflight, "queued": c.queued,
+                                   "age_secs": c.age_ms as f64 / 1000.0, "calls": c.calls})
+                        })
+                        .collect();
+                    Response::ok(json!(v))
+                }
+            },
             Request::NfsCheckpoint => {
                 let t0 = Instant::now();
                 match self.checkpoint_now() {

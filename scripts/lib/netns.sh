@@ -144,16 +144,21 @@ rpcbind_alive() {
 # ganesha NS NAME ADDR EXPORT_ID: an nfs-ganesha NFSv3 server (VFS FSAL, UDP on) in NS, exporting
 # $TOPO_DIR/NAME/export. topo_ganesha_wait NAME waits until it serves.
 topo_ganesha() {
-	local ns=$1 name=$2 addr=$3 id=$4 dir="$TOPO_DIR/$2"
+	local ns=$1 name=$2 addr=$3 id=$4 dir="$TOPO_DIR/$2" udp=true transports="UDP, TCP"
+	# A fifth argument "tcp-only": the server has no UDP at all.
+	if [ "${5:-}" = tcp-only ]; then udp=false transports=TCP; fi
 	mkdir -p "$dir/export"
 	cat >"$dir/ganesha.conf" <<CONF
 NFS_CORE_PARAM {
 	NFS_Port = 2049; MNT_Port = 20048; NFS_Protocols = 3;
-	Enable_NLM = false; Enable_RQUOTA = false; Enable_UDP = true; Bind_addr = $addr;
+	Enable_NLM = false; Enable_RQUOTA = false; Enable_UDP = $udp; Bind_addr = $addr;
+	# ganesha's FSINFO offers 1 MiB writes, but its default receive buffer (1 MiB) cannot
+	# hold a 1 MiB WRITE's record (data + RPC header): give it room.
+	MaxRPCRecvBufferSize = 2097152;
 }
 NFSV4 { Graceless = true; }
 EXPORT {
-	Export_Id = $id; Path = $dir/export; Pseudo = /$name; Protocols = 3; Transports = UDP, TCP;
+	Export_Id = $id; Path = $dir/export; Pseudo = /$name; Protocols = 3; Transports = $transports;
 	Access_Type = RW; Squash = No_Root_Squash; SecType = sys; FSAL { Name = VFS; }
 }
 CONF
@@ -216,8 +221,9 @@ address = \"10.0.3.2\"
 export = \"$TOPO_DIR/beta/export\"
 ${1:-}"
 	topo_beta
+	# NFS_BETA_TCP_ONLY=1: the second server has no UDP.
 	topo_ganesha "$NS_S" alpha 10.0.2.2 11
-	topo_ganesha "$NS_B" beta 10.0.3.2 12
+	topo_ganesha "$NS_B" beta 10.0.3.2 12 "${NFS_BETA_TCP_ONLY:+tcp-only}"
 	topo_ganesha_wait alpha
 	topo_ganesha_wait beta
 }

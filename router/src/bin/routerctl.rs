@@ -146,6 +146,9 @@ enum NfsCmd {
     Stats,
     /// Write the handle-table checkpoint now.
     Checkpoint,
+    /// TCP connections: clients' (address, port, bytes, calls in flight, age) and the
+    /// router's own to each server.
+    Connections,
 }
 
 #[derive(Subcommand, Debug)]
@@ -242,6 +245,9 @@ fn real_main() -> Result<()> {
         Cmd::Nfs {
             cmd: NfsCmd::Checkpoint,
         } => Request::NfsCheckpoint,
+        Cmd::Nfs {
+            cmd: NfsCmd::Connections,
+        } => Request::NfsConnections,
         Cmd::Sal { cmd } => match cmd {
             SalCmd::Rule {
                 cmd:
@@ -400,6 +406,41 @@ fn real_main() -> Result<()> {
             }
         }
         Cmd::Nfs { cmd: NfsCmd::Stats } => print_nfs_stats(&data),
+        Cmd::Nfs {
+            cmd: NfsCmd::Connections,
+        } => {
+            say!(
+                "{:<7} {:<21} {:<6} {:<11} {:>12} {:>12} {:>8} {:>10} {:>9}",
+                "kind",
+                "peer",
+                "port",
+                "state",
+                "bytes in",
+                "bytes out",
+                "inflight",
+                "queued",
+                "age s"
+            );
+            for c in data.as_array().into_iter().flatten() {
+                let port = if c["kind"] == "server" {
+                    format!("sid {}", plain(&c["sid"]))
+                } else {
+                    plain(&c["local_port"])
+                };
+                say!(
+                    "{:<7} {:<21} {:<6} {:<11} {:>12} {:>12} {:>8} {:>10} {:>9.1}",
+                    plain(&c["kind"]),
+                    plain(&c["peer"]),
+                    port,
+                    plain(&c["state"]),
+                    plain(&c["bytes_in"]),
+                    plain(&c["bytes_out"]),
+                    plain(&c["inflight"]),
+                    plain(&c["queued"]),
+                    c["age_secs"].as_f64().unwrap_or(0.0)
+                );
+            }
+        }
         Cmd::Nfs {
             cmd: NfsCmd::Checkpoint,
         } => say!(
@@ -745,6 +786,25 @@ fn print_nfs_stats(d: &Value) {
         plain(&r["walks"]),
         plain(&r["walk_dirs"])
     );
+    let t = &d["tcp"];
+    if !t.is_null() {
+        say!(
+            "tcp: {} connections ({} accepted, refused {}+{} by limits, {} idle-closed, {} bad records); calls {} (answered {}, forwarded {}), replies {}; servers: {} connects, {} failures, {} resent",
+            plain(&t["connections"]),
+            plain(&t["accepted"]),
+            plain(&t["refused_total_limit"]),
+            plain(&t["refused_per_client_limit"]),
+            plain(&t["idle_closed"]),
+            plain(&t["bad_records"]),
+            plain(&t["calls"]),
+            plain(&t["answered"]),
+            plain(&t["forwarded"]),
+            plain(&t["replies"]),
+            plain(&t["server_connects"]),
+            plain(&t["server_failures"]),
+            plain(&t["resent"])
+        );
+    }
     let k = &d["checkpoint"];
     say!(
         "checkpoint {}: loaded {}, written {} (last {} handles), failed {}",
