@@ -32,6 +32,8 @@ sid = 1
 name = "alpha"
 address = "10.0.2.2"
 export = "/srv/alpha"
+# These tests drive the UDP path: the router reaches the server by UDP too.
+transport = "udp"
 "#;
 
 fn udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), to_mac: &str, payload: &[u8]) -> Vec<u8> {

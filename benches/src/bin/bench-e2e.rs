@@ -417,6 +417,7 @@ sid = 1
 name = "bench"
 address = "{server}"
 export = "{export}"
+transport = "udp"
 "#,
             virt = router_bench::nfs::VIRTUAL,
             secret = router_bench::nfs::SECRET,
