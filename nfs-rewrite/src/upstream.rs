@@ -62,6 +62,8 @@ pub struct Mounted {
     pub root_attr: [u8; Field::FATTR_LEN],
     /// tbytes, fbytes, abytes, tfiles, ffiles, afiles.
     pub fsstat: Option<[u64; 6]>,
+    /// The server's transfer sizes (FSINFO): rtmax, wtmax, dtpref.
+    pub fsinfo: Option<[u32; 3]>,
     /// When it was mounted (ms).
     pub since_ms: u64,
 }
@@ -83,6 +85,7 @@ enum Purpose {
     Mnt { sid: u16 },
     RootAttr { sid: u16, pfh: Vec<u8> },
     Fsstat { sid: u16 },
+    Fsinfo { sid: u16 },
     Walk { sid: u16 },
 }
 
@@ -237,6 +240,7 @@ impl Upstream {
             Purpose::Mnt { .. } => (rpc::program::MOUNT, 3, mount::proc_::MNT),
             Purpose::RootAttr { .. } => (rpc::program::NFS, 3, Proc::Getattr as u32),
             Purpose::Fsstat { .. } => (rpc::program::NFS, 3, Proc::Fsstat as u32),
+            Purpose::Fsinfo { .. } => (rpc::program::NFS, 3, Proc::Fsinfo as u32),
             Purpose::Walk { .. } => (rpc::program::NFS, 3, Proc::Readdirplus as u32),
         };
         let mut w = Writer::new();
@@ -358,7 +362,7 @@ impl Upstream {
                     s.last_error = Some(why.to_string());
                 }
             }
-            Purpose::Fsstat { .. } => {}
+            Purpose::Fsstat { .. } | Purpose::Fsinfo { .. } => {}
             // The walk starts over at the next poll (the targets are still wanted).
             Purpose::Walk { sid } => {
                 self.walks.remove(&sid);
@@ -409,6 +413,7 @@ impl Upstream {
             Purpose::Mnt { sid } => self.on_mnt(sid, msg, results_at, now),
             Purpose::RootAttr { sid, pfh } => self.on_root_attr(sid, pfh, msg, results_at, now),
             Purpose::Fsstat { sid } => self.on_fsstat(sid, msg, results_at),
+            Purpose::Fsinfo { sid } => self.on_fsinfo(sid, msg, results_at),
             Purpose::Walk { sid } => self.on_walk(sid, msg, results_at, now),
         };
         if let Err(why) = done {
@@ -481,18 +486,51 @@ impl Upstream {
                 root_pin: pin,
                 root_attr,
                 fsstat: None,
+                fsinfo: None,
                 since_ms: now,
             });
         }
-        self.send(
-            Purpose::Fsstat { sid },
-            dst,
-            |w| {
-                w.opaque(&pfh);
-            },
-            now,
-        );
+        for purpose in [Purpose::Fsstat { sid }, Purpose::Fsinfo { sid }] {
+            self.send(
+                purpose,
+                dst,
+                |w| {
+                    w.opaque(&pfh);
+                },
+                now,
+            );
+        }
         Ok(())
+    }
+
+    fn on_fsinfo(&mut self, sid: u16, msg: &[u8], at: usize) -> Result<(), String> {
+        let mut c = Cursor::at(msg, at);
+        let e = |e: XdrError| format!("FSINFO reply: {e}");
+        if c.u32().map_err(e)? != nfs3::stat::OK {
+            return Ok(());
+        }
+        if c.bool().map_err(e)? {
+            c.skip(Field::FATTR_LEN).map_err(e)?;
+        }
+        let mut v = [0u32; 7]; // rtmax rtpref rtmult wtmax wtpref wtmult dtpref
+        for x in &mut v {
+            *x = c.u32().map_err(e)?;
+        }
+        if let Some(m) = self.state(sid).and_then(|s| s.mounted.as_mut()) {
+            m.fsinfo = Some([v[0], v[3], v[6]]);
+        }
+        Ok(())
+    }
+
+    /// The largest READ and WRITE every mounted server takes (the smallest of their FSINFO
+    /// rtmax and wtmax), once at least one server has told.
+    pub fn transfer_max(&self) -> Option<u32> {
+        self.servers
+            .iter()
+            .filter_map(|s| s.mounted.as_ref()?.fsinfo)
+            .map(|[r, w, _]| r.min(w))
+            .filter(|&m| m > 0)
+            .min()
     }
 
     fn on_fsstat(&mut self, sid: u16, msg: &[u8], at: usize) -> Result<(), String> {

@@ -568,11 +568,13 @@ impl<B: Backend> Mgmt<B> {
         if !t.active() {
             return 0;
         }
-        let (packets, upstream) = t.poll(ctl, now);
+        let upstream = t.poll(ctl, now);
         let had_upstream = !upstream.is_empty();
         for msg in upstream {
             ctl.upstream_reply(&msg, now);
         }
+        // No more than the output ring takes now: the rest waits in the stack.
+        let packets = t.take_output(self.rings.inject.slots());
         let n = packets.len();
         for p in packets {
             let Some(mut b) = self.alloc_frame(ETH_LEN + p.len()) else {
@@ -1286,6 +1288,12 @@ impl<B: Backend> Mgmt<B> {
         let now_ms = self.now_ms();
         if let Some(ctl) = self.nfs_ctl.as_mut() {
             ctl.poll(now_ms);
+            // TCP clients are offered what every server takes (FSINFO), up to the config's.
+            if let (Some(t), Some(n)) = (self.nfs_tcp.as_mut(), self.cfg.nfs.as_ref()) {
+                let cap = n.tcp.max_io;
+                let m = ctl.upstream.transfer_max().map_or(cap, |m| m.min(cap));
+                t.proxy.cfg.limits.max_io = m.max(4096);
+            }
             self.flush_nfs();
             self.checkpoint_timer();
         }
@@ -1521,6 +1529,8 @@ impl<B: Backend> Mgmt<B> {
                        "root_handle": m.map(|m| m.root_pfh.iter().map(|b| format!("{b:02x}")).collect::<String>()),
                        "fsid": m.map(|m| m.root_pfs), "root_fileid": m.map(|m| m.root_pin),
                        "fsstat": m.and_then(|m| m.fsstat).map(|f| json!({"tbytes": f[0], "fbytes": f[1], "abytes": f[2], "tfiles": f[3], "ffiles": f[4], "afiles": f[5]})),
+                       "fsinfo": m.and_then(|m| m.fsinfo).map(|f| json!({"rtmax": f[0], "wtmax": f[1], "dtpref": f[2]})),
+                       "transport": self.cfg.nfs.as_ref().and_then(|c| c.servers.iter().find(|x| x.sid == s.sid)).map(|x| x.transport),
                        "last_error": st.and_then(|x| x.last_error.clone())})
             })
             .collect();

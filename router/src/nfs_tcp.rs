@@ -35,6 +35,9 @@ use std::net::Ipv4Addr;
 const LISTENERS_PER_PORT: usize = 4;
 /// Packets queued for the TCP stack at most (more are dropped: TCP retransmits).
 const RX_QUEUE: usize = 4096;
+/// Packets the stack may have made and not yet handed out: past this it makes no more until
+/// the output ring takes some (TCP's own pacing: unsent segments wait in the send buffers).
+const TX_QUEUE: usize = 512;
 /// Local ports of the router's connections to servers (reserved ports, as NFS clients use).
 const LEG_PORTS: std::ops::RangeInclusive<u16> = 665..=1023;
 /// Back-off before re-opening a server connection that failed (ms).
@@ -81,7 +84,7 @@ impl Device for Queue {
     }
 
     fn transmit(&mut self, _: Instant) -> Option<Tx<'_>> {
-        Some(Tx(&mut self.tx))
+        (self.tx.len() < TX_QUEUE).then_some(Tx(&mut self.tx))
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
@@ -301,10 +304,18 @@ impl NfsTcp {
             || self.proxy.calls_in_flight() > 0
     }
 
+    /// Up to `max` of the IPv4 packets the stack made, oldest first (the caller sends them;
+    /// the rest wait for room).
+    pub fn take_output(&mut self, max: usize) -> Vec<Vec<u8>> {
+        let n = max.min(self.dev.tx.len());
+        self.counters.packets_out += n as u64;
+        self.dev.tx.drain(..n).collect()
+    }
+
     /// Run the stack and the streams: take the queued packets, move bytes between sockets
-    /// and the proxy, run timers. Returns the IPv4 packets to send, and the replies to the
-    /// router's own client (for [`Controller::upstream_reply`]).
-    pub fn poll(&mut self, ctl: &mut Controller, now: u64) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    /// and the proxy, run timers; the packets made wait for [`NfsTcp::take_output`]. Returns
+    /// the replies to the router's own client (for [`Controller::upstream_reply`]).
+    pub fn poll(&mut self, ctl: &mut Controller, now: u64) -> Vec<Vec<u8>> {
         let t = Instant::from_millis(now as i64);
         for h in self.retire.drain(..) {
             self.sockets.remove(h);
@@ -336,8 +347,7 @@ impl NfsTcp {
             self.proxy.released(ctl, now);
         }
         self.iface.poll_egress(t, &mut self.dev, &mut self.sockets);
-        self.counters.packets_out += self.dev.tx.len() as u64;
-        (std::mem::take(&mut self.dev.tx), upstream)
+        upstream
     }
 
     /// Listening sockets that took a SYN become client connections (or are reset when a

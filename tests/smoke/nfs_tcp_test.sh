@@ -45,11 +45,14 @@ tcp_stat() { $ROUTERCTL nfs stats --json | python3 -c "import json,sys; print(js
 out=$(client basic alpha beta) || { $ROUTERCTL nfs stats >&2; die "client (basic): $out"; }
 report=$(tail -1 <<<"$out")
 log "client: $report"
-python3 - "$report" "$TOPO_DIR" <<'PY' || die "basic checks"
+python3 - "$report" "$TOPO_DIR" "$($ROUTERCTL nfs servers --json)" <<'PY' || die "basic checks"
 import json, os, sys
-r, top = json.loads(sys.argv[1]), sys.argv[2]
+r, top, servers = json.loads(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
 assert sorted(r["root_entries"]) == [".", "..", "alpha", "beta"], r["root_entries"]
 assert r["wtmax"] > 65536 and r["rtmax"] > 65536, f"TCP transfers not above 64 KiB: {r}"
+# Offered: the smallest of the servers' own sizes (their FSINFO, learned over TCP).
+want = min(min(s["fsinfo"]["rtmax"], s["fsinfo"]["wtmax"]) for s in servers)
+assert r["rtmax"] == r["wtmax"] == min(want, 1 << 20), (r["rtmax"], r["wtmax"], servers)
 fsids = set()
 for name in ("alpha", "beta"):
     s = r["servers"][name]

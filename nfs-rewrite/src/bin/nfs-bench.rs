@@ -1,0 +1,365 @@
+//! `nfs-bench`: an NFSv3-over-TCP load generator for the TCP virtual server, built on this
+//! crate's codecs. One TCP connection, calls pipelined up to `--inflight` at once.
+//!
+//! - `io`: create a file, WRITE `--size-mib` MiB in `--io`-byte transfers (UNSTABLE, then
+//!   COMMIT), READ it back and check every byte, remove it; prints MiB/s both ways;
+//! - `meta`: GETATTR and LOOKUP alternating for `--duration` seconds; prints operations per
+//!   second and latency percentiles.
+//!
+//! Point it at the virtual server (`--export /` and `--dir NAME`: the export's name in the
+//! virtual root) or straight at a server (`--export /its/path`), with the same work, to
+//! compare the two. Prints one JSON object.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use nfs_rewrite::wire::nfs3::Proc;
+use nfs_rewrite::wire::record::{frame, RecordReader};
+use nfs_rewrite::wire::rpc::{self, program, Writer};
+use nfs_rewrite::wire::Cursor;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    Io,
+    Meta,
+}
+
+#[derive(Debug, Parser)]
+#[command(about = "NFSv3-over-TCP load: pipelined READ/WRITE or GETATTR/LOOKUP")]
+struct Args {
+    /// The server (or the virtual server's address).
+    #[arg(long)]
+    server: std::net::Ipv4Addr,
+    #[arg(long, default_value_t = 20048)]
+    mount_port: u16,
+    #[arg(long, default_value_t = 2049)]
+    nfs_port: u16,
+    /// The export to mount ("/" on the virtual server).
+    #[arg(long)]
+    export: String,
+    /// A directory to LOOKUP under the export first (the server's name in the virtual root).
+    #[arg(long)]
+    dir: Option<String>,
+    #[arg(long, value_enum, default_value = "io")]
+    mode: Mode,
+    /// io: file size (MiB).
+    #[arg(long, default_value_t = 64)]
+    size_mib: u64,
+    /// io: bytes per READ/WRITE.
+    #[arg(long, default_value_t = 1 << 20)]
+    io: u32,
+    /// Calls in flight at once.
+    #[arg(long, default_value_t = 4)]
+    inflight: usize,
+    /// meta: seconds.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+}
+
+/// One connection: calls out, replies in, matched by xid.
+struct Conn {
+    s: TcpStream,
+    reader: RecordReader,
+    ready: Vec<Vec<u8>>,
+    xid: u32,
+}
+
+impl Conn {
+    fn open(addr: SocketAddr) -> Result<Self> {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .with_context(|| format!("connect {addr}"))?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(Conn {
+            s,
+            reader: RecordReader::new(4 << 20),
+            ready: Vec::new(),
+            xid: std::process::id() << 12,
+        })
+    }
+
+    /// Send a call (args after the header); returns its xid.
+    fn send(&mut self, prog: u32, proc_: u32, args: &[u8]) -> Result<u32> {
+        self.xid = self.xid.wrapping_add(1);
+        let mut w = Writer::new();
+        w.call_sys(self.xid, prog, 3, proc_, 0, 0).fixed(args);
+        self.s.write_all(&frame(&w.buf))?;
+        Ok(self.xid)
+    }
+
+    /// The next reply: (xid, results).
+    fn recv(&mut self) -> Result<(u32, Vec<u8>)> {
+        let mut buf = vec![0u8; 256 * 1024];
+        while self.ready.is_empty() {
+            let n = self.s.read(&mut buf)?;
+            if n == 0 {
+                bail!("connection closed by the server");
+            }
+            let ready = &mut self.ready;
+            self.reader
+                .feed(&buf[..n], |r| {
+                    ready.push(r);
+                    true
+                })
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        let msg = self.ready.remove(0);
+        match rpc::parse(&msg) {
+            Ok(rpc::Message::Reply(rpc::Reply::Accepted {
+                xid,
+                stat: rpc::AcceptStat::Success { results_at },
+                ..
+            })) => Ok((xid, msg[results_at..].to_vec())),
+            other => bail!("RPC error: {other:?}"),
+        }
+    }
+
+    fn call(&mut self, prog: u32, proc_: u32, args: &[u8]) -> Result<Vec<u8>> {
+        let x = self.send(prog, proc_, args)?;
+        let (y, res) = self.recv()?;
+        if x != y {
+            bail!("reply to xid {y}, expected {x}");
+        }
+        Ok(res)
+    }
+}
+
+/// nfsstat3 first; OK or an error naming `what`.
+fn ok<'a>(res: &'a [u8], what: &str) -> Result<Cursor<'a>> {
+    let mut c = Cursor::new(res);
+    let st = c.u32().map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+    if st != 0 {
+        bail!("{what}: nfsstat3 {st}");
+    }
+    Ok(c)
+}
+
+fn handle(c: &mut Cursor<'_>) -> Result<Vec<u8>> {
+    let (_, h) = c
+        .opaque_var(64)
+        .map_err(|e| anyhow::anyhow!("handle: {e}"))?;
+    Ok(h.to_vec())
+}
+
+fn post_op_fh(c: &mut Cursor<'_>) -> Result<Vec<u8>> {
+    if !c.bool().map_err(|e| anyhow::anyhow!("{e}"))? {
+        bail!("no handle in the reply");
+    }
+    handle(c)
+}
+
+fn args(f: impl FnOnce(&mut Writer)) -> Vec<u8> {
+    let mut w = Writer::new();
+    f(&mut w);
+    w.buf
+}
+
+fn pattern(offset: u64, n: usize) -> Vec<u8> {
+    (0..n as u64)
+        .map(|i| ((offset + i).wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect()
+}
+
+/// Pipelined calls: `make(i)` builds call i's (proc, args); `check(i, results)` checks its
+/// reply. Returns the latencies (µs).
+fn pipeline(
+    conn: &mut Conn,
+    count: usize,
+    inflight: usize,
+    deadline: Option<Instant>,
+    mut make: impl FnMut(usize) -> (u32, Vec<u8>),
+    mut check: impl FnMut(usize, &[u8]) -> Result<()>,
+) -> Result<Vec<u64>> {
+    let mut out: HashMap<u32, (usize, Instant)> = HashMap::new();
+    let mut lat = Vec::new();
+    let mut next = 0;
+    loop {
+        let open = deadline.is_none_or(|d| Instant::now() < d);
+        while open && next < count && out.len() < inflight {
+            let (p, a) = make(next);
+            let x = conn.send(program::NFS, p, &a)?;
+            out.insert(x, (next, Instant::now()));
+            next += 1;
+        }
+        if out.is_empty() {
+            return Ok(lat);
+        }
+        let (x, res) = conn.recv()?;
+        let Some((i, t0)) = out.remove(&x) else {
+            bail!("reply to no call of ours (xid {x})");
+        };
+        lat.push(t0.elapsed().as_micros() as u64);
+        check(i, &res)?;
+    }
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    let mut mnt = Conn::open(SocketAddr::from((a.server, a.mount_port)))?;
+    let res = mnt.call(
+        program::MOUNT,
+        1,
+        &args(|w| {
+            w.opaque(a.export.as_bytes());
+        }),
+    )?;
+    let mut c = Cursor::new(&res);
+    if c.u32()? != 0 {
+        bail!("MNT {} refused", a.export);
+    }
+    let root = handle(&mut c)?;
+    let mut conn = Conn::open(SocketAddr::from((a.server, a.nfs_port)))?;
+    let dir = match &a.dir {
+        Some(d) => {
+            let res = conn.call(
+                program::NFS,
+                Proc::Lookup as u32,
+                &args(|w| {
+                    w.opaque(&root).opaque(d.as_bytes());
+                }),
+            )?;
+            handle(&mut ok(&res, "LOOKUP")?)?
+        }
+        None => root,
+    };
+    let name = format!("nfs-bench-{}.bin", std::process::id());
+    let res = conn.call(
+        program::NFS,
+        Proc::Create as u32,
+        &args(|w| {
+            // UNCHECKED, sattr3: mode 0644, nothing else set.
+            w.opaque(&dir).opaque(name.as_bytes()).u32(0);
+            w.bool(true)
+                .u32(0o644)
+                .bool(false)
+                .bool(false)
+                .bool(false)
+                .u32(0)
+                .u32(0);
+        }),
+    )?;
+    let file = post_op_fh(&mut ok(&res, "CREATE")?)?;
+    let report = match a.mode {
+        Mode::Io => {
+            let size = a.size_mib << 20;
+            let chunks = size.div_ceil(u64::from(a.io)) as usize;
+            let len = |i: usize| (size - i as u64 * u64::from(a.io)).min(u64::from(a.io)) as usize;
+            let t0 = Instant::now();
+            pipeline(
+                &mut conn,
+                chunks,
+                a.inflight,
+                None,
+                |i| {
+                    let off = i as u64 * u64::from(a.io);
+                    let data = pattern(off, len(i));
+                    let w = args(|w| {
+                        w.opaque(&file)
+                            .u64(off)
+                            .u32(data.len() as u32)
+                            .u32(0)
+                            .opaque(&data);
+                    });
+                    (Proc::Write as u32, w)
+                },
+                |_, res| ok(res, "WRITE").map(|_| ()),
+            )?;
+            let res = conn.call(
+                program::NFS,
+                Proc::Commit as u32,
+                &args(|w| {
+                    w.opaque(&file).u64(0).u32(0);
+                }),
+            )?;
+            ok(&res, "COMMIT")?;
+            let write_s = t0.elapsed().as_secs_f64();
+            let t1 = Instant::now();
+            pipeline(
+                &mut conn,
+                chunks,
+                a.inflight,
+                None,
+                |i| {
+                    let off = i as u64 * u64::from(a.io);
+                    let w = args(|w| {
+                        w.opaque(&file).u64(off).u32(len(i) as u32);
+                    });
+                    (Proc::Read as u32, w)
+                },
+                |i, res| {
+                    let mut c = ok(res, "READ")?;
+                    if c.bool()? {
+                        c.skip(84)?;
+                    }
+                    let _count = c.u32()?;
+                    let _eof = c.bool()?;
+                    let (_, data) = c.opaque_var(usize::MAX)?;
+                    if data != pattern(i as u64 * u64::from(a.io), len(i)).as_slice() {
+                        bail!(
+                            "READ of chunk {i}: {} bytes that differ from those written",
+                            data.len()
+                        );
+                    }
+                    Ok(())
+                },
+            )?;
+            let read_s = t1.elapsed().as_secs_f64();
+            let mib = size as f64 / (1 << 20) as f64;
+            serde_json::json!({"mode": "io", "size_mib": a.size_mib, "io": a.io,
+                "inflight": a.inflight, "write_s": write_s, "read_s": read_s,
+                "write_mib_s": mib / write_s, "read_mib_s": mib / read_s})
+        }
+        Mode::Meta => {
+            let deadline = Instant::now() + Duration::from_secs_f64(a.duration);
+            let t0 = Instant::now();
+            let name_b = name.clone();
+            let mut lat = pipeline(
+                &mut conn,
+                usize::MAX,
+                a.inflight,
+                Some(deadline),
+                |i| {
+                    if i % 2 == 0 {
+                        (
+                            Proc::Getattr as u32,
+                            args(|w| {
+                                w.opaque(&file);
+                            }),
+                        )
+                    } else {
+                        (
+                            Proc::Lookup as u32,
+                            args(|w| {
+                                w.opaque(&dir).opaque(name_b.as_bytes());
+                            }),
+                        )
+                    }
+                },
+                |i, res| ok(res, if i % 2 == 0 { "GETATTR" } else { "LOOKUP" }).map(|_| ()),
+            )?;
+            let secs = t0.elapsed().as_secs_f64();
+            lat.sort_unstable();
+            let pct = |p: f64| {
+                lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+                    .copied()
+                    .unwrap_or(0)
+            };
+            serde_json::json!({"mode": "meta", "inflight": a.inflight, "ops": lat.len(),
+                "seconds": secs, "ops_per_sec": lat.len() as f64 / secs,
+                "p50_us": pct(0.5), "p99_us": pct(0.99)})
+        }
+    };
+    let res = conn.call(
+        program::NFS,
+        Proc::Remove as u32,
+        &args(|w| {
+            w.opaque(&dir).opaque(name.as_bytes());
+        }),
+    )?;
+    ok(&res, "REMOVE")?;
+    println!("{report}");
+    Ok(())
+}
