@@ -199,12 +199,6 @@ pub fn parse(buf: &[u8]) -> Result<Message<'_>> {
     }
 }
 
-/// A TCP record mark: (last fragment, fragment length).
-pub fn record_mark(b: &[u8]) -> Option<(bool, usize)> {
-    let m = u32::from_be_bytes(b.get(..4)?.try_into().ok()?);
-    Some((m & 0x8000_0000 != 0, (m & 0x7fff_ffff) as usize))
-}
-
 /// Builds XDR messages (management core: replies the router answers itself).
 #[derive(Debug, Default, Clone)]
 pub struct Writer {

@@ -1,8 +1,9 @@
 //! Reading the NFS captures: frames → RPC messages in capture order (UDP datagrams; TCP
-//! streams reassembled and split at record marks).
+//! streams reassembled and split into records by the router's own `RecordReader`, segment by
+//! segment as they arrived).
 #![allow(dead_code)]
 
-use nfs_rewrite::wire::rpc;
+use nfs_rewrite::wire::record::RecordReader;
 use packet::ethernet::{ethertype, EthernetFrame};
 use packet::ipv4::{protocol, Ipv4Packet};
 use packet::tcp::TcpPacket;
@@ -34,12 +35,20 @@ pub struct Msg {
 }
 
 /// One direction of a TCP connection being reassembled.
-#[derive(Default)]
 struct Stream {
     next_seq: Option<u32>,
     early: BTreeMap<u32, Vec<u8>>,
-    buf: Vec<u8>,
-    record: Vec<u8>,
+    records: RecordReader,
+}
+
+impl Default for Stream {
+    fn default() -> Self {
+        Stream {
+            next_seq: None,
+            early: BTreeMap::new(),
+            records: RecordReader::new(4 << 20),
+        }
+    }
 }
 
 impl Stream {
@@ -49,20 +58,15 @@ impl Stream {
         if seq.wrapping_sub(next) as i32 >= 0 {
             self.early.entry(seq).or_insert_with(|| data.to_vec());
         }
+        let mut out = Vec::new();
         while let Some(d) = self.next_seq.and_then(|n| self.early.remove(&n)) {
             self.next_seq = self.next_seq.map(|n| n.wrapping_add(d.len() as u32));
-            self.buf.extend_from_slice(&d);
-        }
-        let mut out = Vec::new();
-        while let Some((last, len)) = rpc::record_mark(&self.buf) {
-            if self.buf.len() < 4 + len {
-                break;
-            }
-            self.record.extend_from_slice(&self.buf[4..4 + len]);
-            self.buf.drain(..4 + len);
-            if last {
-                out.push(std::mem::take(&mut self.record));
-            }
+            self.records
+                .feed(&d, |r| {
+                    out.push(r);
+                    true
+                })
+                .expect("a capture's record stream is well formed");
         }
         out
     }
@@ -110,10 +114,7 @@ pub fn messages(frames: &[Vec<u8>]) -> Vec<Msg> {
         }
     }
     for (k, st) in &streams {
-        assert!(
-            st.buf.is_empty() && st.record.is_empty(),
-            "stream {k:?} ends inside a record"
-        );
+        assert!(st.records.idle(), "stream {k:?} ends inside a record");
     }
     out
 }
