@@ -45,6 +45,9 @@ const LEG_RETRY_MS: u64 = 500;
 /// A server connection that cannot deliver for this long is given up (and re-opened).
 const LEG_TIMEOUT: Duration = Duration::from_secs(5);
 const LEG_KEEPALIVE: Duration = Duration::from_secs(5);
+/// Closed client sockets kept to listen again (their buffers reused, not freed and
+/// allocated anew for every connection).
+const SPARE_SOCKETS: usize = 64;
 /// The proxy's timers run this often (ms).
 const SWEEP_MS: u64 = 200;
 
@@ -132,8 +135,11 @@ pub struct NfsTcp {
     clients: HashMap<SocketHandle, ConnId>,
     legs: HashMap<LegKey, LegSocket>,
     leg_retry: HashMap<LegKey, u64>,
-    /// Sockets closed or reset, removed after the next egress (so their RST or FIN goes out).
-    retire: Vec<SocketHandle>,
+    /// Sockets closed or reset, retired after the next egress (so their RST or FIN goes out):
+    /// (socket, whether it is a client socket, to be reused as a listener).
+    retire: Vec<(SocketHandle, bool)>,
+    /// Closed client sockets waiting to listen again.
+    spare: Vec<SocketHandle>,
     next_conn: ConnId,
     next_leg_port: u16,
     client_buffer: usize,
@@ -158,9 +164,11 @@ fn new_socket(rx: usize, tx: usize) -> tcp::Socket<'static> {
         tcp::SocketBuffer::new(vec![0u8; rx]),
         tcp::SocketBuffer::new(vec![0u8; tx]),
     );
-    // RPC is request/response: no Nagle, no delayed ACKs.
+    // RPC is request/response: no Nagle. ACKs wait at most 1 ms for data to ride on, and a
+    // second full segment sends one at once (every other segment, as Linux does: half the
+    // ACKs of bulk transfers go through the router).
     s.set_nagle_enabled(false);
-    s.set_ack_delay(None);
+    s.set_ack_delay(Some(Duration::from_millis(1)));
     s
 }
 
@@ -201,6 +209,7 @@ impl NfsTcp {
             legs: HashMap::new(),
             leg_retry: HashMap::new(),
             retire: Vec::new(),
+            spare: Vec::new(),
             next_conn: 1,
             next_leg_port: *LEG_PORTS.start() + (seed % 300) as u16,
             client_buffer,
@@ -218,12 +227,20 @@ impl NfsTcp {
     }
 
     fn listen(&mut self, port: u16) {
+        let at = IpListenEndpoint { addr: None, port };
+        while let Some(h) = self.spare.pop() {
+            if self.sockets.get_mut::<tcp::Socket>(h).listen(at).is_ok() {
+                self.listeners.push((port, h));
+                return;
+            }
+            self.sockets.remove(h);
+        }
         // The send buffer holds a whole reply record: written in one piece, it leaves in
         // full-sized segments from the record's start (no short segment mid-record), which
         // clients that read records carelessly (pyNfsClient) depend on.
         let tx = self.client_buffer.max(self.proxy.cfg.max_record);
         let mut s = new_socket(self.client_buffer, tx);
-        if s.listen(IpListenEndpoint { addr: None, port }).is_ok() {
+        if s.listen(at).is_ok() {
             let h = self.sockets.add(s);
             self.listeners.push((port, h));
         }
@@ -317,8 +334,13 @@ impl NfsTcp {
     /// the replies to the router's own client (for [`Controller::upstream_reply`]).
     pub fn poll(&mut self, ctl: &mut Controller, now: u64) -> Vec<Vec<u8>> {
         let t = Instant::from_millis(now as i64);
-        for h in self.retire.drain(..) {
-            self.sockets.remove(h);
+        for (h, client) in std::mem::take(&mut self.retire) {
+            if client && self.spare.len() < SPARE_SOCKETS {
+                self.sockets.get_mut::<tcp::Socket>(h).abort();
+                self.spare.push(h);
+            } else {
+                self.sockets.remove(h);
+            }
         }
         self.iface.poll_maintenance(t);
         // One packet at a time, with listeners replenished in between: a burst of SYNs to
@@ -438,7 +460,7 @@ impl NfsTcp {
         }
         for (h, conn) in gone {
             self.clients.remove(&h);
-            self.retire.push(h);
+            self.retire.push((h, true));
             if conn != 0 {
                 self.proxy.client_closed(conn);
             }
@@ -523,7 +545,7 @@ impl NfsTcp {
         for key in broken {
             if let Some(leg) = self.legs.remove(&key) {
                 self.sockets.get_mut::<tcp::Socket>(leg.handle).abort();
-                self.retire.push(leg.handle);
+                self.retire.push((leg.handle, false));
                 self.proxy.leg_down(key, now);
                 self.leg_retry
                     .insert(key, now + if leg.up { 0 } else { LEG_RETRY_MS });
