@@ -48,16 +48,22 @@ pub enum RunError {
     Chain(String),
     #[error("sal: {0}")]
     Sal(String),
+    #[error("nfs: {0}")]
+    Nfs(String),
 }
 
-/// What every worker's NFS stage shares, from the `[nfs]` section.
+/// What every worker's NFS stage shares, from the `[nfs]` section. Fails closed: without a
+/// valid handle secret there is no key (never a default one every attacker knows).
 fn nfs_shared(
     n: &config::NfsConfig,
     limits: nfs_rewrite::rewrite::Limits,
-) -> Arc<nfs_rewrite::datapath::NfsShared> {
+) -> Result<Arc<nfs_rewrite::datapath::NfsShared>, RunError> {
     use nfs_rewrite::vfh::HandleKey;
-    // The config validated the secret; a bad one cannot reach here.
-    let key = HandleKey::from_hex(&n.handle_secret).unwrap_or(HandleKey::new(0, 0));
+    let key = HandleKey::from_hex(&n.handle_secret).ok_or_else(|| {
+        RunError::Nfs(
+            "nfs.handle_secret: must be 32 hex digits; refusing to start without a key".into(),
+        )
+    })?;
     let servers = n
         .servers
         .iter()
@@ -71,7 +77,7 @@ fn nfs_shared(
             mch: key.mount_checksum(s.sid, s.export.as_bytes()),
         })
         .collect();
-    Arc::new(nfs_rewrite::datapath::NfsShared {
+    Ok(Arc::new(nfs_rewrite::datapath::NfsShared {
         key,
         handles: Arc::new(nfs_rewrite::tables::HandleTable::new(n.handles)),
         virtual_addr: n.virtual_address,
@@ -79,7 +85,7 @@ fn nfs_shared(
         virtual_fsid: n.virtual_fsid,
         limits,
         servers,
-    })
+    }))
 }
 
 /// Changes the log filter at run time (`routerctl log-level`).
@@ -126,7 +132,11 @@ pub fn run<B: Backend>(
             path: cfg.admin.socket.display().to_string(),
             source,
         })?;
-    let nfs = cfg.nfs.as_ref().map(|n| nfs_shared(n, cfg.nfs_limits()));
+    let nfs = cfg
+        .nfs
+        .as_ref()
+        .map(|n| nfs_shared(n, cfg.nfs_limits()))
+        .transpose()?;
     let sal = cfg.sal.as_ref().map(|sc| {
         Arc::new(sal_forward::stage::SalShared::new(
             Arc::new(sal_forward::table::ServiceTable::new(sc.max_rules)),

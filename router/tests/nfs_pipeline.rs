@@ -87,7 +87,16 @@ fn stage_stat(h: &Harness, kind: &str, name: &str) -> u64 {
 
 /// A call the router sent to the server on port 1: (xid, prog, proc, arguments, destination).
 fn server_call(h: &Harness) -> (u32, u32, u32, Vec<u8>, (Ipv4Addr, u16)) {
-    let f = h.expect_tx(1, 1).remove(0);
+    server_calls(h, 1).remove(0)
+}
+
+/// The next `n` calls the router sent to the server.
+#[allow(clippy::type_complexity)]
+fn server_calls(h: &Harness, n: usize) -> Vec<(u32, u32, u32, Vec<u8>, (Ipv4Addr, u16))> {
+    h.expect_tx(1, n).iter().map(|f| parse_call(f)).collect()
+}
+
+fn parse_call(f: &[u8]) -> (u32, u32, u32, Vec<u8>, (Ipv4Addr, u16)) {
     let ip = Ipv4Packet::new_checked(&f[14..]).unwrap();
     assert!(ip.verify_checksum());
     let u = packet::udp::UdpPacket::new_checked(ip.payload()).unwrap();
@@ -135,15 +144,16 @@ fn fattr(kind: u32, fsid: u64, fileid: u64) -> Vec<u8> {
 }
 
 /// Play the server for the management core's mount of /srv/alpha: MNT (root handle
-/// `root_pfh`), GETATTR of the root (fsid 5, fileid 6), FSSTAT; all from the virtual address.
+/// `root_pfh`), GETATTR of the root (fsid 5, fileid 6), FSSTAT and FSINFO (rtmax 32768, wtmax
+/// 65536); all from the virtual address.
 fn serve_mount(h: &Harness, root_pfh: &[u8; 28]) {
     let server = (Ipv4Addr::new(10, 0, 2, 2), 2049);
     let mine = (
         Ipv4Addr::new(10, 0, 1, 1),
         nfs_rewrite::upstream::CLIENT_PORT,
     );
-    // The management core mounts the export (MNT), reads the root's attributes (GETATTR) and
-    // the capacity (FSSTAT), from the virtual address.
+    // The management core mounts the export (MNT), reads the root's attributes (GETATTR), the
+    // capacity (FSSTAT) and the transfer sizes (FSINFO), from the virtual address.
     let (xid, prog, proc_, args, dst) = server_call(h);
     assert_eq!(
         (prog, proc_, dst),
@@ -159,7 +169,9 @@ fn serve_mount(h: &Harness, root_pfh: &[u8; 28]) {
     let mut r = rpc::Writer::new();
     r.u32(0).fixed(&fattr(2, 5, 6));
     server_reply(h, 2049, mine, xid, &r.buf);
-    let (xid, _, proc_, _, _) = server_call(h);
+    let mut calls = server_calls(h, 2);
+    calls.sort_by_key(|c| c.2);
+    let (xid, _, proc_, _, _) = calls[0].clone();
     assert_eq!(proc_, Proc::Fsstat as u32);
     let mut r = rpc::Writer::new();
     r.u32(0).bool(false);
@@ -167,6 +179,15 @@ fn serve_mount(h: &Harness, root_pfh: &[u8; 28]) {
         r.u64(v);
     }
     r.u32(0);
+    server_reply(h, 2049, mine, xid, &r.buf);
+    let (xid, _, proc_, _, _) = calls[1].clone();
+    assert_eq!(proc_, Proc::Fsinfo as u32);
+    let mut r = rpc::Writer::new();
+    r.u32(0).bool(false);
+    for v in [32768u32, 32768, 4096, 65536, 65536, 4096, 8192] {
+        r.u32(v);
+    }
+    r.u64(1 << 40).u32(0).u32(1).u32(0x1b);
     server_reply(h, 2049, mine, xid, &r.buf);
 }
 
@@ -182,6 +203,27 @@ fn nfs_stage_in_the_pipeline() {
     let root_pfh = [0x51u8; 28];
 
     serve_mount(&h, &root_pfh);
+    // The server's transfer sizes are learned (what TCP clients are offered).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let servers = loop {
+        let s = h.call(Request::NfsServers);
+        if !s[0]["fsinfo"].is_null() || std::time::Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert_eq!(servers[0]["fsinfo"]["rtmax"], 32768);
+    assert_eq!(servers[0]["fsinfo"]["wtmax"], 65536);
+    assert_eq!(servers[0]["transport"], "udp");
+    // TCP clients are then offered the smaller of the two (the management core's next tick).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while h.call(Request::NfsStats)["tcp"]["max_io"] != 32768 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "TCP transfer size not lowered to the server's"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 
     // The virtual root lists the export; LOOKUP of its name gives the export root's VFH.
     let root = VirtualHandle {
@@ -487,4 +529,38 @@ fn fragments_are_reassembled_and_rewritten() {
     assert_eq!(s["fragments_punted"], 5);
     assert_eq!(s["reassembly"]["stats"]["reassembled"], 2);
     assert_eq!(s["control"]["adopted"], 1);
+}
+
+/// A config that skipped validation with no usable handle secret does not start: there is no
+/// fallback key (a zero key would let anyone forge handles).
+#[test]
+fn no_valid_handle_secret_no_router() {
+    use router::port::soft::{SoftBackend, SoftPortSpec, Wire};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let mut cfg = router::config::Config::parse(&format!("{}{CONFIG}", common::LAN_WAN)).unwrap();
+    cfg.admin.socket =
+        std::env::temp_dir().join(format!("router-nokey-{}.sock", std::process::id()));
+    cfg.nfs.as_mut().unwrap().handle_secret = "not hex at all".into();
+    let specs = cfg
+        .ports
+        .iter()
+        .map(|p| {
+            (
+                p.name.clone(),
+                mac(p.mac.as_deref().unwrap()),
+                SoftPortSpec::Memory(Arc::new(Wire::default())),
+            )
+        })
+        .collect();
+    let be = Arc::new(SoftBackend::new(specs).unwrap());
+    let err = router::run(
+        cfg,
+        be,
+        Arc::new(AtomicBool::new(false)),
+        Box::new(|_| Ok(())),
+        || panic!("started without a handle key"),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("nfs.handle_secret"), "{err}");
 }
