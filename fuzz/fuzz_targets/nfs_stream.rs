@@ -34,6 +34,7 @@ fuzz_target!(|data: &[u8]| {
                 mount_port: 20048,
                 export: "/x".into(),
                 mch,
+                bridge: false,
             }],
         }),
         20048,

@@ -172,6 +172,12 @@ impl Controller {
         }
     }
 
+    /// The transaction of a call forwarded from here, or handed over by a worker, taken out
+    /// (the caller carries the call itself: over TCP to a server that has no UDP).
+    pub fn take_transaction(&mut self, key: TxKey, now: u64) -> Option<Transaction> {
+        self.tx.take(key, now)
+    }
+
     /// Calls held while their handles are recovered.
     pub fn held(&self) -> usize {
         self.held_total
@@ -856,6 +862,7 @@ mod tests {
                     mount_port: 20048,
                     export: "/srv/a".into(),
                     mch,
+                    bridge: false,
                 }],
             }),
             20048,

@@ -50,6 +50,9 @@ pub struct Server {
     pub export: String,
     /// Mount checksum of (sid, export).
     pub mch: u32,
+    /// The server has no UDP: UDP clients' calls for it go to the management core, which
+    /// sends them over its TCP connection and answers the client by UDP (the slow path).
+    pub bridge: bool,
 }
 
 /// What every worker's stage shares.
@@ -330,15 +333,29 @@ impl NfsStage {
                     port: client.1,
                     xid,
                 };
-                if !self.tx.insert(
-                    key,
-                    Transaction {
-                        proc_: p as u8,
-                        sid,
-                        dir_pfs,
-                    },
-                    self.now,
-                ) {
+                let tx = Transaction {
+                    proc_: p as u8,
+                    sid,
+                    dir_pfs,
+                };
+                if server.bridge {
+                    // A server without UDP: the management core carries the rewritten call
+                    // over TCP, with this transaction.
+                    if self.events.len() >= MAPPING_QUEUE {
+                        self.counters.mappings_dropped += 1;
+                        return NfsDrop::TransactionsFull.drop();
+                    }
+                    self.events.push(NfsEvent::Transaction { key, tx });
+                    let to = Readdress::Dst(server.addr, server.nfs_port);
+                    return match finish(pkt, ip_at, delta, to, csum) {
+                        Some(()) => {
+                            self.counters.calls_rewritten += 1;
+                            Verdict::Punt(PuntReason::Application)
+                        }
+                        None => NfsDrop::Malformed.drop(),
+                    };
+                }
+                if !self.tx.insert(key, tx, self.now) {
                     return NfsDrop::TransactionsFull.drop();
                 }
                 let to = Readdress::Dst(server.addr, server.nfs_port);

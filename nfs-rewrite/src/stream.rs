@@ -121,8 +121,23 @@ pub struct StreamStats {
     pub timed_out: u64,
     /// The router's own calls (mounts, recovery walks) sent on legs.
     pub upstream_calls: u64,
+    /// UDP clients' calls carried on legs (servers without UDP).
+    pub datagram_calls: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+}
+
+/// A reply that leaves the proxy some other way than on a client connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// For the router's own client: [`Controller::upstream_reply`].
+    Upstream(Vec<u8>),
+    /// For a UDP client of the virtual server (rewritten, its xid restored): send it from
+    /// the virtual server's NFS port.
+    Datagram {
+        client: (Ipv4Addr, u16),
+        msg: Vec<u8>,
+    },
 }
 
 /// Records waiting to be written on a connection.
@@ -216,6 +231,11 @@ enum Origin {
     /// The router's own client ([`crate::upstream::Upstream`]): the reply goes to it with
     /// its own xid.
     Upstream {
+        xid: u32,
+    },
+    /// A UDP client's call for a server without UDP: the reply goes back by UDP.
+    Datagram {
+        client: (Ipv4Addr, u16),
         xid: u32,
     },
 }
@@ -538,6 +558,26 @@ impl StreamProxy {
         self.send_on_leg(dst, sid, Origin::Upstream { xid }, None, msg, now);
     }
 
+    /// A UDP client's call (already rewritten for server `sid`, transaction `tx`) for a
+    /// server without UDP, carried on the leg to `dst`; its reply comes back from
+    /// [`StreamProxy::leg_data`] as a [`Delivery::Datagram`].
+    pub fn datagram_call(
+        &mut self,
+        dst: LegKey,
+        client: (Ipv4Addr, u16),
+        tx: Transaction,
+        msg: Vec<u8>,
+        now: u64,
+    ) {
+        let Some(x) = msg.get(..4) else {
+            return;
+        };
+        let xid = u32::from_be_bytes([x[0], x[1], x[2], x[3]]);
+        self.stats.datagram_calls += 1;
+        let origin = Origin::Datagram { client, xid };
+        self.send_on_leg(dst, tx.sid, origin, Some(tx), msg, now);
+    }
+
     /// Legs that have work and no connection: the caller connects them (and calls
     /// [`StreamProxy::leg_connecting`]).
     pub fn legs_wanted(&self) -> Vec<LegKey> {
@@ -588,16 +628,16 @@ impl StreamProxy {
         l.out.clear();
     }
 
-    /// Bytes a leg received: replies go back to their clients (or to the router's client:
-    /// returned, for [`Controller::upstream_reply`]). Err: the stream is bad; the caller
-    /// closes the leg (and reports it down).
+    /// Bytes a leg received: replies go back to their client connections; those for the
+    /// router's own client and for UDP clients are returned. Err: the stream is bad; the
+    /// caller closes the leg (and reports it down).
     pub fn leg_data(
         &mut self,
         key: LegKey,
         data: &[u8],
         ctl: &mut Controller,
         now: u64,
-    ) -> Result<Vec<Vec<u8>>, StreamError> {
+    ) -> Result<Vec<Delivery>, StreamError> {
         let Some(l) = self.legs.get_mut(&key) else {
             return Err(StreamError::UnknownConnection);
         };
@@ -611,11 +651,11 @@ impl StreamProxy {
             self.stats.bad_records += 1;
             return Err(e.into());
         }
-        let mut upstream = Vec::new();
+        let mut out = Vec::new();
         for rec in records {
-            self.reply(key, rec, ctl, &mut upstream, now);
+            self.reply(key, rec, ctl, &mut out, now);
         }
-        Ok(upstream)
+        Ok(out)
     }
 
     fn reply(
@@ -623,7 +663,7 @@ impl StreamProxy {
         key: LegKey,
         mut msg: Vec<u8>,
         ctl: &mut Controller,
-        upstream: &mut Vec<Vec<u8>>,
+        out: &mut Vec<Delivery>,
         _now: u64,
     ) {
         let Ok(rpc::Message::Reply(r)) = rpc::parse(&msg) else {
@@ -649,7 +689,18 @@ impl StreamProxy {
         match f.origin {
             Origin::Upstream { xid } => {
                 msg[..4].copy_from_slice(&xid.to_be_bytes());
-                upstream.push(msg);
+                out.push(Delivery::Upstream(msg));
+            }
+            Origin::Datagram { client, xid } => {
+                // Rewritten for a UDP client: its transfer limits, not the stream's.
+                let limits = ctl.shared().limits;
+                let Some(mut msg) = f.tx.and_then(|t| ctl.rewrite_reply(&msg, t, limits)) else {
+                    self.stats.rewrite_failed += 1;
+                    return;
+                };
+                msg[..4].copy_from_slice(&xid.to_be_bytes());
+                self.stats.replies += 1;
+                out.push(Delivery::Datagram { client, msg });
             }
             Origin::Client { conn, xid } => {
                 if let Some(c) = self.clients.get_mut(&conn) {
@@ -660,17 +711,17 @@ impl StreamProxy {
                     return;
                 }
                 let limits = self.cfg.limits;
-                let out = match f.tx {
+                let rewritten = match f.tx {
                     Some(t) => ctl.rewrite_reply(&msg, t, limits),
                     None => Some(msg),
                 };
-                let Some(mut out) = out else {
+                let Some(mut rewritten) = rewritten else {
                     self.stats.rewrite_failed += 1;
                     return;
                 };
-                out[..4].copy_from_slice(&xid.to_be_bytes());
+                rewritten[..4].copy_from_slice(&xid.to_be_bytes());
                 self.stats.replies += 1;
-                self.queue_reply(conn, &out);
+                self.queue_reply(conn, &rewritten);
             }
         }
     }
@@ -839,6 +890,7 @@ mod tests {
                     mount_port: 20048,
                     export: "/srv/a".into(),
                     mch,
+                    bridge: false,
                 }],
             }),
             20048,

@@ -585,6 +585,7 @@ mod stage {
                 mount_port: 20048,
                 export: "/export".into(),
                 mch,
+                bridge: false,
             }],
         })
     }

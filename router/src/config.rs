@@ -404,9 +404,10 @@ pub struct NfsServerConfig {
     pub mount_port: u16,
     /// The export path to mount on the server.
     pub export: String,
-    /// The router's mounts and recovery walks, and TCP clients' calls, go over this
-    /// ("tcp", the default, or "udp"). UDP clients' calls are rewritten on the fast path and
-    /// reach the server over UDP either way.
+    /// "tcp" (the default): the router's mounts and recovery walks and TCP clients' calls go
+    /// over TCP, UDP clients' calls over UDP (rewritten on the fast path); "udp": all over
+    /// UDP; "tcp-only": the server has no UDP, UDP clients' calls go over TCP too (through
+    /// the management core).
     #[serde(default)]
     pub transport: NfsTransport,
 }
@@ -521,13 +522,20 @@ fn d_tcp_server_buffer() -> usize {
     2048
 }
 
-/// How the router talks to a server (its own calls, and TCP clients' calls).
+/// How the router talks to a server.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NfsTransport {
+    /// The router's own calls and TCP clients' calls over TCP; UDP clients' calls are
+    /// rewritten on the fast path and go over UDP.
     #[default]
     Tcp,
+    /// Everything over UDP.
     Udp,
+    /// The server has no UDP at all: UDP clients' calls are carried over TCP too, by the
+    /// management core (the slow path).
+    #[serde(rename = "tcp-only")]
+    TcpOnly,
 }
 
 fn d_sal_rules() -> usize {

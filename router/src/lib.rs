@@ -75,6 +75,7 @@ fn nfs_shared(
             mount_port: s.mount_port,
             export: s.export.clone(),
             mch: key.mount_checksum(s.sid, s.export.as_bytes()),
+            bridge: s.transport == config::NfsTransport::TcpOnly,
         })
         .collect();
     Ok(Arc::new(nfs_rewrite::datapath::NfsShared {

@@ -4,6 +4,7 @@
 //! Packets it makes or releases go back to the fast path through the inject ring.
 
 use crate::admin::{Pending, Request, Response};
+use crate::config::NfsTransport;
 use crate::config::{Config, RouteSpec, RouteTarget};
 use crate::counters::{CoreCounters, Counter};
 use crate::engine::{MgmtRings, Punted};
@@ -478,28 +479,64 @@ impl<B: Backend> Mgmt<B> {
         let out = ctl.drain();
         let now = self.now_ms();
         for d in out {
-            // The router's own calls to a server reached over TCP go on its connection.
-            let sid = self.tcp_server(d.src, d.dst);
-            if let (Some(t), Some(sid)) = (self.nfs_tcp.as_mut(), sid) {
-                t.proxy.upstream_call(d.dst, sid, d.payload, now);
-                continue;
+            if self.nfs_tcp.is_some() {
+                let own =
+                    d.src.1 == nfs_rewrite::upstream::CLIENT_PORT && d.src.0 == self.nfs_virtual();
+                match self.server_transport(d.dst) {
+                    // The router's own calls to a server reached over TCP go on its
+                    // connection.
+                    Some((sid, NfsTransport::Tcp | NfsTransport::TcpOnly)) if own => {
+                        if let Some(t) = self.nfs_tcp.as_mut() {
+                            t.proxy.upstream_call(d.dst, sid, d.payload, now);
+                        }
+                        continue;
+                    }
+                    // A UDP client's call, forwarded from here, for a server without UDP.
+                    Some((_, NfsTransport::TcpOnly)) => {
+                        self.datagram_over_tcp(d.src, d.dst, d.payload);
+                        continue;
+                    }
+                    _ => {}
+                }
             }
             self.send_udp(d.src, d.dst, &d.payload);
         }
     }
 
-    /// The server id when a datagram from the router's NFS client port goes to a server
-    /// whose transport is TCP.
-    fn tcp_server(&self, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Option<u16> {
-        if src.1 != nfs_rewrite::upstream::CLIENT_PORT {
-            return None;
-        }
+    fn nfs_virtual(&self) -> Ipv4Addr {
+        self.cfg
+            .nfs
+            .as_ref()
+            .map_or(Ipv4Addr::UNSPECIFIED, |n| n.virtual_address)
+    }
+
+    /// The server (id and transport) whose NFS or MOUNT service is at `dst`.
+    fn server_transport(&self, dst: (Ipv4Addr, u16)) -> Option<(u16, NfsTransport)> {
         self.cfg.nfs.as_ref()?.servers.iter().find_map(|s| {
-            (s.transport == crate::config::NfsTransport::Tcp
-                && s.address == dst.0
-                && (s.nfs_port == dst.1 || s.mount_port == dst.1))
-                .then_some(s.sid)
+            (s.address == dst.0 && (s.nfs_port == dst.1 || s.mount_port == dst.1))
+                .then_some((s.sid, s.transport))
         })
+    }
+
+    /// A UDP client's call (rewritten; its transaction with the controller) for a server
+    /// without UDP: carried on the router's TCP connection, answered by UDP when it returns.
+    fn datagram_over_tcp(&mut self, client: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), msg: Vec<u8>) {
+        let now = self.now_ms();
+        let (Some(t), Some(ctl)) = (self.nfs_tcp.as_mut(), self.nfs_ctl.as_mut()) else {
+            return;
+        };
+        let Some(x) = msg.get(..4) else {
+            return;
+        };
+        let key = nfs_rewrite::tables::TxKey {
+            client: u32::from(client.0),
+            port: client.1,
+            xid: u32::from_be_bytes([x[0], x[1], x[2], x[3]]),
+        };
+        match ctl.take_transaction(key, now) {
+            Some(tx) => t.proxy.datagram_call(dst, client, tx, msg, now),
+            None => self.counters.application_unhandled.inc(),
+        }
     }
 
     /// The TCP side of the virtual NFS server, when `[nfs.tcp]` is enabled.
@@ -568,10 +605,16 @@ impl<B: Backend> Mgmt<B> {
         if !t.active() {
             return 0;
         }
-        let upstream = t.poll(ctl, now);
-        let had_upstream = !upstream.is_empty();
-        for msg in upstream {
-            ctl.upstream_reply(&msg, now);
+        let delivered = t.poll(ctl, now);
+        let had_upstream = !delivered.is_empty();
+        let mut datagrams = Vec::new();
+        for d in delivered {
+            match d {
+                nfs_rewrite::stream::Delivery::Upstream(msg) => ctl.upstream_reply(&msg, now),
+                nfs_rewrite::stream::Delivery::Datagram { client, msg } => {
+                    datagrams.push((client, msg))
+                }
+            }
         }
         // No more than the output ring takes now: the rest waits in the stack.
         let packets = t.take_output(self.rings.inject.slots());
@@ -585,6 +628,12 @@ impl<B: Backend> Mgmt<B> {
             d[12..14].copy_from_slice(&ethertype::IPV4.to_be_bytes());
             d[ETH_LEN..].copy_from_slice(&p);
             self.output(b);
+        }
+        if let Some(nfs) = self.cfg.nfs.as_ref() {
+            let from = (nfs.virtual_address, nfs.nfs_port);
+            for (client, msg) in datagrams {
+                self.send_udp(from, client, &msg);
+            }
         }
         if had_upstream {
             self.flush_nfs();
@@ -1036,6 +1085,20 @@ impl<B: Backend> Mgmt<B> {
         };
         let virt = n.virtual_address;
         if dst.0 != virt {
+            // A UDP client's call a worker rewrote for a server without UDP.
+            if ctl
+                .shared()
+                .server_at(dst.0, dst.1)
+                .is_some_and(|s| s.bridge)
+                && self.nfs_tcp.is_some()
+            {
+                let msg = payload.to_vec();
+                self.datagram_over_tcp(src, dst, msg);
+                return true;
+            }
+            let Some(ctl) = self.nfs_ctl.as_mut() else {
+                return false;
+            };
             // A server's reply to a client that no worker had the call of.
             let Some(sid) = ctl.shared().server_at(src.0, src.1).map(|s| s.sid) else {
                 return false;
@@ -1463,7 +1526,8 @@ impl<B: Backend> Mgmt<B> {
                    "paused_output": s.paused_output, "paused_server": s.paused_leg,
                    "server_connects": s.leg_connects, "server_failures": s.leg_failures,
                    "resent": s.resent, "timed_out": s.timed_out,
-                   "router_calls": s.upstream_calls, "bytes_in": s.bytes_in,
+                   "router_calls": s.upstream_calls, "datagram_calls": s.datagram_calls,
+                   "bytes_in": s.bytes_in,
                    "bytes_out": s.bytes_out, "packets_in": k.packets_in,
                    "packets_out": k.packets_out, "queue_full": k.queue_full,
                    "resets": k.resets, "max_io": t.proxy.cfg.limits.max_io})

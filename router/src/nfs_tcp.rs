@@ -22,7 +22,7 @@
 //! process, where `routerctl` can show it.
 
 use nfs_rewrite::control::Controller;
-use nfs_rewrite::stream::{ConnId, LegKey, StreamConfig, StreamProxy};
+use nfs_rewrite::stream::{ConnId, Delivery, LegKey, StreamConfig, StreamProxy};
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::socket::tcp;
@@ -331,8 +331,8 @@ impl NfsTcp {
 
     /// Run the stack and the streams: take the queued packets, move bytes between sockets
     /// and the proxy, run timers; the packets made wait for [`NfsTcp::take_output`]. Returns
-    /// the replies to the router's own client (for [`Controller::upstream_reply`]).
-    pub fn poll(&mut self, ctl: &mut Controller, now: u64) -> Vec<Vec<u8>> {
+    /// the replies that leave by other ways (the router's own client, UDP clients).
+    pub fn poll(&mut self, ctl: &mut Controller, now: u64) -> Vec<Delivery> {
         let t = Instant::from_millis(now as i64);
         for (h, client) in std::mem::take(&mut self.retire) {
             if client && self.spare.len() < SPARE_SOCKETS {
@@ -469,7 +469,7 @@ impl NfsTcp {
 
     /// Open the server connections the proxy wants, move bytes on the open ones, and report
     /// the ones that came up or broke.
-    fn legs_io(&mut self, ctl: &mut Controller, now: u64, upstream: &mut Vec<Vec<u8>>) {
+    fn legs_io(&mut self, ctl: &mut Controller, now: u64, upstream: &mut Vec<Delivery>) {
         for key in self.proxy.legs_wanted() {
             if self.legs.contains_key(&key) || self.leg_retry.get(&key).is_some_and(|&t| now < t) {
                 continue;

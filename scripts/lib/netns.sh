@@ -203,6 +203,8 @@ topo_beta() {
 #   client 10.0.1.2 --c0|r0-- router 10.0.1.1 (virtual server) --r1|s0-- alpha 10.0.2.2
 #                                                               --r2|b0-- beta  10.0.3.2
 topo_nfs() {
+	local beta_transport=tcp
+	[ -n "${NFS_BETA_TCP_ONLY:-}" ] && beta_transport=tcp-only
 	topo_ipv4 "$TOPO_BETA_PORT
 [nfs]
 virtual_address = \"10.0.1.1\"
@@ -219,6 +221,7 @@ sid = 2
 name = \"beta\"
 address = \"10.0.3.2\"
 export = \"$TOPO_DIR/beta/export\"
+transport = \"$beta_transport\"
 ${1:-}"
 	topo_beta
 	# NFS_BETA_TCP_ONLY=1: the second server has no UDP.

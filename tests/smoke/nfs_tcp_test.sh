@@ -73,6 +73,16 @@ PY
 $ROUTERCTL nfs connections
 log "basic over TCP: ok"
 
+# 1b. A UDP client too: alpha's calls take the fast path over UDP; beta has no UDP
+# (transport = "tcp-only"), so its calls go over the router's TCP connection and the replies
+# come back to the client by UDP.
+udp0=$(tcp_stat datagram_calls)
+out=$(ip netns exec "$NS_C" python3 "$(dirname "$CLIENT_PY")/nfs_client.py" 10.0.1.1 basic "$TOPO_DIR/udp.json" alpha beta) \
+	|| { $ROUTERCTL nfs stats >&2; die "UDP client with a UDP-less server: $out"; }
+udp1=$(tcp_stat datagram_calls)
+[ "$udp1" -gt "$udp0" ] || die "no UDP call was carried over TCP"
+log "a UDP client through the same virtual server: ok ($((udp1 - udp0)) of its calls to beta carried over TCP)"
+
 # 2. Eight clients at once, each on its own connection.
 pids=()
 for i in 1 2 3 4 5 6 7 8; do
