@@ -196,6 +196,9 @@ pub struct DpdkBackend {
     /// Our port index → DPDK port id.
     ids: Vec<u16>,
     descs: Vec<PortDesc>,
+    /// Chained (multi-segment) mbufs dropped at RX, per port (rare: frames above the data
+    /// room; an atomic add only then).
+    chained: Vec<std::sync::atomic::AtomicU64>,
 }
 
 // SAFETY: the mempool is thread-safe by DPDK's design (per-lcore caches for registered lcores,
@@ -359,7 +362,13 @@ impl DpdkBackend {
                 driver,
             });
         }
-        Ok(DpdkBackend { pool, ids, descs })
+        let chained = ids.iter().map(|_| Default::default()).collect();
+        Ok(DpdkBackend {
+            pool,
+            ids,
+            descs,
+            chained,
+        })
     }
 }
 
@@ -400,16 +409,22 @@ impl Backend for DpdkBackend {
         for m in &mut out[start..] {
             m.set_port(port);
         }
-        // Chained mbufs (frames above the data room) are not handled: drop them.
+        // Chained mbufs (frames above the data room) are not handled: drop them, keep the
+        // rest of the burst in order, and count them as dropped, not received.
         if out[start..].iter().any(|m| m.m().nb_segs != 1) {
-            let mut i = start;
-            while i < out.len() {
-                if out[i].m().nb_segs != 1 {
-                    drop(out.swap_remove(i));
-                } else {
-                    i += 1;
+            let mut kept = start;
+            for i in start..out.len() {
+                if out[i].m().nb_segs == 1 {
+                    out.swap(kept, i);
+                    kept += 1;
                 }
             }
+            let dropped = out.len() - kept;
+            out.truncate(kept);
+            if let Some(c) = self.chained.get(usize::from(port)) {
+                c.fetch_add(dropped as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            return kept - start;
         }
         n
     }
@@ -483,6 +498,10 @@ impl Backend for DpdkBackend {
             ierrors: s.ierrors,
             oerrors: s.oerrors,
             rx_nombuf: s.rx_nombuf,
+            rx_chained_dropped: self
+                .chained
+                .get(usize::from(port))
+                .map_or(0, |c| c.load(std::sync::atomic::Ordering::Relaxed)),
         })
     }
 

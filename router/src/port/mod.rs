@@ -34,6 +34,8 @@ pub struct DriverStats {
     pub ierrors: u64,
     pub oerrors: u64,
     pub rx_nombuf: u64,
+    /// Multi-segment frames dropped at RX (the engine takes single-segment frames only).
+    pub rx_chained_dropped: u64,
 }
 
 /// The device layer. Queue ownership is the engine's discipline: exactly one thread polls an
