@@ -834,7 +834,7 @@ fn failure_body(w: &mut Writer, p: Proc) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::datapath::Server;
     use crate::rewrite::Limits;
@@ -843,7 +843,9 @@ mod tests {
     use crate::wire::Field;
     use std::net::Ipv4Addr;
 
-    fn controller() -> Controller {
+    /// A controller for one server (sid 1, "a", 10.0.2.2, export /srv/a) under key (3, 4),
+    /// virtual address 10.0.1.1 (the stream proxy's tests use it too).
+    pub(crate) fn controller() -> Controller {
         let key = HandleKey::new(3, 4);
         let mch = key.mount_checksum(1, b"/srv/a");
         Controller::new(

@@ -740,10 +740,9 @@ impl StreamProxy {
         self.clients.get_mut(&conn).map(|c| &mut c.out)
     }
 
-    /// Account bytes written to a client.
+    /// Account bytes written to a client (taken from its [`Output`] by the caller).
     pub fn client_wrote(&mut self, conn: ConnId, n: usize) {
         if let Some(c) = self.clients.get_mut(&conn) {
-            c.out.advance(n);
             c.bytes_out += n as u64;
         }
         self.stats.bytes_out += n as u64;
@@ -757,9 +756,9 @@ impl StreamProxy {
             .map(|l| &mut l.out)
     }
 
+    /// Account bytes written to a leg (taken from its [`Output`] by the caller).
     pub fn leg_wrote(&mut self, key: LegKey, n: usize) {
         if let Some(l) = self.legs.get_mut(&key) {
-            l.out.advance(n);
             l.bytes_out += n as u64;
         }
         self.stats.bytes_out += n as u64;
@@ -857,46 +856,20 @@ impl StreamProxy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datapath::{NfsShared, Server};
-    use crate::tables::HandleTable;
-    use crate::vfh::{HandleKey, VirtualHandle};
+    use crate::vfh::VirtualHandle;
     use crate::wire::nfs3::Proc;
     use crate::wire::rpc::{program, Writer};
-    use std::sync::Arc;
 
     const SERVER: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 0, 2, 2), 2049);
     const PFH: &[u8] = b"physical-handle-of-12-bytes-x";
 
+    /// The control tests' controller, with one file of its server's in the handle table.
     fn controller() -> (Controller, [u8; 40]) {
-        let key = HandleKey::new(3, 4);
-        let mch = key.mount_checksum(1, b"/srv/a");
-        let handles = Arc::new(HandleTable::new(64));
-        let v = VirtualHandle::for_object(&key, 1, mch, 9, 1234, PFH);
-        handles.insert(v.hid, PFH);
-        let vfh = v.encode(&key);
-        let ctl = Controller::new(
-            Arc::new(NfsShared {
-                key,
-                handles,
-                virtual_addr: Ipv4Addr::new(10, 0, 1, 1),
-                nfs_port: 2049,
-                virtual_fsid: 77,
-                limits: Limits::for_mtu(1500),
-                servers: vec![Server {
-                    sid: 1,
-                    name: "a".into(),
-                    addr: SERVER.0,
-                    nfs_port: SERVER.1,
-                    mount_port: 20048,
-                    export: "/srv/a".into(),
-                    mch,
-                    bridge: false,
-                }],
-            }),
-            20048,
-            1_700_000_000,
-        );
-        (ctl, vfh)
+        let ctl = crate::control::tests::controller();
+        let sh = ctl.shared().clone();
+        let v = VirtualHandle::for_object(&sh.key, 1, sh.servers[0].mch, 9, 1234, PFH);
+        sh.handles.insert(v.hid, PFH);
+        (ctl, v.encode(&sh.key))
     }
 
     fn records(out: &mut Output) -> Vec<Vec<u8>> {

@@ -22,7 +22,7 @@
 //! process, where `routerctl` can show it.
 
 use nfs_rewrite::control::Controller;
-use nfs_rewrite::stream::{ConnId, Delivery, LegKey, StreamConfig, StreamProxy};
+use nfs_rewrite::stream::{ConnId, Delivery, LegKey, Output, StreamConfig, StreamProxy};
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::socket::tcp;
@@ -170,6 +170,21 @@ fn new_socket(rx: usize, tx: usize) -> tcp::Socket<'static> {
     s.set_nagle_enabled(false);
     s.set_ack_delay(Some(Duration::from_millis(1)));
     s
+}
+
+/// Write what `out` holds into `s` while it takes it; returns the bytes written.
+fn write_out(s: &mut tcp::Socket<'_>, out: &mut Output) -> usize {
+    let mut total = 0;
+    while s.can_send() && !out.is_empty() {
+        match s.send_slice(out.front()) {
+            Ok(n) if n > 0 => {
+                out.advance(n);
+                total += n;
+            }
+            _ => break,
+        }
+    }
+    total
 }
 
 impl NfsTcp {
@@ -440,17 +455,9 @@ impl NfsTcp {
                     _ => break,
                 }
             }
-            while s.can_send() {
-                let Some(out) = self.proxy.client_output(conn) else {
-                    break;
-                };
-                if out.is_empty() {
-                    break;
-                }
-                match s.send_slice(out.front()) {
-                    Ok(n) if n > 0 => self.proxy.client_wrote(conn, n),
-                    _ => break,
-                }
+            if let Some(out) = self.proxy.client_output(conn) {
+                let n = write_out(s, out);
+                self.proxy.client_wrote(conn, n);
             }
             // The client closed its side and everything it asked for was written.
             if !s.may_recv() && s.state() == tcp::State::CloseWait && !self.proxy.client_busy(conn)
@@ -529,17 +536,9 @@ impl NfsTcp {
                     Err(_) => break,
                 }
             }
-            while s.can_send() {
-                let Some(out) = self.proxy.leg_output(key) else {
-                    break;
-                };
-                if out.is_empty() {
-                    break;
-                }
-                match s.send_slice(out.front()) {
-                    Ok(n) if n > 0 => self.proxy.leg_wrote(key, n),
-                    _ => break,
-                }
+            if let Some(out) = self.proxy.leg_output(key) {
+                let n = write_out(s, out);
+                self.proxy.leg_wrote(key, n);
             }
         }
         for key in broken {

@@ -26,10 +26,11 @@ import struct
 import sys
 import time
 
-import pyNfsClient
-from pyNfsClient import (Mount, NFSv3, Portmap, MNT3_OK, NFS3_OK, NFS3ERR_BADHANDLE,
-                         NFS3ERR_NOENT, UNCHECKED, FILE_SYNC)
+from pyNfsClient import NFSv3, NFS3ERR_BADHANDLE, NFS3ERR_NOENT, UNCHECKED, FILE_SYNC
 from pyNfsClient.rpc import RPC
+
+import nfs_common as common
+from nfs_common import check, content, fh, limits, lookup, names_of, read_all, write_all
 
 RETRY = 0.5
 TOTAL = 60.0
@@ -97,86 +98,8 @@ def udp_connect(self):
 RPC.connect = udp_connect
 
 
-def fh(res_handle):
-    """The handle bytes out of pyNfsClient's nested result dicts."""
-    h = res_handle
-    while isinstance(h, dict):
-        h = h.get("data", h.get("handle"))
-    return h
-
-
-def check(res, what):
-    if res["status"] != NFS3_OK:
-        raise SystemExit(f"{what}: NFS status {res['status']}")
-    return res["resok"] if "resok" in res else res
-
-
 def mount_virtual(host):
-    pm = Portmap(host, timeout=5)
-    pm.connect()
-    mport = pm.getport(pyNfsClient.MOUNT_PROGRAM, 3, 17)
-    nport = pm.getport(pyNfsClient.NFS_PROGRAM, 3, 17)
-    pm.disconnect()
-    mnt = Mount(host=host, port=mport, timeout=5, auth=AUTH)
-    mnt.connect()
-    res = mnt.mnt("/", AUTH)
-    if res["status"] != MNT3_OK:
-        raise SystemExit(f"MNT /: {res}")
-    root = res["mountinfo"]["fhandle"]
-    mnt.disconnect()
-    nfs = NFSv3(host, nport, 5, AUTH)
-    nfs.connect()
-    return nfs, root, (mport, nport)
-
-
-def names_of(nfs, dirfh):
-    """Every name in a directory (READDIRPLUS, continued by cookie until eof)."""
-    out, cookie, verf = [], 0, "\0" * 8
-    while True:
-        r = check(nfs.readdirplus(dirfh, cookie=cookie, cookie_verf=verf), "READDIRPLUS")
-        ents = r["reply"]["entries"]
-        e = ents[0] if ents else None
-        while e:
-            out.append(e["name"].decode())
-            cookie = e["cookie"]
-            e = e["nextentry"][0] if e["nextentry"] else None
-        # pyNfsClient takes the verifier as text (it encodes it as UTF-8).
-        verf = r["cookieverf"].decode("latin-1") if max(r["cookieverf"]) < 0x80 else "0"
-        if r["reply"]["eof"] or not ents:
-            return out
-
-
-def lookup(nfs, dirfh, name):
-    r = check(nfs.lookup(dirfh, name), f"LOOKUP {name}")
-    return fh(r["object"])
-
-
-def write_all(nfs, f, data, wtmax, offset=0):
-    """Write `data` (ASCII text: pyNfsClient encodes str(data)) in wtmax pieces."""
-    for at in range(0, len(data), wtmax):
-        chunk = data[at:at + wtmax]
-        r = check(nfs.write(f, offset + at, len(chunk), chunk, FILE_SYNC), "WRITE")
-        assert r["count"] == len(chunk), r
-
-
-def read_all(nfs, f, size, rtmax):
-    got = b""
-    while len(got) < size:
-        r = check(nfs.read(f, len(got), rtmax), "READ")
-        got += r["data"]
-        if r["eof"] or not r["data"]:
-            break
-    return got
-
-
-def content(name, n):
-    seed = f"{name}:"
-    return (seed * (n // len(seed) + 1))[:n]
-
-
-def limits(nfs, root):
-    r = check(nfs.fsinfo(root), "FSINFO")
-    return r["rtmax"], r["wtmax"]
+    return common.mount_virtual(host, common.UDP, AUTH)
 
 
 def basic(host, names):
@@ -264,10 +187,7 @@ def prepare(host, state, tag, names):
 
 def held(host, state):
     s = json.load(open(state))
-    pm = Portmap(host, timeout=5)
-    pm.connect()
-    nport = pm.getport(pyNfsClient.NFS_PROGRAM, 3, 17)
-    pm.disconnect()
+    nport = common.ports(host, common.UDP)[1]
     nfs = NFSv3(host, nport, 5, AUTH)
     nfs.connect()
     return nfs, s

@@ -19,96 +19,20 @@ import os
 import sys
 import time
 
-import pyNfsClient
-from pyNfsClient import (Mount, NFSv3, Portmap, MNT3_OK, NFS3_OK, NFS3ERR_NOENT, NFS3ERR_XDEV,
-                         UNCHECKED, FILE_SYNC)
+from pyNfsClient import NFSv3, NFS3ERR_NOENT, NFS3ERR_XDEV, UNCHECKED, FILE_SYNC
+
+import nfs_common as common
+from nfs_common import TCP, check, content, fh, limits, lookup, names_of, read_all, write_all
 
 AUTH = {"flavor": 1, "machine_name": "smoke-tcp", "uid": 0, "gid": 0, "aux_gid": [0]}
-TCP = 6
-
-
-def fh(res_handle):
-    h = res_handle
-    while isinstance(h, dict):
-        h = h.get("data", h.get("handle"))
-    return h
-
-
-def check(res, what):
-    if res["status"] != NFS3_OK:
-        raise SystemExit(f"{what}: NFS status {res['status']}")
-    return res["resok"] if "resok" in res else res
 
 
 def ports(host):
-    pm = Portmap(host, timeout=10)
-    pm.connect()
-    mport = pm.getport(pyNfsClient.MOUNT_PROGRAM, 3, TCP)
-    nport = pm.getport(pyNfsClient.NFS_PROGRAM, 3, TCP)
-    pm.disconnect()
-    return mport, nport
+    return common.ports(host, TCP, 10)
 
 
 def mount_virtual(host):
-    mport, nport = ports(host)
-    mnt = Mount(host=host, port=mport, timeout=10, auth=AUTH)
-    mnt.connect()
-    res = mnt.mnt("/", AUTH)
-    if res["status"] != MNT3_OK:
-        raise SystemExit(f"MNT /: {res}")
-    root = res["mountinfo"]["fhandle"]
-    mnt.disconnect()
-    nfs = NFSv3(host, nport, 30, AUTH)
-    nfs.connect()
-    return nfs, root, (mport, nport)
-
-
-def names_of(nfs, dirfh):
-    out, cookie, verf = [], 0, "\0" * 8
-    while True:
-        r = check(nfs.readdirplus(dirfh, cookie=cookie, cookie_verf=verf), "READDIRPLUS")
-        ents = r["reply"]["entries"]
-        e = ents[0] if ents else None
-        while e:
-            out.append(e["name"].decode())
-            cookie = e["cookie"]
-            e = e["nextentry"][0] if e["nextentry"] else None
-        verf = r["cookieverf"].decode("latin-1") if max(r["cookieverf"]) < 0x80 else "0"
-        if r["reply"]["eof"] or not ents:
-            return out
-
-
-def lookup(nfs, dirfh, name):
-    return fh(check(nfs.lookup(dirfh, name), f"LOOKUP {name}")["object"])
-
-
-def write_all(nfs, f, data, wtmax, offset=0):
-    """Write `data` in wtmax pieces. pyNfsClient sends str(data).encode(): give it text."""
-    assert isinstance(data, str)
-    for at in range(0, len(data), wtmax):
-        chunk = data[at:at + wtmax]
-        r = check(nfs.write(f, offset + at, len(chunk), chunk, FILE_SYNC), "WRITE")
-        assert r["count"] == len(chunk), r
-
-
-def read_all(nfs, f, size, rtmax):
-    got = b""
-    while len(got) < size:
-        r = check(nfs.read(f, len(got), min(rtmax, size - len(got))), "READ")
-        got += r["data"]
-        if r["eof"] or not r["data"]:
-            break
-    return got
-
-
-def content(name, n):
-    seed = f"{name}:"
-    return (seed * (n // len(seed) + 1))[:n]
-
-
-def limits(nfs, root):
-    r = check(nfs.fsinfo(root), "FSINFO")
-    return r["rtmax"], r["wtmax"]
+    return common.mount_virtual(host, TCP, AUTH, timeout=10, nfs_timeout=30)
 
 
 def basic(host, names):
