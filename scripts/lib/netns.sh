@@ -231,6 +231,25 @@ ${1:-}"
 	topo_ganesha_wait beta
 }
 
+# topo_kill_router_during LOG CMD...: run CMD (a client workload) in the background with its
+# output in LOG, SIGKILL the router 3 s in, start it again (same config) a second later, and
+# wait for CMD, which must succeed.
+topo_kill_router_during() {
+	local out=$1 wl
+	shift
+	"$@" >"$out" 2>&1 &
+	wl=$!
+	TOPO_PIDS+=("$wl")
+	sleep 3
+	kill -KILL "$ROUTER_PID"
+	wait "$ROUTER_PID" 2>/dev/null || true
+	log "router killed (SIGKILL) mid-workload"
+	sleep 1
+	topo_start_router "$NS_R" "$TOPO_DIR/router.toml"
+	log "router restarted"
+	wait "$wl" || { cat "$out" >&2; die "the workload failed across the router restart"; }
+}
+
 # Wait until the router has mounted every export of its [nfs] section.
 topo_nfs_wait_mounted() {
 	local want=${1:-2}

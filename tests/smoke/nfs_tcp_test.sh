@@ -206,17 +206,7 @@ log "bad input: refused, timed out and counted; another client carried on"
 # 5. Router SIGKILL + restart under a TCP workload holding handles.
 out=$(client prepare "$TOPO_DIR/state.json" alpha beta) || die "client (prepare): $out"
 $ROUTERCTL nfs checkpoint >/dev/null
-client workload "$TOPO_DIR/state.json" 12 >"$TOPO_DIR/workload.out" 2>"$TOPO_DIR/workload.err" &
-WL=$!
-TOPO_PIDS+=("$WL")
-sleep 3
-kill -KILL "$ROUTER_PID"
-wait "$ROUTER_PID" 2>/dev/null || true
-log "router killed (SIGKILL) mid-workload"
-sleep 1
-topo_start_router "$NS_R" "$TOPO_DIR/router.toml"
-log "router restarted"
-wait "$WL" || { cat "$TOPO_DIR/workload.out" "$TOPO_DIR/workload.err"; die "the TCP workload failed across the restart"; }
+topo_kill_router_during "$TOPO_DIR/workload.out" client workload "$TOPO_DIR/state.json" 12
 wl=$(tail -1 "$TOPO_DIR/workload.out")
 log "workload across the restart: $wl"
 python3 - "$wl" <<'PY' || die "restart checks"

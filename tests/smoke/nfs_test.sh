@@ -76,17 +76,8 @@ $ROUTERCTL nfs checkpoint
 out=$(client prepare "$TOPO_DIR/state.json" b alpha beta) || die "client (prepare b): $out"
 client workload "$TOPO_DIR/state.json" 1 >/dev/null || die "client (warm-up workload)"
 
-ip netns exec "$NS_C" python3 "$CLIENT_PY" 10.0.1.1 workload "$TOPO_DIR/state.json" 12 >"$TOPO_DIR/workload.out" 2>&1 &
-WL=$!
-TOPO_PIDS+=("$WL")
-sleep 3
-kill -KILL "$ROUTER_PID"
-wait "$ROUTER_PID" 2>/dev/null || true
-log "router killed (SIGKILL) mid-workload"
-sleep 1
-topo_start_router "$NS_R" "$TOPO_DIR/router.toml"
-log "router restarted"
-wait "$WL" || { cat "$TOPO_DIR/workload.out"; die "the workload failed across the restart"; }
+topo_kill_router_during "$TOPO_DIR/workload.out" \
+	ip netns exec "$NS_C" python3 "$CLIENT_PY" 10.0.1.1 workload "$TOPO_DIR/state.json" 12
 wl=$(tail -1 "$TOPO_DIR/workload.out")
 log "workload across the restart: $wl"
 out=$(client finish "$TOPO_DIR/state.json") || die "client (finish): $out"
