@@ -141,6 +141,8 @@ pub struct Controller {
     outbox: Vec<Datagram>,
     /// Held calls of stream peers whose handle was recovered: the proxy takes them again.
     released: Vec<(u64, Vec<u8>)>,
+    /// Whether the virtual server listens on TCP (portmap answers port 0 for TCP otherwise).
+    pub tcp: bool,
     /// Field scratch for rewriting replies here (allocated once).
     scratch: Box<[Field]>,
     pub stats: ControlStats,
@@ -159,6 +161,7 @@ impl Controller {
             held_total: 0,
             outbox: Vec::new(),
             released: Vec::new(),
+            tcp: true,
             scratch: vec![Field::FileId { at: 0 }; 8192].into_boxed_slice(),
             stats: ControlStats::default(),
         }
@@ -405,8 +408,8 @@ impl Controller {
                             w.accepted_reply(c.xid, accept::GARBAGE_ARGS);
                             return reply(w);
                         };
-                        let udp_or_tcp =
-                            prot == portmap::IPPROTO_UDP || prot == portmap::IPPROTO_TCP;
+                        let udp_or_tcp = prot == portmap::IPPROTO_UDP
+                            || (prot == portmap::IPPROTO_TCP && self.tcp);
                         let port = match (prog, vers) {
                             (rpc::program::NFS, 3) if udp_or_tcp => u32::from(self.shared.nfs_port),
                             (rpc::program::MOUNT, 3) if udp_or_tcp => u32::from(self.mount_port),
@@ -889,23 +892,35 @@ pub(crate) mod tests {
     #[test]
     fn portmap_getport() {
         let mut k = controller();
-        for (prog, want) in [
-            (rpc::program::NFS, 2049),
-            (rpc::program::MOUNT, 20048),
-            (100_021, 0),
-        ] {
+        let getport = |k: &mut Controller, prog: u32, prot: u32| {
             let mut w = Writer::new();
             w.call(5, rpc::program::PORTMAP, 2, portmap::GETPORT)
                 .u32(prog)
                 .u32(3)
-                .u32(17)
+                .u32(prot)
                 .u32(0);
             let r = k
                 .answer(&w.buf, (Ipv4Addr::new(10, 0, 1, 2), 800), 0)
                 .unwrap();
             let at = success_results(&r, 5);
-            assert_eq!(u32::from_be_bytes(r[at..at + 4].try_into().unwrap()), want);
+            u32::from_be_bytes(r[at..at + 4].try_into().unwrap())
+        };
+        for prot in [portmap::IPPROTO_UDP, portmap::IPPROTO_TCP] {
+            for (prog, want) in [
+                (rpc::program::NFS, 2049),
+                (rpc::program::MOUNT, 20048),
+                (100_021, 0),
+            ] {
+                assert_eq!(getport(&mut k, prog, prot), want);
+            }
         }
+        // With TCP off, TCP is not offered (a client would find nothing listening).
+        k.tcp = false;
+        assert_eq!(getport(&mut k, rpc::program::NFS, portmap::IPPROTO_TCP), 0);
+        assert_eq!(
+            getport(&mut k, rpc::program::NFS, portmap::IPPROTO_UDP),
+            2049
+        );
     }
 
     #[test]

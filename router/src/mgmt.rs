@@ -311,6 +311,9 @@ impl<B: Backend> Mgmt<B> {
             chain,
         };
         m.nfs_tcp = m.new_nfs_tcp();
+        if let Some(ctl) = m.nfs_ctl.as_mut() {
+            ctl.tcp = m.nfs_tcp.is_some();
+        }
         m.load_checkpoint();
         for n in statics {
             let (Some(port), Ok(mac)) = (m.cfg.port_id(&n.port), n.mac.parse::<EthernetAddress>())
