@@ -114,15 +114,19 @@ pub struct NfsCounters {
     /// Fragments of NFS traffic, reassembled by the management core.
     pub fragments_punted: u64,
     pub mappings_dropped: u64,
+    /// Calls a host sent to a server's own address (not the virtual server's), and their
+    /// replies: routed untouched.
+    pub direct_calls: u64,
+    pub direct_replies: u64,
 }
 
 impl NfsCounters {
     /// Number of values in [`NfsCounters::values`].
-    pub const WIDTH: usize = 22 + 22 + 5;
+    pub const WIDTH: usize = 22 + 22 + 7;
 
     /// Every counter in one flat array: calls by procedure, replies by procedure,
     /// calls rewritten, replies rewritten, fragments passed, mappings (and transaction
-    /// hand-overs) dropped, fragments punted.
+    /// hand-overs) dropped, fragments punted, direct calls and replies.
     pub fn values(&self) -> [u64; Self::WIDTH] {
         let mut v = [0u64; Self::WIDTH];
         v[..22].copy_from_slice(&self.calls);
@@ -132,6 +136,8 @@ impl NfsCounters {
         v[46] = self.fragments_passed;
         v[47] = self.mappings_dropped;
         v[48] = self.fragments_punted;
+        v[49] = self.direct_calls;
+        v[50] = self.direct_replies;
         v
     }
 
@@ -148,6 +154,8 @@ impl NfsCounters {
         c.fragments_passed = g(46);
         c.mappings_dropped = g(47);
         c.fragments_punted = g(48);
+        c.direct_calls = g(49);
+        c.direct_replies = g(50);
         c
     }
 }
@@ -292,7 +300,42 @@ fn finish<B: Buffer>(
     Some(())
 }
 
+/// The server id of a transaction that is a host's call to a server's own address (server ids
+/// start at 1).
+const DIRECT: u16 = 0;
+
 impl NfsStage {
+    /// A call to a server's own address, from a host talking to it directly (through the
+    /// router, not through the virtual server): remembered so its reply is known for what it
+    /// is, and routed untouched.
+    fn direct_call<B: Buffer>(
+        &mut self,
+        pkt: &mut B,
+        msg_at: usize,
+        client: (Ipv4Addr, u16),
+    ) -> Verdict {
+        let Some(m) = pkt.data().get(msg_at..msg_at + 8) else {
+            return Verdict::Next;
+        };
+        if m[4..8] != [0, 0, 0, 0] {
+            return Verdict::Next; // not a CALL
+        }
+        let key = TxKey {
+            client: u32::from(client.0),
+            port: client.1,
+            xid: u32::from_be_bytes([m[0], m[1], m[2], m[3]]),
+        };
+        let direct = Transaction {
+            proc_: 0,
+            sid: DIRECT,
+            dir_pfs: 0,
+        };
+        if self.tx.insert(key, direct, self.now) {
+            self.counters.direct_calls += 1;
+        }
+        Verdict::Next
+    }
+
     fn call<B: Buffer>(
         &mut self,
         pkt: &mut B,
@@ -407,6 +450,11 @@ impl NfsStage {
             // waited for its handle's recovery). It drops what is nobody's.
             return Verdict::Punt(PuntReason::Application);
         };
+        if t.sid == DIRECT {
+            // A host's own conversation with the server: not the virtual server's business.
+            self.counters.direct_replies += 1;
+            return Verdict::Next;
+        }
         if let Some(n) = self.counters.replies.get_mut(usize::from(t.proc_)) {
             *n += 1;
         }
@@ -591,13 +639,16 @@ impl Stage for NfsStage {
         };
         let (sport, dport) = (udp.src_port(), udp.dst_port());
         let is_call = dst == self.shared.virtual_addr && dport == self.shared.nfs_port;
+        let msg_at = ETH + hl + packet::udp::HEADER_LEN;
+        if !is_call && self.shared.server_at(dst, dport).is_some() {
+            return self.direct_call(pkt, msg_at, (src, sport));
+        }
         let server = self.shared.server_at(src, sport).map(|s| s.sid);
         // Replies to the router's own client (mounts, recovery walks) are the management
         // core's: routing delivers them locally.
         if !is_call && (server.is_none() || dst == self.shared.virtual_addr) {
             return Verdict::Next;
         }
-        let msg_at = ETH + hl + packet::udp::HEADER_LEN;
         match server {
             Some(sid) if !is_call => self.reply(pkt, ETH, msg_at, sid, (dst, dport)),
             _ => self.call(pkt, ETH, msg_at, (src, sport)),

@@ -1544,6 +1544,8 @@ impl<B: Backend> Mgmt<B> {
             "calls_rewritten": k.calls_rewritten,
             "replies_rewritten": k.replies_rewritten,
             "fragments_passed": k.fragments_passed,
+            "direct_calls": k.direct_calls,
+            "direct_replies": k.direct_replies,
             "mappings_dropped": k.mappings_dropped,
             "handles": n.handles.len(),
             "handle_capacity": n.handles.capacity(),

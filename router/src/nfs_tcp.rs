@@ -269,15 +269,8 @@ impl NfsTcp {
             && ip[16..20] == self.addr.octets()
     }
 
-    /// Queue an IPv4 packet (TCP to the virtual address) for the stack. A SYN that a
-    /// connection limit refuses is answered with RST here, before a socket (and its buffers)
-    /// is spent on it.
+    /// Queue an IPv4 packet (TCP to the virtual address) for the stack.
     pub fn input(&mut self, ip: &[u8]) {
-        if let Some(rst) = self.refuse_syn(ip) {
-            self.counters.resets += 1;
-            self.dev.tx.push(rst);
-            return;
-        }
         if self.dev.rx.len() >= RX_QUEUE {
             self.counters.queue_full += 1;
             return;
@@ -287,7 +280,7 @@ impl NfsTcp {
     }
 
     /// The RST answering `ip` when it is a SYN to a listened port that a limit refuses.
-    fn refuse_syn(&mut self, ip: &[u8]) -> Option<Vec<u8>> {
+    fn refuse_syn(&self, ip: &[u8]) -> Option<Vec<u8>> {
         use packet::ipv4::{Ipv4Packet, Ipv4Repr};
         use packet::tcp::{flags, TcpPacket, TcpRepr};
         let p = Ipv4Packet::new_checked(ip).ok()?;
@@ -300,7 +293,6 @@ impl NfsTcp {
         if !self.ports.contains(&seg.dst_port()) || self.proxy.may_accept(src) {
             return None;
         }
-        self.proxy.refused();
         let mut out = vec![0u8; 20 + packet::tcp::HEADER_LEN];
         let (hdr, tcp) = out.split_at_mut(20);
         TcpRepr {
@@ -359,8 +351,17 @@ impl NfsTcp {
         }
         self.iface.poll_maintenance(t);
         // One packet at a time, with listeners replenished in between: a burst of SYNs to
-        // one port each finds a listening socket.
-        while !self.dev.rx.is_empty() {
+        // one port each finds a listening socket. A SYN that a connection limit refuses (the
+        // connections adopted so far counted) is answered with RST here, before a socket and
+        // its buffers are spent on it.
+        while let Some(p) = self.dev.rx.front() {
+            if let Some(rst) = self.refuse_syn(p) {
+                self.dev.rx.pop_front();
+                self.proxy.refused();
+                self.counters.resets += 1;
+                self.dev.tx.push(rst);
+                continue;
+            }
             self.iface
                 .poll_ingress_single(t, &mut self.dev, &mut self.sockets);
             self.adopt(now);

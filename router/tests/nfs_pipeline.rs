@@ -564,3 +564,44 @@ fn no_valid_handle_secret_no_router() {
     .unwrap_err();
     assert!(err.to_string().contains("nfs.handle_secret"), "{err}");
 }
+
+/// A host that talks NFS to a real server's own address through the router (not to the virtual
+/// server) gets its answers, both ways untouched: the call is routed as it is, and the reply —
+/// a server's reply, to a client, on no virtual-server transaction — is routed back as it is.
+#[test]
+fn a_host_talking_to_a_server_directly_is_routed_untouched() {
+    let h = Harness::lan_wan(CONFIG);
+    serve_mount(&h, &[0x51u8; 28]);
+    let client = (Ipv4Addr::new(10, 0, 1, 2), 901);
+    let server = (Ipv4Addr::new(10, 0, 2, 2), 2049);
+    let pfh = [0x77u8; 28];
+    let mut call = rpc::Writer::new();
+    call.call_sys(0x5151, rpc::program::NFS, 3, Proc::Getattr as u32, 0, 0)
+        .opaque(&pfh);
+    h.inject(0, &udp(client, server, "02:bb:00:00:00:01", &call.buf));
+    let (xid, prog, proc_, args, dst) = server_call(&h);
+    assert_eq!(
+        (xid, prog, proc_, dst),
+        (0x5151, rpc::program::NFS, 1, server)
+    );
+    assert_eq!(
+        &args[4..32],
+        &pfh,
+        "the physical handle went through as it was"
+    );
+    // The reply carries the server's own fsid and file id: the client gets them unchanged.
+    let results = {
+        let mut r = rpc::Writer::new();
+        r.u32(0).fixed(&fattr(1, 5, 4242));
+        r.buf
+    };
+    server_reply(&h, 2049, client, 0x5151, &results);
+    let got = answer(&h, 0x5151, server, client);
+    assert_eq!(got, results, "the reply went through as the server sent it");
+    let s = h.call(Request::NfsStats);
+    assert_eq!(
+        (s["direct_calls"].as_u64(), s["direct_replies"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(s["control"]["unmatched_replies"], 0);
+}

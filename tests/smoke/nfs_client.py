@@ -17,6 +17,7 @@ Usage: nfs_client.py SERVER_ADDR MODE STATE_FILE [args]
   prepare TAG NAME...   create files under each server and add their handles to STATE_FILE
   workload SECONDS      read, verify and extend the files of STATE_FILE in a loop
   finish                read back and remove the files of STATE_FILE
+  direct EXPORT         straight to a server's own address: mount EXPORT, write, read back
 Prints one JSON object per mode on the last line of stdout.
 """
 import json
@@ -100,6 +101,22 @@ RPC.connect = udp_connect
 
 def mount_virtual(host):
     return common.mount_virtual(host, common.UDP, AUTH)
+
+
+def direct(host, export):
+    """Straight to a server (not the virtual server): mount its export, write a file, read
+    it back, remove it; the handles must be the server's own (not 40-byte virtual ones)."""
+    nfs, root, _ = common.mount_virtual(host, common.UDP, AUTH, export=export)
+    rtmax, wtmax = limits(nfs, root)
+    f = fh(check(nfs.create(root, "direct.txt", UNCHECKED, mode=0o644), "CREATE")["obj"])
+    data = content("direct", 3000)
+    write_all(nfs, f, data, min(wtmax, 1024))
+    if read_all(nfs, f, len(data), min(rtmax, 1024)) != data.encode():
+        raise SystemExit("direct: read back differs")
+    a = check(nfs.getattr(f), "GETATTR")["attributes"]
+    check(nfs.remove(root, "direct.txt"), "REMOVE")
+    print(json.dumps({"root_handle_len": len(root), "handle_len": len(f), "fsid": a["fsid"],
+                      "size": a["size"], "transport": UdpTransport.stats}))
 
 
 def basic(host, names):
@@ -237,6 +254,8 @@ def main():
     args = sys.argv[4:]
     if mode == "basic":
         basic(host, args)
+    elif mode == "direct":
+        direct(host, args[0])
     elif mode == "prepare":
         prepare(host, state, args[0], args[1:])
     elif mode == "workload":

@@ -31,14 +31,15 @@ def ports(host, proto, timeout=5):
     return mport, nport
 
 
-def mount_virtual(host, proto, auth, timeout=5, nfs_timeout=5):
-    """Mount "/" of the virtual server: (an NFSv3 client, the root handle, (mount, nfs) ports)."""
+def mount_virtual(host, proto, auth, timeout=5, nfs_timeout=5, export="/"):
+    """Mount `export` ("/" of the virtual server): (an NFSv3 client, the root handle, (mount,
+    nfs) ports)."""
     mport, nport = ports(host, proto, timeout)
     mnt = Mount(host=host, port=mport, timeout=timeout, auth=auth)
     mnt.connect()
-    res = mnt.mnt("/", auth)
+    res = mnt.mnt(export, auth)
     if res["status"] != MNT3_OK:
-        raise SystemExit(f"MNT /: {res}")
+        raise SystemExit(f"MNT {export}: {res}")
     root = res["mountinfo"]["fhandle"]
     mnt.disconnect()
     nfs = NFSv3(host, nport, nfs_timeout, auth)

@@ -28,6 +28,7 @@ $ROUTERCTL nfs servers
 log "router up, both exports mounted"
 
 client() { ip netns exec "$NS_C" python3 "$CLIENT_PY" 10.0.1.1 "$@"; }
+client_to() { local host=$1; shift; ip netns exec "$NS_C" python3 "$CLIENT_PY" "$host" "$1" /dev/null "${@:2}"; }
 
 # 1. Mount, list, create/write/read/remove under each server; forged handle refused.
 out=$(client basic "$TOPO_DIR/state.json" alpha beta) || { $ROUTERCTL stats --json >&2; die "client (basic): $out"; }
@@ -68,6 +69,21 @@ print(f"calls {s['calls']}, rewritten {s['calls_rewritten']}/{s['replies_rewritt
 PY
 $ROUTERCTL nfs stats
 log "basic: ok"
+
+# 1b. A host talking NFS to a real server's own address through the router (not the virtual
+# server) gets its answers, both ways untouched.
+out=$(client_to 10.0.2.2 direct "$TOPO_DIR/alpha/export") || die "NFS straight to a server, through the router: $out"
+direct=$(tail -1 <<<"$out")
+python3 - "$direct" "$($ROUTERCTL nfs stats --json)" <<'PY' || die "direct checks"
+import json, sys
+d, s = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+assert d["size"] == 3000, d
+assert d["fsid"] != 0x5649525455414C31, "the reply came through the virtual server (virtual fsid)"
+assert s["direct_calls"] >= 6 and s["direct_replies"] >= 6, s
+print(f"straight to alpha: {s['direct_calls']} calls and {s['direct_replies']} replies routed untouched "
+      f"(the server's own fsid {d['fsid']:#x} and {d['handle_len']}-byte handles)")
+PY
+log "a host's own NFS conversation with a server: untouched"
 
 # 2. Handles held across a router restart: three files per server; the first half are in
 # the checkpoint, the rest only in the router's memory when it is killed.
