@@ -277,50 +277,83 @@ impl Controller {
     /// attributes; FSINFO sizes clamped to `limits`). None when it cannot be rewritten
     /// (counted): the client's retransmission is served instead.
     pub fn rewrite_reply(&mut self, msg: &[u8], t: Transaction, limits: Limits) -> Option<Vec<u8>> {
-        let results_at = match rpc::parse(msg) {
+        self.rewrite_reply_owned(msg.to_vec(), t, limits)
+    }
+
+    /// [`Controller::rewrite_reply`] on a reply the caller gives up: rewritten in place when
+    /// nothing in it grows (READ, WRITE, GETATTR: no copy), in a copy with room otherwise.
+    pub fn rewrite_reply_owned(
+        &mut self,
+        msg: Vec<u8>,
+        t: Transaction,
+        limits: Limits,
+    ) -> Option<Vec<u8>> {
+        let results_at = match rpc::parse(&msg) {
             Ok(rpc::Message::Reply(rpc::Reply::Accepted {
                 stat: rpc::AcceptStat::Success { results_at },
                 ..
             })) => results_at,
             Ok(rpc::Message::Reply(_)) => {
                 self.stats.replies_forwarded += 1;
-                return Some(msg.to_vec());
+                return Some(msg);
             }
             _ => {
                 self.stats.unmatched_replies += 1;
                 return None;
             }
         };
-        let p = Proc::from_u32(u32::from(t.proc_))?;
-        let server = self.shared.server(t.sid)?;
-        let mut buf = roomy(msg);
+        let mut buf = HeapBuffer::from_vec(msg);
+        let out = match self.virtualize(&mut buf, results_at, t, limits) {
+            ReplyVerdict::Rewritten { .. } => Some(buf.into_vec()),
+            // No room to grow in place (the checks come before any edit): again with room.
+            ReplyVerdict::SlowPath => {
+                let mut room = roomy(buf.data());
+                match self.virtualize(&mut room, results_at, t, limits) {
+                    ReplyVerdict::Rewritten { .. } => Some(room.data().to_vec()),
+                    _ => None,
+                }
+            }
+            ReplyVerdict::Malformed => None,
+        };
+        match out {
+            Some(_) => self.stats.replies_forwarded += 1,
+            None => self.stats.unmatched_replies += 1,
+        }
+        out
+    }
+
+    fn virtualize(
+        &mut self,
+        buf: &mut HeapBuffer,
+        results_at: usize,
+        t: Transaction,
+        limits: Limits,
+    ) -> ReplyVerdict {
+        let (Some(p), Some(server)) = (
+            Proc::from_u32(u32::from(t.proc_)),
+            self.shared.server(t.sid),
+        ) else {
+            return ReplyVerdict::Malformed;
+        };
+        let mch = server.mch;
         let shared = self.shared.clone();
         let memo = MacMemo::default();
         let mut ctx = shared.ctx(&memo);
         ctx.limits = limits;
-        match virtualize_reply(
-            &mut buf,
+        virtualize_reply(
+            buf,
             0,
             p,
             results_at,
             t.sid,
-            server.mch,
+            mch,
             t.dir_pfs,
             &ctx,
             &mut self.scratch,
             |hid, pfh| {
                 shared.handles.insert(hid, pfh);
             },
-        ) {
-            ReplyVerdict::Rewritten { .. } => {
-                self.stats.replies_forwarded += 1;
-                Some(buf.data().to_vec())
-            }
-            _ => {
-                self.stats.unmatched_replies += 1;
-                None
-            }
-        }
+        )
     }
 
     /// The shared state.

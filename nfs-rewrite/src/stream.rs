@@ -154,6 +154,11 @@ impl Output {
         self.bytes += rec.len();
         self.queue.push_back(rec);
     }
+    /// `msg` as one record: its mark, then the message itself (not copied).
+    fn push_record(&mut self, msg: Vec<u8>) {
+        self.push((0x8000_0000 | msg.len() as u32).to_be_bytes().to_vec());
+        self.push(msg);
+    }
     /// Bytes queued, not yet written.
     pub fn len(&self) -> usize {
         self.bytes - self.sent
@@ -463,7 +468,7 @@ impl StreamProxy {
         match ctl.decide(msg, Peer::Stream(conn), now, limits) {
             Outcome::Reply(r) => {
                 self.stats.answered += 1;
-                self.queue_reply(conn, &r);
+                self.queue_reply(conn, r);
             }
             Outcome::Forward { msg: fwd, tx } => {
                 let Some(server) = ctl.shared().server(tx.sid) else {
@@ -489,11 +494,9 @@ impl StreamProxy {
     }
 
     /// Queue a message for a client as one record.
-    fn queue_reply(&mut self, conn: ConnId, msg: &[u8]) {
+    fn queue_reply(&mut self, conn: ConnId, msg: Vec<u8>) {
         match self.clients.get_mut(&conn) {
-            Some(c) => {
-                c.out.push(frame(msg));
-            }
+            Some(c) => c.out.push_record(msg),
             None => self.stats.orphan_replies += 1,
         }
     }
@@ -694,7 +697,8 @@ impl StreamProxy {
             Origin::Datagram { client, xid } => {
                 // Rewritten for a UDP client: its transfer limits, not the stream's.
                 let limits = ctl.shared().limits;
-                let Some(mut msg) = f.tx.and_then(|t| ctl.rewrite_reply(&msg, t, limits)) else {
+                let Some(mut msg) = f.tx.and_then(|t| ctl.rewrite_reply_owned(msg, t, limits))
+                else {
                     self.stats.rewrite_failed += 1;
                     return;
                 };
@@ -712,7 +716,7 @@ impl StreamProxy {
                 }
                 let limits = self.cfg.limits;
                 let rewritten = match f.tx {
-                    Some(t) => ctl.rewrite_reply(&msg, t, limits),
+                    Some(t) => ctl.rewrite_reply_owned(msg, t, limits),
                     None => Some(msg),
                 };
                 let Some(mut rewritten) = rewritten else {
@@ -721,7 +725,7 @@ impl StreamProxy {
                 };
                 rewritten[..4].copy_from_slice(&xid.to_be_bytes());
                 self.stats.replies += 1;
-                self.queue_reply(conn, &rewritten);
+                self.queue_reply(conn, rewritten);
             }
         }
     }

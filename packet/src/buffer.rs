@@ -143,6 +143,29 @@ impl HeapBuffer {
         }
     }
 
+    /// A buffer that takes `bytes` as its storage, without a copy: no headroom, no tailroom
+    /// (edits in place; a splice that needs room fails).
+    pub fn from_vec(bytes: Vec<u8>) -> Self {
+        let end = bytes.len();
+        HeapBuffer {
+            storage: bytes.into_boxed_slice(),
+            start: 0,
+            end,
+            port: 0,
+        }
+    }
+
+    /// The data as a `Vec` (without a copy when it starts at the storage's start).
+    pub fn into_vec(self) -> Vec<u8> {
+        if self.start == 0 {
+            let mut v = self.storage.into_vec();
+            v.truncate(self.end);
+            v
+        } else {
+            self.storage[self.start..self.end].to_vec()
+        }
+    }
+
     /// A buffer holding a copy of `bytes` (grown to fit when larger than the default capacity).
     pub fn from_bytes(bytes: &[u8]) -> Self {
         let cap = DEFAULT_CAPACITY.max(bytes.len() + DEFAULT_HEADROOM + 64);
