@@ -452,3 +452,33 @@ cache_secs = 60
     let down = Register::parse(&control_sent(&h.expect_tx(1, 1)[0], PARENT)).unwrap();
     assert_eq!((down.unregister, down.flags), (true, DELEGATE));
 }
+
+/// A SYN whose IP header checksum is wrong is no service request: the Serval stage leaves it
+/// (no rule hit, nothing forwarded) and the IPv4 stage drops it as a bad checksum.
+#[test]
+fn a_syn_with_a_bad_ip_checksum_changes_no_serval_state() {
+    let h = harness("[sal]\n");
+    h.call(Request::SalRuleAdd {
+        prefix: "7000".into(),
+        action: "forward".into(),
+        targets: vec!["10.77.2.2".into()],
+        priority: 0,
+        mode: None,
+    });
+    let mut f = syn(CLIENT, ROUTER_C, 7000, 1);
+    f[14 + 10] ^= 0x01; // the IP header checksum
+    h.inject(0, &f);
+    h.expect_silence(1);
+    assert_eq!(h.drops("bad-checksum"), 1);
+    let s = sal_stats(&h);
+    assert_eq!(s["stage"]["forwarded"], 0, "{s}");
+    let rules = h.call(Request::SalRuleList { limit: None });
+    assert_eq!(rules["rules"][0]["prefix"], "7000/32");
+    assert_eq!(
+        rules["rules"][0]["packets"], 0,
+        "the rule counted the packet: {rules}"
+    );
+    // The same SYN intact is forwarded.
+    h.inject(0, &syn(CLIENT, ROUTER_C, 7000, 1));
+    assert_eq!(dst(&h.expect_tx(1, 1)[0]), A);
+}

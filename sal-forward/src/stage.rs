@@ -322,6 +322,10 @@ impl SalStage {
         if !self.shared.local.contains(&router) {
             return Err(Verdict::Next);
         }
+        // A header damaged on the way is the IPv4 stage's to count and drop, not a request.
+        if !ip.verify_checksum() {
+            return Err(Verdict::Next);
+        }
         let hl = usize::from(ip.header_len());
         let sal_bytes = ip.payload();
         let s = wire::parse(sal_bytes).map_err(|_| SalDrop::Malformed.drop())?;
