@@ -420,22 +420,18 @@ impl StreamProxy {
         ctl: &mut Controller,
         now: u64,
     ) -> Result<usize, StreamError> {
+        let max_inflight = self.cfg.max_inflight;
         let Some(c) = self.clients.get_mut(&conn) else {
             return Err(StreamError::UnknownConnection);
         };
-        let mut reader = std::mem::replace(&mut c.reader, RecordReader::new(0));
         let mut records = Vec::new();
-        let max_inflight = self.cfg.max_inflight;
         let inflight = c.inflight;
-        let r = reader.feed(data, |rec| {
+        let r = c.reader.feed(data, |rec| {
             records.push(rec);
             inflight + records.len() < max_inflight
         });
-        if let Some(c) = self.clients.get_mut(&conn) {
-            c.reader = reader;
-            if !records.is_empty() {
-                c.last_record = now;
-            }
+        if !records.is_empty() {
+            c.last_record = now;
         }
         let taken = match r {
             Ok(n) => n,
@@ -444,9 +440,7 @@ impl StreamProxy {
                 return Err(e.into());
             }
         };
-        if let Some(c) = self.clients.get_mut(&conn) {
-            c.bytes_in += taken as u64;
-        }
+        c.bytes_in += taken as u64;
         self.stats.bytes_in += taken as u64;
         for rec in records {
             self.call(conn, &rec, ctl, now);

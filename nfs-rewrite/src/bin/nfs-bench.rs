@@ -125,6 +125,14 @@ impl Conn {
         }
         Ok(res)
     }
+
+    /// One NFSv3 call with arguments built by `build`, answered NFS3_OK: the results after
+    /// the status.
+    fn nfs(&mut self, p: Proc, what: &str, build: impl FnOnce(&mut Writer)) -> Result<Vec<u8>> {
+        let res = self.call(program::NFS, p as u32, &args(build))?;
+        ok(&res, what)?;
+        Ok(res[4..].to_vec())
+    }
 }
 
 /// nfsstat3 first; OK or an error naming `what`.
@@ -214,34 +222,26 @@ fn main() -> Result<()> {
     let mut conn = Conn::open(SocketAddr::from((a.server, a.nfs_port)))?;
     let dir = match &a.dir {
         Some(d) => {
-            let res = conn.call(
-                program::NFS,
-                Proc::Lookup as u32,
-                &args(|w| {
-                    w.opaque(&root).opaque(d.as_bytes());
-                }),
-            )?;
-            handle(&mut ok(&res, "LOOKUP")?)?
+            let res = conn.nfs(Proc::Lookup, "LOOKUP", |w| {
+                w.opaque(&root).opaque(d.as_bytes());
+            })?;
+            handle(&mut Cursor::new(&res))?
         }
         None => root,
     };
     let name = format!("nfs-bench-{}.bin", std::process::id());
-    let res = conn.call(
-        program::NFS,
-        Proc::Create as u32,
-        &args(|w| {
-            // UNCHECKED, sattr3: mode 0644, nothing else set.
-            w.opaque(&dir).opaque(name.as_bytes()).u32(0);
-            w.bool(true)
-                .u32(0o644)
-                .bool(false)
-                .bool(false)
-                .bool(false)
-                .u32(0)
-                .u32(0);
-        }),
-    )?;
-    let file = post_op_fh(&mut ok(&res, "CREATE")?)?;
+    let res = conn.nfs(Proc::Create, "CREATE", |w| {
+        // UNCHECKED, sattr3: mode 0644, nothing else set.
+        w.opaque(&dir).opaque(name.as_bytes()).u32(0);
+        w.bool(true)
+            .u32(0o644)
+            .bool(false)
+            .bool(false)
+            .bool(false)
+            .u32(0)
+            .u32(0);
+    })?;
+    let file = post_op_fh(&mut Cursor::new(&res))?;
     let report = match a.mode {
         Mode::Io => {
             let size = a.size_mib << 20;
@@ -267,14 +267,9 @@ fn main() -> Result<()> {
                 },
                 |_, res| ok(res, "WRITE").map(|_| ()),
             )?;
-            let res = conn.call(
-                program::NFS,
-                Proc::Commit as u32,
-                &args(|w| {
-                    w.opaque(&file).u64(0).u32(0);
-                }),
-            )?;
-            ok(&res, "COMMIT")?;
+            conn.nfs(Proc::Commit, "COMMIT", |w| {
+                w.opaque(&file).u64(0).u32(0);
+            })?;
             let write_s = t0.elapsed().as_secs_f64();
             let t1 = Instant::now();
             pipeline(
@@ -352,14 +347,9 @@ fn main() -> Result<()> {
                 "p50_us": pct(0.5), "p99_us": pct(0.99)})
         }
     };
-    let res = conn.call(
-        program::NFS,
-        Proc::Remove as u32,
-        &args(|w| {
-            w.opaque(&dir).opaque(name.as_bytes());
-        }),
-    )?;
-    ok(&res, "REMOVE")?;
+    conn.nfs(Proc::Remove, "REMOVE", |w| {
+        w.opaque(&dir).opaque(name.as_bytes());
+    })?;
     println!("{report}");
     Ok(())
 }
