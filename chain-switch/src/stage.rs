@@ -1,4 +1,5 @@
-//! The NetChain stage (fast path), before routing. A UDP datagram to port 8888 carrying a
+//! The NetChain stage (fast path): the router's IPv4 input hands it the packets
+//! it claims, their IPv4 headers checked, before routing. A UDP datagram to port 8888 carrying a
 //! query:
 //!
 //! - addressed to one of this appliance's nodes: the node acts for the query's virtual group —
@@ -21,6 +22,7 @@ use crate::node::{role, Detour, Failover, Node};
 use crate::store::Write;
 use crate::wire::{self, op, KEY_LEN};
 use packet::checksum::{self, Adjust};
+use packet::claim::{Claim, Claimed, ClaimingStage, On};
 use packet::ipv4::Ipv4Packet;
 use packet::udp::UdpPacket;
 use packet::{drop_reasons, Buffer, DropReason, Stage, Verdict};
@@ -44,8 +46,6 @@ drop_reasons! {
         Stopped = "stopped",
         /// The list ended before a tail answered (a misconfigured chain).
         ListEnd = "list-end",
-        /// The IP header checksum of a query this node would act on is wrong.
-        BadChecksum = "bad-checksum",
     }
 }
 
@@ -288,8 +288,8 @@ impl ChainStage {
         }
     }
 
-    /// The headers as they came in, the IP header's checksum known good (its addresses steer
-    /// the query). The UDP checksum is not verified here — a switch does not, and Ethernet's
+    /// The headers as they came in (the IPv4 input checked the IP header's checksum: its
+    /// addresses steer the query). The UDP checksum is not verified here — a switch does not, and Ethernet's
     /// FCS guards the links — but it is updated, not recomputed, so a query damaged on the way
     /// keeps a wrong checksum and its client discards the reply.
     #[inline]
@@ -299,9 +299,6 @@ impl ChainStage {
         let udp_len = udp.len();
         if usize::from(udp_len) != d.len() - ETH - 20 {
             return Err(ChainDrop::Malformed);
-        }
-        if !ip.verify_checksum() {
-            return Err(ChainDrop::BadChecksum);
         }
         Ok(Orig {
             src: ip.src_addr(),
@@ -322,21 +319,59 @@ struct Orig {
     udp_checksum: u16,
 }
 
+impl ClaimingStage for ChainStage {
+    /// NetChain queries (UDP to the request port), whatever their destination: a node's own
+    /// address, or a failed node's that this switch detours around.
+    fn claims(&self) -> Vec<Claim> {
+        vec![Claim {
+            on: On::AnyDst,
+            protocol: packet::ipv4::protocol::UDP,
+            port: Some(wire::REQUEST_PORT),
+            fragments: false,
+        }]
+    }
+
+    fn process_claimed<B: Buffer>(
+        &mut self,
+        pkts: &mut [B],
+        claimed: &[Claimed],
+        verdicts: &mut [Verdict],
+    ) {
+        for c in claimed {
+            let i = usize::from(c.index);
+            if let (Some(p), Some(v)) = (pkts.get_mut(i), verdicts.get_mut(i)) {
+                *v = self.claimed(p, c);
+            }
+        }
+    }
+}
+
 impl Stage for ChainStage {
     type Reason = ChainDrop;
     const NAME: &'static str = "netchain";
 
+    /// A packet that has not been through the router's IPv4 input (tests, fuzzing).
     #[inline]
     fn process<B: Buffer>(&mut self, pkt: &mut B) -> Verdict {
+        self.process_unclaimed(pkt)
+    }
+}
+
+impl ChainStage {
+    /// One claimed packet (its IPv4 header checked by the input).
+    #[inline]
+    fn claimed<B: Buffer>(&mut self, pkt: &mut B, c: &Claimed) -> Verdict {
         let d = pkt.data();
-        if d.len() < QUERY_AT || d[12..14] != [0x08, 0x00] {
+        // The prototype's queries: an option-less header, not fragmented.
+        if d.len() < QUERY_AT
+            || usize::from(c.ip_at) != ETH
+            || usize::from(c.l4_at) != ETH + 20
+            || c.fragment
+        {
             return Verdict::Next;
         }
         let ip = Ipv4Packet::new_unchecked(&d[ETH..]);
-        if ip.version() != 4
-            || ip.header_len() != 20
-            || ip.protocol() != packet::ipv4::protocol::UDP
-            || ip.is_fragment()
+        if ip.protocol() != packet::ipv4::protocol::UDP
             || u16::from_be_bytes([d[ETH + 22], d[ETH + 23]]) != wire::REQUEST_PORT
         {
             return Verdict::Next;

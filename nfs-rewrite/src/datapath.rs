@@ -1,4 +1,6 @@
-//! The NFS rewrite stage (fast path), for NFSv3 over UDP. It runs before IPv4 routing:
+//! The NFS rewrite stage (fast path), for NFSv3 over UDP. The router's IPv4 input hands it the
+//! packets it claims ([`NfsStage::claims`]: calls to the virtual server, replies from a server's
+//! NFS port), their IPv4 headers already checked; routing sends on what it leaves undecided:
 //!
 //! - a call to the virtual server (`virtual_addr:nfs_port`): its VFHs become the physical
 //!   handles of the server named by their SID, the IP destination and UDP port become that
@@ -23,6 +25,7 @@ use crate::vfh::{HandleKey, MacMemo};
 use crate::wire::nfs3::Proc;
 use crate::wire::{rpc, Field};
 use packet::checksum::{self, Adjust};
+use packet::claim::{Claim, Claimed, ClaimingStage};
 use packet::ipv4::{protocol, Ipv4Packet};
 use packet::udp::UdpPacket;
 use packet::{drop_reasons, Buffer, DropReason, PuntReason, Stage, Verdict};
@@ -556,7 +559,7 @@ impl NfsStage {
     /// a call or reply, the handle slot of a call's first VFH — found with a few loads from
     /// fixed offsets (an AUTH_SYS or AUTH_NONE call; anything else hints less).
     #[inline]
-    fn prefetch<B: Buffer>(&self, f: &[u8]) {
+    fn prefetch<B: Buffer>(&self, f: &[u8], c: &Claimed) {
         let be16 = |at: usize| {
             f.get(at..at + 2)
                 .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]))
@@ -565,12 +568,12 @@ impl NfsStage {
             f.get(at..at + 4)
                 .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
         };
-        if be16(12) != 0x0800 || f.get(23) != Some(&protocol::UDP) {
+        if c.fragment {
             return;
         }
-        let udp = 14 + usize::from(f[14] & 0x0f) * 4;
+        let (ip, udp) = (usize::from(c.ip_at), usize::from(c.l4_at));
         let msg = udp + 8;
-        let (src, dst) = (Ipv4Addr::from(be32(26)), Ipv4Addr::from(be32(30)));
+        let (src, dst) = (Ipv4Addr::from(be32(ip + 12)), Ipv4Addr::from(be32(ip + 16)));
         let (sport, dport) = (be16(udp), be16(udp + 2));
         let sh: &NfsShared = &self.shared;
         if dst == sh.virtual_addr && dport == sh.nfs_port {
@@ -598,39 +601,55 @@ impl NfsStage {
     }
 }
 
-impl Stage for NfsStage {
-    type Reason = NfsDrop;
-    const NAME: &'static str = "nfs";
+impl ClaimingStage for NfsStage {
+    /// Calls to the virtual server's NFS port, and what servers send from theirs (replies to
+    /// clients); calls hosts send to a server's own NFS port (a direct conversation, whose
+    /// replies are told apart from the virtual server's); the IP fragments to the virtual
+    /// address and from the servers. MOUNT and portmap calls to the virtual address are not
+    /// claimed: they are the management core's, delivered locally.
+    fn claims(&self) -> Vec<Claim> {
+        let sh = &self.shared;
+        let mut v = vec![Claim::udp_to(sh.virtual_addr, sh.nfs_port).with_fragments()];
+        for s in &sh.servers {
+            v.push(Claim::udp_from(s.addr, s.nfs_port).with_fragments());
+            v.push(Claim::udp_to(s.addr, s.nfs_port));
+        }
+        v
+    }
 
     /// Two passes: first every packet's table slots are hinted (their cache misses overlap),
     /// then each packet is processed.
-    fn process_burst<B: Buffer>(&mut self, pkts: &mut [B], verdicts: &mut [Verdict]) {
-        for (p, v) in pkts.iter().zip(verdicts.iter()) {
-            if *v == Verdict::Next {
-                self.prefetch::<B>(p.data());
+    fn process_claimed<B: Buffer>(
+        &mut self,
+        pkts: &mut [B],
+        claimed: &[Claimed],
+        verdicts: &mut [Verdict],
+    ) {
+        for c in claimed {
+            if let Some(p) = pkts.get(usize::from(c.index)) {
+                self.prefetch::<B>(p.data(), c);
             }
         }
-        for (p, v) in pkts.iter_mut().zip(verdicts.iter_mut()) {
-            if *v == Verdict::Next {
-                *v = self.process(p);
+        for c in claimed {
+            let i = usize::from(c.index);
+            if let (Some(p), Some(v)) = (pkts.get_mut(i), verdicts.get_mut(i)) {
+                *v = self.claimed(p, c);
             }
         }
     }
+}
 
-    fn process<B: Buffer>(&mut self, pkt: &mut B) -> Verdict {
-        const ETH: usize = packet::ethernet::HEADER_LEN;
-        let f = pkt.data();
-        if f.len() < ETH + 28 || f[12] != 0x08 || f[13] != 0x00 {
-            return Verdict::Next;
-        }
-        let Ok(ip) = Ipv4Packet::new_checked(&f[ETH..]) else {
+impl NfsStage {
+    /// One claimed packet (its IPv4 header checked by the input).
+    fn claimed<B: Buffer>(&mut self, pkt: &mut B, c: &Claimed) -> Verdict {
+        let ip_at = usize::from(c.ip_at);
+        let Some(Ok(ip)) = pkt.data().get(ip_at..).map(Ipv4Packet::new_checked) else {
             return Verdict::Next;
         };
-        if ip.protocol() != protocol::UDP || !ip.verify_checksum() {
-            return Verdict::Next; // IPv4 counts bad headers; not ours otherwise
+        if ip.protocol() != protocol::UDP {
+            return Verdict::Next;
         }
         let (src, dst) = (ip.src_addr(), ip.dst_addr());
-        let hl = usize::from(ip.header_len());
         if ip.is_fragment() {
             return self.fragment(&ip, src, dst);
         }
@@ -639,7 +658,7 @@ impl Stage for NfsStage {
         };
         let (sport, dport) = (udp.src_port(), udp.dst_port());
         let is_call = dst == self.shared.virtual_addr && dport == self.shared.nfs_port;
-        let msg_at = ETH + hl + packet::udp::HEADER_LEN;
+        let msg_at = usize::from(c.l4_at) + packet::udp::HEADER_LEN;
         if !is_call && self.shared.server_at(dst, dport).is_some() {
             return self.direct_call(pkt, msg_at, (src, sport));
         }
@@ -650,8 +669,18 @@ impl Stage for NfsStage {
             return Verdict::Next;
         }
         match server {
-            Some(sid) if !is_call => self.reply(pkt, ETH, msg_at, sid, (dst, dport)),
-            _ => self.call(pkt, ETH, msg_at, (src, sport)),
+            Some(sid) if !is_call => self.reply(pkt, ip_at, msg_at, sid, (dst, dport)),
+            _ => self.call(pkt, ip_at, msg_at, (src, sport)),
         }
+    }
+}
+
+impl Stage for NfsStage {
+    type Reason = NfsDrop;
+    const NAME: &'static str = "nfs";
+
+    /// A packet that has not been through the router's IPv4 input (tests, benchmarks, fuzzing).
+    fn process<B: Buffer>(&mut self, pkt: &mut B) -> Verdict {
+        self.process_unclaimed(pkt)
     }
 }

@@ -16,6 +16,17 @@ pub enum BufferError {
     OutOfRange,
 }
 
+/// What the port found of a received frame's IPv4 header checksum (RX checksum offload).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxChecksum {
+    /// Not checked by the port: software verifies it.
+    Unknown,
+    /// The port verified it.
+    Good,
+    /// The port found it wrong.
+    Bad,
+}
+
 /// A single-segment packet buffer.
 pub trait Buffer {
     /// The packet bytes.
@@ -48,6 +59,13 @@ pub trait Buffer {
     where
         Self: Sized,
     {
+    }
+
+    /// The IPv4 header checksum as the receiving port found it; buffers of ports without
+    /// RX checksum offload (and every buffer not received from a port) say `Unknown`.
+    #[inline]
+    fn rx_ip_checksum(&self) -> RxChecksum {
+        RxChecksum::Unknown
     }
 
     /// Packet length.

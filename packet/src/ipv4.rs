@@ -305,6 +305,12 @@ impl Ipv4Repr {
     }
 }
 
+/// The IPv4 packet an Ethernet frame carries, if its header is sound (version, header length,
+/// total length; not the checksum). The frame's type is not checked.
+pub fn in_frame(frame: &[u8]) -> Option<Ipv4Packet<&[u8]>> {
+    Ipv4Packet::new_checked(frame.get(crate::ethernet::HEADER_LEN..)?).ok()
+}
+
 #[inline]
 /// Parse "a.b.c.d/len" into (address, prefix length).
 pub fn parse_prefix(s: &str) -> Option<(Ipv4Addr, u8)> {

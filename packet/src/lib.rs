@@ -8,6 +8,7 @@
 pub mod arp;
 pub mod buffer;
 pub mod checksum;
+pub mod claim;
 pub mod ethernet;
 pub mod exercise;
 pub mod icmp;
@@ -18,7 +19,7 @@ pub mod stage;
 pub mod tcp;
 pub mod udp;
 
-pub use buffer::{Buffer, BufferError, HeapBuffer};
+pub use buffer::{Buffer, BufferError, HeapBuffer, RxChecksum};
 pub use stage::{DropReason, PuntReason, Stage, Verdict};
 
 use thiserror::Error;

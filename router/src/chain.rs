@@ -5,9 +5,10 @@ use crate::admin::Response;
 use crate::config::{parse_vgroups, ChainConfig};
 use chain_switch::control::{self, Reply, Request};
 use chain_switch::node::{role, FailoverRule};
-use chain_switch::stage::{ChainCounters, ChainShared};
+use chain_switch::stage::{ChainCounters, ChainShared, ChainStage};
 use chain_switch::store::StoreError;
 use chain_switch::wire;
+use packet::Stage as _;
 use serde_json::json;
 use std::sync::Arc;
 
@@ -287,7 +288,7 @@ impl ChainMgmt {
     /// The stage's counters summed over the workers (its drops: `routerctl stats`).
     pub fn stats(&self, cores: &[crate::counters::CoreSnapshot]) -> serde_json::Value {
         let sum: [u64; ChainCounters::NAMES.len()] =
-            crate::counters::sum_cores(cores, |c| &c.chain);
+            crate::counters::sum_cores(cores, ChainStage::NAME);
         let stage = crate::counters::named(&ChainCounters::NAMES, &sum);
         let control = self.control.as_ref().map(|c| {
             json!({"port": c.port, "boot": c.boot, "taken": c.taken, "bad_tag": c.bad_tag,

@@ -127,16 +127,13 @@ pub struct CoreCounters {
     pub ring_full: Counter,
     pub punt_ring_full: Counter,
     pub injected: Counter,
-    /// NFS stage totals of this core, as `nfs_rewrite::datapath::NfsCounters::values` lays
-    /// them out.
-    pub nfs: Box<[Counter]>,
-    /// SAL stage totals of this core, as `sal_forward::stage::SalCounters::values` lays them
-    /// out.
-    pub sal: Box<[Counter]>,
-    /// NetChain stage totals of this core, as `chain_switch::stage::ChainCounters::values`
-    /// lays them out.
-    pub chain: Box<[Counter]>,
+    /// Each application's own counters on this core (by stage name), laid out as the
+    /// application publishes them ([`crate::app::WorkerApp::publish`]).
+    pub apps: Box<[AppCounters]>,
 }
+
+/// One application's counters on one core: its stage name and its values.
+pub type AppCounters = (&'static str, Box<[Counter]>);
 
 impl CoreCounters {
     pub fn new(
@@ -145,6 +142,7 @@ impl CoreCounters {
         cpu: Option<usize>,
         ports: usize,
         stages: Vec<StageCounters>,
+        apps: &[(&'static str, usize)],
     ) -> Self {
         CoreCounters {
             core,
@@ -158,16 +156,9 @@ impl CoreCounters {
             ring_full: Counter::default(),
             punt_ring_full: Counter::default(),
             injected: Counter::default(),
-            nfs: (0..nfs_rewrite::datapath::NfsCounters::WIDTH)
-                .map(|_| Counter::default())
-                .collect(),
-            sal: sal_forward::stage::SalCounters::NAMES
+            apps: apps
                 .iter()
-                .map(|_| Counter::default())
-                .collect(),
-            chain: chain_switch::stage::ChainCounters::NAMES
-                .iter()
-                .map(|_| Counter::default())
+                .map(|&(name, width)| (name, (0..width).map(|_| Counter::default()).collect()))
                 .collect(),
         }
     }
@@ -183,9 +174,11 @@ impl CoreCounters {
             ring_full: self.ring_full.get(),
             punt_ring_full: self.punt_ring_full.get(),
             injected: self.injected.get(),
-            nfs: self.nfs.iter().map(Counter::get).collect(),
-            sal: self.sal.iter().map(Counter::get).collect(),
-            chain: self.chain.iter().map(Counter::get).collect(),
+            apps: self
+                .apps
+                .iter()
+                .map(|(name, c)| (name.to_string(), c.iter().map(Counter::get).collect()))
+                .collect(),
             ports: self
                 .ports
                 .iter()
@@ -233,25 +226,22 @@ pub struct CoreSnapshot {
     pub ring_full: u64,
     pub punt_ring_full: u64,
     pub injected: u64,
-    /// NFS stage counters (see [`CoreCounters::nfs`]); summed and named in the stats' "nfs".
+    /// Each application's counters (see [`CoreCounters::apps`]); summed and named in the
+    /// application's own stats.
     #[serde(skip)]
-    pub nfs: Vec<u64>,
-    /// SAL stage counters (see [`CoreCounters::sal`]).
-    pub sal: Vec<u64>,
-    /// NetChain stage counters (see [`CoreCounters::chain`]).
-    pub chain: Vec<u64>,
+    pub apps: Vec<(String, Vec<u64>)>,
     pub ports: Vec<PortSnapshot>,
     pub stages: Vec<StageSnapshot>,
 }
 
 /// One application's per-core counter array (`pick`), summed over the cores: `N` values.
-pub fn sum_cores<const N: usize>(
-    cores: &[CoreSnapshot],
-    pick: impl Fn(&CoreSnapshot) -> &[u64],
-) -> [u64; N] {
+pub fn sum_cores<const N: usize>(cores: &[CoreSnapshot], app: &str) -> [u64; N] {
     let mut sum = [0u64; N];
     for c in cores {
-        for (t, v) in sum.iter_mut().zip(pick(c)) {
+        let Some((_, values)) = c.apps.iter().find(|(n, _)| n == app) else {
+            continue;
+        };
+        for (t, v) in sum.iter_mut().zip(values) {
             *t += v;
         }
     }

@@ -8,15 +8,15 @@
 //! workers run the stages and hand packets back on per-worker TX rings; the I/O thread
 //! transmits on TX queue 0.
 
+use crate::app::WorkerApp;
 use crate::config::{Config, Placement};
 use crate::counters::{CoreCounters, StageCounters};
+use crate::ipv4::Parsed;
 use crate::ipv4::{Ipv4Drop, Ipv4Stage};
 use crate::port::Backend;
 use crate::qsbr::Qsbr;
-use chain_switch::stage::{ChainDrop, ChainStage};
-use nfs_rewrite::datapath::{NfsDrop, NfsStage};
+use packet::claim::{ClaimSet, Claimed, Flow};
 use packet::{Buffer, DropReason, PuntReason, Stage, Verdict};
-use sal_forward::stage::{SalDrop, SalStage};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -34,8 +34,6 @@ pub struct Punted<T> {
 pub struct MgmtRings<T> {
     pub punt: Vec<rtrb::Consumer<Punted<T>>>,
     pub inject: rtrb::Producer<T>,
-    /// NFS handle mappings learned by each worker.
-    pub mappings: Vec<rtrb::Consumer<Mapping>>,
 }
 
 /// Idle back-off: spin a while, then sleep with a growing interval up to the bound.
@@ -86,58 +84,122 @@ impl Backoff {
     }
 }
 
-/// The stages every worker runs, in order.
-#[derive(Debug, Clone)]
-pub struct Pipeline {
+/// The stages every worker runs: the IPv4 input (every packet's header checks, once), the
+/// applications over the packets each claims, then routing of everything still undecided.
+#[derive(Debug)]
+pub struct Pipeline<T: Buffer> {
     pub ipv4: Ipv4Stage,
-    /// Mirage NFS rewrite, before routing (when `[nfs]` is configured).
-    pub nfs: Option<NfsStage>,
-    /// Serval service routing, before routing (when `[sal]` is configured).
-    pub sal: Option<SalStage>,
-    /// NetChain switch nodes, before routing (when `[chain]` is configured).
-    pub chain: Option<ChainStage>,
+    /// The applications, in claim order (see [`crate::apps`]).
+    apps: Vec<Box<dyn WorkerApp<T>>>,
+    claims: ClaimSet,
     /// Coarse clock (ms) the management core advances; stages read it instead of the system
     /// clock.
     pub clock: Arc<AtomicU64>,
+    scratch: Box<Scratch>,
 }
 
-/// Index of each stage's counters in `CoreCounters::stages`.
+/// Per-worker scratch of a burst.
+#[derive(Debug)]
+struct Scratch {
+    /// Each packet's destination, for the route pass.
+    dst: [u32; MAX_BURST],
+    nh: [u32; MAX_BURST],
+    /// Each application's claimed packets of the burst.
+    claimed: Vec<Vec<Claimed>>,
+}
+
+impl Scratch {
+    fn new(apps: usize) -> Box<Self> {
+        Box::new(Scratch {
+            dst: [0; MAX_BURST],
+            nh: [0; MAX_BURST],
+            claimed: (0..apps).map(|_| Vec::with_capacity(MAX_BURST)).collect(),
+        })
+    }
+}
+
+/// Index of the IPv4 stage's counters in `CoreCounters::stages`; application `k`'s are at
+/// `IPV4 + 1 + k`.
 const IPV4: usize = 0;
 
-impl Pipeline {
-    /// Counters for this pipeline's stages (IPv4 first, then NFS and SAL when configured).
+/// What the claim lookup needs of a packet the IPv4 input found valid, and where its transport
+/// header is. `None` when no claim could match (the common case: a protocol bitmap and an
+/// address filter, no port read).
+#[inline(always)]
+fn flow_of(claims: &ClaimSet, f: &[u8]) -> Option<(Flow, u16)> {
+    let h = f.first_chunk::<34>()?;
+    let (src, dst) = (
+        u32::from_be_bytes([h[26], h[27], h[28], h[29]]),
+        u32::from_be_bytes([h[30], h[31], h[32], h[33]]),
+    );
+    if !claims.maybe(h[23], src, dst) {
+        return None;
+    }
+    let l4 = 14 + usize::from(h[14] & 0x0f) * 4;
+    let end = 14 + usize::from(u16::from_be_bytes([h[16], h[17]]));
+    let fragment = u16::from_be_bytes([h[20], h[21]]) & 0x3fff != 0;
+    let (sport, dport) = match f.get(l4..l4 + 4) {
+        Some(p) if !fragment && l4 + 4 <= end => (
+            u16::from_be_bytes([p[0], p[1]]),
+            u16::from_be_bytes([p[2], p[3]]),
+        ),
+        _ => (0, 0),
+    };
+    let flow = Flow {
+        src,
+        dst,
+        protocol: h[23],
+        fragment,
+        sport,
+        dport,
+    };
+    Some((flow, l4 as u16))
+}
+
+impl<T: Buffer> Pipeline<T> {
+    pub fn new(ipv4: Ipv4Stage, apps: Vec<Box<dyn WorkerApp<T>>>, clock: Arc<AtomicU64>) -> Self {
+        let mut claims = ClaimSet::default();
+        for (k, a) in apps.iter().enumerate() {
+            claims.add(k as u8, a.claims());
+        }
+        let scratch = Scratch::new(apps.len());
+        Pipeline {
+            ipv4,
+            apps,
+            claims,
+            clock,
+            scratch,
+        }
+    }
+
+    /// The copy worker `w` runs.
+    fn for_worker(&self, w: usize) -> Self {
+        Pipeline {
+            ipv4: self.ipv4.clone(),
+            apps: self.apps.iter().map(|a| a.for_worker(w)).collect(),
+            claims: self.claims.clone(),
+            clock: self.clock.clone(),
+            scratch: Scratch::new(self.apps.len()),
+        }
+    }
+
+    /// Counters for this pipeline's stages (IPv4 first, then each application's).
     pub fn stage_counters(&self) -> Vec<StageCounters> {
         let mut v = vec![StageCounters::new(Ipv4Stage::NAME, Ipv4Drop::NAMES)];
-        if self.nfs.is_some() {
-            v.push(StageCounters::new(NfsStage::NAME, NfsDrop::NAMES));
-        }
-        if self.sal.is_some() {
-            v.push(StageCounters::new(SalStage::NAME, SalDrop::NAMES));
-        }
-        if self.chain.is_some() {
-            v.push(StageCounters::new(ChainStage::NAME, ChainDrop::NAMES));
-        }
+        v.extend(
+            self.apps
+                .iter()
+                .map(|a| StageCounters::new(a.name(), a.drop_names())),
+        );
         v
     }
 
-    /// Run one application stage over the packets still undecided, and count.
-    #[inline]
-    fn app_stage<B: Buffer, S: Stage>(
-        st: &mut S,
-        s: &StageCounters,
-        pkts: &mut [B],
-        verdicts: &mut [Verdict],
-        undecided: &mut [bool],
-    ) {
-        let n = pkts.len();
-        s.packets
-            .add(undecided[..n].iter().filter(|&&u| u).count() as u64);
-        st.process_burst(pkts, verdicts);
-        Self::count(s, &verdicts[..n], &undecided[..n]);
-        // Next after an application stage means "continue to routing", not forwarded by it.
-        for (u, v) in undecided[..n].iter_mut().zip(&verdicts[..n]) {
-            *u = *v == Verdict::Next;
-        }
+    /// Each application's name and number of counters.
+    fn app_counters(&self) -> Vec<(&'static str, usize)> {
+        self.apps
+            .iter()
+            .map(|a| (a.name(), a.counter_width()))
+            .collect()
     }
 
     /// Count what one stage decided: verdicts it changed from Next (drops, punts, transmits);
@@ -156,52 +218,101 @@ impl Pipeline {
         s.forwarded.add(forwarded);
     }
 
-    /// Run every stage over a burst, one verdict per packet, and count. Verdicts start
-    /// undecided (Next); each stage takes the packets still undecided.
+    /// Run the pipeline over a burst, one verdict per packet, and count: the IPv4 input over
+    /// every packet, each application over the packets it claims, then the route pass over
+    /// the packets still undecided (Next).
     #[inline]
-    fn process_burst<B: Buffer>(
+    fn process_burst(
         &mut self,
-        pkts: &mut [B],
+        pkts: &mut [T],
         verdicts: &mut [Verdict],
         undecided: &mut [bool],
         c: &CoreCounters,
     ) {
-        let n = pkts.len();
-        verdicts[..n].fill(Verdict::Next);
-        undecided[..n].fill(true);
-        let mut idx = IPV4 + 1;
-        if let Some(nfs) = self.nfs.as_mut() {
-            nfs.set_now(self.clock.load(Ordering::Relaxed));
-            Self::app_stage(nfs, &c.stages[idx], pkts, verdicts, undecided);
-            for (dst, v) in c.nfs.iter().zip(nfs.counters.values()) {
-                dst.set(v);
-            }
-            idx += 1;
-        }
-        if let Some(sal) = self.sal.as_mut() {
-            Self::app_stage(sal, &c.stages[idx], pkts, verdicts, undecided);
-            for (dst, v) in c.sal.iter().zip(sal.counters.values()) {
-                dst.set(v);
-            }
-            idx += 1;
-        }
-        if let Some(chain) = self.chain.as_mut() {
-            Self::app_stage(chain, &c.stages[idx], pkts, verdicts, undecided);
-            for (dst, v) in c.chain.iter().zip(chain.counters.values()) {
-                dst.set(v);
-            }
+        let n = pkts.len().min(MAX_BURST);
+        let (pkts, verdicts, undecided) = (&mut pkts[..n], &mut verdicts[..n], &mut undecided[..n]);
+        verdicts.fill(Verdict::Next);
+        undecided.fill(true);
+        let sc = &mut *self.scratch;
+        for cl in &mut sc.claimed {
+            cl.clear();
         }
         let s = &c.stages[IPV4];
-        s.packets
-            .add(undecided[..n].iter().filter(|&&u| u).count() as u64);
-        self.ipv4.process_burst(pkts, verdicts);
-        Self::count(s, &verdicts[..n], &undecided[..n]);
+        s.packets.add(n as u64);
+        let mut any_claimed = false;
+        for i in 0..n {
+            let d = match self.ipv4.parse(&mut pkts[i]) {
+                Parsed::Done(v) => {
+                    verdicts[i] = v;
+                    continue;
+                }
+                Parsed::Lookup(d) => d,
+            };
+            sc.dst[i] = d;
+            let claim = flow_of(&self.claims, pkts[i].data())
+                .and_then(|(f, l4)| Some((self.claims.lookup(&f)?, f, l4)));
+            let Some((app, f, l4_at)) = claim else {
+                self.ipv4.prefetch_route::<T>(d);
+                continue;
+            };
+            // Claimed packets are rewritten and sent on: one whose TTL would expire on the
+            // way out is answered here, before any application acts on it.
+            if pkts[i].data().get(22).is_none_or(|&ttl| ttl <= 1) {
+                verdicts[i] = Verdict::Punt(PuntReason::TtlExceeded);
+                continue;
+            }
+            if let Some(cl) = sc.claimed.get_mut(usize::from(app)) {
+                any_claimed = true;
+                cl.push(Claimed {
+                    index: i as u16,
+                    ip_at: packet::ethernet::HEADER_LEN as u16,
+                    l4_at,
+                    fragment: f.fragment,
+                });
+            }
+        }
+        Self::count(s, verdicts, undecided);
+        if any_claimed {
+            let now = self.clock.load(Ordering::Relaxed);
+            for (k, app) in self.apps.iter_mut().enumerate() {
+                let (Some(cl), Some(st), Some((_, out))) =
+                    (sc.claimed.get(k), c.stages.get(IPV4 + 1 + k), c.apps.get(k))
+                else {
+                    continue;
+                };
+                if cl.is_empty() {
+                    continue;
+                }
+                st.packets.add(cl.len() as u64);
+                app.process(pkts, cl, verdicts, now);
+                let mut forwarded = 0;
+                for e in cl {
+                    let i = usize::from(e.index);
+                    match verdicts[i] {
+                        Verdict::Next => {
+                            // The application may have rewritten the destination.
+                            if let Some(h) = pkts[i].data().get(30..34) {
+                                sc.dst[i] = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
+                                self.ipv4.prefetch_route::<T>(sc.dst[i]);
+                            }
+                        }
+                        Verdict::Tx(_) => forwarded += 1,
+                        Verdict::Drop(r) => st.drop(r),
+                        Verdict::Punt(r) => st.punt(r),
+                    }
+                }
+                st.forwarded.add(forwarded);
+                app.publish(out, c);
+            }
+        }
+        for (u, v) in undecided.iter_mut().zip(verdicts.iter()) {
+            *u = *v == Verdict::Next;
+        }
+        self.ipv4
+            .route_pass(pkts, verdicts, &sc.dst[..n], &mut sc.nh[..n]);
+        Self::count(s, verdicts, undecided);
     }
 }
-
-/// What a worker tells the management core about NFS: handle mappings learned, transactions of
-/// fragmented replies.
-pub type Mapping = nfs_rewrite::datapath::NfsEvent;
 
 /// Per-thread TX staging: one burst buffer per port.
 struct TxStage<T> {
@@ -315,7 +426,7 @@ impl Engine {
     pub fn start<B: Backend>(
         cfg: &Config,
         backend: Arc<B>,
-        pipeline: Pipeline,
+        pipeline: Pipeline<B::Buf>,
         qsbr: Arc<Qsbr>,
     ) -> std::io::Result<(Engine, MgmtRings<B::Buf>)> {
         let dp = &cfg.dataplane;
@@ -325,7 +436,7 @@ impl Engine {
         let mut threads = Vec::new();
         let mut counters = Vec::new();
         let mut punt_consumers = Vec::new();
-        let mut mapping_consumers = Vec::new();
+        let app_counters = pipeline.app_counters();
         let (inject_tx, inject_rx) = rtrb::RingBuffer::<B::Buf>::new(dp.ring_size);
         let mut inject_rx = Some(inject_rx);
 
@@ -343,19 +454,12 @@ impl Engine {
                 Some(cpu),
                 nports,
                 pipeline.stage_counters(),
+                &app_counters,
             ));
             counters.push(c.clone());
             let (punt_tx, punt_rx) = rtrb::RingBuffer::new(dp.ring_size);
             punt_consumers.push(punt_rx);
-            let mappings = pipeline.nfs.is_some().then(|| {
-                let (tx, rx) = rtrb::RingBuffer::new(dp.ring_size);
-                mapping_consumers.push(rx);
-                tx
-            });
-            let mut pipe = pipeline.clone();
-            if let Some(sal) = pipe.sal.as_mut() {
-                sal.set_instance(w);
-            }
+            let pipe = pipeline.for_worker(w);
             let ctx = WorkerCtx {
                 id: w,
                 be: backend.clone(),
@@ -369,7 +473,6 @@ impl Engine {
                 verdicts: [Verdict::Next; MAX_BURST],
                 undecided: [false; MAX_BURST],
                 bursts: 0,
-                mappings,
             };
             let pinning = dp.pin;
             let body: Box<dyn FnOnce() + Send> = if split {
@@ -399,6 +502,7 @@ impl Engine {
                 io_cpu,
                 nports,
                 pipeline.stage_counters(),
+                &app_counters,
             ));
             counters.push(c.clone());
             let io = IoCtx {
@@ -410,12 +514,7 @@ impl Engine {
                 to_workers,
                 from_workers,
                 inject: inject_rx.take(),
-                rpc_ports: pipeline.nfs.as_ref().map_or_else(Vec::new, |n| {
-                    let sh = n.shared();
-                    let mut v: Vec<u16> = sh.servers.iter().map(|s| s.nfs_port).collect();
-                    v.push(sh.nfs_port);
-                    v
-                }),
+                rpc_ports: pipeline.apps.iter().flat_map(|a| a.rpc_ports()).collect(),
             };
             let pinning = dp.pin;
             threads.push(spawn(
@@ -434,7 +533,6 @@ impl Engine {
                 qsbr,
             },
             MgmtRings {
-                mappings: mapping_consumers,
                 punt: punt_consumers,
                 inject: inject_tx,
             },
@@ -455,7 +553,7 @@ impl Engine {
 struct WorkerCtx<B: Backend> {
     id: usize,
     be: Arc<B>,
-    pipe: Pipeline,
+    pipe: Pipeline<B::Buf>,
     c: Arc<CoreCounters>,
     qsbr: Arc<Qsbr>,
     stop: Arc<AtomicBool>,
@@ -465,8 +563,6 @@ struct WorkerCtx<B: Backend> {
     verdicts: [Verdict; MAX_BURST],
     undecided: [bool; MAX_BURST],
     bursts: u64,
-    /// NFS handle mappings to the management core (when NFS is configured).
-    mappings: Option<rtrb::Producer<Mapping>>,
 }
 
 /// One burst in this many is timed for the ns/packet figure.
@@ -493,14 +589,6 @@ impl<B: Backend> WorkerCtx<B> {
             &mut self.undecided,
             &self.c,
         );
-        if let (Some(nfs), Some(ring)) = (self.pipe.nfs.as_mut(), self.mappings.as_mut()) {
-            let c = &self.c;
-            nfs.take_events(|e| {
-                if ring.push(e).is_err() {
-                    c.ring_full.inc();
-                }
-            });
-        }
         if let Some(t0) = t0 {
             let st = &self.c.stages[0];
             st.busy_ns.add(t0.elapsed().as_nanos() as u64);

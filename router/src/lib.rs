@@ -5,6 +5,8 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod app;
+pub mod apps;
 pub mod chain;
 pub mod config;
 pub mod counters;
@@ -105,7 +107,6 @@ pub fn run<B: Backend>(
     for (d, pc) in backend.ports().iter().zip(&cfg.ports) {
         if cfg.dataplane.placement == config::Placement::RunToCompletion
             && usize::from(d.rx_queues) < workers
-            && d.driver != "soft"
         {
             return Err(RunError::Port {
                 port: pc.name.clone(),
@@ -152,10 +153,15 @@ pub fn run<B: Backend>(
         .transpose()
         .map_err(RunError::Chain)?;
     let clock = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let pipeline = Pipeline {
-        ipv4: stage.clone(),
+    let nfs_events = Arc::new(apps::EventRings::new(cfg.dataplane.ring_size));
+    let stages = apps::Stages {
         nfs: nfs.as_ref().zip(cfg.nfs.as_ref()).map(|(sh, n)| {
-            nfs_rewrite::datapath::NfsStage::new(sh.clone(), n.transactions, n.transaction_ttl_ms)
+            let st = nfs_rewrite::datapath::NfsStage::new(
+                sh.clone(),
+                n.transactions,
+                n.transaction_ttl_ms,
+            );
+            (st, nfs_events.clone())
         }),
         sal: sal
             .as_ref()
@@ -163,8 +169,8 @@ pub fn run<B: Backend>(
         chain: chain_mgmt
             .as_ref()
             .map(|c| chain_switch::stage::ChainStage::new(c.shared.clone())),
-        clock: clock.clone(),
     };
+    let pipeline = Pipeline::new(stage.clone(), apps::worker_apps(stages), clock.clone());
     // The service rules go in before the workers start.
     let sal_mgmt = match (&cfg.sal, &sal) {
         (Some(sc), Some(sh)) => Some(sal::SalMgmt::new(sc, sh.clone()).map_err(RunError::Sal)?),
@@ -175,7 +181,7 @@ pub fn run<B: Backend>(
     let cores = engine.counters.clone();
     let mut mgmt = Mgmt::new(
         clock,
-        nfs,
+        nfs.map(|sh| (sh, nfs_events.take())),
         sal_mgmt,
         chain_mgmt,
         cfg,

@@ -18,7 +18,7 @@ use packet::ethernet::{
 };
 use packet::icmp::{self, IcmpPacket, IcmpRepr};
 use packet::ipv4::{protocol, Ipv4Packet, Ipv4Repr};
-use packet::{Buffer, PuntReason, Verdict};
+use packet::{Buffer, PuntReason, Stage as _, Verdict};
 use serde::Serialize;
 use serde_json::json;
 use std::collections::{HashMap, VecDeque};
@@ -86,11 +86,6 @@ pub struct MgmtCounters {
     pub nfs_answered: Counter,
 }
 
-/// The IPv4 packet in an Ethernet frame, if it holds a valid one.
-pub(crate) fn ipv4_in(frame: &[u8]) -> Option<Ipv4Packet<&[u8]>> {
-    Ipv4Packet::new_checked(frame.get(ETH_LEN..)?).ok()
-}
-
 /// An unfragmented UDP datagram's (source, destination) addresses and ports, and payload.
 #[allow(clippy::type_complexity)]
 fn udp_in(datagram: &[u8]) -> Option<((Ipv4Addr, u16), (Ipv4Addr, u16), &[u8])> {
@@ -115,7 +110,7 @@ fn udp_in(datagram: &[u8]) -> Option<((Ipv4Addr, u16), (Ipv4Addr, u16), &[u8])> 
 
 /// Whether a frame holds an IPv4 fragment.
 fn is_fragment<Bf: packet::Buffer>(buf: &Bf) -> bool {
-    ipv4_in(buf.data()).is_some_and(|ip| ip.is_fragment())
+    packet::ipv4::in_frame(buf.data()).is_some_and(|ip| ip.is_fragment())
 }
 
 /// The portmapper's well-known port.
@@ -151,6 +146,8 @@ pub struct Mgmt<B: Backend> {
     clock: Arc<std::sync::atomic::AtomicU64>,
     /// NFS virtualization state shared with the workers (the handle table's single writer).
     nfs: Option<Arc<nfs_rewrite::datapath::NfsShared>>,
+    /// What each worker's NFS stage reports (handle mappings, transactions).
+    nfs_events: Vec<rtrb::Consumer<NfsEvent>>,
     /// Answers for the virtual NFS server.
     nfs_ctl: Option<nfs_rewrite::control::Controller>,
     /// The virtual NFS server over TCP (`[nfs.tcp]`).
@@ -262,7 +259,10 @@ impl<B: Backend> Mgmt<B> {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         clock: Arc<std::sync::atomic::AtomicU64>,
-        nfs: Option<Arc<nfs_rewrite::datapath::NfsShared>>,
+        nfs: Option<(
+            Arc<nfs_rewrite::datapath::NfsShared>,
+            Vec<rtrb::Consumer<NfsEvent>>,
+        )>,
         sal: Option<crate::sal::SalMgmt>,
         chain: Option<crate::chain::ChainMgmt>,
         cfg: Config,
@@ -278,6 +278,7 @@ impl<B: Backend> Mgmt<B> {
         let rate = f64::from(cfg.icmp.errors_per_sec);
         let statics = cfg.static_neighbours.clone();
         let cfg_mount_port = cfg.nfs.as_ref().map(|n| n.mount_port);
+        let (nfs, nfs_events) = nfs.map_or((None, Vec::new()), |(sh, ev)| (Some(sh), ev));
         let mut m = Mgmt {
             cfg,
             be,
@@ -305,6 +306,7 @@ impl<B: Backend> Mgmt<B> {
             }),
             nfs_tcp: None,
             nfs,
+            nfs_events,
             ckpt: Checkpoints::default(),
             reasm: crate::reasm::Reassembler::new(64, Duration::from_secs(2)),
             sal,
@@ -650,7 +652,7 @@ impl<B: Backend> Mgmt<B> {
         let Some(nfs) = &self.nfs else { return 0 };
         let now = self.started.elapsed().as_millis() as u64;
         let mut n = 0;
-        for ring in &mut self.rings.mappings {
+        for ring in &mut self.nfs_events {
             while n < budget {
                 let Ok(e) = ring.pop() else {
                     break;
@@ -751,7 +753,7 @@ impl<B: Backend> Mgmt<B> {
 
     /// The neighbour a frame's next hop needs: (port, neighbour address).
     fn neighbour_for(&self, frame: &[u8]) -> Option<(u16, Ipv4Addr)> {
-        let ip = ipv4_in(frame)?;
+        let ip = packet::ipv4::in_frame(frame)?;
         let nh = self.stage.next_hop(ip.dst_addr())?;
         match nh.kind {
             NextHopKind::Gateway => Some((nh.port, nh.gateway)),
@@ -957,7 +959,7 @@ impl<B: Backend> Mgmt<B> {
     /// Answer the packet in `orig` (an Ethernet frame) with an ICMP error.
     fn icmp_error(&mut self, orig: &B::Buf, kind: u8, code: u8, mtu: u16) {
         let in_port = orig.port();
-        let Some(ip) = ipv4_in(orig.data()) else {
+        let Some(ip) = packet::ipv4::in_frame(orig.data()) else {
             return;
         };
         // RFC 1812 4.3.2.7: no errors about ICMP errors, non-first fragments, or broadcasts.
@@ -1252,7 +1254,7 @@ impl<B: Backend> Mgmt<B> {
     }
 
     fn local_input(&mut self, buf: &B::Buf) {
-        let Some(ip) = ipv4_in(buf.data()) else {
+        let Some(ip) = packet::ipv4::in_frame(buf.data()) else {
             return;
         };
         match ip.protocol() {
@@ -1277,7 +1279,7 @@ impl<B: Backend> Mgmt<B> {
     /// otherwise fragment it (RFC 791) and send the pieces.
     fn fragment_or_refuse(&mut self, buf: B::Buf) {
         let frame = buf.data();
-        let Some(ip) = ipv4_in(frame) else {
+        let Some(ip) = packet::ipv4::in_frame(frame) else {
             return;
         };
         let Some(nh) = self.stage.next_hop(ip.dst_addr()) else {
@@ -1504,7 +1506,8 @@ impl<B: Backend> Mgmt<B> {
         let (Some(n), Some(ctl)) = (&self.nfs, &self.nfs_ctl) else {
             return serde_json::Value::Null;
         };
-        let sum: [u64; NfsCounters::WIDTH] = crate::counters::sum_cores(cores, |c| &c.nfs);
+        let sum: [u64; NfsCounters::WIDTH] =
+            crate::counters::sum_cores(cores, nfs_rewrite::datapath::NfsStage::NAME);
         let k = NfsCounters::from_values(&sum);
         let by_proc = |a: &[u64; 22]| -> serde_json::Map<String, serde_json::Value> {
             Proc::ALL

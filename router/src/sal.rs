@@ -129,7 +129,7 @@ impl SalMgmt {
 
     /// A Serval packet (`frame`, from `port`) the stage punted.
     pub fn input(&mut self, frame: &[u8], port: u16, now_ms: u64) -> Handled {
-        let Some(ip) = crate::mgmt::ipv4_in(frame) else {
+        let Some(ip) = packet::ipv4::in_frame(frame) else {
             return Handled::NotMine;
         };
         if ip.protocol() != wire::PROTOCOL {
@@ -344,7 +344,8 @@ impl SalMgmt {
 
     pub fn stats(&self, cores: &[crate::counters::CoreSnapshot]) -> serde_json::Value {
         use sal_forward::stage::SalCounters;
-        let sum: [u64; SalCounters::NAMES.len()] = crate::counters::sum_cores(cores, |c| &c.sal);
+        let sum: [u64; SalCounters::NAMES.len()] =
+            crate::counters::sum_cores(cores, sal_forward::stage::SalStage::NAME);
         let stage = crate::counters::named(&SalCounters::NAMES, &sum);
         let c = &self.ctl.stats;
         json!({

@@ -117,7 +117,7 @@ fn prototype_write_then_read() {
     assert_eq!(g["total"], 12, "{g}");
     assert_eq!(g["groups"][0]["role"], "head", "{g}");
     // An unknown key is dropped and counted by the stage; the client sees nothing. A query
-    // with a damaged IP header is dropped before any node acts on it.
+    // with a damaged IP header is dropped by the IPv4 input before any node sees it.
     let mut unknown = fixture("write_request");
     unknown[14 + 28 + 16 + 4 + 15] = 0x99;
     h.inject(0, &unknown);
@@ -126,8 +126,13 @@ fn prototype_write_then_read() {
     damaged[14 + 8] ^= 0x40;
     h.inject(0, &damaged);
     h.expect_silence(0);
-    assert_eq!(h.stage_drops("netchain", "bad-checksum"), 1);
+    assert_eq!(h.drops("bad-checksum"), 1, "counted by the IPv4 input");
     assert_eq!(h.stage_drops("netchain", "unknown-key"), 1);
+    let s = h.call(Request::ChainStats);
+    assert_eq!(
+        s["stage"]["writes"], 3,
+        "the damaged write was not applied: {s}"
+    );
 }
 
 /// A UDP frame from the clients' side to the appliance's MAC.

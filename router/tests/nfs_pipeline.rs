@@ -1,4 +1,5 @@
-//! The NFS stage inside the engine (soft backend, in-memory ports): it runs before routing,
+//! The NFS stage inside the engine (soft backend, in-memory ports): it gets what it claims from
+//! the IPv4 input, before routing,
 //! hands what it cannot finish to the management core, drops server replies that answer no
 //! call, and leaves other traffic to the IPv4 stage.
 
@@ -74,12 +75,16 @@ fn answer(h: &Harness, xid: u32, from: (Ipv4Addr, u16), to: (Ipv4Addr, u16)) -> 
     }
 }
 
+/// A counter of the NFS stage (`kind` "drops" or "punts"), summed over every core.
 fn stage_stat(h: &Harness, kind: &str, name: &str) -> u64 {
     let s = h.call(Request::Stats);
-    s["cores"][0]["stages"][1][kind]
+    s["cores"]
         .as_array()
         .unwrap()
         .iter()
+        .flat_map(|c| c["stages"].as_array().unwrap().iter())
+        .filter(|st| st["name"] == "nfs")
+        .flat_map(|st| st[kind].as_array().unwrap().iter())
         .filter(|p| p[0] == name)
         .map(|p| p[1].as_u64().unwrap())
         .sum()

@@ -1,4 +1,5 @@
-//! The service-router stage (fast path), before routing.
+//! The service-router stage (fast path): the router's IPv4 input hands it the packets
+//! it claims, their IPv4 headers checked, before routing.
 //!
 //! A SYN, or a connectionless datagram, carrying a SERVICE extension and addressed to one of
 //! the router's addresses is matched against the [`ServiceTable`]:
@@ -18,6 +19,7 @@ use crate::id::ServiceId;
 use crate::table::{Action, Matched, Mode, RuleRef, ServiceTable};
 use crate::wire::{self, Sal};
 use packet::checksum::{self, Adjust};
+use packet::claim::{Claim, Claimed, ClaimingStage, On};
 use packet::ipv4::Ipv4Packet;
 use packet::{drop_reasons, Buffer, DropReason, PuntReason, Stage, Verdict};
 use std::net::Ipv4Addr;
@@ -307,23 +309,20 @@ impl SalStage {
 
 impl SalStage {
     /// A service request addressed to the router: (IP header length, the router address it
-    /// was sent to, its SAL header). Anything else gets its verdict.
-    fn classify(&mut self, f: &[u8]) -> Result<(usize, Ipv4Addr, Sal), Verdict> {
-        if f.len() < ETH + 20 + wire::BASE_LEN || f[12] != 0x08 || f[13] != 0x00 {
+    /// was sent to, its SAL header). Anything else gets its verdict. The IPv4 input checked the
+    /// header (its checksum among the rest) of a claimed packet.
+    fn classify(&mut self, f: &[u8], c: &Claimed) -> Result<(usize, Ipv4Addr, Sal), Verdict> {
+        if usize::from(c.ip_at) != ETH || c.fragment {
             return Err(Verdict::Next);
         }
-        let Ok(ip) = Ipv4Packet::new_checked(&f[ETH..]) else {
+        let Some(Ok(ip)) = f.get(ETH..).map(Ipv4Packet::new_checked) else {
             return Err(Verdict::Next);
         };
-        if ip.protocol() != wire::PROTOCOL || ip.is_fragment() {
+        if ip.protocol() != wire::PROTOCOL {
             return Err(Verdict::Next);
         }
         let router = ip.dst_addr();
         if !self.shared.local.contains(&router) {
-            return Err(Verdict::Next);
-        }
-        // A header damaged on the way is the IPv4 stage's to count and drop, not a request.
-        if !ip.verify_checksum() {
             return Err(Verdict::Next);
         }
         let hl = usize::from(ip.header_len());
@@ -342,7 +341,10 @@ impl SalStage {
     /// Forward a service request to `to` whatever the table says (the management core's
     /// copies for a FORWARD-to-all rule).
     pub fn process_to<B: Buffer>(&mut self, pkt: &mut B, to: Ipv4Addr) -> Verdict {
-        match self.classify(pkt.data()) {
+        let Some(c) = Claimed::validate(pkt.data(), 0) else {
+            return Verdict::Next;
+        };
+        match self.classify(pkt.data(), &c) {
             Ok((hl, router, s)) => self.forward(pkt, hl, &s, router, to),
             Err(v) => v,
         }
@@ -355,6 +357,8 @@ const CHUNK: usize = 32;
 /// A service request between the passes over a chunk.
 #[derive(Debug, Clone, Copy, Default)]
 struct Pending {
+    /// The packet's index in the burst.
+    index: usize,
     hl: usize,
     router: Option<Ipv4Addr>,
     sal: Sal,
@@ -369,14 +373,16 @@ impl SalStage {
     fn process_chunk<B: Buffer, const N: usize>(
         &mut self,
         pkts: &mut [B],
+        claimed: &[Claimed],
         verdicts: &mut [Verdict],
     ) {
         let mut pend = [Pending::default(); N];
-        for ((p, v), slot) in pkts.iter().zip(verdicts.iter_mut()).zip(pend.iter_mut()) {
-            if *v != Verdict::Next {
+        for (c, slot) in claimed.iter().zip(pend.iter_mut()) {
+            let i = usize::from(c.index);
+            let (Some(p), Some(v)) = (pkts.get(i), verdicts.get_mut(i)) else {
                 continue;
-            }
-            match self.classify(p.data()) {
+            };
+            match self.classify(p.data(), c) {
                 Err(verdict) => *v = verdict,
                 Ok((hl, router, sal)) => {
                     self.counters.requests += 1;
@@ -386,6 +392,7 @@ impl SalStage {
                         self.shared.table.prefetch_lookup(id, 2, B::prefetch);
                     }
                     *slot = Pending {
+                        index: i,
                         hl,
                         router: Some(router),
                         sal,
@@ -403,11 +410,40 @@ impl SalStage {
                 self.shared.hits[self.instance].prefetch(at.slot(), B::prefetch);
             }
         }
-        for ((pkt, v), p) in pkts.iter_mut().zip(verdicts.iter_mut()).zip(pend) {
-            if let Some(router) = p.router {
-                let m = p.at.and_then(|at| self.shared.table.rule(at));
-                *v = self.request(pkt, p.hl, router, &p.sal, m);
-            }
+        for p in pend {
+            let Some(router) = p.router else { continue };
+            let (Some(pkt), Some(v)) = (pkts.get_mut(p.index), verdicts.get_mut(p.index)) else {
+                continue;
+            };
+            let m = p.at.and_then(|at| self.shared.table.rule(at));
+            *v = self.request(pkt, p.hl, router, &p.sal, m);
+        }
+    }
+}
+
+impl ClaimingStage for SalStage {
+    /// Serval packets to each of the router's addresses.
+    fn claims(&self) -> Vec<Claim> {
+        self.shared
+            .local
+            .iter()
+            .map(|&a| Claim {
+                on: On::Dst(a),
+                protocol: wire::PROTOCOL,
+                port: None,
+                fragments: false,
+            })
+            .collect()
+    }
+
+    fn process_claimed<B: Buffer>(
+        &mut self,
+        pkts: &mut [B],
+        claimed: &[Claimed],
+        verdicts: &mut [Verdict],
+    ) {
+        for chunk in claimed.chunks(CHUNK) {
+            self.process_chunk::<B, CHUNK>(pkts, chunk, verdicts);
         }
     }
 }
@@ -416,15 +452,14 @@ impl Stage for SalStage {
     type Reason = SalDrop;
     const NAME: &'static str = "sal";
 
-    fn process_burst<B: Buffer>(&mut self, pkts: &mut [B], verdicts: &mut [Verdict]) {
-        for (p, v) in pkts.chunks_mut(CHUNK).zip(verdicts.chunks_mut(CHUNK)) {
-            self.process_chunk::<B, CHUNK>(p, v);
-        }
-    }
-
+    /// A packet that has not been through the router's IPv4 input (tests, benchmarks, fuzzing,
+    /// the management core's delayed requests).
     fn process<B: Buffer>(&mut self, pkt: &mut B) -> Verdict {
-        let mut v = Verdict::Next;
-        self.process_chunk::<B, 1>(std::slice::from_mut(pkt), std::slice::from_mut(&mut v));
-        v
+        let Some(c) = Claimed::validate(pkt.data(), 0) else {
+            return Verdict::Next;
+        };
+        let mut v = [Verdict::Next];
+        self.process_chunk::<B, 1>(std::slice::from_mut(pkt), &[c], &mut v);
+        v[0]
     }
 }

@@ -217,7 +217,13 @@ fn run(cfg: Config) -> Result<()> {
                 };
                 specs.push((p.name.clone(), mac, spec));
             }
-            let be = Arc::new(SoftBackend::new(specs).context("opening pcap ports")?);
+            // One RX queue per run-to-completion worker, frames spread by flow.
+            let queues = match cfg.dataplane.placement {
+                router::config::Placement::RunToCompletion => cfg.dataplane.workers.len(),
+                router::config::Placement::Split => 1,
+            };
+            let be =
+                Arc::new(SoftBackend::with_rx_queues(specs, queues).context("opening pcap ports")?);
             router::run(cfg, be, stop, set_level, || {})?;
         }
         BackendKind::Dpdk => run_dpdk(cfg, stop, set_level)?,

@@ -9,7 +9,7 @@ use super::{Backend, DriverStats, PortDesc};
 use crate::config::{Config, Placement};
 use dpdk_sys as sys;
 use packet::ethernet::EthernetAddress;
-use packet::{Buffer, BufferError};
+use packet::{Buffer, BufferError, RxChecksum};
 use std::ffi::{CStr, CString};
 use std::ptr::NonNull;
 use std::sync::OnceLock;
@@ -143,6 +143,19 @@ impl Buffer for Mbuf {
         Ok(())
     }
     #[inline]
+    fn rx_ip_checksum(&self) -> RxChecksum {
+        let flags = self.m().ol_flags & u64::from(sys::RTE_MBUF_F_RX_IP_CKSUM_MASK);
+        if flags == u64::from(sys::RTE_MBUF_F_RX_IP_CKSUM_GOOD) {
+            RxChecksum::Good
+        } else if flags == u64::from(sys::RTE_MBUF_F_RX_IP_CKSUM_BAD) {
+            RxChecksum::Bad
+        } else {
+            // UNKNOWN, or NONE (the header is sound but its checksum field is not filled in:
+            // software verifies, and drops it, rather than forward a wrong checksum).
+            RxChecksum::Unknown
+        }
+    }
+    #[inline]
     fn port(&self) -> u16 {
         self.m().port
     }
@@ -161,6 +174,84 @@ impl Buffer for Mbuf {
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = p;
+    }
+}
+
+/// Bits of `rte_ethdev.h` that are `RTE_BIT64()` macros (bindgen does not expand them).
+mod bits {
+    pub const RSS_IPV4: u64 = 1 << 2;
+    pub const RSS_FRAG_IPV4: u64 = 1 << 3;
+    pub const RSS_NONFRAG_IPV4_TCP: u64 = 1 << 4;
+    pub const RSS_NONFRAG_IPV4_UDP: u64 = 1 << 5;
+    pub const RSS_NONFRAG_IPV4_OTHER: u64 = 1 << 7;
+    pub const RX_OFFLOAD_IPV4_CKSUM: u64 = 1 << 1;
+}
+
+/// The RSS hash functions the router asks for: IPv4 addresses, and TCP/UDP ports of
+/// unfragmented packets (fragments hash by addresses only, so all of a datagram's fragments
+/// reach one worker).
+const RSS_HF: u64 = bits::RSS_IPV4
+    | bits::RSS_FRAG_IPV4
+    | bits::RSS_NONFRAG_IPV4_TCP
+    | bits::RSS_NONFRAG_IPV4_UDP
+    | bits::RSS_NONFRAG_IPV4_OTHER;
+
+/// How a port is configured: RSS over several RX queues where the device hashes (the
+/// functions masked by what it offers, a symmetric Toeplitz key so both directions of a flow
+/// land on one queue) and RX IPv4 checksum offload where offered. What the device lacks stays
+/// off: software does that part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSetup {
+    /// `rss_hf` asked for (0: no RSS).
+    pub rss_hf: u64,
+    /// The RSS key (empty: the driver's own).
+    pub rss_key: Vec<u8>,
+    /// RX offloads asked for.
+    pub rx_offloads: u64,
+}
+
+impl PortSetup {
+    /// For a device offering `rss_offloads` hash functions with a key of `key_size` bytes and
+    /// `rx_capa` RX offloads, serving `queues` RX queues.
+    pub fn for_device(queues: u16, rss_offloads: u64, key_size: u8, rx_capa: u64) -> PortSetup {
+        let rss_hf = if queues > 1 { RSS_HF & rss_offloads } else { 0 };
+        // 0x6d5a repeated: Toeplitz over (src, dst) and (dst, src) gives one hash (Woo and
+        // Park, "Scalable TCP session monitoring with symmetric receive-side scaling").
+        let rss_key = if rss_hf != 0 {
+            (0..usize::from(key_size))
+                .map(|i| if i % 2 == 0 { 0x6d } else { 0x5a })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        PortSetup {
+            rss_hf,
+            rss_key,
+            rx_offloads: rx_capa & bits::RX_OFFLOAD_IPV4_CKSUM,
+        }
+    }
+
+    /// What is on, for the port's start-up log line.
+    pub fn describe(&self) -> String {
+        let rss = if self.rss_hf == 0 {
+            "no RSS".to_string()
+        } else {
+            format!(
+                "RSS {:#x}{}",
+                self.rss_hf,
+                if self.rss_key.is_empty() {
+                    " (driver key)"
+                } else {
+                    " (symmetric key)"
+                }
+            )
+        };
+        let csum = if self.rx_offloads & bits::RX_OFFLOAD_IPV4_CKSUM != 0 {
+            "RX IPv4 checksum offload"
+        } else {
+            "IPv4 checksums in software"
+        };
+        format!("{rss}, {csum}")
     }
 }
 
@@ -299,8 +390,24 @@ impl DpdkBackend {
                     info.max_tx_queues
                 )));
             }
-            let conf = sys::rte_eth_conf::default();
-            // SAFETY: valid port id; conf is a zeroed (all offloads off) configuration.
+            let mut setup = PortSetup::for_device(
+                queues,
+                info.flow_type_rss_offloads,
+                info.hash_key_size,
+                info.rx_offload_capa,
+            );
+            let mut conf = sys::rte_eth_conf::default();
+            if setup.rss_hf != 0 {
+                conf.rxmode.mq_mode = sys::rte_eth_rx_mq_mode_RTE_ETH_MQ_RX_RSS;
+                conf.rx_adv_conf.rss_conf.rss_hf = setup.rss_hf;
+                if !setup.rss_key.is_empty() {
+                    conf.rx_adv_conf.rss_conf.rss_key = setup.rss_key.as_mut_ptr();
+                    conf.rx_adv_conf.rss_conf.rss_key_len = setup.rss_key.len() as u8;
+                }
+            }
+            conf.rxmode.offloads = setup.rx_offloads;
+            // SAFETY: valid port id; conf asks only for what dev_info offers, and rss_key (if
+            // set) points at setup.rss_key, alive across the call (ethdev copies the key).
             let rc = unsafe { sys::rte_eth_dev_configure(id, queues, queues, &conf) };
             if rc != 0 {
                 return Err(perr(format!("configure: {}", errno_str(rc))));
@@ -351,7 +458,7 @@ impl DpdkBackend {
                     .to_string_lossy()
                     .into_owned()
             };
-            tracing::info!("port {} ({}): dpdk port {id}, driver {driver}, {queues} queue pairs, {rxd}/{txd} descriptors", p.name, p.device);
+            tracing::info!("port {} ({}): dpdk port {id}, driver {driver}, {queues} queue pairs, {rxd}/{txd} descriptors, {}", p.name, p.device, setup.describe());
             ids.push(id);
             descs.push(PortDesc {
                 name: p.name.clone(),
@@ -523,5 +630,82 @@ impl Backend for DpdkBackend {
         }
         // SAFETY: every port is closed and no mbuf is alive (engine and management core dropped).
         unsafe { sys::rte_eal_cleanup() };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Toeplitz hash NICs compute for RSS (Microsoft's RSS specification).
+    fn toeplitz(key: &[u8], input: &[u8]) -> u32 {
+        let mut h = 0u32;
+        let window = |bit: usize| -> u32 {
+            (0..32).fold(0u32, |w, i| {
+                let b = bit + i;
+                let set = key.get(b / 8).is_some_and(|k| k & (0x80 >> (b % 8)) != 0);
+                (w << 1) | u32::from(set)
+            })
+        };
+        for (i, byte) in input.iter().enumerate() {
+            for j in 0..8 {
+                if byte & (0x80 >> j) != 0 {
+                    h ^= window(i * 8 + j);
+                }
+            }
+        }
+        h
+    }
+
+    #[test]
+    fn rss_only_with_queues_and_only_what_the_device_offers() {
+        let one = PortSetup::for_device(1, u64::MAX, 40, u64::MAX);
+        assert_eq!((one.rss_hf, one.rss_key.len()), (0, 0));
+        assert_eq!(one.rx_offloads, bits::RX_OFFLOAD_IPV4_CKSUM);
+        // A device hashing IPv4 and TCP only (and IPv6, not asked for).
+        let offered = bits::RSS_IPV4 | bits::RSS_NONFRAG_IPV4_TCP | (1 << 8);
+        let two = PortSetup::for_device(2, offered, 40, 1 << 2);
+        assert_eq!(two.rss_hf, bits::RSS_IPV4 | bits::RSS_NONFRAG_IPV4_TCP);
+        assert_eq!(two.rss_key.len(), 40);
+        assert_eq!(two.rx_offloads, 0, "no IPv4 checksum offload offered");
+        // No hashing at all (net_af_packet, net_pcap): no RSS, no key.
+        let none = PortSetup::for_device(4, 0, 40, 0);
+        assert_eq!((none.rss_hf, none.rss_key.len()), (0, 0));
+        // A device with no settable key keeps its own.
+        let keyless = PortSetup::for_device(2, u64::MAX, 0, 0);
+        assert!(keyless.rss_hf != 0 && keyless.rss_key.is_empty());
+    }
+
+    /// Both directions of a flow hash alike with the key the router sets, so a reply reaches
+    /// the worker its request did; the hash still tells flows apart.
+    #[test]
+    fn the_rss_key_is_symmetric() {
+        let key = PortSetup::for_device(2, u64::MAX, 40, 0).rss_key;
+        let tuple = |src: [u8; 4], dst: [u8; 4], sp: u16, dp: u16| {
+            let mut v = Vec::new();
+            v.extend_from_slice(&src);
+            v.extend_from_slice(&dst);
+            v.extend_from_slice(&sp.to_be_bytes());
+            v.extend_from_slice(&dp.to_be_bytes());
+            v
+        };
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..200u16 {
+            let a = [10, 0, (i >> 8) as u8, i as u8];
+            let b = [192, 168, 7, (i % 251) as u8];
+            let (sp, dp) = (1024 + i * 7, 2049);
+            let there = toeplitz(&key, &tuple(a, b, sp, dp));
+            assert_eq!(there, toeplitz(&key, &tuple(b, a, dp, sp)), "flow {i}");
+            assert_eq!(
+                toeplitz(&key, &a.iter().chain(&b).copied().collect::<Vec<_>>()),
+                toeplitz(&key, &b.iter().chain(&a).copied().collect::<Vec<_>>())
+            );
+            seen.insert(there);
+        }
+        assert!(
+            seen.len() > 150,
+            "{} distinct hashes of 200 flows",
+            seen.len()
+        );
     }
 }

@@ -7,13 +7,20 @@ use packet::ethernet::EthernetAddress;
 use packet::{pcap, Buffer, HeapBuffer};
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+/// Most RX queues a soft port spreads its frames over.
+pub const MAX_QUEUES: usize = 16;
+
 /// The far end of an in-memory port: tests push frames in and read what the router sent.
+/// With several RX queues ([`SoftBackend::with_rx_queues`]) a frame goes to the queue its
+/// flow hashes to, as a NIC's RSS does: IPv4 addresses and TCP/UDP ports (not of fragments),
+/// symmetric (both directions of a flow on one queue); anything else to queue 0.
 #[derive(Debug, Default)]
 pub struct Wire {
-    rx: Mutex<VecDeque<Vec<u8>>>,
+    rx: [Mutex<VecDeque<Vec<u8>>>; MAX_QUEUES],
+    queues: AtomicUsize,
     tx: Mutex<Vec<Vec<u8>>>,
 }
 
@@ -21,10 +28,27 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The soft ports' RSS: a symmetric hash of a frame's IPv4 addresses and transport ports.
+fn flow_hash(f: &[u8]) -> u32 {
+    if f.get(12..14) != Some(&[0x08, 0x00][..]) || f.len() < 34 {
+        return 0;
+    }
+    let word = |at: usize| u32::from_be_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]]);
+    let mut h = word(26) ^ word(30);
+    let ihl = usize::from(f[14] & 0x0f) * 4;
+    let fragment = u16::from_be_bytes([f[20], f[21]]) & 0x3fff != 0;
+    if !fragment && matches!(f[23], 6 | 17) && f.len() >= 14 + ihl + 4 {
+        h ^= word(14 + ihl).rotate_left(16) ^ word(14 + ihl);
+    }
+    h.wrapping_mul(0x9e37_79b1)
+}
+
 impl Wire {
     /// Queue a frame for the router to receive.
     pub fn inject(&self, frame: &[u8]) {
-        lock(&self.rx).push_back(frame.to_vec());
+        let n = self.queues.load(Ordering::Relaxed).clamp(1, MAX_QUEUES);
+        let q = (flow_hash(frame) >> 16) as usize % n;
+        lock(&self.rx[q]).push_back(frame.to_vec());
     }
     /// Take every frame the router transmitted so far.
     pub fn take(&self) -> Vec<Vec<u8>> {
@@ -32,7 +56,7 @@ impl Wire {
     }
     /// Frames still waiting to be received.
     pub fn pending(&self) -> usize {
-        lock(&self.rx).len()
+        self.rx.iter().map(|q| lock(q).len()).sum()
     }
 }
 
@@ -63,15 +87,29 @@ pub struct SoftBackend {
 }
 
 impl SoftBackend {
-    /// Build ports from specs (names and MACs given by the caller).
+    /// Build ports from specs (names and MACs given by the caller), one RX queue each.
     pub fn new(specs: Vec<(String, EthernetAddress, SoftPortSpec)>) -> std::io::Result<Self> {
+        Self::with_rx_queues(specs, 1)
+    }
+
+    /// Ports with `queues` RX queues each (at most [`MAX_QUEUES`]), frames spread over them
+    /// by flow ([`Wire`]): one per run-to-completion worker.
+    pub fn with_rx_queues(
+        specs: Vec<(String, EthernetAddress, SoftPortSpec)>,
+        queues: usize,
+    ) -> std::io::Result<Self> {
+        let queues = queues.clamp(1, MAX_QUEUES);
         let mut descs = Vec::new();
         let mut ports = Vec::new();
         for (name, mac, spec) in specs {
             let (wire, tx_file, device) = match spec {
-                SoftPortSpec::Memory(w) => (w, None, "memory".to_string()),
+                SoftPortSpec::Memory(w) => {
+                    w.queues.store(queues, Ordering::Relaxed);
+                    (w, None, "memory".to_string())
+                }
                 SoftPortSpec::Pcap { rx, tx } => {
                     let w = Arc::new(Wire::default());
+                    w.queues.store(queues, Ordering::Relaxed);
                     if let Some(rx) = &rx {
                         for r in pcap::read_file(rx)? {
                             w.inject(&r.data);
@@ -89,7 +127,7 @@ impl SoftBackend {
                 name,
                 device,
                 mac,
-                rx_queues: 1,
+                rx_queues: queues as u16,
                 tx_queues: u16::MAX,
                 driver: "soft".into(),
             });
@@ -114,11 +152,11 @@ impl Backend for SoftBackend {
         let Some(p) = self.ports.get(usize::from(port)) else {
             return 0;
         };
-        if queue != 0 {
+        let Some(rx) = p.wire.rx.get(usize::from(queue)) else {
             return 0;
-        }
+        };
         let room = out.capacity() - out.len();
-        let mut rx = lock(&p.wire.rx);
+        let mut rx = lock(rx);
         let n = room.min(rx.len());
         for frame in rx.drain(..n) {
             let mut b = HeapBuffer::from_bytes(&frame);

@@ -59,6 +59,34 @@ addresses = ["10.0.2.1/24"]
 "#
 );
 
+/// `ROUTER_TEST_LAYOUT` runs a suite written for one worker on another worker layout:
+/// `rtc2` (two run-to-completion workers) or `split` (an I/O core and two workers). A test
+/// that configures its own workers keeps them.
+fn layout_from_env(cfg: &mut Config) {
+    let Ok(layout) = std::env::var("ROUTER_TEST_LAYOUT") else {
+        return;
+    };
+    let d = &cfg.dataplane;
+    if d.workers != [0] || d.placement != router::config::Placement::RunToCompletion {
+        return;
+    }
+    let mut other = cfg.clone();
+    let d = &mut other.dataplane;
+    match layout.as_str() {
+        "rtc2" => d.workers = vec![0, 1],
+        "split" => {
+            d.placement = router::config::Placement::Split;
+            d.workers = vec![0, 1];
+        }
+        "" | "rtc1" => {}
+        other => panic!("ROUTER_TEST_LAYOUT={other}: rtc1, rtc2 or split"),
+    }
+    match other.validate() {
+        Ok(()) => *cfg = other,
+        Err(e) => println!("ROUTER_TEST_LAYOUT={layout} refused by this config ({e}): one worker"),
+    }
+}
+
 impl Harness {
     /// [`LAN_WAN`] plus `extra` TOML (routes, neighbours, applications).
     pub fn lan_wan(extra: &str) -> Harness {
@@ -76,6 +104,7 @@ impl Harness {
         let socket = dir.join("admin.sock");
         let mut cfg = Config::parse(toml_text).unwrap();
         cfg.admin.socket = socket.clone();
+        layout_from_env(&mut cfg);
         let wires: Vec<Arc<Wire>> = cfg
             .ports
             .iter()
@@ -93,7 +122,11 @@ impl Harness {
                 )
             })
             .collect();
-        let be = Arc::new(SoftBackend::new(specs).unwrap());
+        let queues = match cfg.dataplane.placement {
+            router::config::Placement::RunToCompletion => cfg.dataplane.workers.len(),
+            router::config::Placement::Split => 1,
+        };
+        let be = Arc::new(SoftBackend::with_rx_queues(specs, queues).unwrap());
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let s = stop.clone();

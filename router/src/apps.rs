@@ -1,0 +1,185 @@
+//! The registry: the one place that lists the applications the workers run, in the order
+//! their claims are looked up, with each one's fast-path glue ([`WorkerApp`]).
+
+use crate::app::{publish_values, WorkerApp};
+use crate::counters::{CoreCounters, Counter};
+use chain_switch::stage::{ChainCounters, ChainStage};
+use nfs_rewrite::datapath::{NfsCounters, NfsEvent, NfsStage};
+use packet::claim::{Claim, Claimed, ClaimingStage};
+use packet::{Buffer, DropReason, Stage, Verdict};
+use sal_forward::stage::{SalCounters, SalStage};
+use std::sync::{Arc, Mutex};
+
+/// The configured applications' stages, before they are copied to the workers.
+#[derive(Debug, Default)]
+pub struct Stages {
+    pub nfs: Option<(NfsStage, Arc<EventRings<NfsEvent>>)>,
+    pub sal: Option<SalStage>,
+    pub chain: Option<ChainStage>,
+}
+
+/// The registry: every configured application, in claim order.
+pub fn worker_apps<T: Buffer>(s: Stages) -> Vec<Box<dyn WorkerApp<T>>> {
+    let mut v: Vec<Box<dyn WorkerApp<T>>> = Vec::new();
+    if let Some((stage, rings)) = s.nfs {
+        v.push(Box::new(NfsApp {
+            stage,
+            events: None,
+            rings,
+        }));
+    }
+    if let Some(stage) = s.sal {
+        v.push(Box::new(SalApp(stage)));
+    }
+    if let Some(stage) = s.chain {
+        v.push(Box::new(ChainApp(stage)));
+    }
+    v
+}
+
+/// Rings from each worker's copy of an application to its management-core side: created as
+/// the workers' copies are made, taken once by the management core.
+#[derive(Debug)]
+pub struct EventRings<E> {
+    size: usize,
+    consumers: Mutex<Vec<rtrb::Consumer<E>>>,
+}
+
+impl<E> EventRings<E> {
+    pub fn new(size: usize) -> Self {
+        EventRings {
+            size,
+            consumers: Mutex::new(Vec::new()),
+        }
+    }
+    /// A new ring: its producer for a worker; its consumer kept for [`EventRings::take`].
+    fn ring(&self) -> rtrb::Producer<E> {
+        let (tx, rx) = rtrb::RingBuffer::new(self.size);
+        if let Ok(mut c) = self.consumers.lock() {
+            c.push(rx);
+        }
+        tx
+    }
+    /// Every consumer made so far.
+    pub fn take(&self) -> Vec<rtrb::Consumer<E>> {
+        self.consumers
+            .lock()
+            .map(|mut c| std::mem::take(&mut *c))
+            .unwrap_or_default()
+    }
+}
+
+/// Mirage NFS (UDP) on a worker: its events (handle mappings learned, transactions of
+/// fragmented replies) go to the management core, the handle table's only writer.
+#[derive(Debug)]
+struct NfsApp {
+    stage: NfsStage,
+    events: Option<rtrb::Producer<NfsEvent>>,
+    rings: Arc<EventRings<NfsEvent>>,
+}
+
+impl<T: Buffer> WorkerApp<T> for NfsApp {
+    fn name(&self) -> &'static str {
+        NfsStage::NAME
+    }
+    fn drop_names(&self) -> &'static [&'static str] {
+        <NfsStage as Stage>::Reason::NAMES
+    }
+    fn counter_width(&self) -> usize {
+        NfsCounters::WIDTH
+    }
+    fn claims(&self) -> Vec<Claim> {
+        self.stage.claims()
+    }
+    fn process(
+        &mut self,
+        pkts: &mut [T],
+        claimed: &[Claimed],
+        verdicts: &mut [Verdict],
+        now_ms: u64,
+    ) {
+        self.stage.set_now(now_ms);
+        self.stage.process_claimed(pkts, claimed, verdicts);
+    }
+    fn publish(&mut self, out: &[Counter], core: &CoreCounters) {
+        publish_values(out, self.stage.counters.values());
+        if let Some(ring) = self.events.as_mut() {
+            self.stage.take_events(|e| {
+                if ring.push(e).is_err() {
+                    core.ring_full.inc();
+                }
+            });
+        }
+    }
+    fn for_worker(&self, _worker: usize) -> Box<dyn WorkerApp<T>> {
+        Box::new(NfsApp {
+            stage: self.stage.clone(),
+            events: Some(self.rings.ring()),
+            rings: self.rings.clone(),
+        })
+    }
+    fn rpc_ports(&self) -> Vec<u16> {
+        let sh = self.stage.shared();
+        let mut v: Vec<u16> = sh.servers.iter().map(|s| s.nfs_port).collect();
+        v.push(sh.nfs_port);
+        v
+    }
+}
+
+/// Serval service routing on a worker (its rule hits and anycast draws are its own).
+#[derive(Debug)]
+struct SalApp(SalStage);
+
+impl<T: Buffer> WorkerApp<T> for SalApp {
+    fn name(&self) -> &'static str {
+        SalStage::NAME
+    }
+    fn drop_names(&self) -> &'static [&'static str] {
+        <SalStage as Stage>::Reason::NAMES
+    }
+    fn counter_width(&self) -> usize {
+        SalCounters::NAMES.len()
+    }
+    fn claims(&self) -> Vec<Claim> {
+        self.0.claims()
+    }
+    fn process(&mut self, pkts: &mut [T], claimed: &[Claimed], verdicts: &mut [Verdict], _: u64) {
+        self.0.process_claimed(pkts, claimed, verdicts);
+    }
+    fn publish(&mut self, out: &[Counter], _: &CoreCounters) {
+        publish_values(out, self.0.counters.values());
+    }
+    fn for_worker(&self, worker: usize) -> Box<dyn WorkerApp<T>> {
+        let mut s = self.0.clone();
+        s.set_instance(worker);
+        Box::new(SalApp(s))
+    }
+}
+
+/// NetChain switch nodes on a worker.
+#[derive(Debug)]
+struct ChainApp(ChainStage);
+
+impl<T: Buffer> WorkerApp<T> for ChainApp {
+    fn name(&self) -> &'static str {
+        ChainStage::NAME
+    }
+    fn drop_names(&self) -> &'static [&'static str] {
+        <ChainStage as Stage>::Reason::NAMES
+    }
+    fn counter_width(&self) -> usize {
+        ChainCounters::NAMES.len()
+    }
+    fn claims(&self) -> Vec<Claim> {
+        self.0.claims()
+    }
+    fn process(&mut self, pkts: &mut [T], claimed: &[Claimed], verdicts: &mut [Verdict], _: u64) {
+        self.0.process_claimed(pkts, claimed, verdicts);
+    }
+    fn publish(&mut self, out: &[Counter], _: &CoreCounters) {
+        publish_values(out, self.0.counters.values());
+    }
+    fn for_worker(&self, _worker: usize) -> Box<dyn WorkerApp<T>> {
+        Box::new(ChainApp(self.0.clone()))
+    }
+}
