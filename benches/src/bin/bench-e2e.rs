@@ -49,6 +49,11 @@ struct Args {
     /// Worker counts to measure.
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     lcores: Vec<usize>,
+    /// DPDK's l3fwd example (LPM), built by `scripts/bench` from the Debian dpdk-doc sources
+    /// with room for the routes; run on the IPv4 workload with the same routes, devices and
+    /// lcores. Its rows are skipped (with a note) when the binary is missing.
+    #[arg(long, default_value = "target/dpdk-examples/l3fwd/build/l3fwd")]
+    l3fwd: PathBuf,
 }
 
 impl Args {
@@ -250,6 +255,128 @@ fn measure_router(args: &Args, sock: &Path) -> Result<RouterRun> {
     })
 }
 
+/// l3fwd's route files: the IPv4 prefixes, all out of port 1 (net_null), and one IPv6 route
+/// (l3fwd reads its own files only when given both).
+fn write_l3fwd_rules(dir: &Path, prefixes: &[(Ipv4Addr, u8)]) -> Result<(PathBuf, PathBuf)> {
+    use std::io::Write;
+    let v4 = dir.join("l3fwd-v4.cfg");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&v4)?);
+    for (p, l) in prefixes {
+        writeln!(f, "R{p}/{l} 1")?;
+    }
+    f.flush()?;
+    let v6 = dir.join("l3fwd-v6.cfg");
+    std::fs::write(&v6, "R2001:0db8:0000:0000:0000:0000:0000:0000/32 1\n")?;
+    Ok((v4, v6))
+}
+
+/// One counter of an ethdev port of a running DPDK process, through its telemetry socket
+/// (SOCK_SEQPACKET, which Rust's std does not speak: a few lines of Python do).
+fn telemetry_port_counter(socket: &Path, port: u16, counter: &str) -> Result<u64> {
+    const CLIENT: &str = "import json, socket, sys\n\
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n\
+s.connect(sys.argv[1])\n\
+s.recv(4096)\n\
+s.send(sys.argv[2].encode())\n\
+print(json.dumps(json.loads(s.recv(1 << 20))))\n";
+    let out = Command::new("python3")
+        .args(["-c", CLIENT])
+        .arg(socket)
+        .arg(format!("/ethdev/stats,{port}"))
+        .stderr(Stdio::null())
+        .output()
+        .context("python3 (telemetry client)")?;
+    if !out.status.success() {
+        bail!("telemetry at {} did not answer", socket.display());
+    }
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    v["/ethdev/stats"][counter]
+        .as_u64()
+        .with_context(|| format!("no {counter} in {v}"))
+}
+
+/// DPDK's l3fwd (LPM lookups, the same routes) on the same devices and lcores as the router;
+/// returns port 1's TX rate in Mpps, read from l3fwd's telemetry (it prints no rates), or
+/// `None` when the binary is missing.
+fn run_l3fwd(
+    args: &Args,
+    workload: &Path,
+    rules: &(PathBuf, PathBuf),
+    cores: usize,
+    tag: &str,
+) -> Result<Option<f64>> {
+    if !args.l3fwd.exists() {
+        eprintln!(
+            "l3fwd rows skipped: no {} (scripts/bench builds it from the dpdk-doc package)",
+            args.l3fwd.display()
+        );
+        return Ok(None);
+    }
+    let (dev_in, dev_out) = devices(workload, cores);
+    let prefix = format!("bench-l3-{tag}");
+    // Forwarding lcores 1 (and 0) as the router's workers and testpmd's; each polls its queue
+    // of both ports.
+    let (lcores, config) = if cores == 1 {
+        ("1", "(0,0,1),(1,0,1)".to_string())
+    } else {
+        ("0,1", "(0,0,1),(0,1,0),(1,0,1),(1,1,0)".to_string())
+    };
+    let log = std::fs::File::create(args.dir.join(format!("l3fwd-{tag}.log")))?;
+    let mut cmd = Command::new(&args.l3fwd);
+    cmd.args(["-l", lcores, "--no-pci", "--file-prefix", &prefix]);
+    cmd.args(eal_mem(args).into_iter().filter(|a| a != "--in-memory"));
+    cmd.args(["--vdev", &dev_in, "--vdev", &dev_out, "--"]);
+    cmd.args(["-p", "0x3", "--config", &config, "--parse-ptype"]);
+    cmd.args(["--eth-dest=1,02:00:00:00:00:99", "--rule_ipv4"])
+        .arg(&rules.0)
+        .arg("--rule_ipv6")
+        .arg(&rules.1);
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", args.l3fwd.display()))?;
+    let runtime = if is_root() {
+        PathBuf::from("/var/run/dpdk")
+    } else {
+        std::env::var_os("XDG_RUNTIME_DIR")
+            .map_or_else(|| PathBuf::from("/tmp"), PathBuf::from)
+            .join("dpdk")
+    };
+    let socket = runtime.join(&prefix).join("dpdk_telemetry.v2");
+    let res = (|| -> Result<f64> {
+        // Up once traffic flows (loading 1M routes takes a while).
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while telemetry_port_counter(&socket, 1, "opackets").unwrap_or(0) == 0 {
+            if Instant::now() > deadline {
+                bail!("l3fwd forwarded nothing in 120 s");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let c0 = telemetry_port_counter(&socket, 1, "opackets")?;
+        let t0 = Instant::now();
+        std::thread::sleep(Duration::from_secs_f64(args.duration));
+        let c1 = telemetry_port_counter(&socket, 1, "opackets")?;
+        Ok((c1 - c0) as f64 / t0.elapsed().as_secs_f64() / 1e6)
+    })();
+    kill_wait(child);
+    res.map(Some).with_context(|| {
+        format!(
+            "l3fwd run {tag}; see {}",
+            args.dir.join(format!("l3fwd-{tag}.log")).display()
+        )
+    })
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
 /// dpdk-testpmd on the same devices and lcores; returns port 1's TX rate in Mpps (median of
 /// the samples after warm-up).
 fn run_testpmd(args: &Args, workload: &Path, mode: &str, cores: usize, tag: &str) -> Result<f64> {
@@ -353,12 +480,18 @@ fn main() -> Result<()> {
         );
         router_bench::write_pcap(&workload, &frames)?;
 
+        let l3fwd_rules = write_l3fwd_rules(&args.dir, &prefixes)?;
         let mut ceilings = std::collections::HashMap::new();
+        let mut l3fwd = std::collections::HashMap::new();
         for &n in &args.lcores {
             let io = run_testpmd(&args, &workload, "io", n, &format!("io{n}"))?;
             let mac = run_testpmd(&args, &workload, "mac", n, &format!("mac{n}"))?;
             eprintln!("testpmd {n} lcore(s): io {io:.2} Mpps, mac {mac:.2} Mpps");
             ceilings.insert(n, (io, mac));
+            if let Some(l) = run_l3fwd(&args, &workload, &l3fwd_rules, n, &format!("{n}"))? {
+                eprintln!("l3fwd {n} lcore(s), the same routes: {l:.2} Mpps");
+                l3fwd.insert(n, l);
+            }
         }
         for placement in ["run-to-completion", "split"] {
             for &n in &args.lcores {
@@ -376,6 +509,7 @@ fn main() -> Result<()> {
                     "router ipv4 {placement} {n} worker(s): {:.2} Mpps ({:.1} ns/pkt in stages)",
                     r.mpps, r.ns_per_pkt
                 );
+                let l3 = l3fwd.get(&n).copied();
                 rows.push(result_row(
                     ("ipv4-forward", placement, n),
                     &r,
@@ -385,6 +519,8 @@ fn main() -> Result<()> {
                         "frame_bytes": 64,
                         "flows": args.flows,
                         "memory": args.memory,
+                        "l3fwd_mpps": l3.map(round),
+                        "ratio_to_l3fwd": l3.map(|l| round(r.mpps / l)),
                     }),
                 ));
             }
