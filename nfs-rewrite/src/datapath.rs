@@ -601,6 +601,37 @@ impl NfsStage {
     }
 }
 
+impl NfsStage {
+    /// Which of `workers` workers keeps a claimed packet's transaction: a call (to an NFS
+    /// port: the virtual server's or a server's own) and its reply (from a server's NFS port)
+    /// both name the client's address and port and the xid, so both map to one worker. Later
+    /// fragments carry no UDP header: `None` (any worker; they go to the management core).
+    pub fn owner(&self, f: &[u8], c: &Claimed, workers: usize) -> Option<usize> {
+        let (ip, udp) = (usize::from(c.ip_at), usize::from(c.l4_at));
+        let h = f.get(ip..ip + 20)?;
+        if c.fragment && u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
+            return None;
+        }
+        let u = f.get(udp..udp + 12)?;
+        let (sport, dport) = (
+            u16::from_be_bytes([u[0], u[1]]),
+            u16::from_be_bytes([u[2], u[3]]),
+        );
+        let src = Ipv4Addr::new(h[12], h[13], h[14], h[15]);
+        let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
+        let sh: &NfsShared = &self.shared;
+        let (client, port) = if sh.server_at(src, sport).is_some() {
+            (dst, dport)
+        } else {
+            (src, sport)
+        };
+        let xid = u32::from_be_bytes([u[8], u[9], u[10], u[11]]);
+        let h =
+            (u32::from(client) ^ u32::from(port).rotate_left(16) ^ xid).wrapping_mul(0x9e37_79b1);
+        Some(((u64::from(h) * workers as u64) >> 32) as usize)
+    }
+}
+
 impl ClaimingStage for NfsStage {
     /// Calls to the virtual server's NFS port, and what servers send from theirs (replies to
     /// clients); calls hosts send to a server's own NFS port (a direct conversation, whose

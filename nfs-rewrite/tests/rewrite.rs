@@ -702,6 +702,55 @@ mod stage {
         assert_eq!(stage.counters.replies_rewritten, replies);
     }
 
+    /// A call (to the virtual server, or straight to the server) and its reply name the same
+    /// worker, whatever the number of workers; calls spread over the workers; a later
+    /// fragment (no UDP header) names none.
+    #[test]
+    fn a_call_and_its_reply_have_one_owner() {
+        use packet::claim::Claimed;
+        let w = World::new();
+        let stage = NfsStage::new(shared(Arc::new(HandleTable::new(64)), w.mch), 64, 1000);
+        let owner = |f: &[u8], n: usize| stage.owner(f, &Claimed::validate(f, 0).unwrap(), n);
+        for workers in [1, 2, 3, 8] {
+            let mut seen = vec![0u32; workers];
+            for k in 0..512u32 {
+                let client = (
+                    Ipv4Addr::new(10, 0, 1, 2 + (k % 7) as u8),
+                    600 + (k % 300) as u16,
+                );
+                let mut call = rpc::Writer::new();
+                call.call(0x100 + k * 13, rpc::program::NFS, 3, 1)
+                    .opaque(&[0; 40]);
+                let mut reply = rpc::Writer::new();
+                reply.accepted_reply(0x100 + k * 13, 0).u32(0);
+                let via_virtual = owner(&frame(client, VIRTUAL, &call.buf), workers).unwrap();
+                let direct = owner(&frame(client, SERVER, &call.buf), workers).unwrap();
+                let back = owner(&frame(SERVER, client, &reply.buf), workers).unwrap();
+                assert_eq!(
+                    (via_virtual, direct),
+                    (back, back),
+                    "call {k}, {workers} workers"
+                );
+                assert!(back < workers);
+                seen[back] += 1;
+            }
+            assert!(
+                seen.iter().all(|&c| c > 512 / workers as u32 / 2),
+                "{workers} workers: {seen:?}"
+            );
+        }
+        let mut reply = rpc::Writer::new();
+        reply.accepted_reply(7, 0).fixed(&[0; 64]);
+        let mut later = frame(SERVER, CLIENT, &reply.buf);
+        later[14 + 6..14 + 8].copy_from_slice(&0x0010u16.to_be_bytes()); // offset 128 bytes
+        let ip = Ipv4Packet::new_checked(&mut later[14..]).unwrap();
+        let mut ip = ip;
+        ip.fill_checksum();
+        let c = Claimed::validate(&later, 0).unwrap();
+        assert!(c.fragment);
+        assert_eq!(stage.owner(&later, &c, 4), None);
+    }
+
     #[test]
     fn what_the_fast_path_leaves_alone_or_hands_over() {
         let w = World::new();

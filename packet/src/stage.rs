@@ -67,6 +67,10 @@ pub enum Verdict {
     Punt(PuntReason),
     /// Drop, counting under the stage's drop reason with this index.
     Drop(u16),
+    /// Hand to run-to-completion worker `w`, the one whose tables hold this packet's state (a
+    /// call's transaction, for its reply): the engine moves it over a handoff ring and it
+    /// enters that worker's pipeline as if received there. Only the engine produces it.
+    Handoff(u16),
 }
 
 /// A stage's drop reasons: a `#[repr(u16)]` enum whose discriminants index [`DropReason::NAMES`].

@@ -33,6 +33,12 @@ pub trait WorkerApp<T: Buffer>: Send + std::fmt::Debug {
     fn publish(&mut self, out: &[Counter], core: &CoreCounters);
     /// The copy worker `worker` runs (its own tables, counters and rings).
     fn for_worker(&self, worker: usize) -> Box<dyn WorkerApp<T>>;
+    /// Which of `workers` run-to-completion workers must process a claimed packet: the one
+    /// whose per-worker tables hold its state (a call and its reply meet there). `None`: any
+    /// worker (the one that received it). The engine hands the packet over when it is another.
+    fn owner(&self, _frame: &[u8], _claimed: &Claimed, _workers: usize) -> Option<usize> {
+        None
+    }
     /// UDP ports of ONC RPC traffic it owns: the split placement steers those by xid, so a
     /// call and its reply meet on one worker.
     fn rpc_ports(&self) -> Vec<u16> {

@@ -118,6 +118,9 @@ impl<T: Buffer> WorkerApp<T> for NfsApp {
             rings: self.rings.clone(),
         })
     }
+    fn owner(&self, frame: &[u8], claimed: &Claimed, workers: usize) -> Option<usize> {
+        self.stage.owner(frame, claimed, workers)
+    }
     fn rpc_ports(&self) -> Vec<u16> {
         let sh = self.stage.shared();
         let mut v: Vec<u16> = sh.servers.iter().map(|s| s.nfs_port).collect();

@@ -127,6 +127,8 @@ pub struct CoreCounters {
     pub ring_full: Counter,
     pub punt_ring_full: Counter,
     pub injected: Counter,
+    /// Packets handed to another run-to-completion worker (the one keeping their state).
+    pub handed_off: Counter,
     /// Each application's own counters on this core (by stage name), laid out as the
     /// application publishes them ([`crate::app::WorkerApp::publish`]).
     pub apps: Box<[AppCounters]>,
@@ -156,6 +158,7 @@ impl CoreCounters {
             ring_full: Counter::default(),
             punt_ring_full: Counter::default(),
             injected: Counter::default(),
+            handed_off: Counter::default(),
             apps: apps
                 .iter()
                 .map(|&(name, width)| (name, (0..width).map(|_| Counter::default()).collect()))
@@ -174,6 +177,7 @@ impl CoreCounters {
             ring_full: self.ring_full.get(),
             punt_ring_full: self.punt_ring_full.get(),
             injected: self.injected.get(),
+            handed_off: self.handed_off.get(),
             apps: self
                 .apps
                 .iter()
@@ -226,6 +230,8 @@ pub struct CoreSnapshot {
     pub ring_full: u64,
     pub punt_ring_full: u64,
     pub injected: u64,
+    #[serde(default)]
+    pub handed_off: u64,
     /// Each application's counters (see [`CoreCounters::apps`]); summed and named in the
     /// application's own stats.
     #[serde(skip)]

@@ -96,6 +96,10 @@ pub struct Pipeline<T: Buffer> {
     /// clock.
     pub clock: Arc<AtomicU64>,
     scratch: Box<Scratch>,
+    /// This worker, and how many run-to-completion workers share the packets (1: no
+    /// handoff — one worker, or split placement, whose I/O lcore steers by flow and xid).
+    worker: usize,
+    workers: usize,
 }
 
 /// Per-worker scratch of a burst.
@@ -169,17 +173,21 @@ impl<T: Buffer> Pipeline<T> {
             claims,
             clock,
             scratch,
+            worker: 0,
+            workers: 1,
         }
     }
 
-    /// The copy worker `w` runs.
-    fn for_worker(&self, w: usize) -> Self {
+    /// The copy worker `w` of `workers` handing packets to each other runs.
+    fn for_worker(&self, w: usize, workers: usize) -> Self {
         Pipeline {
             ipv4: self.ipv4.clone(),
             apps: self.apps.iter().map(|a| a.for_worker(w)).collect(),
             claims: self.claims.clone(),
             clock: self.clock.clone(),
             scratch: Scratch::new(self.apps.len()),
+            worker: w,
+            workers,
         }
     }
 
@@ -212,15 +220,17 @@ impl<T: Buffer> Pipeline<T> {
                 Verdict::Tx(_) => forwarded += 1,
                 Verdict::Drop(r) => s.drop(r),
                 Verdict::Punt(r) => s.punt(r),
-                Verdict::Next => {}
+                Verdict::Next | Verdict::Handoff(_) => {}
             }
         }
         s.forwarded.add(forwarded);
     }
 
     /// Run the pipeline over a burst, one verdict per packet, and count: the IPv4 input over
-    /// every packet, each application over the packets it claims, then the route pass over
-    /// the packets still undecided (Next).
+    /// every packet, each application over the packets it claims (those another worker must
+    /// process are handed to it), then the route pass over the packets still undecided (Next).
+    /// `handed`: the burst came from another worker's handoff (already counted there, and
+    /// processed here whoever the owner).
     #[inline]
     fn process_burst(
         &mut self,
@@ -228,6 +238,7 @@ impl<T: Buffer> Pipeline<T> {
         verdicts: &mut [Verdict],
         undecided: &mut [bool],
         c: &CoreCounters,
+        handed: bool,
     ) {
         let n = pkts.len().min(MAX_BURST);
         let (pkts, verdicts, undecided) = (&mut pkts[..n], &mut verdicts[..n], &mut undecided[..n]);
@@ -238,8 +249,11 @@ impl<T: Buffer> Pipeline<T> {
             cl.clear();
         }
         let s = &c.stages[IPV4];
-        s.packets.add(n as u64);
+        if !handed {
+            s.packets.add(n as u64);
+        }
         let mut any_claimed = false;
+        let no_claims = self.claims.is_empty();
         for i in 0..n {
             let d = match self.ipv4.parse(&mut pkts[i]) {
                 Parsed::Done(v) => {
@@ -249,6 +263,10 @@ impl<T: Buffer> Pipeline<T> {
                 Parsed::Lookup(d) => d,
             };
             sc.dst[i] = d;
+            if no_claims {
+                self.ipv4.prefetch_route::<T>(d);
+                continue;
+            }
             let claim = flow_of(&self.claims, pkts[i].data())
                 .and_then(|(f, l4)| Some((self.claims.lookup(&f)?, f, l4)));
             let Some((app, f, l4_at)) = claim else {
@@ -271,15 +289,32 @@ impl<T: Buffer> Pipeline<T> {
                 });
             }
         }
-        Self::count(s, verdicts, undecided);
+        // `undecided[i]`: the IPv4 stage owns packet i's verdict (counted once, at the end):
+        // decided by the input, or routed; not the packets an application decided.
         if any_claimed {
             let now = self.clock.load(Ordering::Relaxed);
+            let (me, workers) = (self.worker, self.workers);
             for (k, app) in self.apps.iter_mut().enumerate() {
-                let (Some(cl), Some(st), Some((_, out))) =
-                    (sc.claimed.get(k), c.stages.get(IPV4 + 1 + k), c.apps.get(k))
-                else {
+                let (Some(cl), Some(st), Some((_, out))) = (
+                    sc.claimed.get_mut(k),
+                    c.stages.get(IPV4 + 1 + k),
+                    c.apps.get(k),
+                ) else {
                     continue;
                 };
+                if workers > 1 && !handed {
+                    cl.retain(|e| {
+                        let i = usize::from(e.index);
+                        match app.owner(pkts[i].data(), e, workers) {
+                            Some(w) if w != me => {
+                                verdicts[i] = Verdict::Handoff(w as u16);
+                                undecided[i] = false;
+                                false
+                            }
+                            _ => true,
+                        }
+                    });
+                }
                 if cl.is_empty() {
                     continue;
                 }
@@ -295,18 +330,18 @@ impl<T: Buffer> Pipeline<T> {
                                 sc.dst[i] = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
                                 self.ipv4.prefetch_route::<T>(sc.dst[i]);
                             }
+                            continue;
                         }
                         Verdict::Tx(_) => forwarded += 1,
                         Verdict::Drop(r) => st.drop(r),
                         Verdict::Punt(r) => st.punt(r),
+                        Verdict::Handoff(_) => {}
                     }
+                    undecided[i] = false;
                 }
                 st.forwarded.add(forwarded);
                 app.publish(out, c);
             }
-        }
-        for (u, v) in undecided.iter_mut().zip(verdicts.iter()) {
-            *u = *v == Verdict::Next;
         }
         self.ipv4
             .route_pass(pkts, verdicts, &sc.dst[..n], &mut sc.nh[..n]);
@@ -447,6 +482,11 @@ impl Engine {
         let split = dp.placement == Placement::Split;
         let mut to_workers = Vec::new();
         let mut from_workers = Vec::new();
+        // Run-to-completion workers hand each other the packets whose state another one keeps
+        // (see `WorkerApp::owner`): one SPSC ring per ordered pair, as VPP's handoff queues.
+        let handoff_workers = if split { 1 } else { workers };
+        let (mut handoff_out, mut handoff_in) =
+            handoff_rings::<B::Buf>(handoff_workers, dp.ring_size);
         for (w, &cpu) in dp.workers.iter().enumerate() {
             let c = Arc::new(CoreCounters::new(
                 w,
@@ -459,7 +499,7 @@ impl Engine {
             counters.push(c.clone());
             let (punt_tx, punt_rx) = rtrb::RingBuffer::new(dp.ring_size);
             punt_consumers.push(punt_rx);
-            let pipe = pipeline.for_worker(w);
+            let pipe = pipeline.for_worker(w, handoff_workers);
             let ctx = WorkerCtx {
                 id: w,
                 be: backend.clone(),
@@ -473,6 +513,14 @@ impl Engine {
                 verdicts: [Verdict::Next; MAX_BURST],
                 undecided: [false; MAX_BURST],
                 bursts: 0,
+                handoff_out: handoff_out
+                    .get_mut(w)
+                    .map(std::mem::take)
+                    .unwrap_or_default(),
+                handoff_in: handoff_in
+                    .get_mut(w)
+                    .map(std::mem::take)
+                    .unwrap_or_default(),
             };
             let pinning = dp.pin;
             let body: Box<dyn FnOnce() + Send> = if split {
@@ -550,6 +598,37 @@ impl Engine {
     }
 }
 
+/// Handoff rings among `n` workers: for each worker, its producers by destination (`None` for
+/// itself) and its consumers (one per other worker). None at all for one worker.
+#[allow(clippy::type_complexity)]
+fn handoff_rings<T>(
+    n: usize,
+    size: usize,
+) -> (
+    Vec<Vec<Option<rtrb::Producer<T>>>>,
+    Vec<Vec<rtrb::Consumer<T>>>,
+) {
+    let mut outs: Vec<Vec<Option<rtrb::Producer<T>>>> = Vec::new();
+    let mut ins: Vec<Vec<rtrb::Consumer<T>>> = (0..n).map(|_| Vec::new()).collect();
+    if n < 2 {
+        return (outs, ins);
+    }
+    for from in 0..n {
+        let mut row = Vec::with_capacity(n);
+        for (to, inbox) in ins.iter_mut().enumerate() {
+            if from == to {
+                row.push(None);
+                continue;
+            }
+            let (tx, rx) = rtrb::RingBuffer::new(size);
+            row.push(Some(tx));
+            inbox.push(rx);
+        }
+        outs.push(row);
+    }
+    (outs, ins)
+}
+
 struct WorkerCtx<B: Backend> {
     id: usize,
     be: Arc<B>,
@@ -563,6 +642,10 @@ struct WorkerCtx<B: Backend> {
     verdicts: [Verdict; MAX_BURST],
     undecided: [bool; MAX_BURST],
     bursts: u64,
+    /// Handoff rings to the other run-to-completion workers (by worker; `None` for this one).
+    handoff_out: Vec<Option<rtrb::Producer<B::Buf>>>,
+    /// Handoff rings from the other workers.
+    handoff_in: Vec<rtrb::Consumer<B::Buf>>,
 }
 
 /// One burst in this many is timed for the ns/packet figure.
@@ -576,7 +659,12 @@ impl<B: Backend> WorkerCtx<B> {
     /// then dispatch: packets to transmit go to `emit`, punts to the management ring. One burst
     /// in `TIMING_SAMPLE` is timed (reading the clock costs more than a packet on some VMs).
     #[inline]
-    fn process_burst(&mut self, burst: &mut Vec<B::Buf>, mut emit: impl FnMut(u16, B::Buf)) {
+    fn process_burst(
+        &mut self,
+        burst: &mut Vec<B::Buf>,
+        handed: bool,
+        mut emit: impl FnMut(u16, B::Buf),
+    ) {
         let n = burst.len().min(MAX_BURST);
         if n == 0 {
             return;
@@ -588,6 +676,7 @@ impl<B: Backend> WorkerCtx<B> {
             &mut self.verdicts,
             &mut self.undecided,
             &self.c,
+            handed,
         );
         if let Some(t0) = t0 {
             let st = &self.c.stages[0];
@@ -603,6 +692,13 @@ impl<B: Backend> WorkerCtx<B> {
                 Verdict::Punt(reason) => {
                     if self.punt.push(Punted { reason, buf: pkt }).is_err() {
                         self.c.punt_ring_full.inc();
+                    }
+                }
+                Verdict::Handoff(w) => {
+                    let ring = self.handoff_out.get_mut(usize::from(w));
+                    match ring.and_then(Option::as_mut).map(|r| r.push(pkt)) {
+                        Some(Ok(())) => self.c.handed_off.inc(),
+                        _ => self.c.ring_full.inc(),
                     }
                 }
                 Verdict::Drop(_) | Verdict::Next => {}
@@ -632,7 +728,18 @@ impl<B: Backend> WorkerCtx<B> {
                     continue;
                 }
                 got += n;
-                self.process_burst(&mut burst, |p, pkt| tx.push(&*be, queue, p, pkt, &c));
+                self.process_burst(&mut burst, false, |p, pkt| tx.push(&*be, queue, p, pkt, &c));
+            }
+            // What the other workers handed over: it enters the pipeline here.
+            for r in 0..self.handoff_in.len() {
+                while burst.len() < self.burst {
+                    match self.handoff_in[r].pop() {
+                        Ok(p) => burst.push(p),
+                        Err(_) => break,
+                    }
+                }
+                got += burst.len();
+                self.process_burst(&mut burst, true, |p, pkt| tx.push(&*be, queue, p, pkt, &c));
             }
             if let Some(inj) = inject.as_mut() {
                 while let Ok(pkt) = inj.pop() {
@@ -671,7 +778,7 @@ impl<B: Backend> WorkerCtx<B> {
                 }
             }
             let got = burst.len();
-            self.process_burst(&mut burst, |_, pkt| {
+            self.process_burst(&mut burst, false, |_, pkt| {
                 if output.push(pkt).is_err() {
                     c.ring_full.inc();
                 }

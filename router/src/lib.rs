@@ -54,18 +54,14 @@ pub enum RunError {
     Nfs(String),
 }
 
-/// What every worker's NFS stage shares, from the `[nfs]` section. Fails closed: without a
-/// valid handle secret there is no key (never a default one every attacker knows).
+/// What every worker's NFS stage shares, from the `[nfs]` section. Its key comes from the
+/// config's [`config::HandleSecret`], which exists only valid (never a default key every
+/// attacker knows).
 fn nfs_shared(
     n: &config::NfsConfig,
     limits: nfs_rewrite::rewrite::Limits,
 ) -> Result<Arc<nfs_rewrite::datapath::NfsShared>, RunError> {
-    use nfs_rewrite::vfh::HandleKey;
-    let key = HandleKey::from_hex(&n.handle_secret).ok_or_else(|| {
-        RunError::Nfs(
-            "nfs.handle_secret: must be 32 hex digits; refusing to start without a key".into(),
-        )
-    })?;
+    let key = n.handle_secret.key();
     let servers = n
         .servers
         .iter()

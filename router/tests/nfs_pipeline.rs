@@ -196,6 +196,29 @@ fn serve_mount(h: &Harness, root_pfh: &[u8; 28]) {
     server_reply(h, 2049, mine, xid, &r.buf);
 }
 
+/// LOOKUP of "alpha" in the virtual root, from `client`: (the root's VFH, the export's).
+fn lookup_export(h: &Harness, client: (Ipv4Addr, u16)) -> (Vec<u8>, Vec<u8>) {
+    let key = HandleKey::from_hex(SECRET).unwrap();
+    let virt = (Ipv4Addr::new(10, 0, 1, 1), 2049);
+    let root = VirtualHandle {
+        flags: nfs_rewrite::vfh::FLAG_VIRTUAL_DIR,
+        sid: 0,
+        mch: 0,
+        pfs: 0x5649_5254_5541_4c31,
+        pin: nfs_rewrite::vfh::ROOT_VIN,
+        hid: nfs_rewrite::vfh::ROOT_VIN,
+    }
+    .encode(&key);
+    let mut call = rpc::Writer::new();
+    call.call(40, rpc::program::NFS, 3, Proc::Lookup as u32)
+        .opaque(&root)
+        .opaque(b"alpha");
+    h.inject(0, &udp(client, virt, "02:bb:00:00:00:01", &call.buf));
+    let r = answer(h, 40, virt, client);
+    assert_eq!(&r[..8], &[0, 0, 0, 0, 0, 0, 0, 40]);
+    (root.to_vec(), r[8..48].to_vec())
+}
+
 #[test]
 fn nfs_stage_in_the_pipeline() {
     let h = Harness::lan_wan(CONFIG);
@@ -231,23 +254,8 @@ fn nfs_stage_in_the_pipeline() {
     }
 
     // The virtual root lists the export; LOOKUP of its name gives the export root's VFH.
-    let root = VirtualHandle {
-        flags: nfs_rewrite::vfh::FLAG_VIRTUAL_DIR,
-        sid: 0,
-        mch: 0,
-        pfs: 0x5649_5254_5541_4c31,
-        pin: nfs_rewrite::vfh::ROOT_VIN,
-        hid: nfs_rewrite::vfh::ROOT_VIN,
-    }
-    .encode(&key);
-    let mut call = rpc::Writer::new();
-    call.call(40, rpc::program::NFS, 3, Proc::Lookup as u32)
-        .opaque(&root)
-        .opaque(b"alpha");
-    h.inject(0, &udp(client, virt, "02:bb:00:00:00:01", &call.buf));
-    let r = answer(&h, 40, virt, client);
-    assert_eq!(&r[..8], &[0, 0, 0, 0, 0, 0, 0, 40]);
-    let export = VirtualHandle::verify(&key, &r[8..48]).unwrap();
+    let (root, export) = lookup_export(&h, client);
+    let export = VirtualHandle::verify(&key, &export).unwrap();
     assert_eq!((export.sid, export.pfs, export.pin), (1, 5, 6));
     let mut call = rpc::Writer::new();
     call.call(39, rpc::program::NFS, 3, Proc::Readdirplus as u32)
@@ -536,38 +544,35 @@ fn fragments_are_reassembled_and_rewritten() {
     assert_eq!(s["control"]["adopted"], 1);
 }
 
-/// A config that skipped validation with no usable handle secret does not start: there is no
-/// fallback key (a zero key would let anyone forge handles).
+/// No router without a valid handle secret: a config whose secret is not 32 hex digits, or
+/// that has none, does not load, and the secret's type cannot be built from anything else, so
+/// no code path can fall back to a default key (a zero key would let anyone forge handles).
 #[test]
 fn no_valid_handle_secret_no_router() {
-    use router::port::soft::{SoftBackend, SoftPortSpec, Wire};
-    use std::sync::atomic::AtomicBool;
-    use std::sync::Arc;
-    let mut cfg = router::config::Config::parse(&format!("{}{CONFIG}", common::LAN_WAN)).unwrap();
-    cfg.admin.socket =
-        std::env::temp_dir().join(format!("router-nokey-{}.sock", std::process::id()));
-    cfg.nfs.as_mut().unwrap().handle_secret = "not hex at all".into();
-    let specs = cfg
-        .ports
-        .iter()
-        .map(|p| {
-            (
-                p.name.clone(),
-                mac(p.mac.as_deref().unwrap()),
-                SoftPortSpec::Memory(Arc::new(Wire::default())),
-            )
-        })
-        .collect();
-    let be = Arc::new(SoftBackend::new(specs).unwrap());
-    let err = router::run(
-        cfg,
-        be,
-        Arc::new(AtomicBool::new(false)),
-        Box::new(|_| Ok(())),
-        || panic!("started without a handle key"),
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("nfs.handle_secret"), "{err}");
+    for bad in [
+        "not hex at all",
+        "",
+        "0011",
+        "00112233445566778899aabbccddeefg",
+    ] {
+        let text = format!("{}{}", common::LAN_WAN, CONFIG.replace(SECRET, bad));
+        let err = router::config::Config::parse(&text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nfs.handle_secret"), "{bad:?}: {err}");
+        assert!(
+            router::config::HandleSecret::from_hex(bad).is_err(),
+            "{bad:?}"
+        );
+    }
+    let without = CONFIG.replace(&format!("handle_secret = \"{SECRET}\"\n"), "");
+    assert_ne!(without, CONFIG);
+    let err = router::config::Config::parse(&format!("{}{without}", common::LAN_WAN))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("handle_secret"), "{err}");
+    let good = router::config::HandleSecret::from_hex(SECRET).unwrap();
+    assert_eq!(good.key(), HandleKey::from_hex(SECRET).unwrap());
 }
 
 /// A host that talks NFS to a real server's own address through the router (not to the virtual
@@ -609,4 +614,71 @@ fn a_host_talking_to_a_server_directly_is_routed_untouched() {
         (Some(1), Some(1))
     );
     assert_eq!(s["control"]["unmatched_replies"], 0);
+}
+
+/// Two run-to-completion workers: the soft ports spread frames over both RX queues by flow, so
+/// a call and its reply (different flows) often arrive on different workers. Each is handed
+/// to the worker that owns the transaction; every reply is rewritten, none goes unmatched.
+#[test]
+fn calls_and_replies_meet_across_two_workers() {
+    let two = format!(
+        "{}{CONFIG}",
+        common::LAN_WAN.replace("workers = [0]", "workers = [0, 1]")
+    );
+    let h = Harness::start(&two);
+    let root_pfh = [0x51u8; 28];
+    serve_mount(&h, &root_pfh);
+    let virt = (Ipv4Addr::new(10, 0, 1, 1), 2049);
+    let server = (Ipv4Addr::new(10, 0, 2, 2), 2049);
+    let (_, export) = lookup_export(&h, (Ipv4Addr::new(10, 0, 1, 2), 799));
+    let calls = 64u16;
+    for k in 0..calls {
+        let client = (Ipv4Addr::new(10, 0, 1, 2), 700 + k);
+        let xid = 0x1000 + u32::from(k);
+        let mut call = rpc::Writer::new();
+        call.call(xid, rpc::program::NFS, 3, Proc::Getattr as u32)
+            .opaque(&export);
+        h.inject(0, &udp(client, virt, "02:bb:00:00:00:01", &call.buf));
+        let (sxid, _, proc_, args, dst) = server_call(&h);
+        assert_eq!((sxid, proc_, dst), (xid, Proc::Getattr as u32, server));
+        assert_eq!(&args[4..32], &root_pfh, "VFH → PFH");
+        let mut r = rpc::Writer::new();
+        r.u32(0).fixed(&fattr(2, 5, 6));
+        server_reply(&h, 2049, client, xid, &r.buf);
+        let got = answer(&h, xid, virt, client);
+        assert_eq!(&got[..4], &[0, 0, 0, 0]);
+        assert_eq!(
+            &got[4 + 44..4 + 52],
+            &0x5649_5254_5541_4c31u64.to_be_bytes(),
+            "reply {k} rewritten (virtual fsid)"
+        );
+    }
+    let s = h.call(Request::Stats);
+    let cores = s["cores"].as_array().unwrap();
+    let workers: Vec<_> = cores.iter().filter(|c| c["role"] == "worker").collect();
+    assert_eq!(workers.len(), 2);
+    let handed: u64 = workers
+        .iter()
+        .map(|c| c["handed_off"].as_u64().unwrap())
+        .sum();
+    assert!(
+        handed > 0,
+        "no packet changed workers: the test proves nothing"
+    );
+    for c in &workers {
+        let rx: u64 = c["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["rx"].as_u64().unwrap())
+            .sum();
+        assert!(rx > 0, "worker {} received nothing", c["core"]);
+    }
+    let n = h.call(Request::NfsStats);
+    assert_eq!(n["control"]["unmatched_replies"], 0);
+    assert_eq!(
+        n["control"]["replies_forwarded"], 0,
+        "every reply rewritten on a worker"
+    );
+    println!("{handed} of {} packets handed over", 2 * u64::from(calls));
 }

@@ -8,7 +8,11 @@
 # checkpoint, or by recovery from the servers). A forged handle is refused and counted.
 #
 # The topology is topo_nfs in scripts/lib/netns.sh.
+# Usage: nfs_test.sh [rtc1|rtc2] — rtc2: two run-to-completion workers, each port two queue
+# pairs (af_packet fanout spreads flows over them), so calls and their replies often arrive on
+# different workers and are handed to the one keeping the transaction.
 set -euo pipefail
+LAYOUT=${1:-rtc1}
 source "$(dirname "$0")/../../scripts/lib/netns.sh"
 topo_need_root
 for bin in ganesha.nfsd rpcbind; do
@@ -21,6 +25,9 @@ CLIENT_PY="$(cd "$(dirname "$0")" && pwd)/nfs_client.py"
 
 NFS_CHECKPOINT_SECS=3600 topo_nfs
 log "ganesha servers up"
+if [ "$LAYOUT" = rtc2 ]; then
+	sed -i -e 's/^workers = .*/workers = [0, 1]/' -e 's/qdisc_bypass=1"/qdisc_bypass=1,qpairs=2"/' "$TOPO_DIR/router.toml"
+fi
 "$ROUTER_BIN" check-config "$TOPO_DIR/router.toml" >/dev/null
 topo_start_router "$NS_R" "$TOPO_DIR/router.toml"
 topo_nfs_wait_mounted 2
@@ -84,6 +91,19 @@ print(f"straight to alpha: {s['direct_calls']} calls and {s['direct_replies']} r
       f"(the server's own fsid {d['fsid']:#x} and {d['handle_len']}-byte handles)")
 PY
 log "a host's own NFS conversation with a server: untouched"
+if [ "$LAYOUT" = rtc2 ]; then
+	python3 - "$($ROUTERCTL stats --json)" <<'PY' || die "two-worker checks"
+import json, sys
+s = json.loads(sys.argv[1])
+w = [c for c in s["cores"] if c["role"] == "worker"]
+assert len(w) == 2, w
+rx = [sum(p["rx"] for p in c["ports"]) for c in w]
+handed = sum(c["handed_off"] for c in w)
+print(f"two workers received {rx[0]} and {rx[1]} frames; {handed} handed to the worker keeping the call")
+assert min(rx) > 0, "one worker received nothing: the queues are not both used"
+assert handed > 0, "no call or reply changed workers: the layout was not exercised"
+PY
+fi
 
 # 2. Handles held across a router restart: three files per server; the first half are in
 # the checkpoint, the rest only in the router's memory when it is killed.

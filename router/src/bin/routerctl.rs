@@ -903,13 +903,14 @@ fn print_stats(now: &Value, prev: Option<&Value>, dt: f64) {
         );
     }
     say!(
-        "{:<10} {:>5} {:>14} {:>10} {:>10} {:>10}",
+        "{:<10} {:>5} {:>14} {:>10} {:>10} {:>10} {:>14}",
         "core",
         "cpu",
         "packets",
         "busy",
         "ns/pkt",
-        "ring-full"
+        "ring-full",
+        "handoff"
     );
     for (i, c) in now["cores"].as_array().into_iter().flatten().enumerate() {
         let d = |ptr: &str| {
@@ -925,13 +926,14 @@ fn print_stats(now: &Value, prev: Option<&Value>, dt: f64) {
         let (pk, ns) = (d("/stages/0/timed_packets"), d("/stages/0/busy_ns"));
         let nspp = if pk > 0 { ns as f64 / pk as f64 } else { 0.0 };
         say!(
-            "{:<10} {:>5} {:>14} {:>9.1}% {:>10.1} {:>10}",
+            "{:<10} {:>5} {:>14} {:>9.1}% {:>10.1} {:>10} {:>14}",
             format!("{}{}", plain(&c["role"]), plain(&c["core"])),
             plain(&c["cpu"]),
             rate(&format!("/cores/{i}/stages/0/packets")),
             busy_pct,
             nspp,
-            u(&c["ring_full"]) + u(&c["punt_ring_full"])
+            u(&c["ring_full"]) + u(&c["punt_ring_full"]),
+            rate(&format!("/cores/{i}/handed_off"))
         );
     }
     // Drops and punts summed over cores, by stage and reason.
