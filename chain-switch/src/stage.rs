@@ -337,12 +337,7 @@ impl ClaimingStage for ChainStage {
         claimed: &[Claimed],
         verdicts: &mut [Verdict],
     ) {
-        for c in claimed {
-            let i = usize::from(c.index);
-            if let (Some(p), Some(v)) = (pkts.get_mut(i), verdicts.get_mut(i)) {
-                *v = self.claimed(p, c);
-            }
-        }
+        packet::claim::for_each_claimed(pkts, claimed, verdicts, |p, c| self.claimed(p, c));
     }
 }
 

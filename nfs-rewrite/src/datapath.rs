@@ -661,12 +661,7 @@ impl ClaimingStage for NfsStage {
                 self.prefetch::<B>(p.data(), c);
             }
         }
-        for c in claimed {
-            let i = usize::from(c.index);
-            if let (Some(p), Some(v)) = (pkts.get_mut(i), verdicts.get_mut(i)) {
-                *v = self.claimed(p, c);
-            }
-        }
+        packet::claim::for_each_claimed(pkts, claimed, verdicts, |p, c| self.claimed(p, c));
     }
 }
 

@@ -103,6 +103,22 @@ impl Claimed {
     }
 }
 
+/// Give each claimed packet of a burst the verdict `f` decides for it.
+#[inline]
+pub fn for_each_claimed<B: Buffer>(
+    pkts: &mut [B],
+    claimed: &[Claimed],
+    verdicts: &mut [Verdict],
+    mut f: impl FnMut(&mut B, &Claimed) -> Verdict,
+) {
+    for c in claimed {
+        let i = usize::from(c.index);
+        if let (Some(p), Some(v)) = (pkts.get_mut(i), verdicts.get_mut(i)) {
+            *v = f(p, c);
+        }
+    }
+}
+
 /// A stage that processes the packets its application claims.
 pub trait ClaimingStage: Stage {
     /// What the application owns.

@@ -29,10 +29,10 @@ pub fn worker_apps<T: Buffer>(s: Stages) -> Vec<Box<dyn WorkerApp<T>>> {
         }));
     }
     if let Some(stage) = s.sal {
-        v.push(Box::new(SalApp(stage)));
+        v.push(Box::new(Plain(stage)));
     }
     if let Some(stage) = s.chain {
-        v.push(Box::new(ChainApp(stage)));
+        v.push(Box::new(Plain(stage)));
     }
     v
 }
@@ -129,49 +129,44 @@ impl<T: Buffer> WorkerApp<T> for NfsApp {
     }
 }
 
-/// Serval service routing on a worker (its rule hits and anycast draws are its own).
-#[derive(Debug)]
-struct SalApp(SalStage);
+/// A stage whose fast path needs nothing from the management core but its tables: Serval
+/// service routing (its rule hits and anycast draws are per worker) and NetChain switch nodes.
+trait PlainStage: ClaimingStage + Clone + Send + std::fmt::Debug + 'static {
+    const COUNTERS: usize;
+    fn counter_values(&self) -> impl IntoIterator<Item = u64>;
+    /// This copy runs on worker `w`.
+    fn on_worker(&mut self, _w: usize) {}
+}
 
-impl<T: Buffer> WorkerApp<T> for SalApp {
-    fn name(&self) -> &'static str {
-        SalStage::NAME
+impl PlainStage for SalStage {
+    const COUNTERS: usize = SalCounters::NAMES.len();
+    fn counter_values(&self) -> impl IntoIterator<Item = u64> {
+        self.counters.values()
     }
-    fn drop_names(&self) -> &'static [&'static str] {
-        <SalStage as Stage>::Reason::NAMES
-    }
-    fn counter_width(&self) -> usize {
-        SalCounters::NAMES.len()
-    }
-    fn claims(&self) -> Vec<Claim> {
-        self.0.claims()
-    }
-    fn process(&mut self, pkts: &mut [T], claimed: &[Claimed], verdicts: &mut [Verdict], _: u64) {
-        self.0.process_claimed(pkts, claimed, verdicts);
-    }
-    fn publish(&mut self, out: &[Counter], _: &CoreCounters) {
-        publish_values(out, self.0.counters.values());
-    }
-    fn for_worker(&self, worker: usize) -> Box<dyn WorkerApp<T>> {
-        let mut s = self.0.clone();
-        s.set_instance(worker);
-        Box::new(SalApp(s))
+    fn on_worker(&mut self, w: usize) {
+        self.set_instance(w);
     }
 }
 
-/// NetChain switch nodes on a worker.
-#[derive(Debug)]
-struct ChainApp(ChainStage);
+impl PlainStage for ChainStage {
+    const COUNTERS: usize = ChainCounters::NAMES.len();
+    fn counter_values(&self) -> impl IntoIterator<Item = u64> {
+        self.counters.values()
+    }
+}
 
-impl<T: Buffer> WorkerApp<T> for ChainApp {
+#[derive(Debug)]
+struct Plain<S>(S);
+
+impl<T: Buffer, S: PlainStage> WorkerApp<T> for Plain<S> {
     fn name(&self) -> &'static str {
-        ChainStage::NAME
+        S::NAME
     }
     fn drop_names(&self) -> &'static [&'static str] {
-        <ChainStage as Stage>::Reason::NAMES
+        <S as Stage>::Reason::NAMES
     }
     fn counter_width(&self) -> usize {
-        ChainCounters::NAMES.len()
+        S::COUNTERS
     }
     fn claims(&self) -> Vec<Claim> {
         self.0.claims()
@@ -180,9 +175,11 @@ impl<T: Buffer> WorkerApp<T> for ChainApp {
         self.0.process_claimed(pkts, claimed, verdicts);
     }
     fn publish(&mut self, out: &[Counter], _: &CoreCounters) {
-        publish_values(out, self.0.counters.values());
+        publish_values(out, self.0.counter_values());
     }
-    fn for_worker(&self, _worker: usize) -> Box<dyn WorkerApp<T>> {
-        Box::new(ChainApp(self.0.clone()))
+    fn for_worker(&self, worker: usize) -> Box<dyn WorkerApp<T>> {
+        let mut s = self.0.clone();
+        s.on_worker(worker);
+        Box::new(Plain(s))
     }
 }
