@@ -144,20 +144,26 @@ impl ChainStage {
     }
 
     /// Pop the query's first list entry (4 bytes at the front of the UDP payload): sc − 1.
+    /// `popped`: entries of `q`'s list already popped from the packet.
     #[inline]
     fn pop<B: Buffer>(
         pkt: &mut B,
         q: &wire::Query,
-        dec_sc: bool,
+        popped: usize,
         sum: &mut Adjust,
     ) -> Result<(), ChainDrop> {
-        let op_at = QUERY_AT + q.op_at();
+        let op_at = (QUERY_AT + q.op_at())
+            .checked_sub(4 * popped)
+            .ok_or(ChainDrop::Malformed)?;
         let d = pkt.data_mut();
-        if dec_sc {
-            let old = u16::from_be_bytes([d[op_at], d[op_at + 1]]);
-            d[op_at + 1] = d[op_at + 1].saturating_sub(1);
-            sum.field16(old, u16::from_be_bytes([d[op_at], d[op_at + 1]]));
-        }
+        let (Some(&op), Some(&sc)) = (d.get(op_at), d.get(op_at + 1)) else {
+            return Err(ChainDrop::Malformed);
+        };
+        d[op_at + 1] = sc.saturating_sub(1);
+        sum.field16(
+            u16::from_be_bytes([op, sc]),
+            u16::from_be_bytes([op, d[op_at + 1]]),
+        );
         // The rest moves by 4 bytes: its 16-bit words, and their sum, stay.
         sum.remove(&d[QUERY_AT..QUERY_AT + 4]);
         pkt.splice(QUERY_AT, 4, 0).map_err(|_| ChainDrop::Malformed)
@@ -192,7 +198,7 @@ impl ChainStage {
                 sum.remove(out);
                 n.store.read(slot, out).ok_or(ChainDrop::Busy)?;
                 sum.add(out);
-                Self::pop(pkt, q, true, sum)?;
+                Self::pop(pkt, q, 0, sum)?;
                 Self::reply(counters, pkt, 4 * (q.entries - 1), op::READ_REPLY, sum);
                 Ok(Step::Reply)
             }
@@ -218,12 +224,13 @@ impl ChainStage {
                 let s = QUERY_AT + q.seq_at();
                 sum.field16(q.seq, seq);
                 pkt.data_mut()[s..s + 2].copy_from_slice(&seq.to_be_bytes());
-                Self::pop(pkt, q, true, sum)?;
+                Self::pop(pkt, q, 0, sum)?;
                 if tail {
-                    // The list is down to its end marker: it goes too (sc stays 1).
+                    // The list is down to its end marker: it goes too, and sc with it (0), as
+                    // the prototype's tail pops again (`pop_chain_again`).
                     let mut left = q.entries - 1;
                     if left == 1 {
-                        Self::pop(pkt, q, false, sum)?;
+                        Self::pop(pkt, q, 1, sum)?;
                         left = 0;
                     }
                     Self::reply(counters, pkt, 4 * left, op::WRITE_REPLY, sum);
@@ -443,7 +450,7 @@ impl ChainStage {
                 match detour {
                     Detour::Skip if acts => {
                         counters.failovers += 1;
-                        if let Err(r) = Self::pop(pkt, &q, true, &mut sum) {
+                        if let Err(r) = Self::pop(pkt, &q, 0, &mut sum) {
                             return r.drop();
                         }
                     }

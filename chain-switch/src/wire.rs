@@ -112,7 +112,9 @@ pub fn parse(p: &[u8], value_len: usize) -> Result<Query, Error> {
         return Err(Error::Truncated);
     }
     // The list's length: the one `sc` implies, when its end marker is where sc puts it; a
-    // reply whose list was consumed (sc 1, no list); else walk to the end marker.
+    // write reply whose list was consumed (the prototype's tail pops its own entry and the end
+    // marker, leaving sc 0; this appliance's releases before 2026-12 left sc 1), too short for
+    // any list; else walk to the end marker.
     let fits = |k: usize| {
         p.len() >= 4 * k + fixed
             && usize::from(p[4 * k + 1]) == k
@@ -121,7 +123,12 @@ pub fn parse(p: &[u8], value_len: usize) -> Result<Query, Error> {
     };
     let entries = (1..=MAX_LIST)
         .find(|&k| fits(k))
-        .or_else(|| (p[1] == 1).then_some(0))
+        .or_else(|| {
+            let listless_reply = p[1] == 0
+                && p.len() < fixed + 4
+                && matches!(p[0], op::READ_REPLY | op::WRITE_REPLY);
+            (p[1] == 1 || listless_reply).then_some(0)
+        })
         .or_else(|| {
             (0..MAX_LIST)
                 .find(|&i| p.get(4 * i..4 * i + 4) == Some(&[0; 4]))
@@ -280,19 +287,22 @@ mod tests {
         assert_eq!((q.entries, q.op, q.sc, q.seq, q.vgroup), (4, 12, 4, 0, 0));
         assert_eq!(q.entry(&b, 0), Some(addr(1)));
         assert_eq!(QueryRepr::parse(&b, 16).unwrap(), w);
-        // A write reply: no list left, sc 1.
-        let r = QueryRepr {
-            list: vec![],
-            op: op::WRITE_REPLY,
-            sc: 1,
-            seq: 1,
-            ..w.clone()
-        };
-        let b = r.emit(false);
-        assert_eq!(b.len(), 38);
-        let q = parse(&b, 16).unwrap();
-        assert_eq!((q.entries, q.op, q.sc, q.seq), (0, 13, 1, 1));
-        assert_eq!(QueryRepr::parse(&b, 16).unwrap(), r);
+        // A write reply: no list left, sc 0 as the prototype's tail leaves it (and sc 1, as
+        // this appliance's earlier releases sent it).
+        for sc in [0, 1] {
+            let r = QueryRepr {
+                list: vec![],
+                op: op::WRITE_REPLY,
+                sc,
+                seq: 1,
+                ..w.clone()
+            };
+            let b = r.emit(false);
+            assert_eq!(b.len(), 38);
+            let q = parse(&b, 16).unwrap();
+            assert_eq!((q.entries, q.op, q.sc, q.seq), (0, 13, sc, 1));
+            assert_eq!(QueryRepr::parse(&b, 16).unwrap(), r);
+        }
         // A read reply keeps the rest of its list.
         let r = QueryRepr {
             list: vec![addr(2), addr(1)],

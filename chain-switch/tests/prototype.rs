@@ -91,13 +91,14 @@ fn prototype_requests_through_a_chain_in_one_appliance() {
     let (v, w) = run(&mut st, &fixture("write_request"));
     assert_eq!(v, Verdict::Next, "routed back to the client");
     let (src, dst, sport, dport, q, len) = look(&w);
-    // WRITE reply: 38 bytes, op 13, sc 1, seq 1, the key, value 0xde, vgroup 0, from the tail
-    // to the client's address and port 8889.
+    // WRITE reply: 38 bytes, op 13, sc 0 (the tail pops its entry and the end marker, as the
+    // prototype's `pop_chain` and `pop_chain_again` do), seq 1, the key, value 0xde, vgroup 0,
+    // from the tail to the client's address and port 8889.
     assert_eq!(
         (src, dst, sport, dport, len),
         (node(3), Ipv4Addr::new(10, 0, 0, 2), 40000, 8889, 38)
     );
-    assert_eq!((q.op, q.sc, q.seq, q.vgroup), (op::WRITE_REPLY, 1, 1, 0));
+    assert_eq!((q.op, q.sc, q.seq, q.vgroup), (op::WRITE_REPLY, 0, 1, 0));
     assert!(q.list.is_empty());
     assert_eq!(q.key, key_from_u128(2018));
     assert_eq!(q.value, wire::value_from_u64(0xde, 16));
@@ -141,7 +142,7 @@ fn prototype_requests_through_three_appliances() {
     let (src, dst, _, dport, q, len) = look(&w3);
     assert_eq!(
         (src, dst, dport, len, q.op, q.sc, q.seq),
-        (node(3), Ipv4Addr::new(10, 0, 0, 2), 8889, 38, 13, 1, 1)
+        (node(3), Ipv4Addr::new(10, 0, 0, 2), 8889, 38, 13, 0, 1)
     );
     // The same write again at the middle (a duplicate): stale, dropped.
     let (v, _) = run(&mut b, &w1);

@@ -90,7 +90,7 @@ fn prototype_write_then_read() {
     let (q, len) = reply(&out[0], Ipv4Addr::new(10, 0, 0, 2));
     assert_eq!(
         (len, q.op, q.sc, q.seq, q.vgroup),
-        (38, op::WRITE_REPLY, 1, 1, 0)
+        (38, op::WRITE_REPLY, 0, 1, 0)
     );
     assert_eq!(
         (q.key, q.value),
