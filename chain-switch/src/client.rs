@@ -9,7 +9,6 @@
 
 use crate::control::{self, Directory};
 use crate::linear::Op;
-use crate::placement::vgroup_of;
 use crate::wire::{self, op, QueryRepr, KEY_LEN};
 use std::collections::HashMap;
 use std::io::ErrorKind;
@@ -28,18 +27,19 @@ pub fn fetch_directory(master: SocketAddr, bind: Ipv4Addr) -> std::io::Result<Di
         s.send_to(&control::directory_request(first), master)?;
         match s.recv_from(&mut buf) {
             Ok((n, from)) if from == master => {
-                let Ok((epoch, groups, vl, f, chains)) = Directory::parse_reply(&buf[..n]) else {
+                let Ok(p) = Directory::parse_reply(&buf[..n]) else {
                     continue;
                 };
-                if f != first || (f > 0 && epoch != dir.epoch) {
+                if p.first != first || (p.first > 0 && p.epoch != dir.epoch) {
                     // The directory changed while read in pieces: start over.
                     dir = Directory::default();
                     continue;
                 }
-                dir.epoch = epoch;
-                dir.value_len = vl;
-                dir.chains.extend(chains);
-                if dir.chains.len() >= usize::from(groups) {
+                dir.epoch = p.epoch;
+                dir.value_len = p.value_len;
+                dir.placement = p.placement;
+                dir.chains.extend(p.chains);
+                if dir.chains.len() >= usize::from(p.groups) {
                     return Ok(dir);
                 }
             }
@@ -171,6 +171,7 @@ impl Client {
         let dir = Directory {
             epoch: 0,
             value_len: value_len as u16,
+            placement: crate::placement::Placement::Hash,
             chains,
         };
         Self::new(bind, None, dir)
@@ -226,7 +227,7 @@ impl Client {
     /// Send one request from `s`; false when its group has no chain.
     fn send(&self, s: &mut Slot, key: u128, write: bool, value: u64) -> bool {
         let k: [u8; KEY_LEN] = wire::key_from_u128(key);
-        let g = vgroup_of(&k, self.dir.chains.len() as u16);
+        let g = self.dir.placement.vgroup(&k, self.dir.chains.len() as u16);
         let Some(chain) = self
             .dir
             .chains

@@ -518,6 +518,21 @@ impl Ids {
 pub struct Directory {
     pub epoch: u64,
     pub value_len: u16,
+    /// How keys map to the groups.
+    pub placement: crate::placement::Placement,
+    pub chains: Vec<Vec<Ipv4Addr>>,
+}
+
+/// One directory answer ([`Directory::parse_reply`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectoryPiece {
+    pub epoch: u64,
+    /// Groups in the whole directory.
+    pub groups: u16,
+    pub value_len: u16,
+    pub placement: crate::placement::Placement,
+    /// The group of the first chain here.
+    pub first: u16,
     pub chains: Vec<Vec<Ipv4Addr>>,
 }
 
@@ -539,6 +554,13 @@ impl Directory {
         v.extend_from_slice(&self.epoch.to_be_bytes());
         v.extend_from_slice(&(self.chains.len() as u16).to_be_bytes());
         v.extend_from_slice(&self.value_len.to_be_bytes());
+        // Placement: 0 hash, 1 range (then the key space's size).
+        let (kind, keys) = match self.placement {
+            crate::placement::Placement::Hash => (0u8, 0u64),
+            crate::placement::Placement::Range { keys } => (1, keys),
+        };
+        v.push(kind);
+        v.extend_from_slice(&keys.to_be_bytes());
         v.extend_from_slice(&first.to_be_bytes());
         let at = v.len();
         v.extend_from_slice(&[0, 0]);
@@ -557,14 +579,19 @@ impl Directory {
         v
     }
 
-    /// Read one answer: (epoch, vgroups, value length, first, chains).
-    #[allow(clippy::type_complexity)]
-    pub fn parse_reply(p: &[u8]) -> Result<(u64, u16, u16, u16, Vec<Vec<Ipv4Addr>>), Error> {
+    /// Read one answer.
+    pub fn parse_reply(p: &[u8]) -> Result<DirectoryPiece, Error> {
         let mut c = Cursor(p);
         if c.take(4)? != DIR_MAGIC {
             return Err(Error::NotControl);
         }
-        let (epoch, groups, vl, first, n) = (c.u64()?, c.u16()?, c.u16()?, c.u16()?, c.u16()?);
+        let (epoch, groups, value_len) = (c.u64()?, c.u16()?, c.u16()?);
+        let placement = match (c.u8()?, c.u64()?) {
+            (0, _) => crate::placement::Placement::Hash,
+            (1, keys) => crate::placement::Placement::Range { keys },
+            _ => return Err(Error::Malformed),
+        };
+        let (first, n) = (c.u16()?, c.u16()?);
         let chains = (0..n)
             .map(|_| {
                 let k = c.u8()?;
@@ -572,7 +599,14 @@ impl Directory {
             })
             .collect::<Result<_, _>>()?;
         c.end()?;
-        Ok((epoch, groups, vl, first, chains))
+        Ok(DirectoryPiece {
+            epoch,
+            groups,
+            value_len,
+            placement,
+            first,
+            chains,
+        })
     }
 }
 
@@ -734,6 +768,7 @@ mod tests {
         let d = Directory {
             epoch: 3,
             value_len: 16,
+            placement: crate::placement::Placement::Range { keys: 1 << 40 },
             chains: (0..200).map(|i| vec![a(1), a(2), a(i as u8)]).collect(),
         };
         let mut got = Vec::new();
@@ -745,10 +780,13 @@ mod tests {
             );
             let r = d.reply(first);
             assert!(r.len() <= MAX_DATAGRAM);
-            let (e, n, vl, f, chains) = Directory::parse_reply(&r).unwrap();
-            assert_eq!((e, n, vl, f), (3, 200, 16, first));
-            assert!(!chains.is_empty());
-            got.extend(chains);
+            let p = Directory::parse_reply(&r).unwrap();
+            assert_eq!(
+                (p.epoch, p.groups, p.value_len, p.placement, p.first),
+                (3, 200, 16, d.placement, first)
+            );
+            assert!(!p.chains.is_empty());
+            got.extend(p.chains);
         }
         assert_eq!(got, d.chains);
     }

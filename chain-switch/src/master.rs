@@ -19,7 +19,7 @@
 use crate::control::{self, Directory, Ids, Reply, Request};
 use crate::etcd::Etcd;
 use crate::node::{role, FailoverRule, FAILOVER_RULES};
-use crate::placement::{vgroup_of, Ring};
+use crate::placement::{Placement, Ring};
 use crate::wire;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -63,9 +63,19 @@ pub struct MasterConfig {
     pub listen: SocketAddrV4,
     /// The shared secret of the control channel (the appliances' `chain.secret_file`).
     pub secret_file: PathBuf,
-    /// Virtual groups keys hash into.
+    /// Virtual groups keys map to.
     #[serde(default = "d_groups")]
     pub vgroups: u16,
+    /// How keys map to virtual groups: `"hash"` (the default: `hash(key) mod vgroups`, even
+    /// whatever the keys) or `"range"` (the public prototype client's: contiguous ranges of
+    /// `keys` keys, `key / (keys / vgroups)`, so unmodified prototype clients send each key to
+    /// its group's chain). Clients learn it with the directory.
+    #[serde(default)]
+    pub placement: PlacementKind,
+    /// With `placement = "range"`: the size of the key space the prototype's clients were
+    /// configured with.
+    #[serde(default)]
+    pub keys: Option<u64>,
     /// Chain length (f + 1).
     #[serde(default = "d_replicas")]
     pub replicas: usize,
@@ -90,6 +100,32 @@ pub struct MasterConfig {
     /// The appliances at the start: their control address and the nodes they host.
     #[serde(default)]
     pub appliances: Vec<ApplianceSpec>,
+}
+
+/// `placement` in the master's config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlacementKind {
+    #[default]
+    Hash,
+    Range,
+}
+
+impl MasterConfig {
+    /// The placement the config asks for.
+    pub fn placement(&self) -> Result<Placement, String> {
+        match (self.placement, self.keys) {
+            (PlacementKind::Hash, None) => Ok(Placement::Hash),
+            (PlacementKind::Hash, Some(_)) => {
+                Err("keys: only with placement = \"range\"".into())
+            }
+            (PlacementKind::Range, Some(keys)) if keys >= 1 => Ok(Placement::Range { keys }),
+            (PlacementKind::Range, _) => Err(
+                "placement = \"range\" needs keys = N (the key space the clients were configured with)"
+                    .into(),
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,6 +196,7 @@ impl Master {
         if cfg.replicas == 0 || cfg.vgroups == 0 {
             return Err("replicas and vgroups must be at least 1".into());
         }
+        cfg.placement()?;
         if !(1..=wire::MAX_VALUE_LEN).contains(&cfg.value_len) {
             return Err(format!("value_len must be 1..={}", wire::MAX_VALUE_LEN));
         }
@@ -806,10 +843,16 @@ impl Master {
         ))
     }
 
+    /// How keys map to groups (validated at start).
+    fn placement(&self) -> Placement {
+        self.cfg.placement().unwrap_or_default()
+    }
+
     pub fn directory(&self) -> Directory {
         Directory {
             epoch: self.state.epoch,
             value_len: self.cfg.value_len as u16,
+            placement: self.placement(),
             chains: self.state.groups.iter().map(|g| g.chain.clone()).collect(),
         }
     }
@@ -833,8 +876,13 @@ impl Master {
             .iter()
             .filter(|gr| gr.chain.iter().filter(|n| alive.contains(n)).count() < self.cfg.replicas)
             .count();
+        let placement = match self.placement() {
+            Placement::Hash => json!({"kind": "hash"}),
+            Placement::Range { keys } => json!({"kind": "range", "keys": keys}),
+        };
         json!({
             "epoch": self.state.epoch,
+            "placement": placement,
             "resumed": self.resumed,
             "replicas": self.cfg.replicas,
             "appliances": self.state.appliances,
@@ -849,9 +897,10 @@ impl Master {
     /// Insert (or delete) keys on every live member of their groups' chains.
     fn change_keys(&mut self, keys: &[u128], insert: bool) -> Result<usize, String> {
         let groups = self.cfg.vgroups;
+        let placement = self.placement();
         let mut by_group: Vec<Vec<u128>> = vec![Vec::new(); usize::from(groups)];
         for &k in keys {
-            by_group[usize::from(vgroup_of(&wire::key_from_u128(k), groups))].push(k);
+            by_group[usize::from(placement.vgroup(&wire::key_from_u128(k), groups))].push(k);
         }
         let mut done = 0;
         for (g, ks) in by_group.into_iter().enumerate() {
@@ -1007,5 +1056,41 @@ pub fn admin_call(
             Err(control::Error::Refused(e)) => return Err(e),
             _ => continue,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Result<MasterConfig, String> {
+        let secret = std::env::temp_dir().join(format!("nc-master-test-{}", std::process::id()));
+        std::fs::write(&secret, "s3cret\n").map_err(|e| e.to_string())?;
+        toml::from_str(&format!(
+            "listen = \"127.0.0.1:0\"\nsecret_file = \"{}\"\nvgroups = 4\nreplicas = 1\n{extra}",
+            secret.display()
+        ))
+        .map_err(|e| e.to_string())
+    }
+
+    /// `placement = "range"` puts the prototype client's placement in the directory clients
+    /// fetch; it needs the key space's size, which only it takes.
+    #[test]
+    fn placement_reaches_the_directory() {
+        let m = Master::start(config("placement = \"range\"\nkeys = 1000").unwrap()).unwrap();
+        let d = m.directory();
+        assert_eq!(d.placement, Placement::Range { keys: 1000 });
+        assert_eq!(d.placement.vgroup(&wire::key_from_u128(750), 4), 3);
+        assert_eq!(
+            m.status()["placement"],
+            json!({"kind": "range", "keys": 1000})
+        );
+        let m = Master::start(config("").unwrap()).unwrap();
+        assert_eq!(m.directory().placement, Placement::Hash);
+        let e = Master::start(config("placement = \"range\"").unwrap()).unwrap_err();
+        assert!(e.contains("needs keys"), "{e}");
+        let e = Master::start(config("keys = 10").unwrap()).unwrap_err();
+        assert!(e.contains("only with placement"), "{e}");
+        assert!(config("placement = \"ranges\"").is_err());
     }
 }

@@ -1,5 +1,7 @@
-//! Where keys and virtual groups live. A key belongs to virtual group `hash(key) mod groups`
-//! (clients and master compute it alike); a virtual group is placed by consistent hashing:
+//! Where keys and virtual groups live. A key belongs to a virtual group by the master's
+//! [`Placement`] (clients learn it with the directory and compute it alike): `hash(key) mod
+//! groups`, or the prototype client's contiguous ranges. A virtual group is placed by
+//! consistent hashing:
 //! every node owns `virtual_nodes` points on a ring, and a group's chain is the first
 //! `replicas` distinct nodes met going round from the group's own point — head first. Adding
 //! or removing a node moves only the groups whose walk meets it.
@@ -24,6 +26,32 @@ fn hash64(parts: &[&[u8]]) -> u64 {
 /// The virtual group of `key` among `groups`.
 pub fn vgroup_of(key: &[u8; KEY_LEN], groups: u16) -> u16 {
     (hash64(&[b"key", key]) % u64::from(groups.max(1))) as u16
+}
+
+/// How keys map to virtual groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Placement {
+    /// `hash(key) mod groups` ([`vgroup_of`]): keys spread evenly whatever their values.
+    #[default]
+    Hash,
+    /// The public prototype client's placement: contiguous ranges of a key space of `keys`
+    /// keys, `vgroup = key / (keys / groups)` (a key beyond the space goes to the last group).
+    /// Unmodified prototype clients send each key to the chain of the group it computes so.
+    Range { keys: u64 },
+}
+
+impl Placement {
+    /// The virtual group of `key` among `groups`.
+    pub fn vgroup(&self, key: &[u8; KEY_LEN], groups: u16) -> u16 {
+        match *self {
+            Placement::Hash => vgroup_of(key, groups),
+            Placement::Range { keys } => {
+                let groups = u128::from(groups.max(1));
+                let per = (u128::from(keys) / groups).max(1);
+                (u128::from_be_bytes(*key) / per).min(groups - 1) as u16
+            }
+        }
+    }
 }
 
 /// The ring of virtual nodes.
@@ -103,6 +131,21 @@ mod tests {
             let (x, y) = (a.chain(g, 1), b.chain(g, 1));
             assert!(x == y || y[0] == Ipv4Addr::new(10, 0, 9, 5));
         }
+    }
+
+    #[test]
+    fn range_placement_is_the_prototype_clients() {
+        let p = Placement::Range { keys: 1000 };
+        let g = |k: u128| p.vgroup(&k.to_be_bytes(), 4);
+        // 1000 keys, 4 groups: 250 keys each, as `key // (keys / vgroups)`.
+        assert_eq!((g(0), g(249), g(250), g(999)), (0, 0, 1, 3));
+        assert_eq!(g(5000), 3, "beyond the key space: the last group");
+        let tiny = Placement::Range { keys: 2 };
+        assert_eq!(tiny.vgroup(&1u128.to_be_bytes(), 16), 1);
+        assert_eq!(
+            Placement::Hash.vgroup(&7u128.to_be_bytes(), 16),
+            vgroup_of(&7u128.to_be_bytes(), 16)
+        );
     }
 
     #[test]
