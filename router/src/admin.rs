@@ -46,53 +46,28 @@ pub enum Request {
     LogLevel {
         level: String,
     },
-    /// The aggregated NFS servers and their mount state.
-    NfsServers,
-    /// NFS counters: calls and replies per procedure, rewrites, handles, recoveries.
-    NfsStats,
-    /// Write the handle-table checkpoint now.
-    NfsCheckpoint,
-    /// The virtual server's TCP connections: clients' and the router's own to servers.
-    NfsConnections,
-    /// Add targets to a service rule (creating it).
-    SalRuleAdd {
-        prefix: String,
-        action: String,
-        #[serde(default)]
-        targets: Vec<String>,
-        #[serde(default)]
-        priority: u32,
-        #[serde(default)]
-        mode: Option<String>,
-    },
-    /// Delete a service rule: one target, one priority's set, or the whole prefix.
-    SalRuleDel {
-        prefix: String,
-        #[serde(default)]
-        priority: Option<u32>,
-        #[serde(default)]
-        target: Option<std::net::Ipv4Addr>,
-    },
-    SalRuleList {
-        #[serde(default)]
-        limit: Option<usize>,
-    },
-    /// Service-router counters: the stage's, the controller's, per rule.
-    SalStats,
-    SalRegistrations,
-    SalDelayed,
-    /// The controller hierarchy: parent, mode, pointer records, cached answers, resolutions
-    /// in flight.
-    SalHierarchy,
-    /// NetChain nodes: address, keys, groups by role.
-    ChainNodes,
-    /// NetChain virtual groups per node (role, session) and the failover rules.
-    ChainGroups {
-        #[serde(default)]
-        limit: Option<usize>,
-    },
-    /// NetChain stage counters.
-    ChainStats,
+    /// An application's request (the registry lists them: [`crate::apps::AppRequest`]); on
+    /// the wire the same `{"cmd": ...}` objects as the router's own.
+    #[serde(untagged)]
+    App(crate::apps::AppRequest),
+}
+
+/// What a request that does not parse gets: its command named when it has one (serde only
+/// says that no variant matched).
+fn bad_request(text: &str, e: &serde_json::Error) -> String {
+    let cmd = serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| v.get("cmd").and_then(|c| c.as_str()).map(String::from));
+    match cmd {
+        Some(c) => format!("bad request: unknown command {c:?}, or its arguments do not fit it"),
+        None => format!("bad request: {e}"),
+    }
+}
+
+impl From<crate::apps::AppRequest> for Request {
+    fn from(r: crate::apps::AppRequest) -> Self {
+        Request::App(r)
+    }
 }
 
 /// The router's answer.
@@ -294,7 +269,7 @@ fn serve(stream: UnixStream, tx: &mpsc::Sender<Pending>, stop: &AtomicBool) {
         let req: Request = match serde_json::from_str(text) {
             Ok(r) => r,
             Err(e) => {
-                let _ = write_response(&mut out, &Response::err(format!("bad request: {e}")));
+                let _ = write_response(&mut out, &Response::err(bad_request(text, &e)));
                 return;
             }
         };

@@ -10,6 +10,59 @@ use packet::{Buffer, DropReason, Stage, Verdict};
 use sal_forward::stage::{SalCounters, SalStage};
 use std::sync::{Arc, Mutex};
 
+/// The applications' admin requests (a [`crate::admin::Request::App`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum AppRequest {
+    /// The aggregated NFS servers and their mount state.
+    NfsServers,
+    /// NFS counters: calls and replies per procedure, rewrites, handles, recoveries.
+    NfsStats,
+    /// Write the handle-table checkpoint now.
+    NfsCheckpoint,
+    /// The virtual server's TCP connections: clients' and the router's own to servers.
+    NfsConnections,
+    /// Add targets to a service rule (creating it).
+    SalRuleAdd {
+        prefix: String,
+        action: String,
+        #[serde(default)]
+        targets: Vec<String>,
+        #[serde(default)]
+        priority: u32,
+        #[serde(default)]
+        mode: Option<String>,
+    },
+    /// Delete a service rule: one target, one priority's set, or the whole prefix.
+    SalRuleDel {
+        prefix: String,
+        #[serde(default)]
+        priority: Option<u32>,
+        #[serde(default)]
+        target: Option<std::net::Ipv4Addr>,
+    },
+    SalRuleList {
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+    /// Service-router counters: the stage's, the controller's, per rule.
+    SalStats,
+    SalRegistrations,
+    SalDelayed,
+    /// The controller hierarchy: parent, mode, pointer records, cached answers, resolutions
+    /// in flight.
+    SalHierarchy,
+    /// NetChain nodes: address, keys, groups by role.
+    ChainNodes,
+    /// NetChain virtual groups per node (role, session) and the failover rules.
+    ChainGroups {
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+    /// NetChain stage counters.
+    ChainStats,
+}
+
 /// The configured applications' stages, before they are copied to the workers.
 #[derive(Debug, Default)]
 pub struct Stages {

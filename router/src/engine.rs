@@ -431,7 +431,8 @@ fn pin(cpu: Option<usize>, enabled: bool) {
 /// Steering hash for the split placement: keeps one flow (address pair) on one worker.
 #[inline]
 fn steer_hash(frame: &[u8], rpc_ports: &[u16]) -> u32 {
-    // ONC RPC over UDP (NFS): a call and its reply share only the xid.
+    // ONC RPC over UDP on the ports applications name (`WorkerApp::rpc_ports`): a call and its
+    // reply share only the xid.
     if frame.len() >= 46
         && frame[12] == 0x08
         && frame[13] == 0x00

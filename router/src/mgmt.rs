@@ -4,6 +4,7 @@
 //! Packets it makes or releases go back to the fast path through the inject ring.
 
 use crate::admin::{Pending, Request, Response};
+use crate::apps::AppRequest;
 use crate::config::NfsTransport;
 use crate::config::{Config, RouteSpec, RouteTarget};
 use crate::counters::{CoreCounters, Counter};
@@ -1705,71 +1706,71 @@ impl<B: Backend> Mgmt<B> {
                 Ok(()) => Response::ok(json!({"level": level})),
                 Err(e) => Response::err(e),
             },
-            Request::NfsServers => self.nfs_servers(),
-            Request::SalRuleAdd {
+            Request::App(AppRequest::NfsServers) => self.nfs_servers(),
+            Request::App(AppRequest::SalRuleAdd {
                 prefix,
                 action,
                 targets,
                 priority,
                 mode,
-            } => match self.sal.as_mut() {
+            }) => match self.sal.as_mut() {
                 Some(s) => s.rule_add(&prefix, &action, &targets, priority, mode.as_deref()),
                 None => Response::err(SAL_OFF),
             },
-            Request::SalRuleDel {
+            Request::App(AppRequest::SalRuleDel {
                 prefix,
                 priority,
                 target,
-            } => match self.sal.as_mut() {
+            }) => match self.sal.as_mut() {
                 Some(s) => s.rule_del(&prefix, priority, target),
                 None => Response::err(SAL_OFF),
             },
-            Request::SalRuleList { limit } => match self.sal.as_ref() {
+            Request::App(AppRequest::SalRuleList { limit }) => match self.sal.as_ref() {
                 Some(s) => s.rule_list(limit),
                 None => Response::err(SAL_OFF),
             },
-            Request::SalStats => {
+            Request::App(AppRequest::SalStats) => {
                 let cores: Vec<_> = self.cores.iter().map(|c| c.snapshot()).collect();
                 match self.sal.as_ref() {
                     Some(s) => Response::ok(s.stats(&cores)),
                     None => Response::err(SAL_OFF),
                 }
             }
-            Request::SalRegistrations => match self.sal.as_ref() {
+            Request::App(AppRequest::SalRegistrations) => match self.sal.as_ref() {
                 Some(s) => s.registrations(self.now_ms()),
                 None => Response::err(SAL_OFF),
             },
-            Request::SalDelayed => match self.sal.as_ref() {
+            Request::App(AppRequest::SalDelayed) => match self.sal.as_ref() {
                 Some(s) => s.delayed(self.now_ms()),
                 None => Response::err(SAL_OFF),
             },
-            Request::SalHierarchy => match self.sal.as_ref() {
+            Request::App(AppRequest::SalHierarchy) => match self.sal.as_ref() {
                 Some(s) => s.hierarchy(self.now_ms()),
                 None => Response::err(SAL_OFF),
             },
-            Request::ChainNodes => match self.chain.as_ref() {
+            Request::App(AppRequest::ChainNodes) => match self.chain.as_ref() {
                 Some(c) => c.nodes(),
                 None => Response::err(CHAIN_OFF),
             },
-            Request::ChainGroups { limit } => match self.chain.as_ref() {
+            Request::App(AppRequest::ChainGroups { limit }) => match self.chain.as_ref() {
                 Some(c) => c.groups(limit),
                 None => Response::err(CHAIN_OFF),
             },
-            Request::ChainStats => {
+            Request::App(AppRequest::ChainStats) => {
                 let cores: Vec<_> = self.cores.iter().map(|c| c.snapshot()).collect();
                 match self.chain.as_ref() {
                     Some(c) => Response::ok(c.stats(&cores)),
                     None => Response::err(CHAIN_OFF),
                 }
             }
-            Request::NfsStats => {
+            Request::App(AppRequest::NfsStats) => {
                 let cores: Vec<_> = self.cores.iter().map(|c| c.snapshot()).collect();
                 match self.nfs_stats(&cores) {
                     serde_json::Value::Null => Response::err("NFS is not configured"),
                     v => Response::ok(v),
                 }
             }
-            Request::NfsConnections => match (&self.nfs_ctl, &self.nfs_tcp) {
+            Request::App(AppRequest::NfsConnections) => match (&self.nfs_ctl, &self.nfs_tcp) {
                 (None, _) => Response::err("NFS is not configured"),
                 (Some(_), None) => Response::err("NFS over TCP is disabled ([nfs.tcp] enabled = false)"),
                 (Some(_), Some(t)) => {
@@ -1789,7 +1790,7 @@ impl<B: Backend> Mgmt<B> {
                     Response::ok(json!(v))
                 }
             },
-            Request::NfsCheckpoint => {
+            Request::App(AppRequest::NfsCheckpoint) => {
                 let t0 = Instant::now();
                 match self.checkpoint_now() {
                     Ok((entries, bytes, path)) => Response::ok(json!({

@@ -10,6 +10,7 @@ use common::{mac, Harness, SOFT_DATAPLANE};
 use packet::ipv4::Ipv4Packet;
 use packet::udp::UdpPacket;
 use router::admin::Request;
+use router::apps::AppRequest;
 use std::net::Ipv4Addr;
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -105,15 +106,15 @@ fn prototype_write_then_read() {
         [Ipv4Addr::new(10, 0, 100, 2), Ipv4Addr::new(10, 0, 100, 1)]
     );
     assert_eq!(q.value, value_from_u64(0xde, 16));
-    let s = h.call(Request::ChainStats);
+    let s = h.call(Request::App(AppRequest::ChainStats));
     assert_eq!(s["stage"]["writes"], 3, "{s}");
     assert_eq!(s["stage"]["reads"], 1, "{s}");
     assert_eq!(s["stage"]["replies"], 2, "{s}");
     assert_eq!(s["keys"], 6, "two keys on three nodes: {s}");
-    let nodes = h.call(Request::ChainNodes);
+    let nodes = h.call(Request::App(AppRequest::ChainNodes));
     assert_eq!(nodes["nodes"][0]["head_of"], 4, "{nodes}");
     assert_eq!(nodes["nodes"][2]["tail_of"], 4, "{nodes}");
-    let g = h.call(Request::ChainGroups { limit: Some(2) });
+    let g = h.call(Request::App(AppRequest::ChainGroups { limit: Some(2) }));
     assert_eq!(g["total"], 12, "{g}");
     assert_eq!(g["groups"][0]["role"], "head", "{g}");
     // An unknown key is dropped and counted by the stage; the client sees nothing. A query
@@ -128,7 +129,7 @@ fn prototype_write_then_read() {
     h.expect_silence(0);
     assert_eq!(h.drops("bad-checksum"), 1, "counted by the IPv4 input");
     assert_eq!(h.stage_drops("netchain", "unknown-key"), 1);
-    let s = h.call(Request::ChainStats);
+    let s = h.call(Request::App(AppRequest::ChainStats));
     assert_eq!(
         s["stage"]["writes"], 3,
         "the damaged write was not applied: {s}"
@@ -232,7 +233,7 @@ address = "10.0.100.1"
         &from_client(master, me, &control::request(b"s3cret", 9, &Ctl::Ping)),
     );
     h.expect_silence(0);
-    let s = h.call(Request::ChainStats);
+    let s = h.call(Request::App(AppRequest::ChainStats));
     assert_eq!(s["control"]["taken"], 4, "{s}");
     assert_eq!(s["control"]["bad_tag"], 1, "{s}");
     assert_eq!(s["control"]["replayed"], 1, "{s}");

@@ -230,6 +230,22 @@ fn admin_socket_survives_garbage() {
     let mut c = h.admin();
     let r = c.call_raw(b"{\"cmd\":\"reboot-the-world\"}\n").unwrap();
     assert!(!r.ok);
+    assert!(
+        r.error
+            .as_deref()
+            .unwrap_or("")
+            .contains("\"reboot-the-world\""),
+        "{:?}",
+        r.error
+    );
+    // An application's request with arguments that do not fit it: named too.
+    let mut c = h.admin();
+    let r = c.call_raw(b"{\"cmd\":\"sal-rule-del\"}\n").unwrap();
+    assert!(r
+        .error
+        .as_deref()
+        .unwrap_or("")
+        .contains("\"sal-rule-del\""));
     let mut c = h.admin();
     let mut big = vec![b'x'; router::admin::MAX_REQUEST + 10];
     big.push(b'\n');

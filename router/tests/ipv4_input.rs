@@ -14,6 +14,7 @@ use nfs_rewrite::wire::rpc;
 use packet::ipv4::Ipv4Packet;
 use packet::udp::UdpPacket;
 use router::admin::Request;
+use router::apps::AppRequest;
 use sal_forward::wire::{self, flags, Control, SalRepr};
 use sal_forward::ServiceId;
 use std::net::Ipv4Addr;
@@ -178,10 +179,10 @@ fn rejected(f: &[u8]) -> [(&'static str, Vec<u8>); 4] {
 
 /// Each application's state that a frame it processed would change.
 fn app_state(h: &Harness) -> [u64; 5] {
-    let n = h.call(Request::NfsStats);
-    let c = h.call(Request::ChainStats);
-    let s = h.call(Request::SalStats);
-    let r = h.call(Request::SalRuleList { limit: None });
+    let n = h.call(Request::App(AppRequest::NfsStats));
+    let c = h.call(Request::App(AppRequest::ChainStats));
+    let s = h.call(Request::App(AppRequest::SalStats));
+    let r = h.call(Request::App(AppRequest::SalRuleList { limit: None }));
     [
         n["calls"].as_u64().unwrap(),
         c["stage"]["writes"].as_u64().unwrap(),

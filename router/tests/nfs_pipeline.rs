@@ -11,6 +11,7 @@ use nfs_rewrite::wire::nfs3::Proc;
 use nfs_rewrite::wire::rpc;
 use packet::ipv4::Ipv4Packet;
 use router::admin::Request;
+use router::apps::AppRequest;
 use std::net::Ipv4Addr;
 
 const SECRET: &str = "00112233445566778899aabbccddeeff";
@@ -234,7 +235,7 @@ fn nfs_stage_in_the_pipeline() {
     // The server's transfer sizes are learned (what TCP clients are offered).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let servers = loop {
-        let s = h.call(Request::NfsServers);
+        let s = h.call(Request::App(AppRequest::NfsServers));
         if !s[0]["fsinfo"].is_null() || std::time::Instant::now() > deadline {
             break s;
         }
@@ -245,7 +246,7 @@ fn nfs_stage_in_the_pipeline() {
     assert_eq!(servers[0]["transport"], "udp");
     // TCP clients are then offered the smaller of the two (the management core's next tick).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while h.call(Request::NfsStats)["tcp"]["max_io"] != 32768 {
+    while h.call(Request::App(AppRequest::NfsStats))["tcp"]["max_io"] != 32768 {
         assert!(
             std::time::Instant::now() < deadline,
             "TCP transfer size not lowered to the server's"
@@ -324,7 +325,7 @@ fn nfs_stage_in_the_pipeline() {
         &nfs_rewrite::vfh::virtual_inode(&key, 1, 5, 7).to_be_bytes(),
         "fileid → VIN"
     );
-    let s = h.call(Request::NfsStats);
+    let s = h.call(Request::App(AppRequest::NfsStats));
     assert_eq!(s["recovery"]["recovered"], 1);
     assert_eq!(s["control"]["released"], 1);
     assert_eq!(s["control"]["replies_forwarded"], 1);
@@ -337,7 +338,10 @@ fn nfs_stage_in_the_pipeline() {
     f[6..12].copy_from_slice(&[2, 0xcc, 0, 0, 0, 1]);
     h.inject(1, &f);
     h.expect_silence(0);
-    assert_eq!(h.call(Request::NfsStats)["control"]["unmatched_replies"], 1);
+    assert_eq!(
+        h.call(Request::App(AppRequest::NfsStats))["control"]["unmatched_replies"],
+        1
+    );
 
     // Other UDP through the router: routed as before.
     h.inject(
@@ -538,7 +542,7 @@ fn fragments_are_reassembled_and_rewritten() {
         "virtual fsid"
     );
     assert_eq!(&res[res.len() - 2500..], &target[..], "the path, intact");
-    let s = h.call(Request::NfsStats);
+    let s = h.call(Request::App(AppRequest::NfsStats));
     assert_eq!(s["fragments_punted"], 5);
     assert_eq!(s["reassembly"]["stats"]["reassembled"], 2);
     assert_eq!(s["control"]["adopted"], 1);
@@ -608,7 +612,7 @@ fn a_host_talking_to_a_server_directly_is_routed_untouched() {
     server_reply(&h, 2049, client, 0x5151, &results);
     let got = answer(&h, 0x5151, server, client);
     assert_eq!(got, results, "the reply went through as the server sent it");
-    let s = h.call(Request::NfsStats);
+    let s = h.call(Request::App(AppRequest::NfsStats));
     assert_eq!(
         (s["direct_calls"].as_u64(), s["direct_replies"].as_u64()),
         (Some(1), Some(1))
@@ -674,7 +678,7 @@ fn calls_and_replies_meet_across_two_workers() {
             .sum();
         assert!(rx > 0, "worker {} received nothing", c["core"]);
     }
-    let n = h.call(Request::NfsStats);
+    let n = h.call(Request::App(AppRequest::NfsStats));
     assert_eq!(n["control"]["unmatched_replies"], 0);
     assert_eq!(
         n["control"]["replies_forwarded"], 0,

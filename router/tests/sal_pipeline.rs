@@ -7,6 +7,7 @@ mod common;
 use common::{mac, Harness, SOFT_DATAPLANE};
 use packet::ethernet::EthernetAddress;
 use router::admin::Request;
+use router::apps::AppRequest;
 use sal_forward::ctrlmsg::{self, Register};
 use sal_forward::id::ServiceId;
 use sal_forward::wire::{self, flags, Control, SalRepr};
@@ -156,7 +157,7 @@ fn dst(f: &[u8]) -> Ipv4Addr {
 }
 
 fn sal_stats(h: &Harness) -> serde_json::Value {
-    h.call(Request::SalStats)
+    h.call(Request::App(AppRequest::SalStats))
 }
 
 #[test]
@@ -181,7 +182,7 @@ targets = ["10.77.2.2"]
     h.inject(1, &server[1]);
     let back = h.expect_tx(0, 1);
     assert_eq!(back[0][14..], client[1][14..]);
-    let list = h.call(Request::SalRuleList { limit: None });
+    let list = h.call(Request::App(AppRequest::SalRuleList { limit: None }));
     let r = &list["rules"].as_array().unwrap()[0];
     assert_eq!(
         (r["prefix"].as_str(), r["packets"].as_u64()),
@@ -193,13 +194,13 @@ targets = ["10.77.2.2"]
 #[test]
 fn weights_and_rule_changes() {
     let h = harness("[sal]\n");
-    h.call(Request::SalRuleAdd {
+    h.call(Request::App(AppRequest::SalRuleAdd {
         prefix: "7000".into(),
         action: "forward".into(),
         targets: vec!["10.77.2.2:3".into(), "10.77.2.3:1".into()],
         priority: 0,
         mode: None,
-    });
+    }));
     let n = 400;
     for i in 0..n {
         h.inject(0, &syn(CLIENT, ROUTER_C, 7000, i + 1));
@@ -209,35 +210,35 @@ fn weights_and_rule_changes() {
     eprintln!("3:1 weights: {to_a} of {n} SYNs to A");
     assert!((260..=340).contains(&to_a), "{to_a} of {n}");
     // Without A's target every new SYN goes to B.
-    h.call(Request::SalRuleDel {
+    h.call(Request::App(AppRequest::SalRuleDel {
         prefix: "7000".into(),
         priority: None,
         target: Some(A),
-    });
+    }));
     for i in 0..50 {
         h.inject(0, &syn(CLIENT, ROUTER_C, 7000, 1000 + i));
     }
     assert!(h.expect_tx(1, 50).iter().all(|f| dst(f) == B));
     // A DROP rule of higher priority takes over; no rule: a SYN is dropped, counted.
-    h.call(Request::SalRuleAdd {
+    h.call(Request::App(AppRequest::SalRuleAdd {
         prefix: "7000".into(),
         action: "drop".into(),
         targets: vec![],
         priority: 9,
         mode: None,
-    });
+    }));
     h.inject(0, &syn(CLIENT, ROUTER_C, 7000, 2000));
     h.inject(0, &syn(CLIENT, ROUTER_C, 7001, 2001));
     h.expect_silence(1);
     assert_eq!(h.stage_drops("sal", "drop-rule"), 1);
     assert_eq!(h.stage_drops("sal", "no-match"), 1);
-    let bad = h.admin().call(&Request::SalRuleAdd {
+    let bad = h.admin().call(&Request::App(AppRequest::SalRuleAdd {
         prefix: "7000".into(),
         action: "forward".into(),
         targets: vec![],
         priority: 0,
         mode: None,
-    });
+    }));
     assert!(
         !bad.unwrap().ok,
         "a forward rule without targets is refused"
@@ -258,20 +259,20 @@ action = "delay"
     // Nothing registered: the SYN waits in the DELAY queue.
     h.inject(0, &syn(CLIENT, ROUTER_C, 16385, 1));
     h.expect_silence(1);
-    let d = h.call(Request::SalDelayed);
+    let d = h.call(Request::App(AppRequest::SalDelayed));
     assert_eq!(d["delayed"].as_array().unwrap().len(), 1, "{d}");
     // A host registers the service: the delayed SYN goes to it.
     h.inject(1, &register(B, 16385, false));
     let out = h.expect_tx(1, 1);
     assert_eq!(dst(&out[0]), B);
-    let regs = h.call(Request::SalRegistrations);
+    let regs = h.call(Request::App(AppRequest::SalRegistrations));
     assert_eq!(regs["registrations"][0]["address"], "10.77.2.3", "{regs}");
     // Next SYNs go straight through.
     h.inject(0, &syn(CLIENT, ROUTER_C, 16385, 2));
     assert_eq!(dst(&h.expect_tx(1, 1)[0]), B);
     // No refresh: after the TTL the registration and its rule expire (back to DELAY).
     let deadline = Instant::now() + Duration::from_secs(5);
-    while h.call(Request::SalRegistrations)["registrations"]
+    while h.call(Request::App(AppRequest::SalRegistrations))["registrations"]
         .as_array()
         .is_some_and(|a| !a.is_empty())
     {
@@ -295,10 +296,12 @@ action = "delay"
     );
     h.inject(1, &register(A, 16385, true));
     std::thread::sleep(Duration::from_millis(100));
-    assert!(h.call(Request::SalRegistrations)["registrations"]
-        .as_array()
-        .unwrap()
-        .is_empty());
+    assert!(
+        h.call(Request::App(AppRequest::SalRegistrations))["registrations"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// FORWARD to all targets: the management core sends a copy to each. A datagram without a
@@ -375,7 +378,7 @@ cache_secs = 60
         (None, false, ServiceId::from_u32(4001))
     );
     assert_eq!(
-        h.call(Request::SalDelayed)["delayed"]
+        h.call(Request::App(AppRequest::SalDelayed))["delayed"]
             .as_array()
             .unwrap()
             .len(),
@@ -408,7 +411,7 @@ cache_secs = 60
     let out = h.expect_tx(1, 1);
     assert_eq!(out.len(), 1, "only the SYN");
     assert_eq!(dst(&out[0]), B);
-    let view = h.call(Request::SalHierarchy);
+    let view = h.call(Request::App(AppRequest::SalHierarchy));
     assert_eq!(view["mode"], "iterative", "{view}");
     assert_eq!(view["cache"][0]["prefix"], "4001/32", "{view}");
     assert_eq!(view["cache"][0]["from"], "10.77.2.2", "{view}");
@@ -423,7 +426,7 @@ cache_secs = 60
         (&1.into(), &2.into(), &1.into(), &1.into()),
         "{view}"
     );
-    let rules = h.call(Request::SalRuleList { limit: None });
+    let rules = h.call(Request::App(AppRequest::SalRuleList { limit: None }));
     let cached = rules["rules"]
         .as_array()
         .unwrap()
@@ -458,13 +461,13 @@ cache_secs = 60
 #[test]
 fn a_syn_with_a_bad_ip_checksum_changes_no_serval_state() {
     let h = harness("[sal]\n");
-    h.call(Request::SalRuleAdd {
+    h.call(Request::App(AppRequest::SalRuleAdd {
         prefix: "7000".into(),
         action: "forward".into(),
         targets: vec!["10.77.2.2".into()],
         priority: 0,
         mode: None,
-    });
+    }));
     let mut f = syn(CLIENT, ROUTER_C, 7000, 1);
     f[14 + 10] ^= 0x01; // the IP header checksum
     h.inject(0, &f);
@@ -472,7 +475,7 @@ fn a_syn_with_a_bad_ip_checksum_changes_no_serval_state() {
     assert_eq!(h.drops("bad-checksum"), 1);
     let s = sal_stats(&h);
     assert_eq!(s["stage"]["forwarded"], 0, "{s}");
-    let rules = h.call(Request::SalRuleList { limit: None });
+    let rules = h.call(Request::App(AppRequest::SalRuleList { limit: None }));
     assert_eq!(rules["rules"][0]["prefix"], "7000/32");
     assert_eq!(
         rules["rules"][0]["packets"], 0,

@@ -3,6 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use router::admin::{AdminClient, Request};
+use router::apps::AppRequest;
 use serde_json::Value;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -240,14 +241,14 @@ fn real_main() -> Result<()> {
         },
         Cmd::Nfs {
             cmd: NfsCmd::Servers,
-        } => Request::NfsServers,
-        Cmd::Nfs { cmd: NfsCmd::Stats } => Request::NfsStats,
+        } => Request::App(AppRequest::NfsServers),
+        Cmd::Nfs { cmd: NfsCmd::Stats } => Request::App(AppRequest::NfsStats),
         Cmd::Nfs {
             cmd: NfsCmd::Checkpoint,
-        } => Request::NfsCheckpoint,
+        } => Request::App(AppRequest::NfsCheckpoint),
         Cmd::Nfs {
             cmd: NfsCmd::Connections,
-        } => Request::NfsConnections,
+        } => Request::App(AppRequest::NfsConnections),
         Cmd::Sal { cmd } => match cmd {
             SalCmd::Rule {
                 cmd:
@@ -258,13 +259,13 @@ fn real_main() -> Result<()> {
                         priority,
                         mode,
                     },
-            } => Request::SalRuleAdd {
+            } => Request::App(AppRequest::SalRuleAdd {
                 prefix: prefix.clone(),
                 action: action.clone(),
                 targets: targets.clone(),
                 priority: *priority,
                 mode: mode.clone(),
-            },
+            }),
             SalCmd::Rule {
                 cmd:
                     SalRuleCmd::Del {
@@ -272,27 +273,27 @@ fn real_main() -> Result<()> {
                         target,
                         priority,
                     },
-            } => Request::SalRuleDel {
+            } => Request::App(AppRequest::SalRuleDel {
                 prefix: prefix.clone(),
                 priority: *priority,
                 target: *target,
-            },
+            }),
             SalCmd::Rule {
                 cmd: SalRuleCmd::List { limit },
-            } => Request::SalRuleList {
+            } => Request::App(AppRequest::SalRuleList {
                 limit: Some(*limit),
-            },
-            SalCmd::Stats => Request::SalStats,
-            SalCmd::Registrations => Request::SalRegistrations,
-            SalCmd::Delayed => Request::SalDelayed,
-            SalCmd::Hierarchy => Request::SalHierarchy,
+            }),
+            SalCmd::Stats => Request::App(AppRequest::SalStats),
+            SalCmd::Registrations => Request::App(AppRequest::SalRegistrations),
+            SalCmd::Delayed => Request::App(AppRequest::SalDelayed),
+            SalCmd::Hierarchy => Request::App(AppRequest::SalHierarchy),
         },
         Cmd::Chain { cmd } => match cmd {
-            ChainCmd::Nodes => Request::ChainNodes,
-            ChainCmd::Groups { limit } => Request::ChainGroups {
+            ChainCmd::Nodes => Request::App(AppRequest::ChainNodes),
+            ChainCmd::Groups { limit } => Request::App(AppRequest::ChainGroups {
                 limit: Some(*limit),
-            },
-            ChainCmd::Stats => Request::ChainStats,
+            }),
+            ChainCmd::Stats => Request::App(AppRequest::ChainStats),
         },
     };
     let data = call(&mut c, &req)?;
