@@ -75,12 +75,14 @@ fn ipv4_forward(c: &mut Criterion) {
             mac,
             mtu: 1500,
             addrs: vec![("10.0.1.1".parse().unwrap(), 24)],
+            forward_directed_broadcast: false,
         },
         PortInfo {
             name: "out".into(),
             mac: EthernetAddress([2, 0, 0, 0, 0, 2]),
             mtu: 1500,
             addrs: vec![("10.0.2.1".parse().unwrap(), 24)],
+            forward_directed_broadcast: false,
         },
     ]
     .into();

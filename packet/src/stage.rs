@@ -23,11 +23,14 @@ pub enum PuntReason {
     FragNeeded = 5,
     /// Owned by an application controller on the management core.
     Application = 6,
+    /// To the limited broadcast (255.255.255.255) or the receiving link's directed broadcast:
+    /// delivered locally, never forwarded (RFC 1812 4.2.2.11, 5.3.5), no ICMP error.
+    Broadcast = 7,
 }
 
 impl PuntReason {
     /// Every reason, in discriminant order.
-    pub const ALL: [PuntReason; 7] = [
+    pub const ALL: [PuntReason; 8] = [
         PuntReason::Arp,
         PuntReason::Resolve,
         PuntReason::TtlExceeded,
@@ -35,6 +38,7 @@ impl PuntReason {
         PuntReason::Local,
         PuntReason::FragNeeded,
         PuntReason::Application,
+        PuntReason::Broadcast,
     ];
 
     /// Stable name for counters and traces.
@@ -47,6 +51,7 @@ impl PuntReason {
             PuntReason::Local => "local",
             PuntReason::FragNeeded => "frag-needed",
             PuntReason::Application => "application",
+            PuntReason::Broadcast => "broadcast",
         }
     }
 

@@ -194,6 +194,10 @@ pub struct PortConfig {
     pub tx_desc: u16,
     #[serde(default = "d_true")]
     pub promiscuous: bool,
+    /// Forward directed broadcasts for this port's subnets that arrive on other ports onto it
+    /// (RFC 2644: off by default; when off they are dropped and counted).
+    #[serde(default)]
+    pub forward_directed_broadcast: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -26,6 +26,7 @@ drop_reasons! {
         BadPort = "bad-port",
         IcmpBad = "icmp-bad",
         NoNeighbour = "no-neighbour",
+        DirectedBroadcast = "directed-broadcast",
     }
 }
 
@@ -37,6 +38,8 @@ pub struct PortInfo {
     pub mtu: u16,
     /// The port's addresses with their prefix lengths.
     pub addrs: Vec<(Ipv4Addr, u8)>,
+    /// Directed broadcasts for its subnets arriving on other ports are sent onto it.
+    pub forward_directed_broadcast: bool,
 }
 
 impl PortInfo {
@@ -57,6 +60,10 @@ pub const DEFAULT_TTL: u8 = 64;
 pub struct Ipv4Stage {
     fib: Arc<FibView>,
     ports: Arc<[PortInfo]>,
+    /// Every port subnet's directed broadcast address (prefixes up to /30) and its port.
+    bcast: Arc<[(u32, u16)]>,
+    /// Host bits every one of them has set: a destination without them all is none of them.
+    bcast_bits: u32,
     /// Per-worker scratch of the vector passes (each worker clones the stage; allocated on
     /// the first burst, reused after).
     scratch: Option<Box<Scratch>>,
@@ -85,9 +92,20 @@ fn martian_dst(ip: u32) -> bool {
 
 impl Ipv4Stage {
     pub fn new(fib: Arc<FibView>, ports: Arc<[PortInfo]>) -> Self {
+        let mut bcast_bits = u32::MAX;
+        let mut bcast: Vec<(u32, u16)> = Vec::new();
+        for (i, p) in ports.iter().enumerate() {
+            for &(a, len) in p.addrs.iter().filter(|(_, len)| *len <= 30) {
+                let host = u32::MAX >> len;
+                bcast_bits &= host;
+                bcast.push((u32::from(a) | host, i as u16));
+            }
+        }
         Ipv4Stage {
             fib,
             ports,
+            bcast: bcast.into(),
+            bcast_bits,
             scratch: Some(Box::new(Scratch {
                 dst: [0; BURST_MAX],
                 nh: [0; BURST_MAX],
@@ -273,7 +291,15 @@ impl Ipv4Stage {
                 }
                 let src = u32::from_be_bytes([h[26], h[27], h[28], h[29]]);
                 let dst = u32::from_be_bytes([h[30], h[31], h[32], h[33]]);
-                if martian_src(src) || martian_dst(dst) {
+                if martian_src(src) {
+                    return Parsed::Done(Ipv4Drop::Martian.drop());
+                }
+                if dst & self.bcast_bits == self.bcast_bits {
+                    if let Some(v) = self.broadcast(in_port, dst, frame) {
+                        return Parsed::Done(v);
+                    }
+                }
+                if martian_dst(dst) {
                     return Parsed::Done(Ipv4Drop::Martian.drop());
                 }
                 return Parsed::Lookup(dst);
@@ -312,10 +338,54 @@ impl Ipv4Stage {
             return Parsed::Done(Ipv4Drop::BadChecksum.drop());
         }
         let dst = ip.dst_u32();
-        if martian_src(u32::from(ip.src_addr())) || martian_dst(dst) {
+        if martian_src(u32::from(ip.src_addr())) {
+            return Parsed::Done(Ipv4Drop::Martian.drop());
+        }
+        if dst & self.bcast_bits == self.bcast_bits {
+            if let Some(v) = self.broadcast(in_port, dst, frame) {
+                return Parsed::Done(v);
+            }
+        }
+        if martian_dst(dst) {
             return Parsed::Done(Ipv4Drop::Martian.drop());
         }
         Parsed::Lookup(dst)
+    }
+
+    /// A destination that may be a broadcast (RFC 1812 5.3.5, RFC 2644): the limited broadcast
+    /// and the receiving link's directed broadcast are delivered locally, never sent back; a
+    /// directed broadcast for another port's subnet is sent onto that link (to the Ethernet
+    /// broadcast address) only when the port allows it, dropped and counted otherwise. `None`:
+    /// not a broadcast.
+    #[inline(never)]
+    fn broadcast(&self, in_port: u16, dst: u32, frame: &mut [u8]) -> Option<Verdict> {
+        if dst == u32::MAX {
+            return Some(Verdict::Punt(PuntReason::Broadcast));
+        }
+        let &(_, port) = self.bcast.iter().find(|(b, _)| *b == dst)?;
+        if port == in_port {
+            return Some(Verdict::Punt(PuntReason::Broadcast));
+        }
+        if !self
+            .ports
+            .get(usize::from(port))?
+            .forward_directed_broadcast
+        {
+            return Some(Ipv4Drop::DirectedBroadcast.drop());
+        }
+        if frame
+            .get(packet::ethernet::HEADER_LEN + 8)
+            .is_none_or(|&ttl| ttl <= 1)
+        {
+            return Some(Verdict::Punt(PuntReason::TtlExceeded));
+        }
+        let nh = NextHop {
+            kind: NextHopKind::Connected,
+            port,
+            gateway: Ipv4Addr::from(dst),
+            mac: Some(EthernetAddress::BROADCAST),
+        };
+        Some(self.to_next_hop(&nh, frame))
     }
 
     /// Pass 3: act on the next hop found for a parsed packet.
@@ -459,12 +529,14 @@ pub fn example_stage(b_mtu: u16) -> (crate::fib::Fib, Ipv4Stage) {
             mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
             mtu: 1500,
             addrs: vec![(Ipv4Addr::new(10, 0, 1, 1), 24)],
+            forward_directed_broadcast: false,
         },
         PortInfo {
             name: "b".into(),
             mac: EthernetAddress([2, 0, 0, 0, 0, 2]),
             mtu: b_mtu,
             addrs: vec![(Ipv4Addr::new(10, 0, 2, 1), 24)],
+            forward_directed_broadcast: false,
         },
     ]
     .into();

@@ -65,7 +65,9 @@ struct Neighbour {
 /// Counters of the management core.
 #[derive(Debug, Default)]
 pub struct MgmtCounters {
-    pub punts: [Counter; 7],
+    pub punts: [Counter; PuntReason::ALL.len()],
+    /// Broadcasts delivered to the router (limited, or the receiving link's directed one).
+    pub broadcast_in: Counter,
     pub arp_requests_sent: Counter,
     pub arp_learned: Counter,
     pub held: Counter,
@@ -201,6 +203,7 @@ pub fn port_infos<B: Backend>(cfg: &Config, be: &B) -> Vec<PortInfo> {
                 .iter()
                 .filter_map(|a| packet::ipv4::parse_prefix(a))
                 .collect(),
+            forward_directed_broadcast: pc.forward_directed_broadcast,
         })
         .collect()
 }
@@ -683,7 +686,9 @@ impl<B: Backend> Mgmt<B> {
                     break;
                 };
                 n += 1;
-                self.counters.punts[reason as usize].inc();
+                if let Some(c) = self.counters.punts.get(reason as usize) {
+                    c.inc();
+                }
                 self.punted(reason, buf);
             }
         }
@@ -706,6 +711,13 @@ impl<B: Backend> Mgmt<B> {
             PuntReason::Local => {
                 if !self.tcp_input(&buf) && !self.nfs_input(&buf) && !self.chain_control(&buf) {
                     self.local_input(&buf)
+                }
+            }
+            PuntReason::Broadcast => {
+                self.counters.broadcast_in.inc();
+                if !self.broadcast_input(&buf) {
+                    // Nobody's: dropped without an ICMP error (never for a broadcast).
+                    self.counters.local_dropped.inc();
                 }
             }
             PuntReason::Application if is_fragment(&buf) => self.fragment_input(buf),
@@ -1136,15 +1148,48 @@ impl<B: Backend> Mgmt<B> {
 
     /// A Serval packet the SAL stage handed over. True when it was one.
     fn sal_input(&mut self, buf: &B::Buf) -> bool {
+        self.sal_frame(buf.data(), buf.port())
+    }
+
+    /// A broadcast delivered to the router: a Serval packet (a host's REGISTER to its link's
+    /// broadcast, as the original's service daemon sends it) goes to the service controller as
+    /// if sent to the receiving port's own address, which any answer comes from.
+    fn broadcast_input(&mut self, buf: &B::Buf) -> bool {
+        let port = buf.port();
+        let Some(me) = self
+            .ports
+            .get(usize::from(port))
+            .and_then(|p| p.addrs.first())
+            .map(|a| a.0)
+        else {
+            return false;
+        };
+        let mut frame = buf.data().to_vec();
+        {
+            let Some(Ok(mut ip)) = frame
+                .get_mut(packet::ethernet::HEADER_LEN..)
+                .map(Ipv4Packet::new_checked)
+            else {
+                return false;
+            };
+            if ip.protocol() != sal_forward::wire::PROTOCOL {
+                return false;
+            }
+            ip.set_dst_addr(me);
+            ip.fill_checksum();
+        }
+        self.sal_frame(&frame, port)
+    }
+
+    fn sal_frame(&mut self, frame: &[u8], port: u16) -> bool {
         let now = self.now_ms();
         let Some(sal) = self.sal.as_mut() else {
             return false;
         };
-        let mine = match sal.input(buf.data(), buf.port(), now) {
+        let mine = match sal.input(frame, port, now) {
             crate::sal::Handled::NotMine => false,
             crate::sal::Handled::Done => true,
             crate::sal::Handled::Copies(frames) => {
-                let port = buf.port();
                 self.route_frames(frames.into_iter().map(|f| (f, port)));
                 true
             }
@@ -1478,7 +1523,8 @@ impl<B: Backend> Mgmt<B> {
             admin_requests,
             admin_errors,
             application_unhandled,
-            nfs_answered
+            nfs_answered,
+            broadcast_in
         );
         mgmt["punts"] = PuntReason::ALL
             .iter()

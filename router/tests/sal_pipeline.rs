@@ -99,6 +99,17 @@ fn syn(src: Ipv4Addr, to: Ipv4Addr, id: u32, flow: u32) -> Vec<u8> {
 /// A control message in a Serval UDP datagram from serviceID `from_service` to 88888, as the
 /// original daemons send it, arriving on the servers' port.
 fn control_frame(src: Ipv4Addr, from_service: u32, msg: &[u8]) -> Vec<u8> {
+    control_frame_to(src, ROUTER_S, mac("2e:0b:0d:24:a4:3a"), from_service, msg)
+}
+
+/// [`control_frame`] to `dst` (a broadcast address, say) at Ethernet address `dst_mac`.
+fn control_frame_to(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    dst_mac: EthernetAddress,
+    from_service: u32,
+    msg: &[u8],
+) -> Vec<u8> {
     let sal = SalRepr {
         src_flow: 1,
         protocol: 17,
@@ -110,8 +121,8 @@ fn control_frame(src: Ipv4Addr, from_service: u32, msg: &[u8]) -> Vec<u8> {
     let len = udp.len() as u16;
     udp[4..6].copy_from_slice(&len.to_be_bytes());
     udp[8..].copy_from_slice(msg);
-    let ip = wire::datagram(src, ROUTER_S, 64, &sal, &udp);
-    eth(mac("2e:0b:0d:24:a4:3a"), mac("f6:7b:b5:83:05:dd"), &ip)
+    let ip = wire::datagram(src, dst, 64, &sal, &udp);
+    eth(dst_mac, mac("f6:7b:b5:83:05:dd"), &ip)
 }
 
 /// A host's REGISTER (or UNREGISTER) of `id` as the original daemon sends it.
@@ -483,5 +494,67 @@ fn a_syn_with_a_bad_ip_checksum_changes_no_serval_state() {
     );
     // The same SYN intact is forwarded.
     h.inject(0, &syn(CLIENT, ROUTER_C, 7000, 1));
+    assert_eq!(dst(&h.expect_tx(1, 1)[0]), A);
+}
+
+/// A host's service daemon whose default rule is the per-interface broadcast one (the
+/// original stack's own default) sends REGISTER to its subnet's broadcast address, or to the
+/// limited broadcast: the router takes it as a unicast registration and sends nothing back
+/// onto the link (no forwarding back, no ICMP error).
+#[test]
+fn a_registration_by_broadcast_works_like_a_unicast_one() {
+    let h = harness("[sal]\n");
+    let msg = |id: u32| {
+        Register {
+            unregister: false,
+            xid: 1,
+            flags: 0,
+            prefix_bits: 32,
+            service_flags: 0,
+            old_addr: Ipv4Addr::UNSPECIFIED,
+            id: ServiceId::from_u32(id),
+        }
+        .emit()
+    };
+    let bcast = EthernetAddress::BROADCAST;
+    let directed = Ipv4Addr::new(10, 77, 2, 255);
+    h.inject(
+        1,
+        &control_frame_to(A, directed, bcast, ctrlmsg::HOST_SERVICE, &msg(4001)),
+    );
+    h.inject(
+        1,
+        &control_frame_to(
+            B,
+            Ipv4Addr::BROADCAST,
+            bcast,
+            ctrlmsg::HOST_SERVICE,
+            &msg(4002),
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let regs = loop {
+        let r = h.call(Request::App(AppRequest::SalRegistrations));
+        if r["registrations"].as_array().is_some_and(|a| a.len() == 2) || Instant::now() > deadline
+        {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut got: Vec<String> = regs["registrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["address"].as_str().unwrap().to_string())
+        .collect();
+    got.sort();
+    assert_eq!(got, ["10.77.2.2", "10.77.2.3"], "{regs}");
+    h.expect_silence(1);
+    h.expect_silence(0);
+    let s = h.call(Request::Stats);
+    assert_eq!(s["mgmt"]["broadcast_in"], 2, "{}", s["mgmt"]);
+    assert_eq!(s["mgmt"]["punts"]["broadcast"], 2, "{}", s["mgmt"]);
+    // The registrations route like unicast ones: a SYN for 4001 goes to A.
+    h.inject(0, &syn(CLIENT, ROUTER_C, 4001, 9));
     assert_eq!(dst(&h.expect_tx(1, 1)[0]), A);
 }
