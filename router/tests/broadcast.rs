@@ -32,20 +32,6 @@ fn udp_to(dst: Ipv4Addr, dst_mac: EthernetAddress, ttl: u8) -> Vec<u8> {
     f
 }
 
-fn ipv4_punts(h: &Harness, reason: &str) -> u64 {
-    let s = h.call(Request::Stats);
-    s["cores"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|c| c["stages"].as_array().unwrap().iter())
-        .filter(|st| st["name"] == "ipv4")
-        .flat_map(|st| st["punts"].as_array().unwrap().iter())
-        .filter(|p| p[0] == reason)
-        .map(|p| p[1].as_u64().unwrap())
-        .sum()
-}
-
 #[test]
 fn local_broadcasts_stay_and_other_links_are_not_flooded() {
     let h = Harness::lan_wan("");
@@ -57,7 +43,7 @@ fn local_broadcasts_stay_and_other_links_are_not_flooded() {
     h.inject(0, &udp_to(Ipv4Addr::new(10, 0, 1, 255), bcast, 64));
     h.expect_silence(0);
     h.expect_silence(1);
-    assert_eq!(ipv4_punts(&h, "broadcast"), 2);
+    assert_eq!(h.stage_punts("ipv4", "broadcast"), 2);
     let m = &h.call(Request::Stats)["mgmt"];
     assert_eq!(m["broadcast_in"], 2, "{m}");
     assert_eq!(m["icmp_unreachable"], 0, "{m}");
@@ -98,7 +84,7 @@ fn a_port_that_forwards_directed_broadcasts_gets_them_as_link_broadcasts() {
     // TTL 1: time exceeded, as for any forwarded packet.
     h.inject(0, &udp_to(Ipv4Addr::new(10, 0, 2, 255), router_mac, 1));
     h.expect_silence(1);
-    assert_eq!(ipv4_punts(&h, "ttl-exceeded"), 1);
+    assert_eq!(h.stage_punts("ipv4", "ttl-exceeded"), 1);
     // Its own broadcast still stays on the lan side.
     h.inject(
         0,

@@ -192,21 +192,6 @@ fn app_state(h: &Harness) -> [u64; 5] {
     ]
 }
 
-/// Sum of a punt counter of the ipv4 stage over every core.
-fn ipv4_punts(h: &Harness, reason: &str) -> u64 {
-    let s = h.call(Request::Stats);
-    s["cores"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|c| c["stages"].as_array().unwrap().iter())
-        .filter(|st| st["name"] == "ipv4")
-        .flat_map(|st| st["punts"].as_array().unwrap().iter())
-        .filter(|p| p[0] == reason)
-        .map(|p| p[1].as_u64().unwrap())
-        .sum()
-}
-
 /// The ICMP time exceeded the router sends the client for a TTL-1 frame (whatever else the
 /// clients' port carries meanwhile).
 fn expect_time_exceeded(h: &Harness, quoted_dst: Ipv4Addr) {
@@ -230,7 +215,7 @@ fn expect_time_exceeded(h: &Harness, quoted_dst: Ipv4Addr) {
 
 fn ipv4_counter(h: &Harness, reason: &str) -> u64 {
     if reason == "ttl-exceeded" {
-        ipv4_punts(h, reason)
+        h.stage_punts("ipv4", reason)
     } else {
         h.drops(reason)
     }

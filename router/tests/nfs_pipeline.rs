@@ -76,21 +76,6 @@ fn answer(h: &Harness, xid: u32, from: (Ipv4Addr, u16), to: (Ipv4Addr, u16)) -> 
     }
 }
 
-/// A counter of the NFS stage (`kind` "drops" or "punts"), summed over every core.
-fn stage_stat(h: &Harness, kind: &str, name: &str) -> u64 {
-    let s = h.call(Request::Stats);
-    s["cores"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|c| c["stages"].as_array().unwrap().iter())
-        .filter(|st| st["name"] == "nfs")
-        .flat_map(|st| st[kind].as_array().unwrap().iter())
-        .filter(|p| p[0] == name)
-        .map(|p| p[1].as_u64().unwrap())
-        .sum()
-}
-
 /// A call the router sent to the server on port 1: (xid, prog, proc, arguments, destination).
 fn server_call(h: &Harness) -> (u32, u32, u32, Vec<u8>, (Ipv4Addr, u16)) {
     server_calls(h, 1).remove(0)
@@ -289,7 +274,7 @@ fn nfs_stage_in_the_pipeline() {
         .opaque(&vfh);
     h.inject(0, &udp(client, virt, "02:bb:00:00:00:01", &call.buf));
     h.expect_silence(0);
-    assert_eq!(stage_stat(&h, "punts", "application"), 3);
+    assert_eq!(h.stage_count("nfs", "punts", "application"), 3);
     let (xid, _, proc_, args, _) = server_call(&h);
     assert_eq!(proc_, Proc::Readdirplus as u32);
     assert_eq!(&args[4..32], &root_pfh);

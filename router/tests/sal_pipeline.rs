@@ -127,7 +127,16 @@ fn control_frame_to(
 
 /// A host's REGISTER (or UNREGISTER) of `id` as the original daemon sends it.
 fn register(host: Ipv4Addr, id: u32, unregister: bool) -> Vec<u8> {
-    let msg = Register {
+    control_frame(
+        host,
+        ctrlmsg::HOST_SERVICE,
+        register_msg(id, unregister).as_ref(),
+    )
+}
+
+/// The control message of [`register`].
+fn register_msg(id: u32, unregister: bool) -> impl AsRef<[u8]> {
+    Register {
         unregister,
         xid: 1,
         flags: 0,
@@ -136,8 +145,7 @@ fn register(host: Ipv4Addr, id: u32, unregister: bool) -> Vec<u8> {
         old_addr: Ipv4Addr::UNSPECIFIED,
         id: ServiceId::from_u32(id),
     }
-    .emit();
-    control_frame(host, ctrlmsg::HOST_SERVICE, &msg)
+    .emit()
 }
 
 /// The control message in a frame the router sent to another controller, after checking
@@ -504,23 +512,18 @@ fn a_syn_with_a_bad_ip_checksum_changes_no_serval_state() {
 #[test]
 fn a_registration_by_broadcast_works_like_a_unicast_one() {
     let h = harness("[sal]\n");
-    let msg = |id: u32| {
-        Register {
-            unregister: false,
-            xid: 1,
-            flags: 0,
-            prefix_bits: 32,
-            service_flags: 0,
-            old_addr: Ipv4Addr::UNSPECIFIED,
-            id: ServiceId::from_u32(id),
-        }
-        .emit()
-    };
+    let msg = |id: u32| register_msg(id, false);
     let bcast = EthernetAddress::BROADCAST;
     let directed = Ipv4Addr::new(10, 77, 2, 255);
     h.inject(
         1,
-        &control_frame_to(A, directed, bcast, ctrlmsg::HOST_SERVICE, &msg(4001)),
+        &control_frame_to(
+            A,
+            directed,
+            bcast,
+            ctrlmsg::HOST_SERVICE,
+            msg(4001).as_ref(),
+        ),
     );
     h.inject(
         1,
@@ -529,7 +532,7 @@ fn a_registration_by_broadcast_works_like_a_unicast_one() {
             Ipv4Addr::BROADCAST,
             bcast,
             ctrlmsg::HOST_SERVICE,
-            &msg(4002),
+            msg(4002).as_ref(),
         ),
     );
     let deadline = Instant::now() + Duration::from_secs(5);

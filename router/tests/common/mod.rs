@@ -197,6 +197,16 @@ impl Harness {
 
     /// Sum of a drop counter of stage `stage` over every core.
     pub fn stage_drops(&self, stage: &str, reason: &str) -> u64 {
+        self.stage_count(stage, "drops", reason)
+    }
+
+    /// Sum of a punt counter of stage `stage` over every core.
+    pub fn stage_punts(&self, stage: &str, reason: &str) -> u64 {
+        self.stage_count(stage, "punts", reason)
+    }
+
+    /// Sum of stage `stage`'s counter `reason` of `kind` ("drops" or "punts") over every core.
+    pub fn stage_count(&self, stage: &str, kind: &str, reason: &str) -> u64 {
         let s = self.call(Request::Stats);
         s["cores"]
             .as_array()
@@ -204,7 +214,7 @@ impl Harness {
             .iter()
             .flat_map(|c| c["stages"].as_array().unwrap().iter())
             .filter(|st| st["name"] == stage)
-            .flat_map(|st| st["drops"].as_array().unwrap().iter())
+            .flat_map(|st| st[kind].as_array().unwrap().iter())
             .filter(|p| p[0] == reason)
             .map(|p| p[1].as_u64().unwrap())
             .sum()
