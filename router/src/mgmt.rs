@@ -1164,20 +1164,21 @@ impl<B: Backend> Mgmt<B> {
         else {
             return false;
         };
-        let mut frame = buf.data().to_vec();
+        if self.sal.is_none()
+            || packet::ipv4::in_frame(buf.data())
+                .is_none_or(|ip| ip.protocol() != sal_forward::wire::PROTOCOL)
         {
-            let Some(Ok(mut ip)) = frame
-                .get_mut(packet::ethernet::HEADER_LEN..)
-                .map(Ipv4Packet::new_checked)
-            else {
-                return false;
-            };
-            if ip.protocol() != sal_forward::wire::PROTOCOL {
-                return false;
-            }
-            ip.set_dst_addr(me);
-            ip.fill_checksum();
+            return false;
         }
+        let mut frame = buf.data().to_vec();
+        let Some(Ok(mut ip)) = frame
+            .get_mut(packet::ethernet::HEADER_LEN..)
+            .map(Ipv4Packet::new_checked)
+        else {
+            return false;
+        };
+        ip.set_dst_addr(me);
+        ip.fill_checksum();
         self.sal_frame(&frame, port)
     }
 
