@@ -363,15 +363,7 @@ impl Controller {
 
     /// The virtual root directory's handle.
     pub fn root_handle(&self) -> [u8; vfh::VFH_LEN] {
-        VirtualHandle {
-            flags: vfh::FLAG_VIRTUAL_DIR,
-            sid: 0,
-            mch: 0,
-            pfs: self.shared.virtual_fsid,
-            pin: vfh::ROOT_VIN,
-            hid: vfh::ROOT_VIN,
-        }
-        .encode(&self.shared.key)
+        vfh::root_handle(&self.shared.key, self.shared.virtual_fsid)
     }
 
     /// The RPC reply (UDP payload) to `msg`, a call from `client` to the virtual server at

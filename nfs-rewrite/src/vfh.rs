@@ -36,6 +36,19 @@ pub const FLAG_VIRTUAL_DIR: u8 = 1;
 /// VIN of the virtual root directory.
 pub const ROOT_VIN: u64 = 1;
 
+/// The virtual root directory's handle, for a router whose virtual file system is `fsid`.
+pub fn root_handle(key: &HandleKey, fsid: u64) -> [u8; VFH_LEN] {
+    VirtualHandle {
+        flags: FLAG_VIRTUAL_DIR,
+        sid: 0,
+        mch: 0,
+        pfs: fsid,
+        pin: ROOT_VIN,
+        hid: ROOT_VIN,
+    }
+    .encode(key)
+}
+
 /// Why a VFH was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum VfhError {

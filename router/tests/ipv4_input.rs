@@ -8,7 +8,7 @@
 mod common;
 
 use common::{mac, Harness};
-use nfs_rewrite::vfh::{HandleKey, VirtualHandle};
+use nfs_rewrite::vfh::HandleKey;
 use nfs_rewrite::wire::nfs3::Proc;
 use nfs_rewrite::wire::rpc;
 use packet::ipv4::Ipv4Packet;
@@ -93,15 +93,7 @@ fn chain_write() -> Vec<u8> {
 /// A GETATTR of the virtual root, to the virtual server.
 fn nfs_call() -> Vec<u8> {
     let key = HandleKey::from_hex(SECRET).unwrap();
-    let root = VirtualHandle {
-        flags: nfs_rewrite::vfh::FLAG_VIRTUAL_DIR,
-        sid: 0,
-        mch: 0,
-        pfs: 0x5649_5254_5541_4c31,
-        pin: nfs_rewrite::vfh::ROOT_VIN,
-        hid: nfs_rewrite::vfh::ROOT_VIN,
-    }
-    .encode(&key);
+    let root = nfs_rewrite::vfh::root_handle(&key, 0x5649_5254_5541_4c31);
     let mut call = rpc::Writer::new();
     call.call(7, rpc::program::NFS, 3, Proc::Getattr as u32)
         .opaque(&root);

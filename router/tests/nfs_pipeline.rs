@@ -186,15 +186,7 @@ fn serve_mount(h: &Harness, root_pfh: &[u8; 28]) {
 fn lookup_export(h: &Harness, client: (Ipv4Addr, u16)) -> (Vec<u8>, Vec<u8>) {
     let key = HandleKey::from_hex(SECRET).unwrap();
     let virt = (Ipv4Addr::new(10, 0, 1, 1), 2049);
-    let root = VirtualHandle {
-        flags: nfs_rewrite::vfh::FLAG_VIRTUAL_DIR,
-        sid: 0,
-        mch: 0,
-        pfs: 0x5649_5254_5541_4c31,
-        pin: nfs_rewrite::vfh::ROOT_VIN,
-        hid: nfs_rewrite::vfh::ROOT_VIN,
-    }
-    .encode(&key);
+    let root = nfs_rewrite::vfh::root_handle(&key, 0x5649_5254_5541_4c31);
     let mut call = rpc::Writer::new();
     call.call(40, rpc::program::NFS, 3, Proc::Lookup as u32)
         .opaque(&root)
