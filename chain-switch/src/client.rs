@@ -419,3 +419,45 @@ impl Client {
         self.one(key, true, value, 10)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::placement::Placement;
+
+    /// A client learns the master's placement with the directory (over real UDP on loopback,
+    /// in two pieces), so it sends each key to the group the master put it in.
+    #[test]
+    fn the_directory_brings_the_placement() {
+        let master = UdpSocket::bind("127.0.0.1:0").unwrap();
+        master
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let addr = master.local_addr().unwrap();
+        let d = Directory {
+            epoch: 9,
+            value_len: 16,
+            placement: Placement::Range { keys: 400 },
+            chains: (0..4u8)
+                .map(|i| (0..200).map(|_| Ipv4Addr::new(10, 0, 9, i)).collect())
+                .collect(),
+        };
+        let served = d.clone();
+        let t = std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            let mut pieces = 0;
+            // Until the client stops asking.
+            while let Ok((n, from)) = master.recv_from(&mut buf) {
+                let first = control::parse_directory_request(&buf[..n]).unwrap();
+                master.send_to(&served.reply(first), from).unwrap();
+                pieces += 1;
+            }
+            pieces
+        });
+        let got = fetch_directory(addr, Ipv4Addr::LOCALHOST).unwrap();
+        assert_eq!(got, d);
+        let k = wire::key_from_u128(399);
+        assert_eq!(got.placement.vgroup(&k, 4), 3, "range, not hash");
+        assert!(t.join().unwrap() > 1, "the directory came in one piece");
+    }
+}
