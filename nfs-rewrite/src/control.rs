@@ -122,6 +122,9 @@ pub struct ControlStats {
     pub unmatched_replies: u64,
     /// Transactions taken over from workers (fragmented replies).
     pub adopted: u64,
+    /// Calls whose arguments did not decode, answered GARBAGE_ARGS (as a server would: the
+    /// client fails at once instead of retransmitting until its timeout).
+    pub garbage_args: u64,
 }
 
 /// Answers for the virtual server.
@@ -402,6 +405,16 @@ impl Controller {
     /// proxy's). The UDP and the TCP virtual server both come through here.
     pub fn decide(&mut self, msg: &[u8], peer: Peer, now: u64, limits: Limits) -> Outcome {
         match self.decide_call(msg, peer, now, limits) {
+            Some(Outcome::Reply(r)) => {
+                if let Ok(rpc::Message::Reply(rpc::Reply::Accepted {
+                    stat: rpc::AcceptStat::GarbageArgs,
+                    ..
+                })) = rpc::parse(&r)
+                {
+                    self.stats.garbage_args += 1;
+                }
+                Outcome::Reply(r)
+            }
             Some(o) => o,
             None => Outcome::Nothing,
         }

@@ -413,9 +413,12 @@ impl NfsStage {
                     None => NfsDrop::Malformed.drop(),
                 }
             }
-            CallVerdict::Malformed => NfsDrop::Malformed.drop(),
+            // Arguments that do not decode (or a call without room in its buffer for the
+            // physical handles): the management core answers GARBAGE_ARGS, or rewrites it
+            // in a larger buffer.
+            CallVerdict::Malformed
             // NULL, the virtual root, refusals and recoveries are the management core's.
-            CallVerdict::NoHandle
+            | CallVerdict::NoHandle
             | CallVerdict::Virtual
             | CallVerdict::Refuse(_)
             | CallVerdict::Recover(_) => Verdict::Punt(PuntReason::Application),

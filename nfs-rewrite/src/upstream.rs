@@ -14,6 +14,10 @@
 //!   client holds. The calls wait meanwhile: they are not answered, and UDP clients retransmit.
 //!   A walk that covers the whole tree without finding a target makes it stale (NFS3ERR_STALE
 //!   for 30 s: the file is gone).
+//!   RFC 1813 lets a server refuse READDIRPLUS (NFS3ERR_NOTSUPP), and user-space servers do:
+//!   then the directory is listed again with READDIR and each entry looked up (LOOKUP gives
+//!   its handle and attributes, [`LOOKUP_WINDOW`] at a time), and the server is remembered as
+//!   one to walk that way ([`WalkMethod`]) for the router's lifetime.
 
 use crate::datapath::NfsShared;
 use crate::vfh::{self, VirtualHandle};
@@ -43,6 +47,28 @@ const MAX_TARGETS: usize = 4096;
 const MAX_QUEUE: usize = 1 << 16;
 /// NF3DIR.
 const NF3DIR: u32 = 2;
+/// LOOKUPs in flight at once in a READDIR walk.
+pub const LOOKUP_WINDOW: usize = 16;
+
+/// How a server's directories are listed when walking it for recovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WalkMethod {
+    /// READDIRPLUS: names, attributes and handles in one reply (tried first).
+    #[default]
+    Readdirplus,
+    /// READDIR, then a LOOKUP per entry (the server answered READDIRPLUS with NOTSUPP).
+    ReaddirLookup,
+}
+
+impl WalkMethod {
+    /// As `routerctl nfs servers` shows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            WalkMethod::Readdirplus => "readdirplus",
+            WalkMethod::ReaddirLookup => "readdir+lookup",
+        }
+    }
+}
 
 /// A datagram for a server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +101,8 @@ pub struct ServerState {
     pub mounted: Option<Mounted>,
     pub last_error: Option<String>,
     pub mounts: u64,
+    /// How its directories are walked (learned from its answers).
+    pub walk_method: WalkMethod,
     next_try: u64,
     mounting: bool,
     refresh_at: u64,
@@ -82,11 +110,30 @@ pub struct ServerState {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Purpose {
-    Mnt { sid: u16 },
-    RootAttr { sid: u16, pfh: Vec<u8> },
-    Fsstat { sid: u16 },
-    Fsinfo { sid: u16 },
-    Walk { sid: u16 },
+    Mnt {
+        sid: u16,
+    },
+    RootAttr {
+        sid: u16,
+        pfh: Vec<u8>,
+    },
+    Fsstat {
+        sid: u16,
+    },
+    Fsinfo {
+        sid: u16,
+    },
+    /// A directory listing of walk `walk`: READDIRPLUS when `plus`, else READDIR.
+    Walk {
+        sid: u16,
+        walk: u64,
+        plus: bool,
+    },
+    /// A LOOKUP of an entry a READDIR listed.
+    WalkLookup {
+        sid: u16,
+        walk: u64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -106,10 +153,17 @@ struct Target {
 
 #[derive(Debug, Clone)]
 struct Walk {
+    /// Tells this walk's replies from those of a walk given up before it.
+    id: u64,
     queue: VecDeque<Vec<u8>>,
     cur: Option<Vec<u8>>,
     cookie: u64,
     verf: [u8; 8],
+    /// READDIR walks: the current directory's names still to look up, LOOKUPs in flight, and
+    /// whether its listing is complete.
+    names: VecDeque<Vec<u8>>,
+    lookups: usize,
+    listed: bool,
 }
 
 /// Counters of mounting and recovery.
@@ -127,6 +181,10 @@ pub struct UpstreamStats {
     pub walks: u64,
     pub walk_dirs: u64,
     pub walk_entries: u64,
+    /// LOOKUPs sent by walks of servers without READDIRPLUS.
+    pub walk_lookups: u64,
+    /// Servers found to refuse READDIRPLUS (then walked with READDIR and LOOKUP).
+    pub readdirplus_refused: u64,
     /// Calls to servers sent again, and given up.
     pub retransmits: u64,
     pub timeouts: u64,
@@ -153,6 +211,7 @@ pub struct Upstream {
     targets: HashMap<u64, Target>,
     negative: HashMap<u64, u64>,
     walks: HashMap<u16, Walk>,
+    walk_ids: u64,
     outbox: Vec<Outgoing>,
     /// Handle ids found since the last [`Upstream::take_recovered`].
     recovered: Vec<u64>,
@@ -176,6 +235,7 @@ impl Upstream {
                 mounted: None,
                 last_error: None,
                 mounts: 0,
+                walk_method: WalkMethod::default(),
                 next_try: 0,
                 mounting: false,
                 refresh_at: 0,
@@ -189,6 +249,7 @@ impl Upstream {
             targets: HashMap::new(),
             negative: HashMap::new(),
             walks: HashMap::new(),
+            walk_ids: 0,
             outbox: Vec::new(),
             recovered: Vec::new(),
             stats: UpstreamStats::default(),
@@ -241,7 +302,9 @@ impl Upstream {
             Purpose::RootAttr { .. } => (rpc::program::NFS, 3, Proc::Getattr as u32),
             Purpose::Fsstat { .. } => (rpc::program::NFS, 3, Proc::Fsstat as u32),
             Purpose::Fsinfo { .. } => (rpc::program::NFS, 3, Proc::Fsinfo as u32),
-            Purpose::Walk { .. } => (rpc::program::NFS, 3, Proc::Readdirplus as u32),
+            Purpose::Walk { plus: true, .. } => (rpc::program::NFS, 3, Proc::Readdirplus as u32),
+            Purpose::Walk { plus: false, .. } => (rpc::program::NFS, 3, Proc::Readdir as u32),
+            Purpose::WalkLookup { .. } => (rpc::program::NFS, 3, Proc::Lookup as u32),
         };
         let mut w = Writer::new();
         w.call_sys(xid, prog, vers, proc_, 0, 0);
@@ -340,13 +403,18 @@ impl Upstream {
                 continue; // mounts first
             };
             self.stats.walks += 1;
+            self.walk_ids += 1;
             self.walks.insert(
                 sid,
                 Walk {
+                    id: self.walk_ids,
                     queue: VecDeque::from([root]),
                     cur: None,
                     cookie: 0,
                     verf: [0; 8],
+                    names: VecDeque::new(),
+                    lookups: 0,
+                    listed: false,
                 },
             );
             self.walk_step(sid, now);
@@ -364,8 +432,18 @@ impl Upstream {
             }
             Purpose::Fsstat { .. } | Purpose::Fsinfo { .. } => {}
             // The walk starts over at the next poll (the targets are still wanted).
-            Purpose::Walk { sid } => {
-                self.walks.remove(&sid);
+            Purpose::Walk { sid, walk, .. } => {
+                if self.walks.get(&sid).is_some_and(|w| w.id == walk) {
+                    self.walks.remove(&sid);
+                }
+            }
+            // One entry not looked up (gone since it was listed, or no answer): the walk
+            // carries on without it.
+            Purpose::WalkLookup { sid, walk } => {
+                if let Some(w) = self.walks.get_mut(&sid).filter(|w| w.id == walk) {
+                    w.lookups = w.lookups.saturating_sub(1);
+                    self.walk_step(sid, now);
+                }
             }
         }
     }
@@ -414,7 +492,20 @@ impl Upstream {
             Purpose::RootAttr { sid, pfh } => self.on_root_attr(sid, pfh, msg, results_at, now),
             Purpose::Fsstat { sid } => self.on_fsstat(sid, msg, results_at),
             Purpose::Fsinfo { sid } => self.on_fsinfo(sid, msg, results_at),
-            Purpose::Walk { sid } => self.on_walk(sid, msg, results_at, now),
+            Purpose::Walk { sid, walk, plus } => {
+                if self.walks.get(&sid).is_some_and(|w| w.id == walk) {
+                    self.on_walk(sid, plus, msg, results_at, now)
+                } else {
+                    Ok(()) // a walk given up since
+                }
+            }
+            Purpose::WalkLookup { sid, walk } => {
+                if self.walks.get(&sid).is_some_and(|w| w.id == walk) {
+                    self.on_lookup(sid, msg, results_at, now)
+                } else {
+                    Ok(())
+                }
+            }
         };
         if let Err(why) = done {
             self.stats.stray_replies += 1;
@@ -552,17 +643,71 @@ impl Upstream {
         Ok(())
     }
 
-    fn on_walk(&mut self, sid: u16, msg: &[u8], at: usize, now: u64) -> Result<(), String> {
-        let e = |e: XdrError| format!("READDIRPLUS reply: {e}");
+    /// An entry a walk found (its attributes `a` and handle `fh`): into the handle table, a
+    /// target recovered, a subdirectory queued.
+    fn found(&mut self, sid: u16, a: &[u8], fh: &[u8], now: u64) {
+        if fh.is_empty() || a.len() < Field::FATTR_LEN {
+            return;
+        }
+        self.stats.walk_entries += 1;
+        let (pfs, pin) = (be64(a, Field::FATTR_FSID), be64(a, Field::FATTR_FILEID));
+        let hid = vfh::handle_id(&self.shared.key, sid, pfs, pin, fh);
+        self.shared.handles.insert(hid, fh);
+        if let Some(t) = self.targets.remove(&hid) {
+            self.recovered.push(hid);
+            let waited = now.saturating_sub(t.first);
+            self.stats.recovered += 1;
+            self.stats.wait_ms_total += waited;
+            self.stats.wait_ms_max = self.stats.wait_ms_max.max(waited);
+        }
+        if u32::from_be_bytes([a[0], a[1], a[2], a[3]]) == NF3DIR {
+            if let Some(w) = self.walks.get_mut(&sid) {
+                if w.queue.len() < MAX_QUEUE {
+                    w.queue.push_back(fh.to_vec());
+                }
+            }
+        }
+    }
+
+    /// A listing of the walk's current directory: READDIRPLUS (`plus`) or READDIR.
+    fn on_walk(
+        &mut self,
+        sid: u16,
+        plus: bool,
+        msg: &[u8],
+        at: usize,
+        now: u64,
+    ) -> Result<(), String> {
+        let e = |e: XdrError| {
+            format!(
+                "{} reply: {e}",
+                if plus { "READDIRPLUS" } else { "READDIR" }
+            )
+        };
         let mut c = Cursor::at(msg, at);
         let status = c.u32().map_err(e)?;
         if c.bool().map_err(e)? {
             c.skip(Field::FATTR_LEN).map_err(e)?;
         }
+        if status == nfs3::stat::NOTSUPP && plus {
+            // No READDIRPLUS here: list this directory again with READDIR, and every later
+            // one of this server.
+            if let Some(s) = self.state(sid) {
+                s.walk_method = WalkMethod::ReaddirLookup;
+            }
+            self.stats.readdirplus_refused += 1;
+            if let Some(w) = self.walks.get_mut(&sid) {
+                w.cookie = 0;
+                w.verf = [0; 8];
+            }
+            self.walk_step(sid, now);
+            return Ok(());
+        }
         if status != nfs3::stat::OK {
             // Unreadable directory (or gone since): skip it.
             if let Some(w) = self.walks.get_mut(&sid) {
                 w.cur = None;
+                w.names.clear();
             }
             self.walk_step(sid, now);
             return Ok(());
@@ -570,11 +715,17 @@ impl Upstream {
         let mut verf = [0u8; 8];
         verf.copy_from_slice(c.opaque_fixed(8).map_err(e)?);
         let mut last_cookie = 0;
-        let mut subdirs = Vec::new();
+        let mut names = Vec::new();
         while c.bool().map_err(e)? {
             c.u64().map_err(e)?; // fileid (the attributes carry it too)
             let name = c.string(nfs3::NAME_MAX).map_err(e)?;
             last_cookie = c.u64().map_err(e)?;
+            if !plus {
+                if name != b"." && name != b".." {
+                    names.push(name.to_vec());
+                }
+                continue;
+            }
             let attr = if c.bool().map_err(e)? {
                 Some(c.opaque_fixed(Field::FATTR_LEN).map_err(e)?)
             } else {
@@ -588,36 +739,15 @@ impl Upstream {
             if name == b"." || name == b".." {
                 continue;
             }
-            let (Some(a), Some(fh)) = (attr, fh) else {
-                continue;
-            };
-            if fh.is_empty() {
-                continue;
-            }
-            self.stats.walk_entries += 1;
-            let (pfs, pin) = (be64(a, Field::FATTR_FSID), be64(a, Field::FATTR_FILEID));
-            let hid = vfh::handle_id(&self.shared.key, sid, pfs, pin, fh);
-            self.shared.handles.insert(hid, fh);
-            if let Some(t) = self.targets.remove(&hid) {
-                self.recovered.push(hid);
-                let waited = now.saturating_sub(t.first);
-                self.stats.recovered += 1;
-                self.stats.wait_ms_total += waited;
-                self.stats.wait_ms_max = self.stats.wait_ms_max.max(waited);
-            }
-            if u32::from_be_bytes([a[0], a[1], a[2], a[3]]) == NF3DIR {
-                subdirs.push(fh.to_vec());
+            if let (Some(a), Some(fh)) = (attr, fh) {
+                self.found(sid, a, fh, now);
             }
         }
         let eof = c.bool().map_err(e)?;
         if let Some(w) = self.walks.get_mut(&sid) {
-            for d in subdirs {
-                if w.queue.len() < MAX_QUEUE {
-                    w.queue.push_back(d);
-                }
-            }
+            w.names.extend(names);
             if eof {
-                w.cur = None;
+                w.listed = true;
             } else {
                 w.cookie = last_cookie;
                 w.verf = verf;
@@ -627,9 +757,44 @@ impl Upstream {
         Ok(())
     }
 
-    /// Send the walk's next READDIRPLUS, or end it.
+    /// A LOOKUP of a listed entry: its handle and attributes.
+    fn on_lookup(&mut self, sid: u16, msg: &[u8], at: usize, now: u64) -> Result<(), String> {
+        if let Some(w) = self.walks.get_mut(&sid) {
+            w.lookups = w.lookups.saturating_sub(1);
+        }
+        let e = |e: XdrError| format!("LOOKUP reply: {e}");
+        let mut c = Cursor::at(msg, at);
+        let entry = (|| {
+            if c.u32()? != nfs3::stat::OK {
+                return Ok(None); // gone since the listing
+            }
+            let fh = c.opaque_var(crate::wire::xdr::FHSIZE3)?.1;
+            let attr = if c.bool()? {
+                Some(c.opaque_fixed(Field::FATTR_LEN)?)
+            } else {
+                None
+            };
+            Ok(attr.map(|a| (a, fh)))
+        })()
+        .map_err(e);
+        if let Ok(Some((a, fh))) = entry {
+            self.found(sid, a, fh, now);
+        }
+        self.walk_step(sid, now);
+        entry.map(|_| ())
+    }
+
+    /// Send the walk's next calls (a listing, or LOOKUPs of what a READDIR listed), or end it.
     fn walk_step(&mut self, sid: u16, now: u64) {
         let wanted = self.targets.values().any(|t| t.sid == sid);
+        let method = self
+            .servers
+            .iter()
+            .find(|s| s.sid == sid)
+            .map_or(WalkMethod::Readdirplus, |s| s.walk_method);
+        let Some(dst) = self.nfs_dst(sid) else {
+            return;
+        };
         let Some(w) = self.walks.get_mut(&sid) else {
             return;
         };
@@ -637,12 +802,47 @@ impl Upstream {
             self.walks.remove(&sid);
             return;
         }
+        let walk = w.id;
+        // The current directory's entries first, a window at a time.
+        if let Some(dir) = w.cur.clone() {
+            let mut batch = Vec::new();
+            while w.lookups < LOOKUP_WINDOW {
+                let Some(name) = w.names.pop_front() else {
+                    break;
+                };
+                w.lookups += 1;
+                batch.push(name);
+            }
+            let busy = w.lookups > 0;
+            if w.listed && !busy {
+                w.cur = None;
+            }
+            for name in batch {
+                self.stats.walk_lookups += 1;
+                let lookup = Purpose::WalkLookup { sid, walk };
+                self.send(
+                    lookup,
+                    dst,
+                    |c| {
+                        c.opaque(&dir).opaque(&name);
+                    },
+                    now,
+                );
+            }
+            if busy {
+                return;
+            }
+        }
+        let Some(w) = self.walks.get_mut(&sid) else {
+            return;
+        };
         if w.cur.is_none() {
             match w.queue.pop_front() {
                 Some(d) => {
                     w.cur = Some(d);
                     w.cookie = 0;
                     w.verf = [0; 8];
+                    w.listed = false;
                     self.stats.walk_dirs += 1;
                 }
                 None => {
@@ -666,15 +866,16 @@ impl Upstream {
         let (Some(dir), cookie, verf) = (w.cur.clone(), w.cookie, w.verf) else {
             return;
         };
-        let Some(dst) = self.nfs_dst(sid) else {
-            return;
-        };
         let max = self.shared.limits.max_dir;
+        let plus = method == WalkMethod::Readdirplus;
         self.send(
-            Purpose::Walk { sid },
+            Purpose::Walk { sid, walk, plus },
             dst,
             |w| {
-                w.opaque(&dir).u64(cookie).fixed(&verf).u32(max).u32(max);
+                w.opaque(&dir).u64(cookie).fixed(&verf).u32(max);
+                if plus {
+                    w.u32(max);
+                }
             },
             now,
         );

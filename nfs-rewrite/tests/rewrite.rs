@@ -788,10 +788,17 @@ mod stage {
             stage.process(&mut HeapBuffer::from_bytes(&frame(SERVER, CLIENT, &r.buf))),
             Verdict::Punt(PuntReason::Application)
         );
-        // Garbage to the virtual server: dropped as malformed.
+        // Garbage to the virtual server: dropped as malformed (no RPC header to answer).
         assert_eq!(
             stage.process(&mut HeapBuffer::from_bytes(&frame(CLIENT, VIRTUAL, b"xx"))),
             NfsDrop::Malformed.drop()
+        );
+        // A call whose arguments stop short: the management core's, for GARBAGE_ARGS.
+        let mut m = rpc::Writer::new();
+        m.call(4, rpc::program::NFS, 3, Proc::Lookup as u32).u32(40);
+        assert_eq!(
+            stage.process(&mut HeapBuffer::from_bytes(&frame(CLIENT, VIRTUAL, &m.buf))),
+            Verdict::Punt(PuntReason::Application)
         );
     }
 }

@@ -328,6 +328,16 @@ impl Default for AdminConfig {
     }
 }
 
+/// `[metrics]`: the OpenMetrics endpoint ([`crate::metrics`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address to serve `GET /metrics` on (`"127.0.0.1:9610"`); off when absent. Anyone who
+    /// can reach it reads every counter: keep it on loopback or a management network.
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
 fn d_level() -> String {
     "info".into()
 }
@@ -866,6 +876,8 @@ pub struct Config {
     pub icmp: IcmpConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     #[serde(default)]
     pub log: LogConfig,
 }

@@ -13,6 +13,7 @@ pub mod counters;
 pub mod engine;
 pub mod fib;
 pub mod ipv4;
+pub mod metrics;
 pub mod mgmt;
 pub mod nfs_tcp;
 pub mod port;
@@ -42,6 +43,11 @@ pub enum RunError {
     #[error("admin socket {path}: {source}")]
     Admin {
         path: String,
+        source: std::io::Error,
+    },
+    #[error("metrics endpoint {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
         source: std::io::Error,
     },
     #[error("port {port}: {msg}")]
@@ -125,11 +131,23 @@ pub fn run<B: Backend>(
     let ports: Arc<[ipv4::PortInfo]> = mgmt::port_infos(&cfg, &*backend).into();
     let stage = Ipv4Stage::new(fib.view(), ports);
     let (admin_tx, admin_rx) = mpsc::channel();
-    let admin = admin::AdminServer::start(&cfg.admin.socket, cfg.admin.group.as_deref(), admin_tx)
-        .map_err(|source| RunError::Admin {
-            path: cfg.admin.socket.display().to_string(),
-            source,
-        })?;
+    let admin = admin::AdminServer::start(
+        &cfg.admin.socket,
+        cfg.admin.group.as_deref(),
+        admin_tx.clone(),
+    )
+    .map_err(|source| RunError::Admin {
+        path: cfg.admin.socket.display().to_string(),
+        source,
+    })?;
+    let metrics = cfg
+        .metrics
+        .listen
+        .map(|addr| {
+            metrics::MetricsServer::start(addr, admin_tx.clone())
+                .map_err(|source| RunError::Metrics { addr, source })
+        })
+        .transpose()?;
     let nfs = cfg
         .nfs
         .as_ref()
@@ -194,9 +212,12 @@ pub fn run<B: Backend>(
         backend.ports().len(),
         workers
     );
+    mgmt.metrics_addr = metrics.as_ref().map(metrics::MetricsServer::addr);
+    drop(admin_tx);
     ready();
     mgmt.run(&stop, &admin_rx);
     tracing::info!("stopping lcores");
+    drop(metrics);
     drop(admin);
     engine.stop_and_join();
     // Packets still held by the management core go back to the pool before the ports close.

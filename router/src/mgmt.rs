@@ -162,6 +162,8 @@ pub struct Mgmt<B: Backend> {
     /// Serval service routing: the controller, rules, the DELAY queue.
     sal: Option<crate::sal::SalMgmt>,
     chain: Option<crate::chain::ChainMgmt>,
+    /// Where the metrics endpoint listens (`[metrics] listen`, its port chosen when 0).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Handle-table checkpoint bookkeeping.
@@ -300,6 +302,7 @@ impl<B: Backend> Mgmt<B> {
             icmp_last: Instant::now(),
             started: Instant::now(),
             set_log_level,
+            metrics_addr: None,
             ip_ident: 1,
             clock,
             nfs_ctl: nfs.clone().zip(cfg_mount_port).map(|(sh, port)| {
@@ -1613,12 +1616,14 @@ impl<B: Backend> Mgmt<B> {
                         "recover_waiting": c.recover_waiting, "unanswered": c.unanswered,
                         "forwarded": c.forwarded, "replies_forwarded": c.replies_forwarded,
                         "released": c.released, "held_now": ctl.held(), "hold_full": c.hold_full,
-                        "unmatched_replies": c.unmatched_replies, "adopted": c.adopted},
+                        "unmatched_replies": c.unmatched_replies, "adopted": c.adopted,
+                        "garbage_args": c.garbage_args},
             "recovery": {"calls": u.recovery_calls, "recovered": u.recovered,
                          "failed": u.recovery_failed, "waiting_now": ctl.upstream.waiting(),
                          "wait_ms_total": u.wait_ms_total, "wait_ms_max": u.wait_ms_max,
                          "walks": u.walks, "walking_now": ctl.upstream.walking(),
                          "walk_dirs": u.walk_dirs, "walk_entries": u.walk_entries,
+                         "walk_lookups": u.walk_lookups, "readdirplus_refused": u.readdirplus_refused,
                          "retransmits": u.retransmits, "timeouts": u.timeouts,
                          "stray_replies": u.stray_replies},
             "checkpoint": {"path": self.cfg.nfs.as_ref().and_then(|n| n.checkpoint.as_ref()).map(|p| p.display().to_string()),
@@ -1646,6 +1651,7 @@ impl<B: Backend> Mgmt<B> {
                        "mounted": m.is_some(),
                        "mounted_secs": m.map(|m| now.saturating_sub(m.since_ms) as f64 / 1000.0),
                        "mounts": st.map_or(0, |x| x.mounts),
+                       "walk": st.map(|x| x.walk_method.name()),
                        "root_handle": m.map(|m| m.root_pfh.iter().map(|b| format!("{b:02x}")).collect::<String>()),
                        "fsid": m.map(|m| m.root_pfs), "root_fileid": m.map(|m| m.root_pin),
                        "fsstat": m.and_then(|m| m.fsstat).map(|f| json!({"tbytes": f[0], "fbytes": f[1], "abytes": f[2], "tfiles": f[3], "ffiles": f[4], "afiles": f[5]})),
@@ -1669,6 +1675,7 @@ impl<B: Backend> Mgmt<B> {
                 "ports": self.ports.len(),
                 "routes": self.fib.len(),
                 "neighbours": self.neigh.len(),
+                "metrics": self.metrics_addr.map(|a| format!("http://{a}/metrics")),
             })),
             Request::Ports => Response::ok(json!(self
                 .be

@@ -663,3 +663,149 @@ fn calls_and_replies_meet_across_two_workers() {
     );
     println!("{handed} of {} packets handed over", 2 * u64::from(calls));
 }
+
+/// The results of a reply the router sent the client, whatever its accept status: (status,
+/// what follows it).
+fn rpc_status(h: &Harness, xid: u32) -> (u32, Vec<u8>) {
+    let f = h.expect_tx(0, 1).remove(0);
+    let ip = Ipv4Packet::new_checked(&f[14..]).unwrap();
+    let u = packet::udp::UdpPacket::new_checked(ip.payload()).unwrap();
+    let msg = u.payload();
+    assert_eq!(&msg[..8], &[&xid.to_be_bytes()[..], &[0, 0, 0, 1]].concat());
+    // xid, REPLY, MSG_ACCEPTED, verifier (AUTH_NONE, empty), accept_stat.
+    let stat = u32::from_be_bytes(msg[20..24].try_into().unwrap());
+    (stat, msg[24..].to_vec())
+}
+
+/// A call whose arguments do not decode gets GARBAGE_ARGS from the router, as a server would
+/// answer it, so the client fails at once instead of retransmitting until its timeout.
+#[test]
+fn undecodable_arguments_get_garbage_args() {
+    let h = Harness::lan_wan(CONFIG);
+    serve_mount(&h, &[0x51u8; 28]);
+    let client = (Ipv4Addr::new(10, 0, 1, 2), 801);
+    let virt = (Ipv4Addr::new(10, 0, 1, 1), 2049);
+    // LOOKUP: a directory handle's length, and the datagram ends.
+    let mut call = rpc::Writer::new();
+    call.call(61, rpc::program::NFS, 3, Proc::Lookup as u32)
+        .u32(40);
+    h.inject(0, &udp(client, virt, "02:bb:00:00:00:01", &call.buf));
+    assert_eq!(rpc_status(&h, 61), (4, vec![]), "GARBAGE_ARGS");
+    // A READ whose handle is cut short.
+    let mut call = rpc::Writer::new();
+    call.call(62, rpc::program::NFS, 3, Proc::Read as u32)
+        .u32(40)
+        .fixed(&[1; 12]);
+    h.inject(0, &udp(client, virt, "02:bb:00:00:00:01", &call.buf));
+    assert_eq!(rpc_status(&h, 62).0, 4);
+    let s = h.call(Request::App(AppRequest::NfsStats));
+    assert_eq!(s["control"]["garbage_args"], 2, "{s}");
+    h.expect_silence(1);
+}
+
+/// A server that answers READDIRPLUS with NFS3ERR_NOTSUPP (RFC 1813 allows it; user-space
+/// servers do): the recovery walk lists the directory with READDIR and looks each entry up,
+/// finds the handle, releases the waiting call; the server is remembered, so the next walk
+/// starts with READDIR; a handle that walk does not find goes stale.
+#[test]
+fn recovery_walks_a_server_without_readdirplus() {
+    let h = Harness::lan_wan(CONFIG);
+    let client = (Ipv4Addr::new(10, 0, 1, 2), 802);
+    let virt = (Ipv4Addr::new(10, 0, 1, 1), 2049);
+    let server = (Ipv4Addr::new(10, 0, 2, 2), 2049);
+    let mine = (virt.0, nfs_rewrite::upstream::CLIENT_PORT);
+    let key = HandleKey::from_hex(SECRET).unwrap();
+    let mch = key.mount_checksum(1, b"/srv/alpha");
+    let root_pfh = [0x51u8; 28];
+    serve_mount(&h, &root_pfh);
+
+    let file_pfh = [0x77u8; 28];
+    let vfh = VirtualHandle::for_object(&key, 1, mch, 5, 7, &file_pfh).encode(&key);
+    let mut call = rpc::Writer::new();
+    call.call(71, rpc::program::NFS, 3, Proc::Getattr as u32)
+        .opaque(&vfh);
+    h.inject(0, &udp(client, virt, "02:bb:00:00:00:01", &call.buf));
+    let (xid, _, proc_, _, _) = server_call(&h);
+    assert_eq!(proc_, Proc::Readdirplus as u32);
+    let mut r = rpc::Writer::new();
+    r.u32(nfs_rewrite::wire::nfs3::stat::NOTSUPP).bool(false);
+    server_reply(&h, 2049, mine, xid, &r.buf);
+
+    // The same directory again, with READDIR: dir, count (no maxcount).
+    let (xid, _, proc_, args, _) = server_call(&h);
+    assert_eq!(proc_, Proc::Readdir as u32);
+    assert_eq!(&args[4..32], &root_pfh);
+    assert_eq!(args.len(), 32 + 8 + 8 + 4, "READDIR3args");
+    let mut r = rpc::Writer::new();
+    r.u32(0).bool(false).u64(0x1234); // status, no dir attributes, cookieverf
+    for (fileid, name, cookie) in [(2u64, ".", 1u64), (8, "d", 2), (7, "f", 3)] {
+        r.bool(true).u64(fileid).opaque(name.as_bytes()).u64(cookie);
+    }
+    r.bool(false).bool(true);
+    server_reply(&h, 2049, mine, xid, &r.buf);
+
+    // A LOOKUP per entry (not "."), in one window.
+    let mut lookups = server_calls(&h, 2);
+    lookups.sort_by_key(|c| c.3.clone());
+    let names: Vec<_> = lookups.iter().map(|c| c.3[32..].to_vec()).collect();
+    assert_eq!(
+        names,
+        [
+            [&1u32.to_be_bytes()[..], b"d\0\0\0"].concat(),
+            [&1u32.to_be_bytes()[..], b"f\0\0\0"].concat()
+        ]
+    );
+    for (xid, _, proc_, args, _) in &lookups {
+        assert_eq!(*proc_, Proc::Lookup as u32);
+        assert_eq!(&args[4..32], &root_pfh);
+        let (kind, fileid, pfh) = if args[36] == b'd' {
+            (2, 8, [0x88u8; 28])
+        } else {
+            (1, 7, file_pfh)
+        };
+        let mut r = rpc::Writer::new();
+        r.u32(0)
+            .opaque(&pfh)
+            .bool(true)
+            .fixed(&fattr(kind, 5, fileid))
+            .bool(false);
+        server_reply(&h, 2049, mine, *xid, &r.buf);
+    }
+    // Found: the waiting call goes to the server with the physical handle.
+    let (xid, _, proc_, args, dst) = server_call(&h);
+    assert_eq!((xid, proc_, dst), (71, Proc::Getattr as u32, server));
+    assert_eq!(&args[4..32], &file_pfh);
+    let mut r = rpc::Writer::new();
+    r.u32(0).fixed(&fattr(1, 5, 7));
+    server_reply(&h, 2049, client, 71, &r.buf);
+    let got = answer(&h, 71, virt, client);
+    assert_eq!(&got[..4], &[0, 0, 0, 0]);
+    let s = h.call(Request::App(AppRequest::NfsStats));
+    assert_eq!(s["recovery"]["recovered"], 1, "{s}");
+    assert_eq!(s["recovery"]["readdirplus_refused"], 1);
+    assert_eq!(s["recovery"]["walk_lookups"], 2);
+    let servers = h.call(Request::App(AppRequest::NfsServers));
+    assert_eq!(servers[0]["walk"], "readdir+lookup");
+
+    // Another unknown handle: this server is walked with READDIR from the start. An empty
+    // tree: the handle is gone, and the client's retransmission gets NFS3ERR_STALE.
+    let gone = VirtualHandle::for_object(&key, 1, mch, 5, 9, &[0x99; 28]).encode(&key);
+    let mut call = rpc::Writer::new();
+    call.call(72, rpc::program::NFS, 3, Proc::Getattr as u32)
+        .opaque(&gone);
+    h.inject(0, &udp(client, virt, "02:bb:00:00:00:01", &call.buf));
+    let (xid, _, proc_, _, _) = server_call(&h);
+    assert_eq!(proc_, Proc::Readdir as u32);
+    let mut r = rpc::Writer::new();
+    r.u32(0).bool(false).u64(0).bool(false).bool(true);
+    server_reply(&h, 2049, mine, xid, &r.buf);
+    h.expect_silence(1);
+    h.inject(0, &udp(client, virt, "02:bb:00:00:00:01", &call.buf));
+    assert_eq!(
+        answer(&h, 72, virt, client),
+        nfs_rewrite::wire::nfs3::stat::STALE.to_be_bytes()
+    );
+    let s = h.call(Request::App(AppRequest::NfsStats));
+    assert_eq!(s["recovery"]["failed"], 1, "{s}");
+    assert_eq!(s["recovery"]["readdirplus_refused"], 1);
+}

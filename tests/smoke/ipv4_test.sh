@@ -8,7 +8,8 @@ source "$(dirname "$0")/../../scripts/lib/netns.sh"
 topo_need_root
 trap topo_cleanup EXIT
 
-topo_ipv4
+# The metrics endpoint on the router's loopback (its namespace's).
+topo_ipv4 $'[metrics]\nlisten = "127.0.0.1:9610"'
 if [ "$PLACEMENT" = split ]; then
 	sed -i 's/^workers = .*/workers = [1]\nplacement = "split"\nio_cpu = 0/' "$TOPO_DIR/router.toml"
 fi
@@ -96,6 +97,9 @@ assert s["ports"][0]["rx"] > 1000 and s["ports"][1]["tx"] > 1000, s["ports"]
 assert s["mgmt"]["arp_learned"] >= 2, s["mgmt"]
 assert s["fib"]["routes"] == 6, s["fib"]  # 2 connected, 2 local, 2 neighbour /32s; test routes deleted
 PY
+$ROUTERCTL status | grep -q "http://127.0.0.1:9610/metrics" || die "status does not show the metrics endpoint"
+ip netns exec "$NS_R" /usr/bin/python3 "$(dirname "$0")/metrics_check.py" http://127.0.0.1:9610/metrics \
+	"$TOPO_DIR/stats.json" || die "metrics scrape"
 out=$($ROUTERCTL stats --watch --count 1 --interval 0.5) || die "stats --watch failed"
 grep -q "rates over" <<<"$out" || die "stats --watch: $out"
 out=$($ROUTERCTL neigh list) || die "neigh list failed"

@@ -385,25 +385,27 @@ fn real_main() -> Result<()> {
             cmd: NfsCmd::Servers,
         } => {
             say!(
-                "{:<5} {:<12} {:<21} {:<24} {:<8} {:<9} {:>8} {:>10} last error",
+                "{:<5} {:<12} {:<21} {:<24} {:<8} {:<9} {:<14} {:>8} {:>10} last error",
                 "sid",
                 "name",
                 "address",
                 "export",
                 "mounted",
                 "transport",
+                "walk",
                 "rtmax",
                 "files"
             );
             for s in data.as_array().into_iter().flatten() {
                 say!(
-                    "{:<5} {:<12} {:<21} {:<24} {:<8} {:<9} {:>8} {:>10} {}",
+                    "{:<5} {:<12} {:<21} {:<24} {:<8} {:<9} {:<14} {:>8} {:>10} {}",
                     plain(&s["sid"]),
                     plain(&s["name"]),
                     format!("{}:{}", plain(&s["address"]), plain(&s["nfs_port"])),
                     plain(&s["export"]),
                     plain(&s["mounted"]),
                     plain(&s["transport"]),
+                    plain(&s["walk"]),
                     plain(&s["fsinfo"]["rtmax"]),
                     plain(&s["fsstat"]["tfiles"]),
                     plain(&s["last_error"])
