@@ -215,9 +215,8 @@ pub struct RouteConfig {
     pub blackhole: bool,
 }
 
-fn d_tbl8() -> usize {
-    4096
-}
+/// tbl8 groups when `fib.tbl8_groups` is not given and the initial routes need fewer.
+pub const TBL8_GROUPS_MIN: usize = 4096;
 fn d_max_routes() -> usize {
     2_000_000
 }
@@ -228,8 +227,10 @@ fn d_max_nh() -> usize {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FibConfig {
-    #[serde(default = "d_tbl8")]
-    pub tbl8_groups: usize,
+    /// Groups for /25–/32 prefixes (one per /24 that holds any). Absent: sized from the
+    /// initial routes ([`Config::tbl8_groups_for`]).
+    #[serde(default)]
+    pub tbl8_groups: Option<usize>,
     #[serde(default = "d_max_routes")]
     pub max_routes: usize,
     #[serde(default = "d_max_nh")]
@@ -242,7 +243,7 @@ pub struct FibConfig {
 impl Default for FibConfig {
     fn default() -> Self {
         FibConfig {
-            tbl8_groups: d_tbl8(),
+            tbl8_groups: None,
             max_routes: d_max_routes(),
             max_next_hops: d_max_nh(),
             routes_file: None,
@@ -1012,7 +1013,11 @@ impl Config {
                 ));
             }
         }
-        if self.fib.tbl8_groups == 0 || self.fib.tbl8_groups > (1 << 24) {
+        if self
+            .fib
+            .tbl8_groups
+            .is_some_and(|n| n == 0 || n > (1 << 24))
+        {
             return Err(invalid("fib.tbl8_groups", "must be 1..=16777216"));
         }
         if self.fib.max_next_hops < 16 || self.fib.max_next_hops > (1 << 24) {
@@ -1281,6 +1286,41 @@ impl Config {
             .map_err(|m| invalid(format!("routes[{i}]"), m))
     }
 
+    /// The routes of the config and of `fib.routes_file`, in that order.
+    pub fn initial_routes(&self) -> Result<Vec<RouteSpec>, ConfigError> {
+        let mut specs = (0..self.routes.len())
+            .map(|i| self.route_spec(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        specs.extend(self.file_routes()?);
+        Ok(specs)
+    }
+
+    /// The tbl8 groups to allocate for `routes` and the ports' own addresses: what
+    /// `fib.tbl8_groups` says, refused when the routes need more; when it is absent, what they
+    /// need plus a quarter for routes added later, at least [`TBL8_GROUPS_MIN`].
+    pub fn tbl8_groups_for(&self, routes: &[RouteSpec]) -> Result<usize, ConfigError> {
+        let mut blocks: Vec<u32> = routes
+            .iter()
+            .filter(|r| r.len > 24)
+            .map(|r| u32::from(r.prefix) >> 8)
+            .chain(self.addresses().iter().map(|(_, a, _)| u32::from(*a) >> 8))
+            .collect();
+        blocks.sort_unstable();
+        blocks.dedup();
+        let need = blocks.len();
+        match self.fib.tbl8_groups {
+            Some(n) if n < need => Err(invalid(
+                "fib.tbl8_groups",
+                format!(
+                    "{n} groups, and the initial routes need {need} (one per /24 holding a \
+                     longer prefix): raise it, or leave it out to size it from the routes"
+                ),
+            )),
+            Some(n) => Ok(n),
+            None => Ok((need + need / 4).max(TBL8_GROUPS_MIN)),
+        }
+    }
+
     /// Parse `fib.routes_file` lines.
     pub fn file_routes(&self) -> Result<Vec<RouteSpec>, ConfigError> {
         let Some(path) = &self.fib.routes_file else {
@@ -1336,6 +1376,50 @@ addresses = ["10.0.2.1/24"]
 prefix = "192.168.0.0/16"
 via = "10.0.2.2"
 "#;
+
+    #[test]
+    fn tbl8_groups_are_sized_from_the_routes() {
+        let dir = std::env::temp_dir().join(format!("tbl8-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("routes.txt");
+        // 10 000 /24s holding a /32 each, two /25s in one more, and /24s that need none.
+        let mut text = String::new();
+        for i in 0..10_000u32 {
+            let a = std::net::Ipv4Addr::from((20 << 24) | (i << 8) | 7);
+            text.push_str(&format!("{a}/32 via 10.0.2.2\n"));
+            text.push_str(&format!(
+                "{}/24 via 10.0.2.2\n",
+                std::net::Ipv4Addr::from((30 << 24) | (i << 8))
+            ));
+        }
+        text.push_str("40.0.0.0/25 via 10.0.2.2\n40.0.0.128/25 blackhole\n");
+        std::fs::write(&file, text).unwrap();
+        let with = |extra: &str| {
+            Config::parse(&format!("{GOOD}\n[fib]\nroutes_file = {:?}\n{extra}", file)).unwrap()
+        };
+        let c = with("");
+        let routes = c.initial_routes().unwrap();
+        assert_eq!(routes.len(), 1 + 20_002);
+        // 10 001 /24s from the file and the ports' two: plus a quarter.
+        assert_eq!(c.tbl8_groups_for(&routes).unwrap(), 10_003 + 10_003 / 4);
+        let c = with("tbl8_groups = 20000");
+        assert_eq!(c.tbl8_groups_for(&routes).unwrap(), 20_000);
+        let e = with("tbl8_groups = 4096")
+            .tbl8_groups_for(&routes)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("fib.tbl8_groups") && e.contains("need 10003"),
+            "{e}"
+        );
+        // A few routes: the floor.
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(
+            c.tbl8_groups_for(&c.initial_routes().unwrap()).unwrap(),
+            TBL8_GROUPS_MIN
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn good_config() {

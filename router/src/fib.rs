@@ -316,6 +316,11 @@ impl Fib {
         self.sizes.tbl8_groups - self.tbl8_free.len()
     }
 
+    /// tbl8 groups allocated.
+    pub fn tbl8_groups(&self) -> usize {
+        self.sizes.tbl8_groups
+    }
+
     /// Find or create the next hop (kind, port, gateway) and take a reference on it.
     pub fn next_hop_ref(
         &mut self,

@@ -120,14 +120,24 @@ pub fn run<B: Backend>(
         }
     }
     let qsbr = Arc::new(Qsbr::new(workers));
+    let specs = cfg
+        .initial_routes()
+        .map_err(|e| RunError::Routes(e.to_string()))?;
+    let tbl8_groups = cfg
+        .tbl8_groups_for(&specs)
+        .map_err(|e| RunError::Routes(e.to_string()))?;
+    if cfg.fib.tbl8_groups.is_none() && tbl8_groups > config::TBL8_GROUPS_MIN {
+        tracing::info!("fib.tbl8_groups sized from the routes: {tbl8_groups}");
+    }
     let sizes = FibSizes {
-        tbl8_groups: cfg.fib.tbl8_groups,
+        tbl8_groups,
         max_routes: cfg.fib.max_routes,
         max_next_hops: cfg.fib.max_next_hops,
     };
     let mut fib = Fib::new(sizes, qsbr.clone());
     let mut origins = HashMap::new();
-    Mgmt::<B>::install_initial_routes(&cfg, &mut fib, &mut origins).map_err(RunError::Routes)?;
+    Mgmt::<B>::install_initial_routes(&cfg, specs, &mut fib, &mut origins)
+        .map_err(RunError::Routes)?;
     let ports: Arc<[ipv4::PortInfo]> = mgmt::port_infos(&cfg, &*backend).into();
     let stage = Ipv4Stage::new(fib.view(), ports);
     let (admin_tx, admin_rx) = mpsc::channel();

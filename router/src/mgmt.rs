@@ -214,6 +214,7 @@ impl<B: Backend> Mgmt<B> {
     /// Install connected, local and configured routes into `fib`.
     pub fn install_initial_routes(
         cfg: &Config,
+        specs: Vec<RouteSpec>,
         fib: &mut Fib,
         origins: &mut HashMap<(u32, u8), RouteOrigin>,
     ) -> Result<(), String> {
@@ -234,11 +235,6 @@ impl<B: Backend> Mgmt<B> {
             fib.add(ip, 32, nh).map_err(|e| e.to_string())?;
             origins.insert((u32::from(ip), 32), RouteOrigin::Local);
         }
-        let mut specs = Vec::new();
-        for i in 0..cfg.routes.len() {
-            specs.push(cfg.route_spec(i).map_err(|e| e.to_string())?);
-        }
-        specs.extend(cfg.file_routes().map_err(|e| e.to_string())?);
         let total = specs.len();
         let t0 = Instant::now();
         for (i, s) in specs.into_iter().enumerate() {
@@ -1540,7 +1536,7 @@ impl<B: Backend> Mgmt<B> {
             "ports": ports,
             "cores": cores,
             "mgmt": mgmt,
-            "fib": {"routes": self.fib.len(), "tbl8_used": self.fib.tbl8_used(), "tbl8_groups": self.cfg.fib.tbl8_groups,
+            "fib": {"routes": self.fib.len(), "tbl8_used": self.fib.tbl8_used(), "tbl8_groups": self.fib.tbl8_groups(),
                     "next_hops": self.fib.next_hops().len(), "leaked_tbl8": self.fib.leaked_tbl8},
             "mempool_free": self.be.pool_free(),
             "nfs": self.nfs_stats(&cores),
