@@ -46,6 +46,8 @@ pub enum Request {
     LogLevel {
         level: String,
     },
+    /// Read the config file again and apply what can change live (as SIGHUP does).
+    Reload,
     /// An application's request (the registry lists them: [`crate::apps::AppRequest`]); on
     /// the wire the same `{"cmd": ...}` objects as the router's own.
     #[serde(untagged)]

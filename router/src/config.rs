@@ -847,6 +847,40 @@ pub fn parse_sal_rules(text: &str) -> Result<Vec<sal_forward::table::RuleSpec>, 
     Ok(out)
 }
 
+/// The path of the first value that differs between `a` and `b` (`prefix` for the root).
+fn first_difference(a: &toml::Value, b: &toml::Value, prefix: &str) -> Option<String> {
+    use toml::Value;
+    let at = |k: &str| {
+        if prefix.is_empty() {
+            k.to_string()
+        } else {
+            format!("{prefix}.{k}")
+        }
+    };
+    match (a, b) {
+        (Value::Table(x), Value::Table(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter().find_map(|k| match (x.get(k), y.get(k)) {
+                (Some(p), Some(q)) => first_difference(p, q, &at(k)),
+                _ => Some(at(k)),
+            })
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (p, q))| first_difference(p, q, &format!("{prefix}[{i}]"))),
+        _ if a == b => None,
+        _ => Some(if prefix.is_empty() {
+            "(root)".into()
+        } else {
+            prefix.to_string()
+        }),
+    }
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -881,6 +915,18 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// The file it was read from ([`Config::load`]): what `routerctl reload` and SIGHUP read
+    /// again.
+    #[serde(skip)]
+    pub source: Option<ConfigSource>,
+}
+
+/// Where a config came from, and what its file said of the keys a reload cannot change (so
+/// that command-line overrides of `router run` do not count as changes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigSource {
+    pub path: PathBuf,
+    fixed: Option<toml::Value>,
 }
 
 /// A route after validation.
@@ -926,10 +972,66 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&text).map_err(|e| match e {
+        let mut c = Self::parse(&text).map_err(|e| match e {
             ConfigError::Parse(m) => ConfigError::Parse(format!("{}: {m}", path.display())),
             other => other,
-        })
+        })?;
+        c.source = Some(ConfigSource {
+            path: path.to_path_buf(),
+            fixed: c.fixed_part(),
+        });
+        Ok(c)
+    }
+
+    /// The config as TOML without [`Config::LIVE_KEYS`].
+    fn fixed_part(&self) -> Option<toml::Value> {
+        let mut v = toml::Value::try_from(self).ok()?;
+        for key in Self::LIVE_KEYS {
+            let mut t = &mut v;
+            let mut parts = key.split('.').peekable();
+            while let Some(p) = parts.next() {
+                let Some(table) = t.as_table_mut() else { break };
+                if parts.peek().is_none() {
+                    table.remove(p);
+                    break;
+                }
+                match table.get_mut(p) {
+                    Some(next) => t = next,
+                    None => break,
+                }
+            }
+        }
+        Some(v)
+    }
+
+    /// Keys a reload applies to the running router: the routes (`routes`, and
+    /// `fib.routes_file`'s name and contents), the log filter, the ICMP error rate. Any other
+    /// difference needs a restart.
+    pub const LIVE_KEYS: [&'static str; 4] = ["routes", "fib.routes_file", "log.level", "icmp"];
+
+    /// The first key, other than [`Config::LIVE_KEYS`], whose value differs between the file
+    /// `self` was loaded from (as it was then) and `other`, a fresh load of it (`ports[1].mtu`,
+    /// `nfs`); None when a reload can apply `other`.
+    pub fn needs_restart(&self, other: &Config) -> Option<String> {
+        let was = self
+            .source
+            .as_ref()
+            .and_then(|s| s.fixed.clone())
+            .or_else(|| self.fixed_part());
+        match (was, other.fixed_part()) {
+            (Some(a), Some(b)) => first_difference(&a, &b, ""),
+            _ => Some("(config not representable)".into()),
+        }
+    }
+
+    /// Take what a reload changes from `new` (a fresh load of this config's file), keeping
+    /// the rest, command-line overrides included.
+    pub fn take_live(&mut self, new: Config) {
+        self.routes = new.routes;
+        self.fib.routes_file = new.fib.routes_file;
+        self.log = new.log;
+        self.icmp = new.icmp;
+        self.source = new.source;
     }
 
     /// Semantic checks beyond the TOML schema.
@@ -1299,15 +1401,7 @@ impl Config {
     /// `fib.tbl8_groups` says, refused when the routes need more; when it is absent, what they
     /// need plus a quarter for routes added later, at least [`TBL8_GROUPS_MIN`].
     pub fn tbl8_groups_for(&self, routes: &[RouteSpec]) -> Result<usize, ConfigError> {
-        let mut blocks: Vec<u32> = routes
-            .iter()
-            .filter(|r| r.len > 24)
-            .map(|r| u32::from(r.prefix) >> 8)
-            .chain(self.addresses().iter().map(|(_, a, _)| u32::from(*a) >> 8))
-            .collect();
-        blocks.sort_unstable();
-        blocks.dedup();
-        let need = blocks.len();
+        let need = self.tbl8_blocks(routes);
         match self.fib.tbl8_groups {
             Some(n) if n < need => Err(invalid(
                 "fib.tbl8_groups",
@@ -1319,6 +1413,20 @@ impl Config {
             Some(n) => Ok(n),
             None => Ok((need + need / 4).max(TBL8_GROUPS_MIN)),
         }
+    }
+
+    /// The tbl8 groups `routes` and the ports' own addresses take: one per /24 holding a
+    /// prefix longer than /24.
+    pub fn tbl8_blocks(&self, routes: &[RouteSpec]) -> usize {
+        let mut blocks: Vec<u32> = routes
+            .iter()
+            .filter(|r| r.len > 24)
+            .map(|r| u32::from(r.prefix) >> 8)
+            .chain(self.addresses().iter().map(|(_, a, _)| u32::from(*a) >> 8))
+            .collect();
+        blocks.sort_unstable();
+        blocks.dedup();
+        blocks.len()
     }
 
     /// Parse `fib.routes_file` lines.
@@ -1418,6 +1526,45 @@ via = "10.0.2.2"
             c.tbl8_groups_for(&c.initial_routes().unwrap()).unwrap(),
             TBL8_GROUPS_MIN
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reload_names_what_needs_a_restart_and_ignores_overrides() {
+        let dir = std::env::temp_dir().join(format!("reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("router.toml");
+        std::fs::write(&file, GOOD).unwrap();
+        let mut running = Config::load(&file).unwrap();
+        // `router run --workers 1 --log-level debug`: not a change of the file.
+        running.dataplane.workers = vec![1];
+        running.log.level = "debug".into();
+        assert_eq!(running.needs_restart(&Config::load(&file).unwrap()), None);
+        let edit = |from: &str, to: &str| {
+            std::fs::write(&file, GOOD.replace(from, to)).unwrap();
+            running.needs_restart(&Config::load(&file).unwrap())
+        };
+        assert_eq!(
+            edit("192.168.0.0/16", "192.169.0.0/16"),
+            None,
+            "routes are live"
+        );
+        assert_eq!(
+            edit("name = \"b\"", "name = \"b\"\nmtu = 9000").as_deref(),
+            Some("ports[1].mtu")
+        );
+        assert_eq!(
+            edit("workers = [0]", "workers = [0, 1]").as_deref(),
+            Some("dataplane.workers")
+        );
+        assert_eq!(
+            edit("[dataplane]", "[icmp]\nerrors_per_sec = 5\n[dataplane]"),
+            None
+        );
+        let fresh = Config::load(&file).unwrap();
+        running.take_live(fresh);
+        assert_eq!(running.icmp.errors_per_sec, 5);
+        assert_eq!(running.dataplane.workers, [1], "the override stays");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

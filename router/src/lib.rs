@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod mgmt;
 pub mod nfs_tcp;
 pub mod port;
+pub mod preflight;
 pub mod qsbr;
 pub mod reasm;
 pub mod sal;
@@ -93,6 +94,14 @@ fn nfs_shared(
     }))
 }
 
+/// Set by SIGHUP (the `router` binary registers it): the management core reloads the config
+/// file at its next turn, as `routerctl reload` does. A signal is the process's, so is this.
+pub fn reload_flag() -> Arc<AtomicBool> {
+    static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    FLAG.get_or_init(|| Arc::new(AtomicBool::new(false)))
+        .clone()
+}
+
 /// Changes the log filter at run time (`routerctl log-level`).
 pub type LogLevelSetter = Box<dyn Fn(&str) -> Result<(), String> + Send>;
 
@@ -136,6 +145,7 @@ pub fn run<B: Backend>(
     };
     let mut fib = Fib::new(sizes, qsbr.clone());
     let mut origins = HashMap::new();
+    let config_routes = mgmt::config_routes(&specs);
     Mgmt::<B>::install_initial_routes(&cfg, specs, &mut fib, &mut origins)
         .map_err(RunError::Routes)?;
     let ports: Arc<[ipv4::PortInfo]> = mgmt::port_infos(&cfg, &*backend).into();
@@ -223,6 +233,7 @@ pub fn run<B: Backend>(
         workers
     );
     mgmt.metrics_addr = metrics.as_ref().map(metrics::MetricsServer::addr);
+    mgmt.config_routes = config_routes;
     drop(admin_tx);
     ready();
     mgmt.run(&stop, &admin_rx);

@@ -164,6 +164,10 @@ pub struct Mgmt<B: Backend> {
     chain: Option<crate::chain::ChainMgmt>,
     /// Where the metrics endpoint listens (`[metrics] listen`, its port chosen when 0).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The routes the config file installed (a reload replaces these, not `routerctl`'s).
+    pub config_routes: HashMap<(u32, u8), RouteTarget>,
+    /// Reloads done and refused (SIGHUP and `routerctl reload`), and the last refusal.
+    reloads: (u64, u64, Option<String>),
 }
 
 /// Handle-table checkpoint bookkeeping.
@@ -299,6 +303,8 @@ impl<B: Backend> Mgmt<B> {
             started: Instant::now(),
             set_log_level,
             metrics_addr: None,
+            config_routes: HashMap::new(),
+            reloads: (0, 0, None),
             ip_ident: 1,
             clock,
             nfs_ctl: nfs.clone().zip(cfg_mount_port).map(|(sh, port)| {
@@ -349,6 +355,13 @@ impl<B: Backend> Mgmt<B> {
                 .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
             let mut work = self.poll_punts(512) + self.poll_mappings(1024);
             work += self.flush_tcp();
+            if crate::reload_flag().swap(false, Ordering::Relaxed) {
+                let r = self.reload();
+                match (&r.error, &r.data) {
+                    (Some(e), _) => tracing::error!("reload (SIGHUP) refused: {e}"),
+                    (None, d) => tracing::info!("reload (SIGHUP): {d}"),
+                }
+            }
             while let Ok(p) = admin.try_recv() {
                 work += 1;
                 self.counters.admin_requests.inc();
@@ -1478,6 +1491,113 @@ impl<B: Backend> Mgmt<B> {
         });
     }
 
+    /// Read the config file again and apply it: routes (the config's own, not those added by
+    /// `routerctl`), the log filter, the ICMP rate. A file that does not load, or that changes
+    /// anything else, is refused with the reason (the key that needs a restart); the running
+    /// config stays as it was.
+    fn reload(&mut self) -> Response {
+        let t0 = Instant::now();
+        let r = self.try_reload();
+        match &r {
+            Ok(_) => self.reloads.0 += 1,
+            Err(e) => {
+                self.reloads.1 += 1;
+                self.reloads.2 = Some(e.clone());
+            }
+        }
+        match r {
+            Ok(mut v) => {
+                v["ms"] = json!(t0.elapsed().as_secs_f64() * 1000.0);
+                Response::ok(v)
+            }
+            Err(e) => Response::err(e),
+        }
+    }
+
+    fn try_reload(&mut self) -> Result<serde_json::Value, String> {
+        let path = self
+            .cfg
+            .source
+            .as_ref()
+            .map(|s| s.path.clone())
+            .ok_or("the router was not started from a config file")?;
+        // (Its errors name the file; a TOML error's snippet is folded onto one line.)
+        let new = Config::load(&path).map_err(|e| {
+            let e = e.to_string();
+            let lines: Vec<&str> = e.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            format!("{}; nothing changed", lines.join(" "))
+        })?;
+        if let Some(key) = self.cfg.needs_restart(&new) {
+            return Err(format!(
+                "{key} changed, which needs a restart; nothing changed"
+            ));
+        }
+        let specs = new
+            .initial_routes()
+            .map_err(|e| format!("{e}; nothing changed"))?;
+        let want = config_routes(&specs);
+        // Room for the routes first, so that a reload is applied whole or not at all.
+        let (need, have) = (new.tbl8_blocks(&specs), self.fib.tbl8_groups());
+        if need > have {
+            return Err(format!(
+                "the routes need {need} tbl8 groups and the router has {have} (sized at start: \
+                 restart to grow it); nothing changed"
+            ));
+        }
+        let grown = want.len().saturating_sub(self.config_routes.len());
+        if self.fib.len() + grown > self.cfg.fib.max_routes {
+            return Err(format!(
+                "{} more routes would exceed fib.max_routes ({}); nothing changed",
+                grown, self.cfg.fib.max_routes
+            ));
+        }
+        if new.log.level != self.cfg.log.level {
+            (self.set_log_level)(&new.log.level)
+                .map_err(|e| format!("log.level: {e}; nothing changed"))?;
+        }
+        let (mut added, mut changed, mut removed) = (0usize, 0usize, 0usize);
+        let gone: Vec<(u32, u8)> = self
+            .config_routes
+            .keys()
+            .filter(|k| !want.contains_key(k))
+            .copied()
+            .collect();
+        for (ip, len) in gone {
+            // Only while it is still the config's (routerctl may have replaced it since).
+            if self.origins.get(&(ip, len)) == Some(&RouteOrigin::Static)
+                && self.fib.del(Ipv4Addr::from(ip), len).is_ok()
+            {
+                self.origins.remove(&(ip, len));
+                removed += 1;
+            }
+        }
+        let mut failed = None;
+        for s in specs {
+            let key = (u32::from(s.prefix), s.len);
+            match self.config_routes.get(&key) {
+                Some(t) if *t == s.target && self.origins.contains_key(&key) => continue,
+                Some(_) => changed += 1,
+                None => added += 1,
+            }
+            if let Err(e) = add_route(&mut self.fib, &mut self.origins, s, RouteOrigin::Static) {
+                failed = Some(format!("{}/{}: {e}", s.prefix, s.len));
+                break;
+            }
+        }
+        self.config_routes = want;
+        let level = new.log.level.clone();
+        self.cfg.take_live(new);
+        let v = json!({"file": path.display().to_string(), "routes_added": added,
+                       "routes_changed": changed, "routes_removed": removed,
+                       "routes": self.fib.len(), "log_level": level});
+        match failed {
+            None => Ok(v),
+            Some(e) => Err(format!(
+                "route {e} (after {added} added, {changed} changed, {removed} removed)"
+            )),
+        }
+    }
+
     /// Aggregated statistics.
     pub fn stats(&self) -> serde_json::Value {
         let cores: Vec<_> = self.cores.iter().map(|c| c.snapshot()).collect();
@@ -1531,6 +1651,8 @@ impl<B: Backend> Mgmt<B> {
             .map(|r| (r.name().to_string(), json!(c.punts[*r as usize].get())))
             .collect();
         mgmt["held_now"] = json!(self.held_total);
+        mgmt["reloads"] = json!(self.reloads.0);
+        mgmt["reloads_refused"] = json!(self.reloads.1);
         json!({
             "uptime_secs": self.started.elapsed().as_secs_f64(),
             "ports": ports,
@@ -1756,6 +1878,7 @@ impl<B: Backend> Mgmt<B> {
                 Ok(()) => Response::ok(json!({"level": level})),
                 Err(e) => Response::err(e),
             },
+            Request::Reload => self.reload(),
             Request::App(AppRequest::NfsServers) => self.nfs_servers(),
             Request::App(AppRequest::SalRuleAdd {
                 prefix,
@@ -1851,6 +1974,14 @@ impl<B: Backend> Mgmt<B> {
             }
         }
     }
+}
+
+/// The config's routes by prefix, as a reload compares them.
+pub fn config_routes(specs: &[RouteSpec]) -> HashMap<(u32, u8), RouteTarget> {
+    specs
+        .iter()
+        .map(|s| ((u32::from(s.prefix), s.len), s.target))
+        .collect()
 }
 
 /// Add a validated route to the FIB, recording its origin.

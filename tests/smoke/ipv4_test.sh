@@ -109,6 +109,30 @@ grep -q "net_af_packet0" <<<"$out" || die "ports: $out"
 # A reader that stops early (head) must not make routerctl fail.
 $ROUTERCTL stats | head -1 >/dev/null || die "routerctl stats | head"
 
+# Reload: a route added to the config file, SIGHUP, traffic follows it; then a broken file is
+# refused (in the log, and by routerctl reload) and the router keeps what it had.
+ip -n "$NS_S" addr add 10.78.0.1/32 dev lo
+out=$(ip netns exec "$NS_C" ping -c 1 -W 2 10.78.0.1 2>&1 || true)
+grep -q "Destination Net Unreachable" <<<"$out" || die "10.78.0.1 reachable before the reload: $out"
+printf '[[routes]]\nprefix = "10.78.0.0/16"\nvia = "10.0.2.2"\n' >>"$TOPO_DIR/router.toml"
+kill -HUP "$ROUTER_PID"
+for _ in $(seq 1 50); do grep -q "reload (SIGHUP):" "$TOPO_DIR/router.log" && break; sleep 0.1; done
+grep -q "reload (SIGHUP):.*\"routes_added\":1" "$TOPO_DIR/router.log" ||
+	die "no reload in the log: $(grep -i reload "$TOPO_DIR/router.log" || echo none)"
+ip netns exec "$NS_C" ping -c 2 -i 0.2 -W 2 10.78.0.1 >/dev/null || die "the reloaded route does not forward"
+cp "$TOPO_DIR/router.toml" "$TOPO_DIR/router.good.toml"
+printf '[[routes]]\nprefix = "10.79.0.0/16"\nvia = "10.0.2.2"\n[[ports]\n' >>"$TOPO_DIR/router.toml"
+kill -HUP "$ROUTER_PID"
+for _ in $(seq 1 50); do grep -q "reload (SIGHUP) refused" "$TOPO_DIR/router.log" && break; sleep 0.1; done
+grep -q "reload (SIGHUP) refused:.*nothing changed" "$TOPO_DIR/router.log" || die "a broken file was not refused in the log"
+if out=$($ROUTERCTL reload 2>&1); then die "routerctl reload took a broken file: $out"; fi
+grep -q "router.toml" <<<"$out" || die "routerctl reload does not name the file: $out"
+ip netns exec "$NS_C" ping -c 1 -W 2 10.78.0.1 >/dev/null || die "a refused reload changed the routes"
+$ROUTERCTL route list | grep -q "10.79.0.0/16" && die "a refused reload added a route"
+cp "$TOPO_DIR/router.good.toml" "$TOPO_DIR/router.toml"
+$ROUTERCTL reload >/dev/null || die "routerctl reload of the good file"
+log "reload (SIGHUP and routerctl) ok"
+
 # Clean stop on SIGTERM releases the ports.
 kill -TERM "$ROUTER_PID"
 wait "$ROUTER_PID" || die "router exited non-zero on SIGTERM"

@@ -4,8 +4,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use router::config::{BackendKind, Config, Placement};
 use router::port::soft::{SoftBackend, SoftPortSpec, Wire};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use tracing_subscriber::{prelude::*, reload, EnvFilter};
 
@@ -50,6 +50,13 @@ enum Cmd {
         /// The TOML configuration file.
         config: PathBuf,
     },
+    /// Check the host for a config before starting (the systemd unit's ExecStartPre): the
+    /// config, hugepages and hugetlbfs, each PCI port's driver binding. Exits non-zero with
+    /// what to do when one fails.
+    Preflight {
+        /// The TOML configuration file.
+        config: PathBuf,
+    },
 }
 
 fn main() {
@@ -74,6 +81,26 @@ fn real_main() -> Result<()> {
                 cfg.dataplane.placement,
                 cfg.dataplane.backend
             );
+            Ok(())
+        }
+        Cmd::Preflight { config } => {
+            let cfg = Config::load(&config)?;
+            let checks = router::preflight::run(&cfg, Path::new("/sys"), Path::new("/proc"));
+            for c in &checks {
+                println!(
+                    "{:<24} {}{}",
+                    c.what,
+                    if c.ok { "" } else { "FAILED: " },
+                    c.detail
+                );
+            }
+            let failed = checks.iter().filter(|c| !c.ok).count();
+            if failed > 0 {
+                anyhow::bail!(
+                    "{failed} preflight check(s) failed for {}",
+                    config.display()
+                );
+            }
             Ok(())
         }
         Cmd::Run {
@@ -190,9 +217,12 @@ fn run(cfg: Config) -> Result<()> {
         }
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let s = stop.clone();
-    ctrlc::set_handler(move || s.store(true, Ordering::SeqCst))
-        .context("installing the SIGINT/SIGTERM handler")?;
+    // SIGINT and SIGTERM stop the router; SIGHUP reloads its config file.
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing the stop handler")?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, router::reload_flag())
+        .context("installing the SIGHUP handler")?;
     if let Some(cpu) = cfg.dataplane.mgmt_cpu {
         if cfg.dataplane.pin {
             core_affinity::set_for_current(core_affinity::CoreId { id: cpu });

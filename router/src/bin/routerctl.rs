@@ -58,6 +58,9 @@ enum Cmd {
     },
     /// Change the log filter (e.g. `debug`, `info,router=trace`).
     LogLevel { level: String },
+    /// Read the config file again and apply the routes, log filter and ICMP rate (as SIGHUP
+    /// does); a change that needs a restart is refused with its key, nothing changed.
+    Reload,
     /// NFS virtualization.
     Nfs {
         #[command(subcommand)]
@@ -239,6 +242,7 @@ fn real_main() -> Result<()> {
         Cmd::LogLevel { level } => Request::LogLevel {
             level: level.clone(),
         },
+        Cmd::Reload => Request::Reload,
         Cmd::Nfs {
             cmd: NfsCmd::Servers,
         } => Request::App(AppRequest::NfsServers),

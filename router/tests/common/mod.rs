@@ -105,6 +105,11 @@ impl Harness {
         let mut cfg = Config::parse(toml_text).unwrap();
         cfg.admin.socket = socket.clone();
         layout_from_env(&mut cfg);
+        // The effective config is also the router's file (`Harness::config_file`), which a
+        // reload reads again.
+        let file = dir.join("router.toml");
+        std::fs::write(&file, toml::to_string(&cfg).unwrap()).unwrap();
+        let cfg = Config::load(&file).unwrap();
         let wires: Vec<Arc<Wire>> = cfg
             .ports
             .iter()
@@ -146,6 +151,11 @@ impl Harness {
             thread: Some(thread),
             dir,
         }
+    }
+
+    /// The router's config file (the effective config of [`Harness::start`]).
+    pub fn config_file(&self) -> PathBuf {
+        self.dir.join("router.toml")
     }
 
     pub fn inject(&self, port: usize, frame: &[u8]) {
