@@ -40,7 +40,8 @@ pub struct StageCounters {
     pub name: &'static str,
     pub packets: Counter,
     pub forwarded: Counter,
-    /// Time spent in the stage over the sampled bursts, and the packets of those bursts.
+    /// Time spent in this stage over the sampled bursts (one in
+    /// [`crate::engine::TIMING_SAMPLE`]), and the packets it took in those bursts.
     pub busy_ns: Counter,
     pub timed_packets: Counter,
     pub drops: Box<[Counter]>,
@@ -129,6 +130,18 @@ pub struct CoreCounters {
     pub injected: Counter,
     /// Packets handed to another run-to-completion worker (the one keeping their state).
     pub handed_off: Counter,
+    /// Packets through the pipeline (every burst, handed-over ones included): over
+    /// `busy_polls`, the vector size.
+    pub vector_packets: Counter,
+    /// The whole pipeline's time over the sampled bursts, and their packets: with
+    /// `vector_packets`, the time the stages took (VPP's clocks ÷ vectors).
+    pub timed_ns: Counter,
+    pub timed_packets: Counter,
+    /// Sampled poll-loop iterations that found work (one poll in
+    /// [`crate::engine::TIMING_SAMPLE`] is timed): their time, RX to TX, and their number;
+    /// with `busy_polls`, the share of the core's time spent on packets.
+    pub loop_ns: Counter,
+    pub timed_loops: Counter,
     /// Each application's own counters on this core (by stage name), laid out as the
     /// application publishes them ([`crate::app::WorkerApp::publish`]).
     pub apps: Box<[AppCounters]>,
@@ -159,6 +172,11 @@ impl CoreCounters {
             punt_ring_full: Counter::default(),
             injected: Counter::default(),
             handed_off: Counter::default(),
+            vector_packets: Counter::default(),
+            timed_ns: Counter::default(),
+            timed_packets: Counter::default(),
+            loop_ns: Counter::default(),
+            timed_loops: Counter::default(),
             apps: apps
                 .iter()
                 .map(|&(name, width)| (name, (0..width).map(|_| Counter::default()).collect()))
@@ -178,6 +196,11 @@ impl CoreCounters {
             punt_ring_full: self.punt_ring_full.get(),
             injected: self.injected.get(),
             handed_off: self.handed_off.get(),
+            vector_packets: self.vector_packets.get(),
+            timed_ns: self.timed_ns.get(),
+            timed_packets: self.timed_packets.get(),
+            loop_ns: self.loop_ns.get(),
+            timed_loops: self.timed_loops.get(),
             apps: self
                 .apps
                 .iter()
@@ -232,6 +255,16 @@ pub struct CoreSnapshot {
     pub injected: u64,
     #[serde(default)]
     pub handed_off: u64,
+    #[serde(default)]
+    pub vector_packets: u64,
+    #[serde(default)]
+    pub timed_ns: u64,
+    #[serde(default)]
+    pub timed_packets: u64,
+    #[serde(default)]
+    pub loop_ns: u64,
+    #[serde(default)]
+    pub timed_loops: u64,
     /// Each application's counters (see [`CoreCounters::apps`]); summed and named in the
     /// application's own stats.
     #[serde(skip)]

@@ -39,6 +39,7 @@ pub struct MgmtRings<T> {
 /// Idle back-off: spin a while, then sleep with a growing interval up to the bound.
 #[derive(Debug)]
 struct Backoff {
+    polls: u64,
     idle_polls: u32,
     sleep_us: u64,
     max_us: u64,
@@ -47,6 +48,7 @@ struct Backoff {
 impl Backoff {
     fn new(max_us: u64) -> Self {
         Backoff {
+            polls: 0,
             idle_polls: 0,
             sleep_us: 0,
             max_us,
@@ -57,11 +59,24 @@ impl Backoff {
         self.idle_polls = 0;
         self.sleep_us = 0;
     }
-    /// Account one poll-loop iteration that handled `got` packets; sleeps when idle long enough.
+    /// The start of a poll-loop iteration: timed when it is a sampled one.
     #[inline]
-    fn after_poll(&mut self, got: usize, c: &CoreCounters) {
+    fn before_poll(&mut self, c: &CoreCounters) -> Option<Instant> {
+        c.polls.inc();
+        self.polls = self.polls.wrapping_add(1);
+        self.polls.is_multiple_of(TIMING_SAMPLE).then(Instant::now)
+    }
+
+    /// Account one poll-loop iteration that handled `got` packets (its time when `t0`, the
+    /// sampled ones); sleeps when idle long enough.
+    #[inline]
+    fn after_poll(&mut self, got: usize, t0: Option<Instant>, c: &CoreCounters) {
         if got > 0 {
             c.busy_polls.inc();
+            if let Some(t0) = t0 {
+                c.loop_ns.add(t0.elapsed().as_nanos() as u64);
+                c.timed_loops.inc();
+            }
             self.busy();
         } else if self.idle() {
             c.idle_sleeps.inc();
@@ -230,7 +245,8 @@ impl<T: Buffer> Pipeline<T> {
     /// every packet, each application over the packets it claims (those another worker must
     /// process are handed to it), then the route pass over the packets still undecided (Next).
     /// `handed`: the burst came from another worker's handoff (already counted there, and
-    /// processed here whoever the owner).
+    /// processed here whoever the owner). `timed`: each stage's time is measured (a sampled
+    /// burst): the IPv4 stage's is its input and route passes, an application's its own.
     #[inline]
     fn process_burst(
         &mut self,
@@ -239,7 +255,9 @@ impl<T: Buffer> Pipeline<T> {
         undecided: &mut [bool],
         c: &CoreCounters,
         handed: bool,
+        timed: bool,
     ) {
+        let t_in = timed.then(Instant::now);
         let n = pkts.len().min(MAX_BURST);
         let (pkts, verdicts, undecided) = (&mut pkts[..n], &mut verdicts[..n], &mut undecided[..n]);
         verdicts.fill(Verdict::Next);
@@ -289,6 +307,7 @@ impl<T: Buffer> Pipeline<T> {
                 });
             }
         }
+        let mut ipv4_ns = t_in.map_or(0, |t| t.elapsed().as_nanos() as u64);
         // `undecided[i]`: the IPv4 stage owns packet i's verdict (counted once, at the end):
         // decided by the input, or routed; not the packets an application decided.
         if any_claimed {
@@ -319,7 +338,12 @@ impl<T: Buffer> Pipeline<T> {
                     continue;
                 }
                 st.packets.add(cl.len() as u64);
+                let t_app = timed.then(Instant::now);
                 app.process(pkts, cl, verdicts, now);
+                if let Some(t) = t_app {
+                    st.busy_ns.add(t.elapsed().as_nanos() as u64);
+                    st.timed_packets.add(cl.len() as u64);
+                }
                 let mut forwarded = 0;
                 for e in cl {
                     let i = usize::from(e.index);
@@ -343,9 +367,15 @@ impl<T: Buffer> Pipeline<T> {
                 app.publish(out, c);
             }
         }
+        let t_route = timed.then(Instant::now);
         self.ipv4
             .route_pass(pkts, verdicts, &sc.dst[..n], &mut sc.nh[..n]);
         Self::count(s, verdicts, undecided);
+        if let Some(t) = t_route {
+            ipv4_ns += t.elapsed().as_nanos() as u64;
+            s.busy_ns.add(ipv4_ns);
+            s.timed_packets.add(n as u64);
+        }
     }
 }
 
@@ -649,8 +679,8 @@ struct WorkerCtx<B: Backend> {
     handoff_in: Vec<rtrb::Consumer<B::Buf>>,
 }
 
-/// One burst in this many is timed for the ns/packet figure.
-const TIMING_SAMPLE: u64 = 16;
+/// One burst in this many is timed, stage by stage, for the ns/packet and busy figures.
+pub const TIMING_SAMPLE: u64 = 16;
 
 /// Largest burst (config `dataplane.burst` is validated against it).
 pub const MAX_BURST: usize = 256;
@@ -671,6 +701,7 @@ impl<B: Backend> WorkerCtx<B> {
             return;
         }
         self.bursts = self.bursts.wrapping_add(1);
+        self.c.vector_packets.add(n as u64);
         let t0 = self.bursts.is_multiple_of(TIMING_SAMPLE).then(Instant::now);
         self.pipe.process_burst(
             &mut burst[..n],
@@ -678,11 +709,11 @@ impl<B: Backend> WorkerCtx<B> {
             &mut self.undecided,
             &self.c,
             handed,
+            t0.is_some(),
         );
         if let Some(t0) = t0 {
-            let st = &self.c.stages[0];
-            st.busy_ns.add(t0.elapsed().as_nanos() as u64);
-            st.timed_packets.add(n as u64);
+            self.c.timed_ns.add(t0.elapsed().as_nanos() as u64);
+            self.c.timed_packets.add(n as u64);
         }
         for (mut pkt, &v) in burst.drain(..).zip(self.verdicts.iter()) {
             match v {
@@ -721,7 +752,7 @@ impl<B: Backend> WorkerCtx<B> {
         let c = self.c.clone();
         self.qsbr.online(self.id);
         while !self.stop.load(Ordering::Relaxed) {
-            c.polls.inc();
+            let t0 = backoff.before_poll(&c);
             let mut got = 0;
             for port in 0..nports as u16 {
                 let n = rx_counted(&*be, port, queue, &mut burst, &c);
@@ -752,7 +783,7 @@ impl<B: Backend> WorkerCtx<B> {
             }
             tx.flush(&*be, queue, &c);
             self.qsbr.quiescent(self.id);
-            backoff.after_poll(got, &c);
+            backoff.after_poll(got, t0, &c);
         }
         self.qsbr.offline(self.id);
     }
@@ -771,7 +802,7 @@ impl<B: Backend> WorkerCtx<B> {
         let c = self.c.clone();
         self.qsbr.online(self.id);
         while !self.stop.load(Ordering::Relaxed) {
-            c.polls.inc();
+            let t0 = backoff.before_poll(&c);
             while burst.len() < self.burst {
                 match input.pop() {
                     Ok(p) => burst.push(p),
@@ -785,7 +816,7 @@ impl<B: Backend> WorkerCtx<B> {
                 }
             });
             self.qsbr.quiescent(self.id);
-            backoff.after_poll(got, &c);
+            backoff.after_poll(got, t0, &c);
         }
         self.qsbr.offline(self.id);
     }
@@ -836,7 +867,7 @@ impl<B: Backend> IoCtx<B> {
         let mut tx = TxStage::new(nports, self.burst);
         let mut backoff = Backoff::new(self.idle_max);
         while !self.stop.load(Ordering::Relaxed) {
-            c.polls.inc();
+            let t0 = backoff.before_poll(&c);
             let mut got = 0;
             for port in 0..nports as u16 {
                 let n = rx_counted(&*be, port, 0, &mut burst, &c);
@@ -874,7 +905,7 @@ impl<B: Backend> IoCtx<B> {
                 }
             }
             tx.flush(&*be, 0, &c);
-            backoff.after_poll(got, &c);
+            backoff.after_poll(got, t0, &c);
         }
     }
 }

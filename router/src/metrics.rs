@@ -368,6 +368,18 @@ pub fn render(stats: &Value) -> String {
             "handed_off",
             "Packets handed to the run-to-completion worker keeping their state.",
         ),
+        (
+            "vector_packets",
+            "Packets through the pipeline (over busy_polls: the vector size).",
+        ),
+        (
+            "timed_packets",
+            "Packets of the sampled bursts (one in 16).",
+        ),
+        (
+            "timed_loops",
+            "Sampled poll iterations that found work (one poll in 16 is timed).",
+        ),
     ] {
         x.family(
             &format!("router_core_{field}"),
@@ -376,6 +388,18 @@ pub fn render(stats: &Value) -> String {
             &column(&cores, field),
         );
     }
+    x.family(
+        "router_core_sampled_busy_nanoseconds",
+        Kind::Counter,
+        "The whole pipeline's time over the sampled bursts (per timed_packets: ns/packet).",
+        &column(&cores, "timed_ns"),
+    );
+    x.family(
+        "router_core_sampled_loop_nanoseconds",
+        Kind::Counter,
+        "Time of the sampled poll iterations that found work, RX to TX (per timed_loops, times busy_polls: the core's busy time).",
+        &column(&cores, "loop_ns"),
+    );
     let stages: Vec<(String, &Value)> = cores
         .iter()
         .flat_map(|(l, c)| {

@@ -63,6 +63,13 @@ fn scrape_shows_the_admin_socket_counters() {
     }
     std::thread::sleep(std::time::Duration::from_millis(300));
     let stats = h.call(Request::Stats);
+    // Every packet went through one worker's pipeline (the vector counter), each frame in a
+    // burst (a poll that found work) of its own.
+    let cores = stats["cores"].as_array().unwrap();
+    let total = |k: &str| cores.iter().map(|c| c[k].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(total("vector_packets"), 3);
+    assert!(total("busy_polls") >= 1 && total("busy_polls") <= 3);
+    assert!(total("timed_packets") <= 3 && total("timed_loops") <= total("busy_polls"));
     let (head, body) = get(addr, "/metrics");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(

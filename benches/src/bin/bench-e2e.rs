@@ -224,15 +224,10 @@ fn measure_router(args: &Args, sock: &Path) -> Result<RouterRun> {
     let sum = |s: &Value, f: &dyn Fn(&Value) -> u64| -> u64 {
         s["cores"].as_array().map_or(0, |a| a.iter().map(f).sum())
     };
-    // Every stage's time per packet the first stage timed (the stages run on one burst).
+    // The whole pipeline's time per packet over the sampled bursts.
     let stages = |c: &Value| c["stages"].as_array().cloned().unwrap_or_default();
-    let pk = |c: &Value| c["stages"][0]["timed_packets"].as_u64().unwrap_or(0);
-    let ns = |c: &Value| {
-        stages(c)
-            .iter()
-            .map(|s| s["busy_ns"].as_u64().unwrap_or(0))
-            .sum()
-    };
+    let pk = |c: &Value| c["timed_packets"].as_u64().unwrap_or(0);
+    let ns = |c: &Value| c["timed_ns"].as_u64().unwrap_or(0);
     let dr = |c: &Value| {
         stages(c)
             .iter()

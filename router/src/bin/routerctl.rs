@@ -909,12 +909,23 @@ fn print_stats(now: &Value, prev: Option<&Value>, dt: f64) {
             plain(&p["driver"]["imissed"])
         );
     }
+    // As VPP's `show runtime`: busy, the time the core spent on packets (poll iterations that
+    // found some, RX to TX: their sampled time times their number) over the time elapsed;
+    // stages, the same for the stages alone (ns per packet over the sampled bursts, times the
+    // packets); vector, packets per non-empty poll.
+    let elapsed_ns = match prev {
+        Some(_) if dt > 0.0 => dt * 1e9,
+        _ => now["uptime_secs"].as_f64().unwrap_or(0.0) * 1e9,
+    };
+    let per = |a: u64, b: u64| if b > 0 { a as f64 / b as f64 } else { 0.0 };
     say!(
-        "{:<10} {:>5} {:>14} {:>10} {:>10} {:>10} {:>14}",
+        "{:<10} {:>5} {:>14} {:>7} {:>7} {:>7} {:>8} {:>10} {:>12}",
         "core",
         "cpu",
         "packets",
         "busy",
+        "stages",
+        "vector",
         "ns/pkt",
         "ring-full",
         "handoff"
@@ -924,24 +935,55 @@ fn print_stats(now: &Value, prev: Option<&Value>, dt: f64) {
             at(now, &format!("/cores/{i}{ptr}"))
                 .saturating_sub(prev.map_or(0, |p| at(p, &format!("/cores/{i}{ptr}"))))
         };
-        let (busy, polls) = (d("/busy_polls"), d("/polls"));
-        let busy_pct = if polls > 0 {
-            100.0 * busy as f64 / polls as f64
+        let (nonempty, pkts) = (d("/busy_polls"), d("/vector_packets"));
+        let nspp = per(d("/timed_ns"), d("/timed_packets"));
+        let share = |ns: f64| format!("{:.1}%", (100.0 * ns / elapsed_ns.max(1.0)).min(100.0));
+        let busy = share(per(d("/loop_ns"), d("/timed_loops")) * nonempty as f64);
+        // The I/O core of split placement runs no stage.
+        let (stages, vector) = if c["role"] == "io" {
+            ("-".to_string(), "-".to_string())
         } else {
-            0.0
+            (
+                share(nspp * pkts as f64),
+                format!("{:.1}", per(pkts, nonempty)),
+            )
         };
-        let (pk, ns) = (d("/stages/0/timed_packets"), d("/stages/0/busy_ns"));
-        let nspp = if pk > 0 { ns as f64 / pk as f64 } else { 0.0 };
         say!(
-            "{:<10} {:>5} {:>14} {:>9.1}% {:>10.1} {:>10} {:>14}",
+            "{:<10} {:>5} {:>14} {:>7} {:>7} {:>7} {:>8.1} {:>10} {:>12}",
             format!("{}{}", plain(&c["role"]), plain(&c["core"])),
             plain(&c["cpu"]),
-            rate(&format!("/cores/{i}/stages/0/packets")),
-            busy_pct,
+            rate(&format!("/cores/{i}/vector_packets")),
+            busy,
+            stages,
+            vector,
             nspp,
             u(&c["ring_full"]) + u(&c["punt_ring_full"]),
             rate(&format!("/cores/{i}/handed_off"))
         );
+    }
+    // Each stage, summed over the workers: packets and ns per packet (sampled bursts).
+    say!("{:<10} {:>14} {:>8}", "stage", "packets", "ns/pkt");
+    if let Some(first) = now["cores"].as_array().and_then(|a| a.first()) {
+        for (si, st) in first["stages"].as_array().into_iter().flatten().enumerate() {
+            let sum = |v: Option<&Value>, k: &str| -> u64 {
+                let Some(v) = v else { return 0 };
+                let n = v["cores"].as_array().map_or(0, |a| a.len());
+                (0..n)
+                    .map(|ci| at(v, &format!("/cores/{ci}/stages/{si}/{k}")))
+                    .sum()
+            };
+            let d = |k: &str| sum(Some(now), k).saturating_sub(sum(prev, k));
+            let pk = match prev {
+                Some(_) if dt > 0.0 => format!("{:.0}/s", d("packets") as f64 / dt),
+                _ => d("packets").to_string(),
+            };
+            say!(
+                "{:<10} {:>14} {:>8.1}",
+                plain(&st["name"]),
+                pk,
+                per(d("busy_ns"), d("timed_packets"))
+            );
+        }
     }
     // Drops and punts summed over cores, by stage and reason.
     let mut lines = Vec::new();
