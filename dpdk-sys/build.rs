@@ -48,7 +48,7 @@ fn main() {
         .header("shim/shim.h")
         .clang_args(cflags.iter())
         .clang_arg("-DALLOW_EXPERIMENTAL_API")
-        .allowlist_function("rte_eal_.*|rte_eth_.*|rte_pktmbuf_.*|rte_mempool_.*|rte_thread_.*|rte_lcore_.*|rte_socket_id|rte_strerror|rte_version|rte_exit|shim_.*")
+        .allowlist_function("rte_eal_.*|rte_eth_.*|rte_pktmbuf_.*|rte_mempool_.*|rte_thread_.*|rte_lcore_.*|rte_socket_id|rte_strerror|rte_version|rte_exit|rte_pdump_init|rte_pdump_uninit|shim_.*")
         .allowlist_type("rte_.*")
         .allowlist_var("RTE_.*")
         .blocklist_function("rte_eth_rx_burst|rte_eth_tx_burst")

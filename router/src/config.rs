@@ -105,6 +105,12 @@ pub struct DataplaneConfig {
     /// in `/sys/kernel/mm/transparent_hugepage/enabled`).
     #[serde(default = "d_true")]
     pub huge_tables: bool,
+    /// Let DPDK's capture tools attach (`dpdk-dumpcap`, `dpdk-pdump`: secondary processes,
+    /// which need hugepages). EAL refuses secondaries once a thread it did not start registers
+    /// as an lcore, so with this on the workers run unregistered: their mbufs go to and from
+    /// the pool without a per-lcore cache (see the README for what that costs).
+    #[serde(default)]
+    pub capture: bool,
 }
 
 fn d_true() -> bool {
@@ -124,6 +130,7 @@ impl Default for DataplaneConfig {
             idle_sleep_max_us: d_idle(),
             pin: true,
             huge_tables: true,
+            capture: false,
         }
     }
 }

@@ -290,6 +290,8 @@ pub struct DpdkBackend {
     /// Chained (multi-segment) mbufs dropped at RX, per port (rare: frames above the data
     /// room; an atomic add only then).
     chained: Vec<std::sync::atomic::AtomicU64>,
+    /// `dataplane.capture`: pdump is initialised and the engine's threads stay unregistered.
+    capture: bool,
 }
 
 // SAFETY: the mempool is thread-safe by DPDK's design (per-lcore caches for registered lcores,
@@ -298,15 +300,6 @@ pub struct DpdkBackend {
 unsafe impl Send for DpdkBackend {}
 // SAFETY: as above.
 unsafe impl Sync for DpdkBackend {}
-
-fn looks_like_pci(dev: &str) -> bool {
-    let b = dev.as_bytes();
-    b.len() >= 7
-        && dev.contains(':')
-        && dev.contains('.')
-        && !dev.contains(',')
-        && b[0].is_ascii_hexdigit()
-}
 
 /// Build the EAL argument vector for a config: the user's `eal.args`, one `--vdev` or `-a`
 /// per port, and a core list when the user gave none.
@@ -323,7 +316,7 @@ pub fn eal_args(cfg: &Config) -> Vec<String> {
         v.push(cfg.dataplane.mgmt_cpu.unwrap_or(0).to_string());
     }
     for p in &cfg.ports {
-        if looks_like_pci(&p.device) {
+        if crate::preflight::pci_address(&p.device).is_some() {
             v.push("-a".into());
         } else {
             v.push("--vdev".into());
@@ -364,7 +357,10 @@ impl DpdkBackend {
                 device: p.device.clone(),
                 msg,
             };
-            let dev_name = p.device.split(',').next().unwrap_or_default();
+            // EAL names a PCI device by its full address (domain included).
+            let dev_name = crate::preflight::pci_address(&p.device)
+                .unwrap_or_else(|| p.device.split(',').next().unwrap_or_default().to_string());
+            let dev_name = dev_name.as_str();
             let cname =
                 CString::new(dev_name).map_err(|_| perr("device name has a NUL byte".into()))?;
             let mut id: u16 = 0;
@@ -469,12 +465,39 @@ impl DpdkBackend {
                 driver,
             });
         }
+        // Packet capture by DPDK's own tools (`dpdk-dumpcap`, `dpdk-pdump`): they attach as
+        // secondary processes (same --file-prefix; hugepages, since a --no-huge primary's
+        // memory is private) and ask for copies of a port's RX or TX; until one does, the
+        // burst paths are untouched.
+        let capture = cfg.dataplane.capture;
+        if capture {
+            // SAFETY: EAL is initialised, the ports are started; called once.
+            let rc = unsafe { sys::rte_pdump_init() };
+            if rc != 0 {
+                tracing::warn!(
+                    "pdump: {} (dpdk-dumpcap will not attach)",
+                    errno_str(rte_errno())
+                );
+            } else if cfg
+                .eal
+                .args
+                .iter()
+                .any(|a| a == "--no-huge" || a == "--in-memory")
+            {
+                tracing::warn!(
+                    "capture: eal.args has --no-huge or --in-memory, so no capture tool can attach"
+                );
+            } else {
+                tracing::info!("capture: dpdk-dumpcap --file-prefix=PREFIX -i PORT attaches (workers run without lcore mempool caches)");
+            }
+        }
         let chained = ids.iter().map(|_| Default::default()).collect();
         Ok(DpdkBackend {
             pool,
             ids,
             descs,
             chained,
+            capture,
         })
     }
 }
@@ -578,6 +601,11 @@ impl Backend for DpdkBackend {
     }
 
     fn register_thread(&self) -> Result<(), String> {
+        // Registering a thread EAL did not start turns multi-process off, and with it every
+        // capture tool.
+        if self.capture {
+            return Ok(());
+        }
         // SAFETY: no preconditions; returns LCORE_ID_ANY (u32::MAX) for unregistered threads.
         if unsafe { sys::shim_rte_lcore_id() } != u32::MAX {
             return Ok(());
@@ -620,6 +648,10 @@ impl Backend for DpdkBackend {
     }
 
     fn shutdown(&self) {
+        if self.capture {
+            // SAFETY: EAL is initialised; capture clients are told to detach before the ports go.
+            unsafe { sys::rte_pdump_uninit() };
+        }
         for (&id, d) in self.ids.iter().zip(&self.descs) {
             // SAFETY: valid port ids; the engine threads that used them have been joined.
             unsafe {
