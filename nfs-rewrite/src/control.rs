@@ -125,6 +125,10 @@ pub struct ControlStats {
     /// Calls whose arguments did not decode, answered GARBAGE_ARGS (as a server would: the
     /// client fails at once instead of retransmitting until its timeout).
     pub garbage_args: u64,
+    /// Calls refused for a name the server could not hold: empty, `/` or NUL in it
+    /// (NFS3ERR_INVAL), above 255 bytes or a symlink target above 1024 (NFS3ERR_NAMETOOLONG).
+    pub bad_names: u64,
+    pub long_names: u64,
 }
 
 /// Answers for the virtual server.
@@ -590,6 +594,8 @@ impl Controller {
             nfs3::stat::BADHANDLE => self.stats.bad_handles += 1,
             nfs3::stat::STALE => self.stats.stale_handles += 1,
             nfs3::stat::XDEV => self.stats.xdev += 1,
+            nfs3::stat::INVAL => self.stats.bad_names += 1,
+            nfs3::stat::NAMETOOLONG => self.stats.long_names += 1,
             _ => {}
         }
         w.accepted_reply(c.xid, accept::SUCCESS).u32(status);

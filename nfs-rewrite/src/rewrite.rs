@@ -186,8 +186,27 @@ fn put(m: &mut [u8], at: usize, new: &[u8], csum: &mut Adjust) {
     csum.add(new);
 }
 
+/// The longest symlink target a call may carry (POSIX's PATH_MAX is for whole paths; a
+/// target beyond this is refused before it reaches a server).
+pub const PATH_LIMIT: usize = 1024;
+
+/// What a server answers a call naming `name` with when the name is not one it could hold.
+fn name_refusal(name: &[u8]) -> Option<u32> {
+    if name.len() > nfs3::NAME_MAX {
+        Some(stat::NAMETOOLONG)
+    } else if name.is_empty() || name.iter().any(|&b| b == b'/' || b == 0) {
+        Some(stat::INVAL)
+    } else {
+        None
+    }
+}
+
 /// Turn the VFHs of a call into physical handles. `mch_of(sid)` is the current mount checksum
 /// of a configured server.
+///
+/// Names and paths are checked first, as the border: an empty name, or one with `/` or NUL,
+/// is refused with NFS3ERR_INVAL, one above 255 bytes (or a symlink target above
+/// [`PATH_LIMIT`]) with NFS3ERR_NAMETOOLONG.
 pub fn devirtualize_call<B: Buffer>(
     pkt: &mut B,
     msg_at: usize,
@@ -199,25 +218,35 @@ pub fn devirtualize_call<B: Buffer>(
     let mut found = [(0usize, 0usize); 2];
     let mut n = 0;
     let mut extra = false;
+    // The first name or path the server would refuse: faulty requests never reach it.
+    let mut refused = None;
     let Some(msg) = pkt.data().get(msg_at..) else {
         return CallVerdict::Malformed;
     };
-    let walked = nfs3::walk_call(proc_, msg, args_at, |f| {
-        if let Field::Handle { at, len } = f {
-            match found.get_mut(n) {
-                Some(s) => {
-                    *s = (at, len);
-                    n += 1;
-                }
-                None => extra = true,
+    let walked = nfs3::walk_call(proc_, msg, args_at, |f| match f {
+        Field::Handle { at, len } => match found.get_mut(n) {
+            Some(s) => {
+                *s = (at, len);
+                n += 1;
             }
+            None => extra = true,
+        },
+        Field::Name { at, len } => {
+            refused = refused.or(name_refusal(msg.get(at + 4..at + 4 + len).unwrap_or(&[])));
         }
+        Field::Path { len, .. } if len > PATH_LIMIT => {
+            refused = refused.or(Some(stat::NAMETOOLONG));
+        }
+        _ => {}
     });
     let Ok(args_end) = walked else {
         return CallVerdict::Malformed;
     };
     if extra {
         return CallVerdict::Malformed;
+    }
+    if let Some(st) = refused {
+        return CallVerdict::Refuse(st);
     }
     if n == 0 {
         return CallVerdict::NoHandle;
@@ -438,6 +467,8 @@ pub fn virtualize_reply<B: Buffer>(
                     Err(_) => return ReplyVerdict::Malformed,
                 }
             }
+            // Names and paths are reported for calls only.
+            Field::Name { .. } | Field::Path { .. } => {}
             Field::FsinfoSizes { at } => {
                 // rtmax, rtpref, wtmax, wtpref, dtpref.
                 let Some(m) = pkt.data_mut().get_mut(msg_at + at..msg_at + at + 28) else {

@@ -809,3 +809,63 @@ fn recovery_walks_a_server_without_readdirplus() {
     assert_eq!(s["recovery"]["failed"], 1, "{s}");
     assert_eq!(s["recovery"]["readdirplus_refused"], 1);
 }
+
+/// Fortification at the border: names a server could not hold and arguments that disagree
+/// with themselves are answered by the router with the protocol's error, counted by reason,
+/// and never reach the server.
+#[test]
+fn faulty_calls_never_reach_the_server() {
+    let h = Harness::lan_wan(CONFIG);
+    serve_mount(&h, &[0x51u8; 28]);
+    let client = (Ipv4Addr::new(10, 0, 1, 2), 803);
+    let virt = (Ipv4Addr::new(10, 0, 1, 1), 2049);
+    let (_, export) = lookup_export(&h, client);
+    let inval = nfs_rewrite::wire::nfs3::stat::INVAL;
+    let toolong = nfs_rewrite::wire::nfs3::stat::NAMETOOLONG;
+    let long = vec![b'x'; 300];
+    for (xid, name, want) in [
+        (81u32, &b"a/b"[..], inval),
+        (82, b"", inval),
+        (83, b"nul\0here", inval),
+        (84, &long[..], toolong),
+    ] {
+        let mut call = rpc::Writer::new();
+        call.call(xid, rpc::program::NFS, 3, Proc::Lookup as u32)
+            .opaque(&export)
+            .opaque(name);
+        h.inject(0, &udp(client, virt, "02:bb:00:00:00:01", &call.buf));
+        let r = answer(&h, xid, virt, client);
+        assert_eq!(&r[..4], &want.to_be_bytes(), "LOOKUP {name:?}");
+    }
+    // A symlink target beyond 1024 bytes.
+    let mut call = rpc::Writer::new();
+    call.call(85, rpc::program::NFS, 3, Proc::Symlink as u32)
+        .opaque(&export)
+        .opaque(b"link")
+        .u32(0)
+        .u32(0)
+        .u32(0)
+        .u32(0)
+        .u32(0)
+        .u32(0)
+        .opaque(&[b'p'; 2000]);
+    h.inject(0, &udp(client, virt, "02:bb:00:00:00:01", &call.buf));
+    assert_eq!(&answer(&h, 85, virt, client)[..4], &toolong.to_be_bytes());
+    // A WRITE whose count is not its data's length.
+    let mut call = rpc::Writer::new();
+    call.call(86, rpc::program::NFS, 3, Proc::Write as u32)
+        .opaque(&export)
+        .u64(0)
+        .u32(100)
+        .u32(0)
+        .opaque(&[7; 10]);
+    h.inject(0, &udp(client, virt, "02:bb:00:00:00:01", &call.buf));
+    assert_eq!(rpc_status(&h, 86).0, 4, "GARBAGE_ARGS");
+    h.expect_silence(1);
+    let c = &h.call(Request::App(AppRequest::NfsStats))["control"];
+    assert_eq!(
+        (&c["bad_names"], &c["long_names"], &c["garbage_args"]),
+        (&3.into(), &2.into(), &1.into()),
+        "{c}"
+    );
+}

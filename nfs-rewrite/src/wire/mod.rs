@@ -22,6 +22,12 @@ pub enum Field {
     /// FSINFO's `rtmax`, `rtpref`, `wtmax`, `wtpref` (u32 each, in that order of offsets
     /// `at`, `at + 4`, `at + 12`, `at + 16`): clamped so UDP clients stay under the MTU.
     FsinfoSizes { at: usize },
+    /// A `filename3` of a call's `diropargs3` (LOOKUP, CREATE, REMOVE, RENAME, ...): its
+    /// length word at `at`, `len` bytes after it. Reported whatever its length, so that the
+    /// router answers a name beyond [`nfs3::NAME_MAX`] with NFS3ERR_NAMETOOLONG.
+    Name { at: usize, len: usize },
+    /// SYMLINK's target path (`nfspath3`), as [`Field::Name`].
+    Path { at: usize, len: usize },
 }
 
 impl Field {
@@ -31,4 +37,16 @@ impl Field {
     pub const FATTR_FILEID: usize = 52;
     /// Size of a `fattr3`.
     pub const FATTR_LEN: usize = 84;
+
+    /// The offset just past the field.
+    pub fn end(self) -> usize {
+        match self {
+            Field::Handle { at, len } | Field::Name { at, len } | Field::Path { at, len } => {
+                at + 4 + len
+            }
+            Field::Fattr { at } => at + Field::FATTR_LEN,
+            Field::FileId { at } => at + 8,
+            Field::FsinfoSizes { at } => at + 20,
+        }
+    }
 }
