@@ -137,6 +137,27 @@ impl Scratch {
     }
 }
 
+/// The clock, for the sampled bursts: out of line and cold, so that timing code stays out of
+/// the stages' hot loop.
+#[cold]
+#[inline(never)]
+fn clock_now() -> Instant {
+    Instant::now()
+}
+
+#[cold]
+#[inline(never)]
+fn ns_since(t: Instant) -> u64 {
+    t.elapsed().as_nanos() as u64
+}
+
+#[cold]
+#[inline(never)]
+fn timed_stage(s: &StageCounters, ns: u64, packets: usize) {
+    s.busy_ns.add(ns);
+    s.timed_packets.add(packets as u64);
+}
+
 /// Index of the IPv4 stage's counters in `CoreCounters::stages`; application `k`'s are at
 /// `IPV4 + 1 + k`.
 const IPV4: usize = 0;
@@ -257,7 +278,7 @@ impl<T: Buffer> Pipeline<T> {
         handed: bool,
         timed: bool,
     ) {
-        let t_in = timed.then(Instant::now);
+        let t_in = timed.then(clock_now);
         let n = pkts.len().min(MAX_BURST);
         let (pkts, verdicts, undecided) = (&mut pkts[..n], &mut verdicts[..n], &mut undecided[..n]);
         verdicts.fill(Verdict::Next);
@@ -307,7 +328,7 @@ impl<T: Buffer> Pipeline<T> {
                 });
             }
         }
-        let mut ipv4_ns = t_in.map_or(0, |t| t.elapsed().as_nanos() as u64);
+        let ipv4_ns = t_in.map_or(0, ns_since);
         // `undecided[i]`: the IPv4 stage owns packet i's verdict (counted once, at the end):
         // decided by the input, or routed; not the packets an application decided.
         if any_claimed {
@@ -338,11 +359,10 @@ impl<T: Buffer> Pipeline<T> {
                     continue;
                 }
                 st.packets.add(cl.len() as u64);
-                let t_app = timed.then(Instant::now);
+                let t_app = timed.then(clock_now);
                 app.process(pkts, cl, verdicts, now);
                 if let Some(t) = t_app {
-                    st.busy_ns.add(t.elapsed().as_nanos() as u64);
-                    st.timed_packets.add(cl.len() as u64);
+                    timed_stage(st, ns_since(t), cl.len());
                 }
                 let mut forwarded = 0;
                 for e in cl {
@@ -367,14 +387,12 @@ impl<T: Buffer> Pipeline<T> {
                 app.publish(out, c);
             }
         }
-        let t_route = timed.then(Instant::now);
+        let t_route = timed.then(clock_now);
         self.ipv4
             .route_pass(pkts, verdicts, &sc.dst[..n], &mut sc.nh[..n]);
         Self::count(s, verdicts, undecided);
         if let Some(t) = t_route {
-            ipv4_ns += t.elapsed().as_nanos() as u64;
-            s.busy_ns.add(ipv4_ns);
-            s.timed_packets.add(n as u64);
+            timed_stage(s, ipv4_ns + ns_since(t), n);
         }
     }
 }

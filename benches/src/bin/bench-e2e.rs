@@ -49,6 +49,10 @@ struct Args {
     /// Worker counts to measure.
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     lcores: Vec<usize>,
+    /// Extra `[dataplane]` settings for the router (`--dataplane "capture = true"`), to
+    /// measure what one costs.
+    #[arg(long)]
+    dataplane: Vec<String>,
     /// DPDK's l3fwd example (LPM), built by `scripts/bench` from the Debian dpdk-doc sources
     /// with room for the routes; run on the IPv4 workload with the same routes, devices and
     /// lcores. Its rows are skipped (with a note) when the binary is missing.
@@ -135,6 +139,7 @@ fn run_router(
         "0".into(),
     ];
     eal.extend(eal_mem(args));
+    let dp_extra = args.dataplane.join("\n");
     let cfg = format!(
         r#"[eal]
 args = {eal:?}
@@ -146,6 +151,7 @@ mgmt_cpu = 0
 idle_sleep_max_us = 0
 burst = 32
 ring_size = 4096
+{dp_extra}
 [mempool]
 mbufs = 65535
 cache = 256

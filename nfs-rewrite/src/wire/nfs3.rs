@@ -233,8 +233,8 @@ pub fn walk_call(proc_: Proc, buf: &[u8], at: usize, mut f: impl FnMut(Field)) -
             let count = c.u32()?;
             c.u32()?; // stable_how
                       // No server can write more bytes than the call carries. (Fewer is what real
-            // clients send at times — the reference UDP capture has count 15 over 18 bytes of
-            // data — and servers write `count` bytes: allowed.)
+                      // clients send at times — the reference UDP capture has count 15 over 18 bytes of
+                      // data — and servers write `count` bytes: allowed.)
             if (count as usize) > c.opaque_var(DATA_MAX)?.1.len() {
                 return Err(XdrError::Invalid);
             }
