@@ -106,12 +106,66 @@ pub struct Pending {
     pub reply: mpsc::SyncSender<Response>,
 }
 
+/// A thread that takes a non-blocking listener's connections (`accept`) until stopped, and
+/// hands each to `on`: the admin socket's and the metrics endpoint's. Stopped and joined on
+/// drop.
+#[derive(Debug)]
+pub(crate) struct Acceptor {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Acceptor {
+    pub(crate) fn spawn<S>(
+        name: &str,
+        mut accept: impl FnMut() -> std::io::Result<S> + Send + 'static,
+        mut on: impl FnMut(S, &Arc<AtomicBool>) + Send + 'static,
+    ) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let what = name.to_string();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                while !stop2.load(Ordering::Relaxed) {
+                    match accept() {
+                        Ok(s) => on(s, &stop2),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        Err(e) => {
+                            tracing::warn!("{what} accept: {e}");
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                    }
+                }
+            })?;
+        Ok(Acceptor {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stop taking connections and wait for the thread.
+    pub(crate) fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Acceptor {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// The listening socket; removed from the filesystem on drop.
 #[derive(Debug)]
 pub struct AdminServer {
     path: PathBuf,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    acceptor: Acceptor,
 }
 
 impl AdminServer {
@@ -150,61 +204,40 @@ impl AdminServer {
         };
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
         listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("admin".into())
-            .spawn(move || {
-                let active = Arc::new(AtomicUsize::new(0));
-                while !stop2.load(Ordering::Relaxed) {
-                    match listener.accept() {
-                        Ok((stream, _)) => {
-                            if active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
-                                let mut s = stream;
-                                let _ = write_response(
-                                    &mut s,
-                                    &Response::err("too many admin connections"),
-                                );
-                                continue;
-                            }
-                            active.fetch_add(1, Ordering::SeqCst);
-                            let tx = tx.clone();
-                            let active = active.clone();
-                            let stop = stop2.clone();
-                            let spawned = std::thread::Builder::new()
-                                .name("admin-conn".into())
-                                .spawn(move || {
-                                    serve(stream, &tx, &stop);
-                                    active.fetch_sub(1, Ordering::SeqCst);
-                                });
-                            if spawned.is_err() {
-                                tracing::warn!("admin: could not spawn a connection thread");
-                            }
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(20));
-                        }
-                        Err(e) => {
-                            tracing::warn!("admin accept: {e}");
-                            std::thread::sleep(Duration::from_millis(100));
-                        }
-                    }
+        let active = Arc::new(AtomicUsize::new(0));
+        let acceptor = Acceptor::spawn(
+            "admin",
+            move || listener.accept().map(|(s, _)| s),
+            move |stream: UnixStream, stop| {
+                if active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+                    let mut s = stream;
+                    let _ = write_response(&mut s, &Response::err("too many admin connections"));
+                    return;
                 }
-            })?;
+                active.fetch_add(1, Ordering::SeqCst);
+                let (tx, active, stop) = (tx.clone(), active.clone(), stop.clone());
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("admin-conn".into())
+                        .spawn(move || {
+                            serve(stream, &tx, &stop);
+                            active.fetch_sub(1, Ordering::SeqCst);
+                        });
+                if spawned.is_err() {
+                    tracing::warn!("admin: could not spawn a connection thread");
+                }
+            },
+        )?;
         Ok(AdminServer {
             path: path.to_path_buf(),
-            stop,
-            thread: Some(thread),
+            acceptor,
         })
     }
 }
 
 impl Drop for AdminServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.acceptor.stop();
         let _ = std::fs::remove_file(&self.path);
     }
 }

@@ -15,8 +15,7 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::time::Duration;
 
 /// The content type of an OpenMetrics 1.0 text exposition.
@@ -30,8 +29,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub struct MetricsServer {
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _acceptor: crate::admin::Acceptor,
 }
 
 impl MetricsServer {
@@ -40,46 +38,23 @@ impl MetricsServer {
         let listener = TcpListener::bind(listen)?;
         let addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("metrics".into())
-            .spawn(move || {
-                while !stop2.load(Ordering::Relaxed) {
-                    match listener.accept() {
-                        // One scrape at a time: scrapers come every few seconds, and each is
-                        // bounded by IO_TIMEOUT.
-                        Ok((s, _)) => serve(s, &tx),
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(20));
-                        }
-                        Err(e) => {
-                            tracing::warn!("metrics accept: {e}");
-                            std::thread::sleep(Duration::from_millis(100));
-                        }
-                    }
-                }
-            })?;
+        // One scrape at a time: scrapers come every few seconds, and each is bounded by
+        // IO_TIMEOUT.
+        let acceptor = crate::admin::Acceptor::spawn(
+            "metrics",
+            move || listener.accept().map(|(s, _)| s),
+            move |s, _| serve(s, &tx),
+        )?;
         tracing::info!("metrics on http://{addr}/metrics");
         Ok(MetricsServer {
             addr,
-            stop,
-            thread: Some(thread),
+            _acceptor: acceptor,
         })
     }
 
     /// The bound address (the configured one, with its port chosen when it was 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
-    }
-}
-
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -664,6 +664,36 @@ fn calls_and_replies_meet_across_two_workers() {
     println!("{handed} of {} packets handed over", 2 * u64::from(calls));
 }
 
+const VIRT: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 0, 1, 1), 2049);
+const SERVER: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 0, 2, 2), 2049);
+/// The management core's own client (mounts, recovery walks).
+const MINE: (Ipv4Addr, u16) = (
+    Ipv4Addr::new(10, 0, 1, 1),
+    nfs_rewrite::upstream::CLIENT_PORT,
+);
+const ROOT_PFH: [u8; 28] = [0x51; 28];
+
+/// A router with the export mounted (root handle [`ROOT_PFH`]), and a client on `port`.
+fn mounted(port: u16) -> (Harness, (Ipv4Addr, u16)) {
+    let h = Harness::lan_wan(CONFIG);
+    serve_mount(&h, &ROOT_PFH);
+    (h, (Ipv4Addr::new(10, 0, 1, 2), port))
+}
+
+/// `call` from `client` to the virtual server's NFS port.
+fn to_virtual(h: &Harness, client: (Ipv4Addr, u16), call: &rpc::Writer) {
+    h.inject(0, &udp(client, VIRT, "02:bb:00:00:00:01", &call.buf));
+}
+
+/// The VFH of a file of the export (fsid 5) with `fileid` and physical handle `pfh`.
+fn file_vfh(fileid: u64, pfh: &[u8]) -> Vec<u8> {
+    let key = HandleKey::from_hex(SECRET).unwrap();
+    let mch = key.mount_checksum(1, b"/srv/alpha");
+    VirtualHandle::for_object(&key, 1, mch, 5, fileid, pfh)
+        .encode(&key)
+        .to_vec()
+}
+
 /// The results of a reply the router sent the client, whatever its accept status: (status,
 /// what follows it).
 fn rpc_status(h: &Harness, xid: u32) -> (u32, Vec<u8>) {
@@ -681,22 +711,19 @@ fn rpc_status(h: &Harness, xid: u32) -> (u32, Vec<u8>) {
 /// answer it, so the client fails at once instead of retransmitting until its timeout.
 #[test]
 fn undecodable_arguments_get_garbage_args() {
-    let h = Harness::lan_wan(CONFIG);
-    serve_mount(&h, &[0x51u8; 28]);
-    let client = (Ipv4Addr::new(10, 0, 1, 2), 801);
-    let virt = (Ipv4Addr::new(10, 0, 1, 1), 2049);
+    let (h, client) = mounted(801);
     // LOOKUP: a directory handle's length, and the datagram ends.
     let mut call = rpc::Writer::new();
     call.call(61, rpc::program::NFS, 3, Proc::Lookup as u32)
         .u32(40);
-    h.inject(0, &udp(client, virt, "02:bb:00:00:00:01", &call.buf));
+    to_virtual(&h, client, &call);
     assert_eq!(rpc_status(&h, 61), (4, vec![]), "GARBAGE_ARGS");
     // A READ whose handle is cut short.
     let mut call = rpc::Writer::new();
     call.call(62, rpc::program::NFS, 3, Proc::Read as u32)
         .u32(40)
         .fixed(&[1; 12]);
-    h.inject(0, &udp(client, virt, "02:bb:00:00:00:01", &call.buf));
+    to_virtual(&h, client, &call);
     assert_eq!(rpc_status(&h, 62).0, 4);
     let s = h.call(Request::App(AppRequest::NfsStats));
     assert_eq!(s["control"]["garbage_args"], 2, "{s}");
@@ -709,22 +736,14 @@ fn undecodable_arguments_get_garbage_args() {
 /// starts with READDIR; a handle that walk does not find goes stale.
 #[test]
 fn recovery_walks_a_server_without_readdirplus() {
-    let h = Harness::lan_wan(CONFIG);
-    let client = (Ipv4Addr::new(10, 0, 1, 2), 802);
-    let virt = (Ipv4Addr::new(10, 0, 1, 1), 2049);
-    let server = (Ipv4Addr::new(10, 0, 2, 2), 2049);
-    let mine = (virt.0, nfs_rewrite::upstream::CLIENT_PORT);
-    let key = HandleKey::from_hex(SECRET).unwrap();
-    let mch = key.mount_checksum(1, b"/srv/alpha");
-    let root_pfh = [0x51u8; 28];
-    serve_mount(&h, &root_pfh);
-
+    let (h, client) = mounted(802);
+    let (virt, server, mine, root_pfh) = (VIRT, SERVER, MINE, ROOT_PFH);
     let file_pfh = [0x77u8; 28];
-    let vfh = VirtualHandle::for_object(&key, 1, mch, 5, 7, &file_pfh).encode(&key);
+    let vfh = file_vfh(7, &file_pfh);
     let mut call = rpc::Writer::new();
     call.call(71, rpc::program::NFS, 3, Proc::Getattr as u32)
         .opaque(&vfh);
-    h.inject(0, &udp(client, virt, "02:bb:00:00:00:01", &call.buf));
+    to_virtual(&h, client, &call);
     let (xid, _, proc_, _, _) = server_call(&h);
     assert_eq!(proc_, Proc::Readdirplus as u32);
     let mut r = rpc::Writer::new();
@@ -789,18 +808,18 @@ fn recovery_walks_a_server_without_readdirplus() {
 
     // Another unknown handle: this server is walked with READDIR from the start. An empty
     // tree: the handle is gone, and the client's retransmission gets NFS3ERR_STALE.
-    let gone = VirtualHandle::for_object(&key, 1, mch, 5, 9, &[0x99; 28]).encode(&key);
+    let gone = file_vfh(9, &[0x99; 28]);
     let mut call = rpc::Writer::new();
     call.call(72, rpc::program::NFS, 3, Proc::Getattr as u32)
         .opaque(&gone);
-    h.inject(0, &udp(client, virt, "02:bb:00:00:00:01", &call.buf));
+    to_virtual(&h, client, &call);
     let (xid, _, proc_, _, _) = server_call(&h);
     assert_eq!(proc_, Proc::Readdir as u32);
     let mut r = rpc::Writer::new();
     r.u32(0).bool(false).u64(0).bool(false).bool(true);
     server_reply(&h, 2049, mine, xid, &r.buf);
     h.expect_silence(1);
-    h.inject(0, &udp(client, virt, "02:bb:00:00:00:01", &call.buf));
+    to_virtual(&h, client, &call);
     assert_eq!(
         answer(&h, 72, virt, client),
         nfs_rewrite::wire::nfs3::stat::STALE.to_be_bytes()
@@ -815,10 +834,8 @@ fn recovery_walks_a_server_without_readdirplus() {
 /// and never reach the server.
 #[test]
 fn faulty_calls_never_reach_the_server() {
-    let h = Harness::lan_wan(CONFIG);
-    serve_mount(&h, &[0x51u8; 28]);
-    let client = (Ipv4Addr::new(10, 0, 1, 2), 803);
-    let virt = (Ipv4Addr::new(10, 0, 1, 1), 2049);
+    let (h, client) = mounted(803);
+    let virt = VIRT;
     let (_, export) = lookup_export(&h, client);
     let inval = nfs_rewrite::wire::nfs3::stat::INVAL;
     let toolong = nfs_rewrite::wire::nfs3::stat::NAMETOOLONG;
@@ -833,7 +850,7 @@ fn faulty_calls_never_reach_the_server() {
         call.call(xid, rpc::program::NFS, 3, Proc::Lookup as u32)
             .opaque(&export)
             .opaque(name);
-        h.inject(0, &udp(client, virt, "02:bb:00:00:00:01", &call.buf));
+        to_virtual(&h, client, &call);
         let r = answer(&h, xid, virt, client);
         assert_eq!(&r[..4], &want.to_be_bytes(), "LOOKUP {name:?}");
     }
@@ -849,7 +866,7 @@ fn faulty_calls_never_reach_the_server() {
         .u32(0)
         .u32(0)
         .opaque(&[b'p'; 2000]);
-    h.inject(0, &udp(client, virt, "02:bb:00:00:00:01", &call.buf));
+    to_virtual(&h, client, &call);
     assert_eq!(&answer(&h, 85, virt, client)[..4], &toolong.to_be_bytes());
     // A WRITE whose count is not its data's length.
     let mut call = rpc::Writer::new();
@@ -859,7 +876,7 @@ fn faulty_calls_never_reach_the_server() {
         .u32(100)
         .u32(0)
         .opaque(&[7; 10]);
-    h.inject(0, &udp(client, virt, "02:bb:00:00:00:01", &call.buf));
+    to_virtual(&h, client, &call);
     assert_eq!(rpc_status(&h, 86).0, 4, "GARBAGE_ARGS");
     h.expect_silence(1);
     let c = &h.call(Request::App(AppRequest::NfsStats))["control"];
