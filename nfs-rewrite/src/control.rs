@@ -126,7 +126,7 @@ pub struct ControlStats {
     /// client fails at once instead of retransmitting until its timeout).
     pub garbage_args: u64,
     /// Calls refused for a name the server could not hold: empty, `/` or NUL in it
-    /// (NFS3ERR_INVAL), above 255 bytes or a symlink target above 1024 (NFS3ERR_NAMETOOLONG).
+    /// (NFS3ERR_INVAL), above 255 bytes or a symlink target above 4096 (NFS3ERR_NAMETOOLONG).
     pub bad_names: u64,
     pub long_names: u64,
 }

@@ -186,9 +186,9 @@ fn put(m: &mut [u8], at: usize, new: &[u8], csum: &mut Adjust) {
     csum.add(new);
 }
 
-/// The longest symlink target a call may carry (POSIX's PATH_MAX is for whole paths; a
-/// target beyond this is refused before it reaches a server).
-pub const PATH_LIMIT: usize = 1024;
+/// The longest symlink target a call may carry: POSIX's PATH_MAX, what Linux and ganesha
+/// take. (RFC 1813's 1024-byte MNTPATHLEN bounds MOUNT paths, which the MOUNT decoder holds to.)
+pub const PATH_LIMIT: usize = nfs3::PATH_MAX;
 
 /// What a server answers a call naming `name` with when the name is not one it could hold.
 fn name_refusal(name: &[u8]) -> Option<u32> {

@@ -854,7 +854,7 @@ fn faulty_calls_never_reach_the_server() {
         let r = answer(&h, xid, virt, client);
         assert_eq!(&r[..4], &want.to_be_bytes(), "LOOKUP {name:?}");
     }
-    // A symlink target beyond 1024 bytes.
+    // A symlink target beyond 4096 bytes (PATH_MAX).
     let mut call = rpc::Writer::new();
     call.call(85, rpc::program::NFS, 3, Proc::Symlink as u32)
         .opaque(&export)
@@ -865,7 +865,7 @@ fn faulty_calls_never_reach_the_server() {
         .u32(0)
         .u32(0)
         .u32(0)
-        .opaque(&[b'p'; 2000]);
+        .opaque(&[b'p'; 5000]);
     to_virtual(&h, client, &call);
     assert_eq!(&answer(&h, 85, virt, client)[..4], &toolong.to_be_bytes());
     // A WRITE whose count is not its data's length.
