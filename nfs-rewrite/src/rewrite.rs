@@ -242,7 +242,10 @@ pub fn devirtualize_call<B: Buffer>(
     let Ok(args_end) = walked else {
         return CallVerdict::Malformed;
     };
-    if extra {
+    // Bytes after the arguments: a length that disagrees with the message. (On the fast path
+    // a frame's Ethernet padding would count too; calls are never that short, and the
+    // management core, which sees the exact datagram, decides then.)
+    if extra || args_end != msg.len() {
         return CallVerdict::Malformed;
     }
     if let Some(st) = refused {
