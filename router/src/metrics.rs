@@ -226,6 +226,11 @@ fn num(v: &Value) -> Option<f64> {
     }
 }
 
+/// The one unlabelled sample of a numeric value (none for anything else).
+fn single(v: &Value) -> Vec<(String, f64)> {
+    num(v).map(|n| (String::new(), n)).into_iter().collect()
+}
+
 /// One numeric field of each element of `items`, with each element's labels.
 fn column(items: &[(String, &Value)], field: &str) -> Vec<(String, f64)> {
     items
@@ -253,14 +258,12 @@ fn named_pairs(items: &[(String, &Value)], field: &str, key: &str) -> Vec<(Strin
 /// The stats `routerctl stats` shows, as an OpenMetrics exposition.
 pub fn render(stats: &Value) -> String {
     let mut x = Exposition::new();
-    if let Some(up) = stats.get("uptime_secs").and_then(num) {
-        x.family(
-            "router_uptime_seconds",
-            Kind::Gauge,
-            "Seconds since the router started.",
-            &[(String::new(), up)],
-        );
-    }
+    x.family(
+        "router_uptime_seconds",
+        Kind::Gauge,
+        "Seconds since the router started.",
+        &single(&stats["uptime_secs"]),
+    );
 
     let ports: Vec<(String, &Value)> = stats
         .get("ports")
@@ -440,19 +443,13 @@ pub fn render(stats: &Value) -> String {
                     "router_mgmt_held",
                     Kind::Gauge,
                     "Packets held for address resolution now.",
-                    &num(v)
-                        .map(|n| (String::new(), n))
-                        .into_iter()
-                        .collect::<Vec<_>>(),
+                    &single(v),
                 ),
                 (k, v) => x.family(
                     &format!("router_mgmt_{}", name_piece(k)),
                     Kind::Counter,
                     &format!("Management core: {k}."),
-                    &num(v)
-                        .map(|n| (String::new(), n))
-                        .into_iter()
-                        .collect::<Vec<_>>(),
+                    &single(v),
                 ),
             }
         }
@@ -467,20 +464,15 @@ pub fn render(stats: &Value) -> String {
             &format!("router_fib_{}", name_piece(k)),
             Kind::Gauge,
             &format!("The forwarding table: {k}."),
-            &num(v)
-                .map(|n| (String::new(), n))
-                .into_iter()
-                .collect::<Vec<_>>(),
+            &single(v),
         );
     }
-    if let Some(free) = stats.get("mempool_free").and_then(num) {
-        x.family(
-            "router_mempool_free",
-            Kind::Gauge,
-            "Packet buffers free in the pool.",
-            &[(String::new(), free)],
-        );
-    }
+    x.family(
+        "router_mempool_free",
+        Kind::Gauge,
+        "Packet buffers free in the pool.",
+        &single(&stats["mempool_free"]),
+    );
 
     // Every other section is an application's (the registry's): flattened by path.
     const OWN: [&str; 6] = [
@@ -526,14 +518,12 @@ fn flatten(x: &mut Exposition, name: &str, path: &str, v: &Value) {
             );
         }
         v => {
-            if let Some(n) = num(v) {
-                x.family(
-                    name,
-                    Kind::Unknown,
-                    &format!("Application stats: {path}."),
-                    &[(String::new(), n)],
-                );
-            }
+            x.family(
+                name,
+                Kind::Unknown,
+                &format!("Application stats: {path}."),
+                &single(v),
+            );
         }
     }
 }

@@ -96,6 +96,12 @@ s = json.load(open(sys.argv[1]))
 assert s["ports"][0]["rx"] > 1000 and s["ports"][1]["tx"] > 1000, s["ports"]
 assert s["mgmt"]["arp_learned"] >= 2, s["mgmt"]
 assert s["fib"]["routes"] == 6, s["fib"]  # 2 connected, 2 local, 2 neighbour /32s; test routes deleted
+# The busy figures' inputs: sampled poll iterations and bursts were timed, every packet went
+# through a pipeline, each stage timed its share.
+w = [c for c in s["cores"] if c["role"] == "worker"]
+assert sum(c["timed_loops"] for c in w) > 0 and sum(c["loop_ns"] for c in w) > 0, w
+assert sum(c["vector_packets"] for c in w) >= s["ports"][0]["rx"], (w, s["ports"])
+assert sum(c["timed_ns"] for c in w) > 0 and sum(c["stages"][0]["busy_ns"] for c in w) > 0, w
 PY
 $ROUTERCTL status | grep -q "http://127.0.0.1:9610/metrics" || die "status does not show the metrics endpoint"
 ip netns exec "$NS_R" /usr/bin/python3 "$(dirname "$0")/metrics_check.py" http://127.0.0.1:9610/metrics \
