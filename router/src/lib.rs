@@ -7,7 +7,6 @@
 pub mod admin;
 pub mod app;
 pub mod apps;
-pub mod chain;
 pub mod config;
 pub mod counters;
 pub mod engine;
@@ -15,12 +14,10 @@ pub mod fib;
 pub mod ipv4;
 pub mod metrics;
 pub mod mgmt;
-pub mod nfs_tcp;
 pub mod port;
 pub mod preflight;
 pub mod qsbr;
 pub mod reasm;
-pub mod sal;
 
 use config::Config;
 use engine::{Engine, Pipeline};
@@ -53,45 +50,9 @@ pub enum RunError {
     },
     #[error("port {port}: {msg}")]
     Port { port: String, msg: String },
-    #[error("chain: {0}")]
-    Chain(String),
-    #[error("sal: {0}")]
-    Sal(String),
-    #[error("nfs: {0}")]
-    Nfs(String),
-}
-
-/// What every worker's NFS stage shares, from the `[nfs]` section. Its key comes from the
-/// config's [`config::HandleSecret`], which exists only valid (never a default key every
-/// attacker knows).
-fn nfs_shared(
-    n: &config::NfsConfig,
-    limits: nfs_rewrite::rewrite::Limits,
-) -> Result<Arc<nfs_rewrite::datapath::NfsShared>, RunError> {
-    let key = n.handle_secret.key();
-    let servers = n
-        .servers
-        .iter()
-        .map(|s| nfs_rewrite::datapath::Server {
-            sid: s.sid,
-            name: s.name.clone(),
-            addr: s.address,
-            nfs_port: s.nfs_port,
-            mount_port: s.mount_port,
-            export: s.export.clone(),
-            mch: key.mount_checksum(s.sid, s.export.as_bytes()),
-            bridge: s.transport == config::NfsTransport::TcpOnly,
-        })
-        .collect();
-    Ok(Arc::new(nfs_rewrite::datapath::NfsShared {
-        key,
-        handles: Arc::new(nfs_rewrite::tables::HandleTable::new(n.handles)),
-        virtual_addr: n.virtual_address,
-        nfs_port: n.nfs_port,
-        virtual_fsid: n.virtual_fsid,
-        limits,
-        servers,
-    }))
+    /// An application's tables could not be built from its section.
+    #[error("{0}")]
+    App(String),
 }
 
 /// Set by SIGHUP (the `router` binary registers it): the management core reloads the config
@@ -168,56 +129,15 @@ pub fn run<B: Backend>(
                 .map_err(|source| RunError::Metrics { addr, source })
         })
         .transpose()?;
-    let nfs = cfg
-        .nfs
-        .as_ref()
-        .map(|n| nfs_shared(n, cfg.nfs_limits()))
-        .transpose()?;
-    let sal = cfg.sal.as_ref().map(|sc| {
-        Arc::new(sal_forward::stage::SalShared::new(
-            Arc::new(sal_forward::table::ServiceTable::new(sc.max_rules)),
-            cfg.addresses().iter().map(|(_, a, _)| *a).collect(),
-            workers + 1,
-        ))
-    });
-    let chain_mgmt = cfg
-        .chain
-        .as_ref()
-        .map(chain::ChainMgmt::new)
-        .transpose()
-        .map_err(RunError::Chain)?;
     let clock = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let nfs_events = Arc::new(apps::EventRings::new(cfg.dataplane.ring_size));
-    let stages = apps::Stages {
-        nfs: nfs.as_ref().zip(cfg.nfs.as_ref()).map(|(sh, n)| {
-            let st = nfs_rewrite::datapath::NfsStage::new(
-                sh.clone(),
-                n.transactions,
-                n.transaction_ttl_ms,
-            );
-            (st, nfs_events.clone())
-        }),
-        sal: sal
-            .as_ref()
-            .map(|sh| sal_forward::stage::SalStage::new(sh.clone(), 0)),
-        chain: chain_mgmt
-            .as_ref()
-            .map(|c| chain_switch::stage::ChainStage::new(c.shared.clone())),
-    };
-    let pipeline = Pipeline::new(stage.clone(), apps::worker_apps(stages), clock.clone());
-    // The service rules go in before the workers start.
-    let sal_mgmt = match (&cfg.sal, &sal) {
-        (Some(sc), Some(sh)) => Some(sal::SalMgmt::new(sc, sh.clone()).map_err(RunError::Sal)?),
-        _ => None,
-    };
+    let apps = apps::build(&cfg, workers).map_err(RunError::App)?;
+    let pipeline = Pipeline::new(stage.clone(), apps::worker_apps(apps.stages), clock.clone());
     let (engine, rings) =
         Engine::start(&cfg, backend.clone(), pipeline, qsbr).map_err(RunError::Lcores)?;
     let cores = engine.counters.clone();
     let mut mgmt = Mgmt::new(
         clock,
-        nfs.map(|sh| (sh, nfs_events.take())),
-        sal_mgmt,
-        chain_mgmt,
+        apps.mgmt,
         cfg,
         backend.clone(),
         fib,

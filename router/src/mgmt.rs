@@ -4,22 +4,20 @@
 //! Packets it makes or releases go back to the fast path through the inject ring.
 
 use crate::admin::{Pending, Request, Response};
-use crate::apps::AppRequest;
-use crate::config::NfsTransport;
+use crate::app::{MgmtApp, MgmtCtx, Output};
 use crate::config::{Config, RouteSpec, RouteTarget};
 use crate::counters::{CoreCounters, Counter};
 use crate::engine::{MgmtRings, Punted};
 use crate::fib::{Fib, NextHopKind};
 use crate::ipv4::{Ipv4Stage, PortInfo, DEFAULT_TTL};
 use crate::port::Backend;
-use nfs_rewrite::datapath::NfsEvent;
 use packet::arp::{self, ArpPacket, ArpRepr};
 use packet::ethernet::{
     ethertype, EthernetAddress, EthernetFrame, EthernetRepr, HEADER_LEN as ETH_LEN,
 };
 use packet::icmp::{self, IcmpPacket, IcmpRepr};
 use packet::ipv4::{protocol, Ipv4Packet, Ipv4Repr};
-use packet::{Buffer, PuntReason, Stage as _, Verdict};
+use packet::{Buffer, PuntReason, Verdict};
 use serde::Serialize;
 use serde_json::json;
 use std::collections::{HashMap, VecDeque};
@@ -86,45 +84,11 @@ pub struct MgmtCounters {
     pub admin_requests: Counter,
     pub admin_errors: Counter,
     pub application_unhandled: Counter,
-    pub nfs_answered: Counter,
 }
-
-/// An unfragmented UDP datagram's (source, destination) addresses and ports, and payload.
-#[allow(clippy::type_complexity)]
-fn udp_in(datagram: &[u8]) -> Option<((Ipv4Addr, u16), (Ipv4Addr, u16), &[u8])> {
-    let ip = Ipv4Packet::new_checked(datagram).ok()?;
-    if ip.protocol() != protocol::UDP || ip.is_fragment() {
-        return None;
-    }
-    let hl = usize::from(ip.header_len());
-    let total = usize::from(ip.total_len()).min(datagram.len());
-    let seg = datagram.get(hl..total)?;
-    let udp = packet::udp::UdpPacket::new_checked(seg).ok()?;
-    let (src, dst) = (
-        (ip.src_addr(), udp.src_port()),
-        (ip.dst_addr(), udp.dst_port()),
-    );
-    Some((
-        src,
-        dst,
-        &seg[packet::udp::HEADER_LEN..usize::from(udp.len())],
-    ))
-}
-
-/// Whether a frame holds an IPv4 fragment.
-fn is_fragment<Bf: packet::Buffer>(buf: &Bf) -> bool {
-    packet::ipv4::in_frame(buf.data()).is_some_and(|ip| ip.is_fragment())
-}
-
-/// The portmapper's well-known port.
-const PORTMAP_PORT: u16 = 111;
 
 macro_rules! counter_json {
     ($s:expr, $($f:ident),*) => { json!({ $(stringify!($f): $s.$f.get()),* }) };
 }
-
-const CHAIN_OFF: &str = "NetChain is not configured (no [chain] section)";
-const SAL_OFF: &str = "Serval service routing is not configured (no [sal] section)";
 
 /// The management core's state.
 pub struct Mgmt<B: Backend> {
@@ -147,40 +111,16 @@ pub struct Mgmt<B: Backend> {
     ip_ident: u16,
     /// The coarse clock (ms since start) the workers read.
     clock: Arc<std::sync::atomic::AtomicU64>,
-    /// NFS virtualization state shared with the workers (the handle table's single writer).
-    nfs: Option<Arc<nfs_rewrite::datapath::NfsShared>>,
-    /// What each worker's NFS stage reports (handle mappings, transactions).
-    nfs_events: Vec<rtrb::Consumer<NfsEvent>>,
-    /// Answers for the virtual NFS server.
-    nfs_ctl: Option<nfs_rewrite::control::Controller>,
-    /// The virtual NFS server over TCP (`[nfs.tcp]`).
-    nfs_tcp: Option<crate::nfs_tcp::NfsTcp>,
-    /// Handle-table checkpoints.
-    ckpt: Checkpoints,
-    /// IP reassembly for the applications (NFS over UDP).
-    reasm: crate::reasm::Reassembler,
-    /// Serval service routing: the controller, rules, the DELAY queue.
-    sal: Option<crate::sal::SalMgmt>,
-    chain: Option<crate::chain::ChainMgmt>,
+    /// The applications' management-core sides, in the registry's order.
+    apps: Vec<Box<dyn MgmtApp>>,
+    /// What they queued to send (kept to reuse its allocation).
+    app_out: Vec<Output>,
     /// Where the metrics endpoint listens (`[metrics] listen`, its port chosen when 0).
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// The routes the config file installed (a reload replaces these, not `routerctl`'s).
     pub config_routes: HashMap<(u32, u8), RouteTarget>,
-    /// Reloads done and refused (SIGHUP and `routerctl reload`), and the last refusal.
+    /// Reloads done and refused (SIGHUP and `routerctl reload`), and why the last was refused.
     reloads: (u64, u64, Option<String>),
-}
-
-/// Handle-table checkpoint bookkeeping.
-#[derive(Debug, Default)]
-struct Checkpoints {
-    last: Option<Instant>,
-    /// The background write in progress.
-    writer: Option<std::thread::JoinHandle<std::io::Result<()>>>,
-    written: u64,
-    failed: u64,
-    last_entries: usize,
-    loaded: usize,
-    last_error: Option<String>,
 }
 
 impl<B: Backend> std::fmt::Debug for Mgmt<B> {
@@ -265,12 +205,7 @@ impl<B: Backend> Mgmt<B> {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         clock: Arc<std::sync::atomic::AtomicU64>,
-        nfs: Option<(
-            Arc<nfs_rewrite::datapath::NfsShared>,
-            Vec<rtrb::Consumer<NfsEvent>>,
-        )>,
-        sal: Option<crate::sal::SalMgmt>,
-        chain: Option<crate::chain::ChainMgmt>,
+        apps: Vec<Box<dyn MgmtApp>>,
         cfg: Config,
         be: Arc<B>,
         fib: Fib,
@@ -283,8 +218,6 @@ impl<B: Backend> Mgmt<B> {
         let ports = stage.ports().clone();
         let rate = f64::from(cfg.icmp.errors_per_sec);
         let statics = cfg.static_neighbours.clone();
-        let cfg_mount_port = cfg.nfs.as_ref().map(|n| n.mount_port);
-        let (nfs, nfs_events) = nfs.map_or((None, Vec::new()), |(sh, ev)| (Some(sh), ev));
         let mut m = Mgmt {
             cfg,
             be,
@@ -307,25 +240,9 @@ impl<B: Backend> Mgmt<B> {
             reloads: (0, 0, None),
             ip_ident: 1,
             clock,
-            nfs_ctl: nfs.clone().zip(cfg_mount_port).map(|(sh, port)| {
-                let epoch = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs() as u32);
-                nfs_rewrite::control::Controller::new(sh, port, epoch)
-            }),
-            nfs_tcp: None,
-            nfs,
-            nfs_events,
-            ckpt: Checkpoints::default(),
-            reasm: crate::reasm::Reassembler::new(64, Duration::from_secs(2)),
-            sal,
-            chain,
+            apps,
+            app_out: Vec::new(),
         };
-        m.nfs_tcp = m.new_nfs_tcp();
-        if let Some(ctl) = m.nfs_ctl.as_mut() {
-            ctl.tcp = m.nfs_tcp.is_some();
-        }
-        m.load_checkpoint();
         for n in statics {
             let (Some(port), Ok(mac)) = (m.cfg.port_id(&n.port), n.mac.parse::<EthernetAddress>())
             else {
@@ -353,8 +270,8 @@ impl<B: Backend> Mgmt<B> {
         while !stop.load(Ordering::Relaxed) {
             self.clock
                 .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
-            let mut work = self.poll_punts(512) + self.poll_mappings(1024);
-            work += self.flush_tcp();
+            let mut work = self.poll_punts(512);
+            work += self.with_apps(|apps, ctx| apps.iter_mut().map(|a| a.poll(ctx)).sum::<usize>());
             if crate::reload_flag().swap(false, Ordering::Relaxed) {
                 let r = self.reload();
                 match (&r.error, &r.data) {
@@ -379,11 +296,8 @@ impl<B: Backend> Mgmt<B> {
                 std::thread::sleep(Duration::from_micros(200));
             }
         }
-        // A last checkpoint on the way out (a killed router keeps its last periodic one).
-        if self.nfs.is_some() {
-            if let Err(e) = self.checkpoint_now() {
-                tracing::warn!("nfs: final checkpoint: {e}");
-            }
+        for a in &mut self.apps {
+            a.stop();
         }
     }
 
@@ -391,302 +305,62 @@ impl<B: Backend> Mgmt<B> {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// Load the handle-table checkpoint named in the config, if there is one.
-    fn load_checkpoint(&mut self) {
-        let (Some(nfs), Some(path)) = (
-            &self.nfs,
-            self.cfg.nfs.as_ref().and_then(|n| n.checkpoint.clone()),
-        ) else {
-            return;
+    /// Lend the applications what [`MgmtCtx`] holds for `f`, then send what they queued.
+    fn with_apps<R>(&mut self, f: impl FnOnce(&mut [Box<dyn MgmtApp>], &mut MgmtCtx) -> R) -> R {
+        let mut out = std::mem::take(&mut self.app_out);
+        let mut ctx = MgmtCtx {
+            now_ms: self.now_ms(),
+            room: self.rings.inject.slots(),
+            ports: &self.ports,
+            router: &self.stage,
+            cores: &self.cores,
+            out: &mut out,
+            unhandled: 0,
         };
-        match std::fs::read(&path) {
-            Ok(bytes) => match nfs_rewrite::checkpoint::decode_into(&bytes, &nfs.key, &nfs.handles)
-            {
-                Ok(n) => {
-                    self.ckpt.loaded = n;
-                    tracing::info!("nfs: {n} handles loaded from {}", path.display());
-                }
-                Err(e) => {
-                    self.ckpt.last_error = Some(format!("{}: {e}", path.display()));
-                    tracing::warn!("nfs: checkpoint {} not used: {e}", path.display());
-                }
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                tracing::info!("nfs: no checkpoint at {} yet", path.display());
-            }
-            Err(e) => {
-                self.ckpt.last_error = Some(format!("{}: {e}", path.display()));
-                tracing::warn!("nfs: checkpoint {}: {e}", path.display());
-            }
+        let r = f(&mut self.apps, &mut ctx);
+        let unhandled = ctx.unhandled;
+        self.counters.application_unhandled.add(unhandled);
+        for o in out.drain(..) {
+            self.send_output(o);
         }
+        self.app_out = out;
+        r
     }
 
-    /// Write the checkpoint now, on this core. Returns (entries, bytes, path).
-    fn checkpoint_now(&mut self) -> Result<(usize, usize, std::path::PathBuf), String> {
-        let nfs = self.nfs.as_ref().ok_or("NFS is not configured")?;
-        let path = self
-            .cfg
-            .nfs
-            .as_ref()
-            .and_then(|n| n.checkpoint.clone())
-            .ok_or("nfs.checkpoint is not configured")?;
-        if let Some(w) = self.ckpt.writer.take() {
-            let _ = w.join();
-        }
-        let (bytes, n) = nfs_rewrite::checkpoint::encode(&nfs.handles, &nfs.key);
-        self.ckpt.last = Some(Instant::now());
-        match nfs_rewrite::checkpoint::write_atomic(&path, &bytes) {
-            Ok(()) => {
-                self.ckpt.written += 1;
-                self.ckpt.last_entries = n;
-                Ok((n, bytes.len(), path))
-            }
-            Err(e) => {
-                self.ckpt.failed += 1;
-                let e = format!("{}: {e}", path.display());
-                self.ckpt.last_error = Some(e.clone());
-                Err(e)
-            }
-        }
+    /// Offer a frame to the applications in turn (`hook` says whether one took it).
+    fn offer(
+        &mut self,
+        buf: &B::Buf,
+        hook: fn(&mut dyn MgmtApp, &mut MgmtCtx, &[u8], u16) -> bool,
+    ) -> bool {
+        let (frame, port) = (buf.data(), buf.port());
+        self.with_apps(|apps, ctx| apps.iter_mut().any(|a| hook(a.as_mut(), ctx, frame, port)))
     }
 
-    /// The periodic checkpoint: the table is copied here, written by a helper thread (the
-    /// file system must not stall the management core).
-    fn checkpoint_timer(&mut self) {
-        let (Some(nfs), Some(n)) = (&self.nfs, self.cfg.nfs.as_ref()) else {
-            return;
-        };
-        let (Some(path), secs) = (n.checkpoint.clone(), n.checkpoint_secs) else {
-            return;
-        };
-        if secs == 0
-            || self
-                .ckpt
-                .last
-                .is_some_and(|t| t.elapsed() < Duration::from_secs(secs))
-        {
-            return;
-        }
-        if let Some(w) = &self.ckpt.writer {
-            if !w.is_finished() {
-                return;
-            }
-        }
-        if let Some(w) = self.ckpt.writer.take() {
-            match w.join() {
-                Ok(Ok(())) => self.ckpt.written += 1,
-                Ok(Err(e)) => {
-                    self.ckpt.failed += 1;
-                    self.ckpt.last_error = Some(format!("{}: {e}", path.display()));
-                }
-                Err(_) => self.ckpt.failed += 1,
-            }
-        }
-        let (bytes, entries) = nfs_rewrite::checkpoint::encode(&nfs.handles, &nfs.key);
-        self.ckpt.last = Some(Instant::now());
-        self.ckpt.last_entries = entries;
-        self.ckpt.writer = std::thread::Builder::new()
-            .name("nfs-checkpoint".into())
-            .spawn(move || nfs_rewrite::checkpoint::write_atomic(&path, &bytes))
-            .ok();
-    }
-
-    /// Send what the NFS controller has queued (its own calls to servers, clients' calls it
-    /// forwards).
-    fn flush_nfs(&mut self) {
-        let Some(ctl) = self.nfs_ctl.as_mut() else {
-            return;
-        };
-        let out = ctl.drain();
-        let now = self.now_ms();
-        for d in out {
-            if self.nfs_tcp.is_some() {
-                let own =
-                    d.src.1 == nfs_rewrite::upstream::CLIENT_PORT && d.src.0 == self.nfs_virtual();
-                match self.server_transport(d.dst) {
-                    // The router's own calls to a server reached over TCP go on its
-                    // connection.
-                    Some((sid, NfsTransport::Tcp | NfsTransport::TcpOnly)) if own => {
-                        if let Some(t) = self.nfs_tcp.as_mut() {
-                            t.proxy.upstream_call(d.dst, sid, d.payload, now);
-                        }
-                        continue;
-                    }
-                    // A UDP client's call, forwarded from here, for a server without UDP.
-                    Some((_, NfsTransport::TcpOnly)) => {
-                        self.datagram_over_tcp(d.src, d.dst, d.payload);
-                        continue;
-                    }
-                    _ => {}
-                }
-            }
-            self.send_udp(d.src, d.dst, &d.payload);
-        }
-    }
-
-    fn nfs_virtual(&self) -> Ipv4Addr {
-        self.cfg
-            .nfs
-            .as_ref()
-            .map_or(Ipv4Addr::UNSPECIFIED, |n| n.virtual_address)
-    }
-
-    /// The server (id and transport) whose NFS or MOUNT service is at `dst`.
-    fn server_transport(&self, dst: (Ipv4Addr, u16)) -> Option<(u16, NfsTransport)> {
-        self.cfg.nfs.as_ref()?.servers.iter().find_map(|s| {
-            (s.address == dst.0 && (s.nfs_port == dst.1 || s.mount_port == dst.1))
-                .then_some((s.sid, s.transport))
-        })
-    }
-
-    /// A UDP client's call (rewritten; its transaction with the controller) for a server
-    /// without UDP: carried on the router's TCP connection, answered by UDP when it returns.
-    fn datagram_over_tcp(&mut self, client: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), msg: Vec<u8>) {
-        let now = self.now_ms();
-        let (Some(t), Some(ctl)) = (self.nfs_tcp.as_mut(), self.nfs_ctl.as_mut()) else {
-            return;
-        };
-        let Some(x) = msg.get(..4) else {
-            return;
-        };
-        let key = nfs_rewrite::tables::TxKey {
-            client: u32::from(client.0),
-            port: client.1,
-            xid: u32::from_be_bytes([x[0], x[1], x[2], x[3]]),
-        };
-        match ctl.take_transaction(key, now) {
-            Some(tx) => t.proxy.datagram_call(dst, client, tx, msg, now),
-            None => self.counters.application_unhandled.inc(),
-        }
-    }
-
-    /// The TCP side of the virtual NFS server, when `[nfs.tcp]` is enabled.
-    fn new_nfs_tcp(&self) -> Option<crate::nfs_tcp::NfsTcp> {
-        let n = self.cfg.nfs.as_ref()?;
-        let t = &n.tcp;
-        if !t.enabled {
-            return None;
-        }
-        let max_io = t.max_io;
-        let cfg = nfs_rewrite::stream::StreamConfig {
-            limits: nfs_rewrite::rewrite::Limits {
-                max_io,
-                max_dir: max_io,
-            },
-            max_record: max_io as usize + 64 * 1024,
-            max_inflight: t.max_inflight,
-            max_output: 4 * (max_io as usize + 64 * 1024),
-            max_leg_output: 8 * (max_io as usize + 64 * 1024),
-            max_connections: t.max_connections,
-            max_per_client: t.max_per_client,
-            idle_ms: t.idle_secs * 1000,
-            call_timeout_ms: 120_000,
-        };
-        let mtu = self.ports.iter().map(|p| p.mtu).min().unwrap_or(1500);
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64);
-        Some(crate::nfs_tcp::NfsTcp::new(
-            n.virtual_address,
-            &[PORTMAP_PORT, n.mount_port, n.nfs_port],
-            cfg,
-            crate::nfs_tcp::Buffers {
-                client: t.client_buffer_kib * 1024,
-                server: t.server_buffer_kib * 1024,
-            },
-            usize::from(mtu),
-            seed,
-            self.now_ms(),
-        ))
-    }
-
-    /// A TCP segment to the virtual NFS server (a client's, or a server's on the router's
-    /// own connection): to the TCP stack. True when it was one.
-    fn tcp_input(&mut self, buf: &B::Buf) -> bool {
-        let Some(t) = self.nfs_tcp.as_mut() else {
-            return false;
-        };
-        let Some(ip) = buf.data().get(ETH_LEN..) else {
-            return false;
-        };
-        if !t.wants(ip) {
-            return false;
-        }
-        t.input(ip);
-        true
-    }
-
-    /// Run the TCP stack and the NFS streams; send what they produce. Returns how many
-    /// packets went out (work done).
-    fn flush_tcp(&mut self) -> usize {
-        let now = self.now_ms();
-        let (Some(t), Some(ctl)) = (self.nfs_tcp.as_mut(), self.nfs_ctl.as_mut()) else {
-            return 0;
-        };
-        if !t.active() {
-            return 0;
-        }
-        let delivered = t.poll(ctl, now);
-        let had_upstream = !delivered.is_empty();
-        let mut datagrams = Vec::new();
-        for d in delivered {
-            match d {
-                nfs_rewrite::stream::Delivery::Upstream(msg) => ctl.upstream_reply(&msg, now),
-                nfs_rewrite::stream::Delivery::Datagram { client, msg } => {
-                    datagrams.push((client, msg))
-                }
-            }
-        }
-        // No more than the output ring takes now: the rest waits in the stack.
-        let packets = t.take_output(self.rings.inject.slots());
-        let n = packets.len();
-        for p in packets {
-            let Some(mut b) = self.alloc_frame(ETH_LEN + p.len()) else {
-                continue;
-            };
-            let d = b.data_mut();
-            d[..ETH_LEN].fill(0);
-            d[12..14].copy_from_slice(&ethertype::IPV4.to_be_bytes());
-            d[ETH_LEN..].copy_from_slice(&p);
-            self.output(b);
-        }
-        if let Some(nfs) = self.cfg.nfs.as_ref() {
-            let from = (nfs.virtual_address, nfs.nfs_port);
-            for (client, msg) in datagrams {
-                self.send_udp(from, client, &msg);
-            }
-        }
-        if had_upstream {
-            self.flush_nfs();
-        }
-        n
-    }
-
-    /// Take what the workers' NFS stages report: handle mappings (this core is the handle
-    /// table's only writer) and transactions of fragmented replies. Returns how many.
-    pub fn poll_mappings(&mut self, budget: usize) -> usize {
-        let Some(nfs) = &self.nfs else { return 0 };
-        let now = self.started.elapsed().as_millis() as u64;
-        let mut n = 0;
-        for ring in &mut self.nfs_events {
-            while n < budget {
-                let Ok(e) = ring.pop() else {
-                    break;
+    /// Send what an application queued.
+    fn send_output(&mut self, o: Output) {
+        match o {
+            Output::Udp { src, dst, payload } => self.send_udp(src, dst, &payload),
+            Output::Ip {
+                src,
+                dst,
+                proto,
+                payload,
+            } => self.send_ip(src, dst, proto, payload.len(), |p| {
+                p.copy_from_slice(&payload)
+            }),
+            Output::Datagram(p) => {
+                let Some(mut b) = self.alloc_frame(ETH_LEN + p.len()) else {
+                    return;
                 };
-                match e {
-                    NfsEvent::Mapping { hid, pfh, len } => {
-                        nfs.handles.insert(hid, &pfh[..usize::from(len)]);
-                    }
-                    NfsEvent::Transaction { key, tx } => {
-                        if let Some(ctl) = self.nfs_ctl.as_mut() {
-                            ctl.adopt(key, tx, now);
-                        }
-                    }
-                }
-                n += 1;
+                let d = b.data_mut();
+                d[..ETH_LEN].fill(0);
+                d[12..14].copy_from_slice(&ethertype::IPV4.to_be_bytes());
+                d[ETH_LEN..].copy_from_slice(&p);
+                self.output(b);
             }
+            Output::Frame { frame, port } => self.route_frames(std::iter::once((frame, port))),
         }
-        n
     }
 
     /// Drain up to `budget` punted packets. Returns how many were handled.
@@ -721,39 +395,24 @@ impl<B: Backend> Mgmt<B> {
             }
             PuntReason::FragNeeded => self.fragment_or_refuse(buf),
             PuntReason::Local => {
-                if !self.tcp_input(&buf) && !self.nfs_input(&buf) && !self.chain_control(&buf) {
+                if !self.offer(&buf, |a, ctx, f, p| a.local(ctx, f, p)) {
                     self.local_input(&buf)
                 }
             }
             PuntReason::Broadcast => {
                 self.counters.broadcast_in.inc();
-                if !self.broadcast_input(&buf) {
+                if !self.offer(&buf, |a, ctx, f, p| a.broadcast(ctx, f, p)) {
                     // Nobody's: dropped without an ICMP error (never for a broadcast).
                     self.counters.local_dropped.inc();
                 }
             }
-            PuntReason::Application if is_fragment(&buf) => self.fragment_input(buf),
             PuntReason::Application => {
-                if !self.nfs_input(&buf) && !self.sal_input(&buf) {
+                if !self.offer(&buf, |a, ctx, f, p| a.punted(ctx, f, p)) {
                     // No controller for it: count, answer nothing (no ICMP: the client retries).
                     self.counters.application_unhandled.inc();
                 }
             }
         }
-    }
-
-    /// A fragment an application wants whole: reassemble; a datagram that turns out not to be
-    /// the application's goes on as the fragments it came in.
-    fn fragment_input(&mut self, buf: B::Buf) {
-        let port = buf.port();
-        let Some(c) = self.reasm.add(buf.data(), Instant::now()) else {
-            return;
-        };
-        drop(buf);
-        if self.nfs_datagram(&c.datagram) {
-            return;
-        }
-        self.route_frames(c.frames.into_iter().map(|f| (f, port)));
     }
 
     fn inject(&mut self, buf: B::Buf) {
@@ -1044,7 +703,7 @@ impl<B: Backend> Mgmt<B> {
             .and_then(|nh| self.ports.get(usize::from(nh.port)))
             .map_or(1500, |p| p.mtu);
         if 20 + payload_len > usize::from(mtu) {
-            // Larger than the path's MTU (a reassembled NFS reply, rewritten): build the whole
+            // Larger than the path's MTU (an application's reassembled datagram, rewritten): build the whole
             // datagram, send it in fragments.
             self.ip_ident = self.ip_ident.wrapping_add(1);
             let mut dg = vec![0u8; 20 + payload_len];
@@ -1090,176 +749,6 @@ impl<B: Backend> Mgmt<B> {
         self.output(b);
     }
 
-    /// Offer a UDP datagram to the NFS controller: calls to the virtual server's portmap,
-    /// MOUNT and NFS ports, replies to the controller's own client port, and server replies
-    /// the workers had no call for. True when it was the controller's (answered or not).
-    fn nfs_input(&mut self, buf: &B::Buf) -> bool {
-        buf.data()
-            .get(ETH_LEN..)
-            .is_some_and(|ip| self.nfs_datagram(ip))
-    }
-
-    /// [`Mgmt::nfs_input`] on an IP datagram (a frame's, or one reassembled here).
-    fn nfs_datagram(&mut self, datagram: &[u8]) -> bool {
-        if self.nfs_ctl.is_none() {
-            return false;
-        }
-        // Mappings the workers learned go in first: the call at hand may need one.
-        self.poll_mappings(usize::MAX);
-        let now = self.now_ms();
-        let (Some(ctl), Some(n)) = (self.nfs_ctl.as_mut(), self.cfg.nfs.as_ref()) else {
-            return false;
-        };
-        let Some((src, dst, payload)) = udp_in(datagram) else {
-            return false;
-        };
-        let virt = n.virtual_address;
-        if dst.0 != virt {
-            // A UDP client's call a worker rewrote for a server without UDP.
-            if ctl
-                .shared()
-                .server_at(dst.0, dst.1)
-                .is_some_and(|s| s.bridge)
-                && self.nfs_tcp.is_some()
-            {
-                let msg = payload.to_vec();
-                self.datagram_over_tcp(src, dst, msg);
-                return true;
-            }
-            let Some(ctl) = self.nfs_ctl.as_mut() else {
-                return false;
-            };
-            // A server's reply to a client that no worker had the call of.
-            let Some(sid) = ctl.shared().server_at(src.0, src.1).map(|s| s.sid) else {
-                return false;
-            };
-            if let Some(reply) = ctl.server_reply(payload, sid, dst, now) {
-                let from = (virt, n.nfs_port);
-                self.send_udp(from, dst, &reply);
-            }
-            return true;
-        }
-        if dst.1 == nfs_rewrite::upstream::CLIENT_PORT {
-            ctl.upstream_reply(payload, now);
-            self.flush_nfs();
-            return true;
-        }
-        if dst.1 != PORTMAP_PORT && dst.1 != n.mount_port && dst.1 != n.nfs_port {
-            return false;
-        }
-        match ctl.answer(payload, src, now) {
-            Some(reply) => {
-                self.counters.nfs_answered.inc();
-                self.send_udp(dst, src, &reply);
-            }
-            None => self.counters.application_unhandled.inc(),
-        }
-        self.flush_nfs();
-        true
-    }
-
-    /// A Serval packet the SAL stage handed over. True when it was one.
-    fn sal_input(&mut self, buf: &B::Buf) -> bool {
-        self.sal_frame(buf.data(), buf.port())
-    }
-
-    /// A broadcast delivered to the router: a Serval packet (a host's REGISTER to its link's
-    /// broadcast, as the original's service daemon sends it) goes to the service controller as
-    /// if sent to the receiving port's own address, which any answer comes from.
-    fn broadcast_input(&mut self, buf: &B::Buf) -> bool {
-        let port = buf.port();
-        let Some(me) = self
-            .ports
-            .get(usize::from(port))
-            .and_then(|p| p.addrs.first())
-            .map(|a| a.0)
-        else {
-            return false;
-        };
-        if self.sal.is_none()
-            || packet::ipv4::in_frame(buf.data())
-                .is_none_or(|ip| ip.protocol() != sal_forward::wire::PROTOCOL)
-        {
-            return false;
-        }
-        let mut frame = buf.data().to_vec();
-        let Some(Ok(mut ip)) = frame
-            .get_mut(packet::ethernet::HEADER_LEN..)
-            .map(Ipv4Packet::new_checked)
-        else {
-            return false;
-        };
-        ip.set_dst_addr(me);
-        ip.fill_checksum();
-        self.sal_frame(&frame, port)
-    }
-
-    fn sal_frame(&mut self, frame: &[u8], port: u16) -> bool {
-        let now = self.now_ms();
-        let Some(sal) = self.sal.as_mut() else {
-            return false;
-        };
-        let mine = match sal.input(frame, port, now) {
-            crate::sal::Handled::NotMine => false,
-            crate::sal::Handled::Done => true,
-            crate::sal::Handled::Copies(frames) => {
-                self.route_frames(frames.into_iter().map(|f| (f, port)));
-                true
-            }
-            crate::sal::Handled::Send(src, dst, payload) => {
-                self.send_ip(src, dst, sal_forward::wire::PROTOCOL, payload.len(), |p| {
-                    p.copy_from_slice(&payload)
-                });
-                true
-            }
-        };
-        self.flush_sal(now);
-        mine
-    }
-
-    /// Send what the service controller has to say (to its parent, children, askers) and
-    /// route the delayed packets an answer released.
-    fn flush_sal(&mut self, now_ms: u64) {
-        let Some(sal) = self.sal.as_mut() else {
-            return;
-        };
-        let (msgs, released) = sal.take_output(now_ms);
-        for (dst, msg) in msgs {
-            let Some(src) = self.source_for(dst) else {
-                if let Some(sal) = self.sal.as_mut() {
-                    sal.control_send_failed += 1;
-                }
-                continue;
-            };
-            let seg = crate::sal::SalMgmt::control_segment(src, dst, &msg);
-            self.send_ip(src, dst, sal_forward::wire::PROTOCOL, seg.len(), |p| {
-                p.copy_from_slice(&seg)
-            });
-        }
-        self.route_frames(released.into_iter());
-    }
-
-    /// The router's address to send from towards `dst`: one of the output port's, on the
-    /// next hop's subnet when it has several.
-    fn source_for(&self, dst: Ipv4Addr) -> Option<Ipv4Addr> {
-        let nh = self.stage.next_hop(dst)?;
-        let port = self.ports.get(usize::from(nh.port))?;
-        let hop = if nh.gateway.is_unspecified() {
-            dst
-        } else {
-            nh.gateway
-        };
-        let on = |a: Ipv4Addr, l: u8| {
-            let m = packet::ipv4::mask(l);
-            u32::from(a) & m == u32::from(hop) & m
-        };
-        port.addrs
-            .iter()
-            .find(|(a, l)| on(*a, *l))
-            .or(port.addrs.first())
-            .map(|(a, _)| *a)
-    }
-
     /// Route frames the management core made (copies, released packets).
     fn route_frames(&mut self, frames: impl Iterator<Item = (Vec<u8>, u16)>) {
         for (f, port) in frames {
@@ -1287,29 +776,6 @@ impl<B: Backend> Mgmt<B> {
                 u.fill_checksum(src.0, dst.0);
             },
         );
-    }
-
-    /// A datagram to the NetChain control port: the master's request. True when it was one.
-    fn chain_control(&mut self, buf: &B::Buf) -> bool {
-        let Some(port) = self
-            .chain
-            .as_ref()
-            .and_then(|c| c.control.as_ref())
-            .map(|c| c.port)
-        else {
-            return false;
-        };
-        let Some((src, dst, payload)) = buf.data().get(ETH_LEN..).and_then(udp_in) else {
-            return false;
-        };
-        if dst.1 != port {
-            return false;
-        }
-        let reply = self.chain.as_mut().and_then(|c| c.control_input(payload));
-        if let Some(r) = reply {
-            self.send_udp(dst, src, &r);
-        }
-        true
     }
 
     fn local_input(&mut self, buf: &B::Buf) {
@@ -1412,24 +878,11 @@ impl<B: Backend> Mgmt<B> {
     }
 
     fn timers(&mut self) {
-        let now_ms = self.now_ms();
-        if let Some(ctl) = self.nfs_ctl.as_mut() {
-            ctl.poll(now_ms);
-            // TCP clients are offered what every server takes (FSINFO), up to the config's.
-            if let (Some(t), Some(n)) = (self.nfs_tcp.as_mut(), self.cfg.nfs.as_ref()) {
-                let cap = n.tcp.max_io;
-                let m = ctl.upstream.transfer_max().map_or(cap, |m| m.min(cap));
-                t.proxy.cfg.limits.max_io = m.max(4096);
+        self.with_apps(|apps, ctx| {
+            for a in apps {
+                a.timer(ctx);
             }
-            self.flush_nfs();
-            self.checkpoint_timer();
-        }
-        self.reasm.expire(Instant::now());
-        if let Some(sal) = self.sal.as_mut() {
-            let released = sal.poll(now_ms);
-            self.route_frames(released.into_iter());
-            self.flush_sal(now_ms);
-        }
+        });
         let now = Instant::now();
         let retry = Duration::from_millis(self.cfg.neighbours.arp_retry_ms);
         let reach = Duration::from_secs(self.cfg.neighbours.reachable_secs);
@@ -1643,7 +1096,6 @@ impl<B: Backend> Mgmt<B> {
             admin_requests,
             admin_errors,
             application_unhandled,
-            nfs_answered,
             broadcast_in
         );
         mgmt["punts"] = PuntReason::ALL
@@ -1653,7 +1105,7 @@ impl<B: Backend> Mgmt<B> {
         mgmt["held_now"] = json!(self.held_total);
         mgmt["reloads"] = json!(self.reloads.0);
         mgmt["reloads_refused"] = json!(self.reloads.1);
-        json!({
+        let mut v = json!({
             "uptime_secs": self.started.elapsed().as_secs_f64(),
             "ports": ports,
             "cores": cores,
@@ -1661,125 +1113,33 @@ impl<B: Backend> Mgmt<B> {
             "fib": {"routes": self.fib.len(), "tbl8_used": self.fib.tbl8_used(), "tbl8_groups": self.fib.tbl8_groups(),
                     "next_hops": self.fib.next_hops().len(), "leaked_tbl8": self.fib.leaked_tbl8},
             "mempool_free": self.be.pool_free(),
-            "nfs": self.nfs_stats(&cores),
-            "sal": self.sal.as_ref().map(|s| s.stats(&cores)),
-            "chain": self.chain.as_ref().map(|c| c.stats(&cores)),
-        })
-    }
-
-    /// The NFS section of the stats (None without `[nfs]`): the workers' counters summed and
-    /// named, the handle table, the controller's answers, mounts and recovery, checkpoints.
-    fn nfs_stats(&self, cores: &[crate::counters::CoreSnapshot]) -> serde_json::Value {
-        use nfs_rewrite::datapath::NfsCounters;
-        use nfs_rewrite::wire::nfs3::Proc;
-        let (Some(n), Some(ctl)) = (&self.nfs, &self.nfs_ctl) else {
-            return serde_json::Value::Null;
-        };
-        let sum: [u64; NfsCounters::WIDTH] =
-            crate::counters::sum_cores(cores, nfs_rewrite::datapath::NfsStage::NAME);
-        let k = NfsCounters::from_values(&sum);
-        let by_proc = |a: &[u64; 22]| -> serde_json::Map<String, serde_json::Value> {
-            Proc::ALL
-                .iter()
-                .filter(|p| a[**p as usize] > 0)
-                .map(|p| (p.name().to_string(), json!(a[*p as usize])))
-                .collect()
-        };
-        let c = ctl.stats;
-        let u = ctl.upstream.stats;
-        let tcp = self.nfs_tcp.as_ref().map(|t| {
-            let s = t.proxy.stats;
-            let k = t.counters;
-            json!({"connections": t.proxy.clients(), "accepted": s.accepted,
-                   "refused_total_limit": s.refused_total,
-                   "refused_per_client_limit": s.refused_per_client, "closed": s.closed,
-                   "idle_closed": s.idle_closed, "bad_records": s.bad_records,
-                   "garbage": s.garbage, "calls": s.calls, "answered": s.answered,
-                   "forwarded": s.forwarded, "replies": s.replies,
-                   "orphan_replies": s.orphan_replies, "unmatched_replies": s.unmatched_replies,
-                   "rewrite_failed": s.rewrite_failed, "paused_inflight": s.paused_inflight,
-                   "paused_output": s.paused_output, "paused_server": s.paused_leg,
-                   "server_connects": s.leg_connects, "server_failures": s.leg_failures,
-                   "resent": s.resent, "timed_out": s.timed_out,
-                   "router_calls": s.upstream_calls, "datagram_calls": s.datagram_calls,
-                   "bytes_in": s.bytes_in,
-                   "bytes_out": s.bytes_out, "packets_in": k.packets_in,
-                   "packets_out": k.packets_out, "queue_full": k.queue_full,
-                   "resets": k.resets, "max_io": t.proxy.cfg.limits.max_io})
         });
-        json!({
-            "tcp": tcp,
-            "calls": k.calls.iter().sum::<u64>(),
-            "replies": k.replies.iter().sum::<u64>(),
-            "calls_by_proc": by_proc(&k.calls),
-            "replies_by_proc": by_proc(&k.replies),
-            "calls_rewritten": k.calls_rewritten,
-            "replies_rewritten": k.replies_rewritten,
-            "fragments_passed": k.fragments_passed,
-            "direct_calls": k.direct_calls,
-            "direct_replies": k.direct_replies,
-            "mappings_dropped": k.mappings_dropped,
-            "handles": n.handles.len(),
-            "handle_capacity": n.handles.capacity(),
-            "handle_inserts": n.handles.stats.inserts.load(Ordering::Relaxed),
-            "handle_evictions": n.handles.stats.evictions.load(Ordering::Relaxed),
-            "servers": n.servers.len(),
-            "servers_mounted": ctl.upstream.servers.iter().filter(|s| s.mounted.is_some()).count(),
-            "limits": {"max_io": n.limits.max_io, "max_dir": n.limits.max_dir},
-            "fragments_punted": k.fragments_punted,
-            "reassembly": {"pending": self.reasm.pending(), "stats": self.reasm.stats},
-            "control": {"portmap": c.portmap, "mount": c.mount, "nfs_null": c.nfs_null,
-                        "virtual_root": c.virtual_root, "bad_handles": c.bad_handles,
-                        "stale_handles": c.stale_handles, "xdev": c.xdev,
-                        "recover_waiting": c.recover_waiting, "unanswered": c.unanswered,
-                        "forwarded": c.forwarded, "replies_forwarded": c.replies_forwarded,
-                        "released": c.released, "held_now": ctl.held(), "hold_full": c.hold_full,
-                        "unmatched_replies": c.unmatched_replies, "adopted": c.adopted,
-                        "garbage_args": c.garbage_args, "bad_names": c.bad_names,
-                        "long_names": c.long_names},
-            "recovery": {"calls": u.recovery_calls, "recovered": u.recovered,
-                         "failed": u.recovery_failed, "waiting_now": ctl.upstream.waiting(),
-                         "wait_ms_total": u.wait_ms_total, "wait_ms_max": u.wait_ms_max,
-                         "walks": u.walks, "walking_now": ctl.upstream.walking(),
-                         "walk_dirs": u.walk_dirs, "walk_entries": u.walk_entries,
-                         "walk_lookups": u.walk_lookups, "readdirplus_refused": u.readdirplus_refused,
-                         "retransmits": u.retransmits, "timeouts": u.timeouts,
-                         "stray_replies": u.stray_replies},
-            "checkpoint": {"path": self.cfg.nfs.as_ref().and_then(|n| n.checkpoint.as_ref()).map(|p| p.display().to_string()),
-                           "loaded": self.ckpt.loaded, "written": self.ckpt.written,
-                           "failed": self.ckpt.failed, "last_entries": self.ckpt.last_entries,
-                           "last_age_secs": self.ckpt.last.map(|t| t.elapsed().as_secs_f64()),
-                           "last_error": self.ckpt.last_error},
-        })
+        if let Some(o) = v.as_object_mut() {
+            o.extend(self.app_stats());
+        }
+        v
     }
 
-    /// The aggregated servers and their mount state.
-    fn nfs_servers(&self) -> Response {
-        let (Some(n), Some(ctl)) = (&self.nfs, &self.nfs_ctl) else {
-            return Response::err("NFS is not configured");
+    /// Each application's section of the statistics (null for those not configured).
+    fn app_stats(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut out = Vec::new();
+        let ctx = MgmtCtx {
+            now_ms: self.now_ms(),
+            room: 0,
+            ports: &self.ports,
+            router: &self.stage,
+            cores: &self.cores,
+            out: &mut out,
+            unhandled: 0,
         };
-        let now = self.now_ms();
-        let v: Vec<_> = n
-            .servers
+        let mut m: serde_json::Map<_, _> = crate::apps::NAMES
             .iter()
-            .map(|s| {
-                let st = ctl.upstream.servers.iter().find(|x| x.sid == s.sid);
-                let m = st.and_then(|x| x.mounted.as_ref());
-                json!({"sid": s.sid, "name": s.name, "address": s.addr.to_string(),
-                       "nfs_port": s.nfs_port, "mount_port": s.mount_port, "export": s.export,
-                       "mounted": m.is_some(),
-                       "mounted_secs": m.map(|m| now.saturating_sub(m.since_ms) as f64 / 1000.0),
-                       "mounts": st.map_or(0, |x| x.mounts),
-                       "walk": st.map(|x| x.walk_method.name()),
-                       "root_handle": m.map(|m| m.root_pfh.iter().map(|b| format!("{b:02x}")).collect::<String>()),
-                       "fsid": m.map(|m| m.root_pfs), "root_fileid": m.map(|m| m.root_pin),
-                       "fsstat": m.and_then(|m| m.fsstat).map(|f| json!({"tbytes": f[0], "fbytes": f[1], "abytes": f[2], "tfiles": f[3], "ffiles": f[4], "afiles": f[5]})),
-                       "fsinfo": m.and_then(|m| m.fsinfo).map(|f| json!({"rtmax": f[0], "wtmax": f[1], "dtpref": f[2]})),
-                       "transport": self.cfg.nfs.as_ref().and_then(|c| c.servers.iter().find(|x| x.sid == s.sid)).map(|x| x.transport),
-                       "last_error": st.and_then(|x| x.last_error.clone())})
-            })
+            .map(|n| (n.to_string(), serde_json::Value::Null))
             .collect();
-        Response::ok(json!(v))
+        for a in &self.apps {
+            m.insert(a.name().to_string(), a.stats(&ctx));
+        }
+        m
     }
 
     /// Answer one admin request.
@@ -1880,99 +1240,9 @@ impl<B: Backend> Mgmt<B> {
                 Err(e) => Response::err(e),
             },
             Request::Reload => self.reload(),
-            Request::App(AppRequest::NfsServers) => self.nfs_servers(),
-            Request::App(AppRequest::SalRuleAdd {
-                prefix,
-                action,
-                targets,
-                priority,
-                mode,
-            }) => match self.sal.as_mut() {
-                Some(s) => s.rule_add(&prefix, &action, &targets, priority, mode.as_deref()),
-                None => Response::err(SAL_OFF),
-            },
-            Request::App(AppRequest::SalRuleDel {
-                prefix,
-                priority,
-                target,
-            }) => match self.sal.as_mut() {
-                Some(s) => s.rule_del(&prefix, priority, target),
-                None => Response::err(SAL_OFF),
-            },
-            Request::App(AppRequest::SalRuleList { limit }) => match self.sal.as_ref() {
-                Some(s) => s.rule_list(limit),
-                None => Response::err(SAL_OFF),
-            },
-            Request::App(AppRequest::SalStats) => {
-                let cores: Vec<_> = self.cores.iter().map(|c| c.snapshot()).collect();
-                match self.sal.as_ref() {
-                    Some(s) => Response::ok(s.stats(&cores)),
-                    None => Response::err(SAL_OFF),
-                }
-            }
-            Request::App(AppRequest::SalRegistrations) => match self.sal.as_ref() {
-                Some(s) => s.registrations(self.now_ms()),
-                None => Response::err(SAL_OFF),
-            },
-            Request::App(AppRequest::SalDelayed) => match self.sal.as_ref() {
-                Some(s) => s.delayed(self.now_ms()),
-                None => Response::err(SAL_OFF),
-            },
-            Request::App(AppRequest::SalHierarchy) => match self.sal.as_ref() {
-                Some(s) => s.hierarchy(self.now_ms()),
-                None => Response::err(SAL_OFF),
-            },
-            Request::App(AppRequest::ChainNodes) => match self.chain.as_ref() {
-                Some(c) => c.nodes(),
-                None => Response::err(CHAIN_OFF),
-            },
-            Request::App(AppRequest::ChainGroups { limit }) => match self.chain.as_ref() {
-                Some(c) => c.groups(limit),
-                None => Response::err(CHAIN_OFF),
-            },
-            Request::App(AppRequest::ChainStats) => {
-                let cores: Vec<_> = self.cores.iter().map(|c| c.snapshot()).collect();
-                match self.chain.as_ref() {
-                    Some(c) => Response::ok(c.stats(&cores)),
-                    None => Response::err(CHAIN_OFF),
-                }
-            }
-            Request::App(AppRequest::NfsStats) => {
-                let cores: Vec<_> = self.cores.iter().map(|c| c.snapshot()).collect();
-                match self.nfs_stats(&cores) {
-                    serde_json::Value::Null => Response::err("NFS is not configured"),
-                    v => Response::ok(v),
-                }
-            }
-            Request::App(AppRequest::NfsConnections) => match (&self.nfs_ctl, &self.nfs_tcp) {
-                (None, _) => Response::err("NFS is not configured"),
-                (Some(_), None) => Response::err("NFS over TCP is disabled ([nfs.tcp] enabled = false)"),
-                (Some(_), Some(t)) => {
-                    let now = self.now_ms();
-                    let v: Vec<_> = t
-                        .proxy
-                        .connections(now)
-                        .into_iter()
-                        .map(|c| {
-                            json!({"kind": c.kind, "peer": format!("{}:{}", c.peer.0, c.peer.1),
-                                   "local_port": c.local_port, "sid": c.sid, "state": c.state,
-                                   "bytes_in": c.bytes_in, "bytes_out": c.bytes_out,
-                                   "inflight": c.inflight, "queued": c.queued,
-                                   "age_secs": c.age_ms as f64 / 1000.0, "calls": c.calls})
-                        })
-                        .collect();
-                    Response::ok(json!(v))
-                }
-            },
-            Request::App(AppRequest::NfsCheckpoint) => {
-                let t0 = Instant::now();
-                match self.checkpoint_now() {
-                    Ok((entries, bytes, path)) => Response::ok(json!({
-                        "entries": entries, "bytes": bytes, "path": path.display().to_string(),
-                        "ms": t0.elapsed().as_secs_f64() * 1000.0})),
-                    Err(e) => Response::err(e),
-                }
-            }
+            Request::App(r) => self
+                .with_apps(|apps, ctx| apps.iter_mut().find_map(|a| a.request(ctx, &r)))
+                .unwrap_or_else(|| Response::err(r.not_configured())),
         }
     }
 }

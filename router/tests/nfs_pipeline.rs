@@ -376,7 +376,7 @@ fn nfs_stage_in_the_pipeline() {
     let s = h.call(Request::Stats);
     assert_eq!(s["nfs"]["control"]["bad_handles"], 1);
     assert_eq!(s["nfs"]["control"]["virtual_root"], 2);
-    assert_eq!(s["mgmt"]["nfs_answered"], 5);
+    assert_eq!(s["nfs"]["answered"], 5);
     assert_eq!(s["nfs"]["replies"], 0, "no reply was matched by a worker");
     assert_eq!(s["nfs"]["calls"], 4);
     assert_eq!(

@@ -1,7 +1,9 @@
 //! The management core's side of the NetChain switch nodes: the nodes' roles, keys and
 //! failover rules from the configuration, and what `routerctl chain` shows.
 
+use super::AppRequest;
 use crate::admin::Response;
+use crate::app::{udp_datagram, MgmtApp, MgmtCtx};
 use crate::config::{parse_vgroups, ChainConfig};
 use chain_switch::control::{self, Reply, Request};
 use chain_switch::node::{role, FailoverRule};
@@ -300,6 +302,46 @@ impl ChainMgmt {
             "nodes": self.shared.nodes.len(),
             "keys": self.shared.nodes.iter().map(|n| n.store.len()).sum::<usize>(),
             "value_len": self.shared.value_len,
+        })
+    }
+}
+
+impl MgmtApp for ChainMgmt {
+    fn name(&self) -> &'static str {
+        "chain"
+    }
+
+    /// A datagram to the control port: the master's request, answered from the port it
+    /// came to.
+    fn local(&mut self, ctx: &mut MgmtCtx, frame: &[u8], _port: u16) -> bool {
+        let Some(port) = self.control.as_ref().map(|c| c.port) else {
+            return false;
+        };
+        let Some((src, dst, payload)) = frame
+            .get(packet::ethernet::HEADER_LEN..)
+            .and_then(udp_datagram)
+        else {
+            return false;
+        };
+        if dst.1 != port {
+            return false;
+        }
+        if let Some(r) = self.control_input(payload) {
+            ctx.udp(dst, src, r);
+        }
+        true
+    }
+
+    fn stats(&self, ctx: &MgmtCtx) -> serde_json::Value {
+        self.stats(&ctx.cores())
+    }
+
+    fn request(&mut self, ctx: &mut MgmtCtx, req: &AppRequest) -> Option<Response> {
+        Some(match req {
+            AppRequest::ChainNodes => self.nodes(),
+            AppRequest::ChainGroups { limit } => self.groups(*limit),
+            AppRequest::ChainStats => Response::ok(self.stats(&ctx.cores())),
+            _ => return None,
         })
     }
 }

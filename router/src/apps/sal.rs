@@ -2,7 +2,9 @@
 //! DELAY queue), operator rules, and what the stage hands over (DEMUX to the controller,
 //! DELAY, FORWARD to all targets, the original's RST for an unmatched datagram).
 
+use super::AppRequest;
 use crate::admin::Response;
+use crate::app::{MgmtApp, MgmtCtx, Output};
 use crate::config::SalConfig;
 use packet::{Buffer, Stage, Verdict};
 use sal_forward::controller::{Controller, Outcome, Settings};
@@ -455,5 +457,120 @@ impl SalMgmt {
             })
             .collect();
         Response::ok(json!({"delayed": v}))
+    }
+}
+
+impl SalMgmt {
+    /// A Serval packet for the controller or the DELAY queue; what it answers goes out.
+    fn frame(&mut self, ctx: &mut MgmtCtx, frame: &[u8], port: u16) -> bool {
+        let mine = match self.input(frame, port, ctx.now_ms) {
+            Handled::NotMine => false,
+            Handled::Done => true,
+            Handled::Copies(frames) => {
+                for f in frames {
+                    ctx.send(Output::Frame { frame: f, port });
+                }
+                true
+            }
+            Handled::Send(src, dst, payload) => {
+                ctx.send(Output::Ip {
+                    src,
+                    dst,
+                    proto: wire::PROTOCOL,
+                    payload,
+                });
+                true
+            }
+        };
+        self.flush(ctx);
+        mine
+    }
+
+    /// Send what the controller has to say (to its parent, children, askers) and route the
+    /// delayed packets an answer released.
+    fn flush(&mut self, ctx: &mut MgmtCtx) {
+        let (msgs, released) = self.take_output(ctx.now_ms);
+        for (dst, msg) in msgs {
+            let Some(src) = ctx.source_for(dst) else {
+                self.control_send_failed += 1;
+                continue;
+            };
+            ctx.send(Output::Ip {
+                src,
+                dst,
+                proto: wire::PROTOCOL,
+                payload: Self::control_segment(src, dst, &msg),
+            });
+        }
+        for (frame, port) in released {
+            ctx.send(Output::Frame { frame, port });
+        }
+    }
+}
+
+impl MgmtApp for SalMgmt {
+    fn name(&self) -> &'static str {
+        "sal"
+    }
+
+    fn punted(&mut self, ctx: &mut MgmtCtx, frame: &[u8], port: u16) -> bool {
+        self.frame(ctx, frame, port)
+    }
+
+    /// A host's REGISTER to its link's broadcast (as the original's service daemon sends
+    /// it) goes to the controller as if sent to the receiving port's own address, which any
+    /// answer comes from.
+    fn broadcast(&mut self, ctx: &mut MgmtCtx, frame: &[u8], port: u16) -> bool {
+        let Some(me) = ctx.port_address(port) else {
+            return false;
+        };
+        if packet::ipv4::in_frame(frame).is_none_or(|ip| ip.protocol() != wire::PROTOCOL) {
+            return false;
+        }
+        let mut frame = frame.to_vec();
+        let Some(Ok(mut ip)) = frame
+            .get_mut(packet::ethernet::HEADER_LEN..)
+            .map(packet::ipv4::Ipv4Packet::new_checked)
+        else {
+            return false;
+        };
+        ip.set_dst_addr(me);
+        ip.fill_checksum();
+        self.frame(ctx, &frame, port)
+    }
+
+    fn timer(&mut self, ctx: &mut MgmtCtx) {
+        for (frame, port) in self.poll(ctx.now_ms) {
+            ctx.send(Output::Frame { frame, port });
+        }
+        self.flush(ctx);
+    }
+
+    fn stats(&self, ctx: &MgmtCtx) -> serde_json::Value {
+        self.stats(&ctx.cores())
+    }
+
+    fn request(&mut self, ctx: &mut MgmtCtx, req: &AppRequest) -> Option<Response> {
+        let now = ctx.now_ms;
+        Some(match req {
+            AppRequest::SalRuleAdd {
+                prefix,
+                action,
+                targets,
+                priority,
+                mode,
+            } => self.rule_add(prefix, action, targets, *priority, mode.as_deref()),
+            AppRequest::SalRuleDel {
+                prefix,
+                priority,
+                target,
+            } => self.rule_del(prefix, *priority, *target),
+            AppRequest::SalRuleList { limit } => self.rule_list(*limit),
+            AppRequest::SalStats => Response::ok(self.stats(&ctx.cores())),
+            AppRequest::SalRegistrations => self.registrations(now),
+            AppRequest::SalDelayed => self.delayed(now),
+            AppRequest::SalHierarchy => self.hierarchy(now),
+            _ => return None,
+        })
     }
 }

@@ -1,7 +1,14 @@
-//! The registry: the one place that lists the applications the workers run, in the order
-//! their claims are looked up, with each one's fast-path glue ([`WorkerApp`]).
+//! The registry: the one place that lists the applications, in the order their claims are
+//! looked up and their management-core sides are offered packets: how each is built from the
+//! config, its fast-path glue ([`WorkerApp`]) and its management-core side ([`MgmtApp`]).
 
-use crate::app::{publish_values, WorkerApp};
+pub mod chain;
+pub mod nfs;
+pub mod nfs_tcp;
+pub mod sal;
+
+use crate::app::{publish_values, MgmtApp, WorkerApp};
+use crate::config::Config;
 use crate::counters::{CoreCounters, Counter};
 use chain_switch::stage::{ChainCounters, ChainStage};
 use nfs_rewrite::datapath::{NfsCounters, NfsEvent, NfsStage};
@@ -9,6 +16,56 @@ use packet::claim::{Claim, Claimed, ClaimingStage};
 use packet::{Buffer, DropReason, Stage, Verdict};
 use sal_forward::stage::{SalCounters, SalStage};
 use std::sync::{Arc, Mutex};
+
+/// Every application's name: its config section, its statistics section.
+pub const NAMES: [&str; 3] = ["nfs", "sal", "chain"];
+
+/// The configured applications, built from the config: their stages (before they are copied
+/// to the workers) and their management-core sides.
+pub struct Apps {
+    pub stages: Stages,
+    pub mgmt: Vec<Box<dyn MgmtApp>>,
+}
+
+impl std::fmt::Debug for Apps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Apps")
+            .field("stages", &self.stages)
+            .finish()
+    }
+}
+
+/// Build the applications `cfg` configures (its service rules, node tables and handle keys
+/// in place before any worker starts). `workers`: how many workers will run the stages.
+pub fn build(cfg: &Config, workers: usize) -> Result<Apps, String> {
+    let mut stages = Stages::default();
+    let mut mgmt: Vec<Box<dyn MgmtApp>> = Vec::new();
+    if let Some(n) = &cfg.nfs {
+        let shared = nfs::shared(n, cfg.nfs_limits());
+        let rings = Arc::new(EventRings::new(cfg.dataplane.ring_size));
+        let stage = NfsStage::new(shared.clone(), n.transactions, n.transaction_ttl_ms);
+        stages.nfs = Some((stage, rings.clone()));
+        let mtu = cfg.ports.iter().map(|p| p.mtu).min().unwrap_or(1500);
+        mgmt.push(Box::new(nfs::NfsMgmt::new(n.clone(), shared, rings, mtu)));
+    }
+    if let Some(sc) = &cfg.sal {
+        let shared = Arc::new(sal_forward::stage::SalShared::new(
+            Arc::new(sal_forward::table::ServiceTable::new(sc.max_rules)),
+            cfg.addresses().iter().map(|(_, a, _)| *a).collect(),
+            workers + 1,
+        ));
+        stages.sal = Some(SalStage::new(shared.clone(), 0));
+        mgmt.push(Box::new(
+            sal::SalMgmt::new(sc, shared).map_err(|e| format!("sal: {e}"))?,
+        ));
+    }
+    if let Some(c) = &cfg.chain {
+        let m = chain::ChainMgmt::new(c).map_err(|e| format!("chain: {e}"))?;
+        stages.chain = Some(ChainStage::new(m.shared.clone()));
+        mgmt.push(Box::new(m));
+    }
+    Ok(Apps { stages, mgmt })
+}
 
 /// The applications' admin requests (a [`crate::admin::Request::App`]).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -61,6 +118,30 @@ pub enum AppRequest {
     },
     /// NetChain stage counters.
     ChainStats,
+}
+
+impl AppRequest {
+    /// The answer when the request's application is not configured.
+    pub fn not_configured(&self) -> &'static str {
+        match self {
+            AppRequest::NfsServers
+            | AppRequest::NfsStats
+            | AppRequest::NfsCheckpoint
+            | AppRequest::NfsConnections => "NFS is not configured (no [nfs] section)",
+            AppRequest::SalRuleAdd { .. }
+            | AppRequest::SalRuleDel { .. }
+            | AppRequest::SalRuleList { .. }
+            | AppRequest::SalStats
+            | AppRequest::SalRegistrations
+            | AppRequest::SalDelayed
+            | AppRequest::SalHierarchy => {
+                "Serval service routing is not configured (no [sal] section)"
+            }
+            AppRequest::ChainNodes | AppRequest::ChainGroups { .. } | AppRequest::ChainStats => {
+                "NetChain is not configured (no [chain] section)"
+            }
+        }
+    }
 }
 
 /// The configured applications' stages, before they are copied to the workers.
