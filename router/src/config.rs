@@ -21,7 +21,7 @@ pub enum ConfigError {
     Invalid { key: String, msg: String },
 }
 
-fn invalid(key: impl Into<String>, msg: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: impl Into<String>, msg: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         msg: msg.into(),
@@ -113,7 +113,7 @@ pub struct DataplaneConfig {
     pub capture: bool,
 }
 
-fn d_true() -> bool {
+pub(crate) fn d_true() -> bool {
     true
 }
 
@@ -389,471 +389,6 @@ pub struct StaticNeighbour {
     pub mac: String,
 }
 
-fn d_nfs_port() -> u16 {
-    2049
-}
-fn d_mount_port() -> u16 {
-    20048
-}
-fn d_vfsid() -> u64 {
-    0x5649_5254_5541_4c31 // "VIRTUAL1"
-}
-fn d_transactions() -> usize {
-    65_536
-}
-fn d_tx_ttl() -> u64 {
-    10_000
-}
-fn d_handles() -> usize {
-    1 << 20
-}
-fn d_checkpoint_secs() -> u64 {
-    10
-}
-
-/// One aggregated NFS server.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NfsServerConfig {
-    /// Server id (1..=65535), stored in every virtual handle: never reuse one for another server.
-    pub sid: u16,
-    /// The name its export has in the virtual root directory.
-    pub name: String,
-    pub address: Ipv4Addr,
-    #[serde(default = "d_nfs_port")]
-    pub nfs_port: u16,
-    #[serde(default = "d_mount_port")]
-    pub mount_port: u16,
-    /// The export path to mount on the server.
-    pub export: String,
-    /// "tcp" (the default): the router's mounts and recovery walks and TCP clients' calls go
-    /// over TCP, UDP clients' calls over UDP (rewritten on the fast path); "udp": all over
-    /// UDP; "tcp-only": the server has no UDP, UDP clients' calls go over TCP too (through
-    /// the management core).
-    #[serde(default)]
-    pub transport: NfsTransport,
-}
-
-/// The NFS handle secret. Fails closed: it can only be built from 32 hex digits, so a config
-/// without a valid one does not load, and no code path can fall back to a default key.
-#[derive(Clone, PartialEq, Eq)]
-pub struct HandleSecret {
-    hex: String,
-    key: nfs_rewrite::vfh::HandleKey,
-}
-
-impl HandleSecret {
-    const WHAT: &'static str =
-        "nfs.handle_secret: must be 32 hex digits (e.g. from `openssl rand -hex 16`)";
-
-    pub fn from_hex(hex: &str) -> Result<Self, String> {
-        let hex = hex.trim();
-        let ok = hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit());
-        match nfs_rewrite::vfh::HandleKey::from_hex(hex) {
-            Some(key) if ok => Ok(HandleSecret {
-                hex: hex.to_string(),
-                key,
-            }),
-            _ => Err(Self::WHAT.to_string()),
-        }
-    }
-
-    pub fn key(&self) -> nfs_rewrite::vfh::HandleKey {
-        self.key
-    }
-}
-
-impl std::fmt::Debug for HandleSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HandleSecret(..)")
-    }
-}
-
-impl Serialize for HandleSecret {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.hex)
-    }
-}
-
-impl<'de> Deserialize<'de> for HandleSecret {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        HandleSecret::from_hex(&s).map_err(serde::de::Error::custom)
-    }
-}
-
-/// Mirage NFS virtualization: several NFSv3 servers seen by clients as one.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NfsConfig {
-    /// The address clients mount: one of the router's own addresses.
-    pub virtual_address: Ipv4Addr,
-    #[serde(default = "d_nfs_port")]
-    pub nfs_port: u16,
-    #[serde(default = "d_mount_port")]
-    pub mount_port: u16,
-    /// 32 hex digits: the key of every handle's verification checksum. Keep it across restarts,
-    /// or clients' handles go stale.
-    pub handle_secret: HandleSecret,
-    /// The fsid clients see for the whole virtual file system.
-    #[serde(default = "d_vfsid")]
-    pub virtual_fsid: u64,
-    /// Calls in flight per worker.
-    #[serde(default = "d_transactions")]
-    pub transactions: usize,
-    /// How long a call waits for its reply (ms).
-    #[serde(default = "d_tx_ttl")]
-    pub transaction_ttl_ms: u64,
-    /// Handle-table slots (VIN → physical handle).
-    #[serde(default = "d_handles")]
-    pub handles: usize,
-    /// Largest READ/WRITE transfer clients are offered (FSINFO rtmax/wtmax) and READ counts are
-    /// clamped to, in bytes. Default: what fits the smallest port MTU without IP fragments.
-    #[serde(default)]
-    pub max_io: Option<u32>,
-    /// Where the handle table is checkpointed (written atomically; read at start-up so a
-    /// restarted router serves the handles clients hold). No file: recovery searches servers.
-    #[serde(default)]
-    pub checkpoint: Option<std::path::PathBuf>,
-    /// Seconds between checkpoints (0: only on `routerctl nfs checkpoint` and at stop).
-    #[serde(default = "d_checkpoint_secs")]
-    pub checkpoint_secs: u64,
-    /// The virtual server over TCP (`[nfs.tcp]`).
-    #[serde(default)]
-    pub tcp: NfsTcpConfig,
-    pub servers: Vec<NfsServerConfig>,
-}
-
-/// The virtual server over TCP: the router terminates clients' connections on the virtual
-/// address (portmap, MOUNT, NFS ports) and talks to servers over connections of its own.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NfsTcpConfig {
-    /// Listen on TCP at all (UDP is served either way).
-    #[serde(default = "d_true")]
-    pub enabled: bool,
-    /// READ/WRITE size offered to TCP clients (FSINFO rtmax/wtmax) and READ/READDIR counts
-    /// clamped to, in bytes: 4096..=1048576.
-    #[serde(default = "d_tcp_max_io")]
-    pub max_io: u32,
-    /// Client connections in all, and from one client address.
-    #[serde(default = "d_tcp_max_connections")]
-    pub max_connections: usize,
-    #[serde(default = "d_tcp_max_per_client")]
-    pub max_per_client: usize,
-    /// Calls of one client connection at servers at once (more stay unread in its stream).
-    #[serde(default = "d_tcp_max_inflight")]
-    pub max_inflight: usize,
-    /// A client connection with no whole call for this long (and nothing in flight) is reset.
-    #[serde(default = "d_tcp_idle_secs")]
-    pub idle_secs: u64,
-    /// Receive and send buffer of each client connection, KiB (the window it offers).
-    #[serde(default = "d_tcp_client_buffer")]
-    pub client_buffer_kib: usize,
-    /// Receive and send buffer of each connection to a server, KiB.
-    #[serde(default = "d_tcp_server_buffer")]
-    pub server_buffer_kib: usize,
-}
-
-impl Default for NfsTcpConfig {
-    fn default() -> Self {
-        NfsTcpConfig {
-            enabled: true,
-            max_io: d_tcp_max_io(),
-            max_connections: d_tcp_max_connections(),
-            max_per_client: d_tcp_max_per_client(),
-            max_inflight: d_tcp_max_inflight(),
-            idle_secs: d_tcp_idle_secs(),
-            client_buffer_kib: d_tcp_client_buffer(),
-            server_buffer_kib: d_tcp_server_buffer(),
-        }
-    }
-}
-
-fn d_tcp_max_io() -> u32 {
-    1 << 20
-}
-fn d_tcp_max_connections() -> usize {
-    1024
-}
-fn d_tcp_max_per_client() -> usize {
-    64
-}
-fn d_tcp_max_inflight() -> usize {
-    64
-}
-fn d_tcp_idle_secs() -> u64 {
-    300
-}
-fn d_tcp_client_buffer() -> usize {
-    256
-}
-fn d_tcp_server_buffer() -> usize {
-    2048
-}
-
-/// How the router talks to a server.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NfsTransport {
-    /// The router's own calls and TCP clients' calls over TCP; UDP clients' calls are
-    /// rewritten on the fast path and go over UDP.
-    #[default]
-    Tcp,
-    /// Everything over UDP.
-    Udp,
-    /// The server has no UDP at all: UDP clients' calls are carried over TCP too, by the
-    /// management core (the slow path).
-    #[serde(rename = "tcp-only")]
-    TcpOnly,
-}
-
-fn d_sal_rules() -> usize {
-    131_072
-}
-fn d_registration_ttl() -> u64 {
-    50
-}
-fn d_delay_queue() -> usize {
-    1024
-}
-fn d_delay_timeout_ms() -> u64 {
-    2000
-}
-fn d_cache_secs() -> u64 {
-    30
-}
-fn d_refresh_secs() -> u64 {
-    20
-}
-fn d_resolve_timeout_ms() -> u64 {
-    500
-}
-
-/// The controller's place in a hierarchy of controllers (`[sal.hierarchy]`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SalHierarchyConfig {
-    /// The parent controller's address (none: this controller is a root). Every prefix this
-    /// controller knows is pointed to at the parent.
-    #[serde(default)]
-    pub parent: Option<Ipv4Addr>,
-    /// How this controller resolves a service it does not know: `iterative` (follow
-    /// referrals itself) or `recursive` (each controller asks on its behalf).
-    #[serde(default = "d_mode")]
-    pub mode: String,
-    /// Lifetime of the answers this controller gives for its own registrations.
-    #[serde(default = "d_cache_secs")]
-    pub cache_secs: u64,
-    /// How often pointer records are refreshed at the parent (below its registration TTL).
-    #[serde(default = "d_refresh_secs")]
-    pub refresh_secs: u64,
-    /// A RESOLVE unanswered this long is resent (twice), then fails.
-    #[serde(default = "d_resolve_timeout_ms")]
-    pub resolve_timeout_ms: u64,
-    /// Install the default rule `0/0 → DELAY` (unless one for prefix 0 is configured), so a
-    /// SYN for an unknown service waits for resolution.
-    #[serde(default = "d_true")]
-    pub delay_unknown: bool,
-}
-
-fn d_mode() -> String {
-    "iterative".into()
-}
-
-impl SalHierarchyConfig {
-    pub fn mode(&self) -> Result<sal_forward::controller::ResolveMode, String> {
-        use sal_forward::controller::ResolveMode;
-        match self.mode.as_str() {
-            "iterative" => Ok(ResolveMode::Iterative),
-            "recursive" => Ok(ResolveMode::Recursive),
-            m => Err(format!("{m:?}: iterative or recursive")),
-        }
-    }
-
-    pub fn settings(&self) -> Result<sal_forward::controller::Hierarchy, String> {
-        Ok(sal_forward::controller::Hierarchy {
-            parent: self.parent,
-            mode: self.mode()?,
-            cache_ms: self.cache_secs * 1000,
-            refresh_ms: self.refresh_secs * 1000,
-            timeout_ms: self.resolve_timeout_ms,
-        })
-    }
-}
-
-fn d_chain_keys() -> usize {
-    65_536
-}
-fn d_value_len() -> usize {
-    16
-}
-
-/// NetChain switch nodes (`[chain]`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChainConfig {
-    /// Value size in bytes: 16 (the prototype's, the default) up to 128 (the paper's).
-    #[serde(default = "d_value_len")]
-    pub value_len: usize,
-    /// Keys each node's register store holds.
-    #[serde(default = "d_chain_keys")]
-    pub max_keys: usize,
-    /// Keys every node stores from the start: a decimal number (right-aligned in 16 bytes, as
-    /// the prototype's client writes one) or `0x` and hex digits.
-    #[serde(default)]
-    pub keys: Vec<String>,
-    pub nodes: Vec<ChainNodeConfig>,
-    /// Failover rules: a query headed for `dst` whose next entry is `next` skips `dst`.
-    #[serde(default)]
-    pub failover: Vec<ChainFailoverConfig>,
-    /// The chain master's control channel: a file holding the shared secret that
-    /// authenticates it (leave out: no control channel, the configuration is all there is).
-    #[serde(default)]
-    pub secret_file: Option<std::path::PathBuf>,
-    /// The UDP port on the appliance's port addresses where the master's requests arrive.
-    #[serde(default = "d_control_port")]
-    pub control_port: u16,
-}
-
-fn d_control_port() -> u16 {
-    chain_switch::control::CONTROL_PORT
-}
-
-/// One NetChain node this appliance acts as.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChainNodeConfig {
-    /// The node's address: queries to it are answered here (it need not be a port address;
-    /// peers route it to this appliance).
-    pub address: Ipv4Addr,
-    /// Virtual groups (`N` or `A-B`) where the node is the head, a middle node, the tail.
-    /// A group both head and tail is a one-node chain.
-    #[serde(default)]
-    pub head: Vec<String>,
-    #[serde(default)]
-    pub middle: Vec<String>,
-    #[serde(default)]
-    pub tail: Vec<String>,
-    /// The session its head roles start in.
-    #[serde(default)]
-    pub session: u16,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChainFailoverConfig {
-    pub dst: Ipv4Addr,
-    /// The next list entry to match (leave out: any).
-    #[serde(default)]
-    pub next: Option<Ipv4Addr>,
-    /// Leave out: any virtual group.
-    #[serde(default)]
-    pub vgroup: Option<u16>,
-    /// Send the query to this node instead (its entry rewritten); leave out: skip `dst`.
-    #[serde(default)]
-    pub to: Option<Ipv4Addr>,
-}
-
-/// Parse a list of virtual groups (`N`, `A-B`).
-pub fn parse_vgroups(list: &[String]) -> Result<Vec<std::ops::RangeInclusive<u16>>, String> {
-    list.iter()
-        .map(|s| {
-            let bad = || format!("{s:?}: a virtual group is N or A-B (0..=65535)");
-            let (a, b) = match s.split_once('-') {
-                Some((a, b)) => (a.trim(), b.trim()),
-                None => (s.trim(), s.trim()),
-            };
-            let (a, b): (u16, u16) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
-            if a > b {
-                return Err(bad());
-            }
-            Ok(a..=b)
-        })
-        .collect()
-}
-
-/// One configured service rule.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SalRuleConfig {
-    /// `16385` (the original tools' decimal form: a /32), `0x…/LEN`, or `ID/LEN`.
-    pub prefix: String,
-    /// forward, demux, delay or drop.
-    pub action: String,
-    /// FORWARD targets as `ADDRESS[:WEIGHT]` (weight 0 counts as 1).
-    #[serde(default)]
-    pub targets: Vec<String>,
-    #[serde(default)]
-    pub priority: u32,
-    /// anycast (one target by weighted sampling) or all (a copy to each).
-    #[serde(default)]
-    pub mode: Option<String>,
-}
-
-/// Serval service routing.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SalConfig {
-    /// Rule slots (prefixes) in the service table.
-    #[serde(default = "d_sal_rules")]
-    pub max_rules: usize,
-    /// Run the service controller: hosts' REGISTER/UNREGISTER (to serviceID 88888) become
-    /// FORWARD rules.
-    #[serde(default = "d_true")]
-    pub controller: bool,
-    /// Seconds a registration lives without a refresh (the original: 50).
-    #[serde(default = "d_registration_ttl")]
-    pub registration_ttl_secs: u64,
-    /// Packets the DELAY queue holds (the original: 1024).
-    #[serde(default = "d_delay_queue")]
-    pub delay_queue: usize,
-    /// How long a delayed packet waits for its service to resolve.
-    #[serde(default = "d_delay_timeout_ms")]
-    pub delay_timeout_ms: u64,
-    #[serde(default)]
-    pub rules: Vec<SalRuleConfig>,
-    /// More rules, one per line: `PREFIX ACTION [ADDRESS[:WEIGHT]...] [priority=N] [mode=all]`
-    /// (`#` starts a comment), for tables too large for the config file.
-    #[serde(default)]
-    pub rules_file: Option<std::path::PathBuf>,
-    /// Resolution through a hierarchy of controllers.
-    #[serde(default)]
-    pub hierarchy: Option<SalHierarchyConfig>,
-}
-
-/// Parse a rules file's text (see [`SalConfig::rules_file`]); errors name the line.
-pub fn parse_sal_rules(text: &str) -> Result<Vec<sal_forward::table::RuleSpec>, String> {
-    let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
-        let mut words = line.split_whitespace();
-        let (Some(prefix), Some(action)) = (words.next(), words.next()) else {
-            return Err(format!("line {}: PREFIX ACTION [TARGETS] expected", n + 1));
-        };
-        let (mut targets, mut priority, mut mode) = (Vec::new(), 0, None);
-        for w in words {
-            if let Some(p) = w.strip_prefix("priority=") {
-                priority = p
-                    .parse()
-                    .map_err(|_| format!("line {}: bad priority {p:?}", n + 1))?;
-            } else if let Some(m) = w.strip_prefix("mode=") {
-                mode = Some(m);
-            } else {
-                targets.push(w.to_string());
-            }
-        }
-        out.push(
-            sal_forward::table::RuleSpec::parse(prefix, action, &targets, priority, mode)
-                .map_err(|e| format!("line {}: {e}", n + 1))?,
-        );
-    }
-    Ok(out)
-}
-
 /// The path of the first value that differs between `a` and `b` (`prefix` for the root).
 fn first_difference(a: &toml::Value, b: &toml::Value, prefix: &str) -> Option<String> {
     use toml::Value;
@@ -866,7 +401,8 @@ fn first_difference(a: &toml::Value, b: &toml::Value, prefix: &str) -> Option<St
     };
     match (a, b) {
         (Value::Table(x), Value::Table(y)) => {
-            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            let mut keys: Vec<&String> = x.keys().collect();
+            keys.extend(y.keys());
             keys.sort();
             keys.dedup();
             keys.into_iter().find_map(|k| match (x.get(k), y.get(k)) {
@@ -888,9 +424,9 @@ fn first_difference(a: &toml::Value, b: &toml::Value, prefix: &str) -> Option<St
     }
 }
 
-/// The whole file.
+/// The whole file: the router's own sections, and the applications' (the registry's,
+/// [`crate::apps::AppConfigs`]). Unknown sections are refused ([`Config::parse`]).
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
     pub eal: EalConfig,
@@ -909,12 +445,6 @@ pub struct Config {
     #[serde(default)]
     pub static_neighbours: Vec<StaticNeighbour>,
     #[serde(default)]
-    pub nfs: Option<NfsConfig>,
-    #[serde(default)]
-    pub sal: Option<SalConfig>,
-    #[serde(default)]
-    pub chain: Option<ChainConfig>,
-    #[serde(default)]
     pub icmp: IcmpConfig,
     #[serde(default)]
     pub admin: AdminConfig,
@@ -926,6 +456,10 @@ pub struct Config {
     /// again.
     #[serde(skip)]
     pub source: Option<ConfigSource>,
+    /// The applications' sections, read from the same file ([`Config::parse`]), written
+    /// beside the router's.
+    #[serde(skip_deserializing, flatten)]
+    pub apps: crate::apps::AppConfigs,
 }
 
 /// Where a config came from, and what its file said of the keys a reload cannot change (so
@@ -952,26 +486,50 @@ pub enum RouteTarget {
     Blackhole,
 }
 
-impl SalRuleConfig {
-    /// The rule as the service table takes it.
-    pub fn parse(&self) -> Result<sal_forward::table::RuleSpec, String> {
-        sal_forward::table::RuleSpec::parse(
-            &self.prefix,
-            &self.action,
-            &self.targets,
-            self.priority,
-            self.mode.as_deref(),
-        )
-    }
-}
-
 impl Config {
     /// Parse TOML text and validate it.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let perr = |e: toml::de::Error| ConfigError::Parse(e.to_string());
+        let top: toml::Table = toml::from_str(text).map_err(perr)?;
+        let own = Self::SECTIONS;
+        let apps = crate::apps::NAMES;
+        if let Some(k) = top
+            .keys()
+            .find(|k| !own.contains(&k.as_str()) && !apps.contains(&k.as_str()))
+        {
+            return Err(ConfigError::Parse(format!(
+                "unknown section `{k}`, expected one of {}",
+                [&own[..], &apps[..]]
+                    .concat()
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        // The router's sections and the applications' are read from the text itself, so
+        // that an error names its line.
+        let mut c: Config = toml::from_str(text).map_err(perr)?;
+        c.apps = toml::from_str(text).map_err(perr)?;
         c.validate()?;
         Ok(c)
     }
+
+    /// The router's own top-level sections (the applications' are [`crate::apps::NAMES`]).
+    pub const SECTIONS: [&'static str; 12] = [
+        "eal",
+        "dataplane",
+        "mempool",
+        "ports",
+        "routes",
+        "fib",
+        "neighbours",
+        "static_neighbours",
+        "icmp",
+        "admin",
+        "metrics",
+        "log",
+    ];
 
     /// Read and validate a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -1018,7 +576,7 @@ impl Config {
 
     /// The first key, other than [`Config::LIVE_KEYS`], whose value differs between the file
     /// `self` was loaded from (as it was then) and `other`, a fresh load of it (`ports[1].mtu`,
-    /// `nfs`); None when a reload can apply `other`.
+    /// `dataplane.workers`); None when a reload can apply `other`.
     pub fn needs_restart(&self, other: &Config) -> Option<String> {
         let was = self
             .source
@@ -1140,86 +698,7 @@ impl Config {
                 ));
             }
         }
-        if let Some(n) = &self.nfs {
-            self.validate_nfs(n)?;
-        }
-        if let Some(sal) = &self.sal {
-            if !(16..=1 << 24).contains(&sal.max_rules) {
-                return Err(invalid("sal.max_rules", "must be 16..=16777216"));
-            }
-            for (i, r) in sal.rules.iter().enumerate() {
-                if let Err(e) = r.parse() {
-                    return Err(invalid(format!("sal.rules[{i}]"), e));
-                }
-            }
-            if let Some(h) = &sal.hierarchy {
-                if let Err(e) = h.mode() {
-                    return Err(invalid("sal.hierarchy.mode", e));
-                }
-                if !sal.controller {
-                    return Err(invalid(
-                        "sal.hierarchy",
-                        "needs the controller (sal.controller = true)",
-                    ));
-                }
-                if h.refresh_secs == 0 || h.refresh_secs >= sal.registration_ttl_secs.max(1) {
-                    return Err(invalid(
-                        "sal.hierarchy.refresh_secs",
-                        "must be at least 1 and below sal.registration_ttl_secs (the parent's TTL)",
-                    ));
-                }
-                if h.resolve_timeout_ms == 0 {
-                    return Err(invalid(
-                        "sal.hierarchy.resolve_timeout_ms",
-                        "must be at least 1",
-                    ));
-                }
-                if h.parent
-                    .is_some_and(|p| self.addresses().iter().any(|(_, a, _)| *a == p))
-                {
-                    return Err(invalid(
-                        "sal.hierarchy.parent",
-                        "is one of this router's addresses",
-                    ));
-                }
-            }
-        }
-        if let Some(c) = &self.chain {
-            if !(1..=chain_switch::wire::MAX_VALUE_LEN).contains(&c.value_len) {
-                return Err(invalid(
-                    "chain.value_len",
-                    "must be 1..=128 (16: the prototype's)",
-                ));
-            }
-            if !(1..=1 << 24).contains(&c.max_keys) {
-                return Err(invalid("chain.max_keys", "must be 1..=16777216"));
-            }
-            if c.keys.len() > c.max_keys {
-                return Err(invalid("chain.keys", "more keys than chain.max_keys"));
-            }
-            for (i, k) in c.keys.iter().enumerate() {
-                if chain_switch::wire::parse_key(k).is_none() {
-                    return Err(invalid(
-                        format!("chain.keys[{i}]"),
-                        format!("{k:?}: a decimal number or 0x and up to 32 hex digits"),
-                    ));
-                }
-            }
-            if c.nodes.is_empty() {
-                return Err(invalid("chain.nodes", "at least one node"));
-            }
-            for (i, n) in c.nodes.iter().enumerate() {
-                if c.nodes[..i].iter().any(|m| m.address == n.address) {
-                    return Err(invalid(format!("chain.nodes[{i}].address"), "used twice"));
-                }
-                for (what, l) in [("head", &n.head), ("middle", &n.middle), ("tail", &n.tail)] {
-                    parse_vgroups(l).map_err(|e| invalid(format!("chain.nodes[{i}].{what}"), e))?;
-                }
-            }
-            if c.failover.len() > chain_switch::node::FAILOVER_RULES {
-                return Err(invalid("chain.failover", "at most 256 rules"));
-            }
-        }
+        self.apps.validate(self)?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid(
                 "log.level",
@@ -1227,92 +706,6 @@ impl Config {
             ));
         }
         Ok(())
-    }
-
-    fn validate_nfs(&self, n: &NfsConfig) -> Result<(), ConfigError> {
-        if !self
-            .addresses()
-            .iter()
-            .any(|(_, a, _)| *a == n.virtual_address)
-        {
-            return Err(invalid(
-                "nfs.virtual_address",
-                "must be one of the router's port addresses (clients mount it)",
-            ));
-        }
-        if n.servers.is_empty() {
-            return Err(invalid("nfs.servers", "at least one server"));
-        }
-        for (i, s) in n.servers.iter().enumerate() {
-            let k = |f: &str| format!("nfs.servers[{i}].{f}");
-            if s.sid == 0 || n.servers.iter().filter(|t| t.sid == s.sid).count() > 1 {
-                return Err(invalid(k("sid"), format!("{} is 0 or not unique", s.sid)));
-            }
-            if s.name.is_empty()
-                || s.name.contains('/')
-                || n.servers.iter().filter(|t| t.name == s.name).count() > 1
-            {
-                return Err(invalid(
-                    k("name"),
-                    format!("{:?} is empty, has a '/', or is not unique", s.name),
-                ));
-            }
-            if !s.export.starts_with('/') {
-                return Err(invalid(
-                    k("export"),
-                    format!("{:?} is not an absolute path", s.export),
-                ));
-            }
-        }
-        if !(16..=1 << 24).contains(&n.transactions) {
-            return Err(invalid("nfs.transactions", "must be 16..=16777216"));
-        }
-        if !(16..=1 << 26).contains(&n.handles) {
-            return Err(invalid("nfs.handles", "must be 16..=67108864"));
-        }
-        if let Some(m) = n.max_io {
-            if !(512..=65_536).contains(&m) {
-                return Err(invalid("nfs.max_io", "must be 512..=65536 bytes"));
-            }
-        }
-        let t = &n.tcp;
-        if !(4096..=1 << 20).contains(&t.max_io) {
-            return Err(invalid("nfs.tcp.max_io", "must be 4096..=1048576 bytes"));
-        }
-        if !(1..=65_536).contains(&t.max_connections) {
-            return Err(invalid("nfs.tcp.max_connections", "must be 1..=65536"));
-        }
-        if t.max_per_client == 0 || t.max_per_client > t.max_connections {
-            return Err(invalid(
-                "nfs.tcp.max_per_client",
-                "must be 1..=max_connections",
-            ));
-        }
-        if !(1..=4096).contains(&t.max_inflight) {
-            return Err(invalid("nfs.tcp.max_inflight", "must be 1..=4096"));
-        }
-        if t.idle_secs == 0 {
-            return Err(invalid("nfs.tcp.idle_secs", "must be at least 1"));
-        }
-        for (key, v) in [
-            ("nfs.tcp.client_buffer_kib", t.client_buffer_kib),
-            ("nfs.tcp.server_buffer_kib", t.server_buffer_kib),
-        ] {
-            if !(16..=16_384).contains(&v) {
-                return Err(invalid(key, "must be 16..=16384 KiB"));
-            }
-        }
-        Ok(())
-    }
-
-    /// The NFS transfer limits: `nfs.max_io` if set, otherwise derived from the smallest MTU.
-    pub fn nfs_limits(&self) -> nfs_rewrite::rewrite::Limits {
-        let mtu = self.ports.iter().map(|p| p.mtu).min().unwrap_or(1500);
-        let mut l = nfs_rewrite::rewrite::Limits::for_mtu(mtu);
-        if let Some(m) = self.nfs.as_ref().and_then(|n| n.max_io) {
-            l.max_io = m;
-        }
-        l
     }
 
     /// Port id by name.
@@ -1429,8 +822,8 @@ impl Config {
             .iter()
             .filter(|r| r.len > 24)
             .map(|r| u32::from(r.prefix) >> 8)
-            .chain(self.addresses().iter().map(|(_, a, _)| u32::from(*a) >> 8))
             .collect();
+        blocks.extend(self.addresses().iter().map(|(_, a, _)| u32::from(*a) >> 8));
         blocks.sort_unstable();
         blocks.dedup();
         blocks.len()
@@ -1472,10 +865,10 @@ impl Config {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
+    pub(crate) const GOOD: &str = r#"
 [dataplane]
 backend = "soft"
 workers = [0]
@@ -1589,67 +982,6 @@ via = "10.0.2.2"
     }
 
     #[test]
-    fn sal_hierarchy_section() {
-        let with = |h: &str| {
-            Config::parse(&format!(
-                "{GOOD}\n[sal]\nregistration_ttl_secs = 5\n[sal.hierarchy]\n{h}"
-            ))
-        };
-        let c = with("parent = \"10.0.2.9\"\nmode = \"recursive\"\nrefresh_secs = 2").unwrap();
-        let h = c.sal.unwrap().hierarchy.unwrap().settings().unwrap();
-        assert_eq!(h.parent, Some("10.0.2.9".parse().unwrap()));
-        assert_eq!(h.mode, sal_forward::controller::ResolveMode::Recursive);
-        assert_eq!(
-            (h.cache_ms, h.refresh_ms, h.timeout_ms),
-            (30_000, 2000, 500)
-        );
-        let err = |h: &str| with(h).unwrap_err().to_string();
-        assert!(err("mode = \"both\"\nrefresh_secs = 2").contains("sal.hierarchy.mode"));
-        assert!(err("refresh_secs = 5").contains("sal.hierarchy.refresh_secs"));
-        assert!(err("parent = \"10.0.1.1\"\nrefresh_secs = 2").contains("sal.hierarchy.parent"));
-        assert!(err("refresh_secs = 2\nresolve_timeout_ms = 0").contains("resolve_timeout_ms"));
-    }
-
-    #[test]
-    fn nfs_section() {
-        let nfs = r#"
-[nfs]
-virtual_address = "10.0.1.1"
-handle_secret = "000102030405060708090a0b0c0d0e0f"
-[[nfs.servers]]
-sid = 1
-name = "a"
-address = "10.0.2.2"
-export = "/srv/a"
-"#;
-        let c = Config::parse(&format!("{GOOD}{nfs}")).unwrap();
-        assert_eq!(c.nfs.as_ref().unwrap().servers[0].nfs_port, 2049);
-        let e = Config::parse(&format!("{GOOD}{}", nfs.replace("10.0.1.1", "10.9.9.9")))
-            .unwrap_err()
-            .to_string();
-        assert!(e.starts_with("nfs.virtual_address"), "{e}");
-        let e = Config::parse(&format!("{GOOD}{}", nfs.replace("0e0f", "0e")))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("nfs.handle_secret: must be 32 hex digits"),
-            "{e}"
-        );
-        let e = Config::parse(&format!("{GOOD}{}", nfs.replace("sid = 1", "sid = 0")))
-            .unwrap_err()
-            .to_string();
-        assert!(e.starts_with("nfs.servers[0].sid"), "{e}");
-        // Any worker layout: several run-to-completion workers hand calls and replies to the
-        // worker keeping the transaction.
-        let two = Config::parse(&format!(
-            "{}{nfs}",
-            GOOD.replace("workers = [0]", "workers = [0, 1]")
-        ))
-        .unwrap();
-        assert_eq!(two.dataplane.workers.len(), 2);
-    }
-
-    #[test]
     fn defaults_match_an_empty_section() {
         let d: DataplaneConfig = toml::from_str("").unwrap();
         assert_eq!(
@@ -1663,6 +995,24 @@ export = "/srv/a"
         );
         let m: MempoolConfig = toml::from_str("").unwrap();
         assert_eq!(format!("{m:?}"), format!("{:?}", MempoolConfig::default()));
+    }
+
+    #[test]
+    fn sections_are_the_config_fields() {
+        let v = toml::Value::try_from(Config::default()).unwrap();
+        let mut keys: Vec<&str> = v.as_table().unwrap().keys().map(|k| k.as_str()).collect();
+        let mut want: Vec<&str> = Config::SECTIONS.to_vec();
+        keys.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(keys, want);
+    }
+
+    #[test]
+    fn unknown_section_is_named() {
+        let e = Config::parse(&format!("{GOOD}\n[nsf]\nx = 1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown section `nsf`"), "{e}");
     }
 
     #[test]

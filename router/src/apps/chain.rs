@@ -1,10 +1,10 @@
 //! The management core's side of the NetChain switch nodes: the nodes' roles, keys and
 //! failover rules from the configuration, and what `routerctl chain` shows.
 
+use super::chain_config::{parse_vgroups, ChainConfig};
 use super::AppRequest;
 use crate::admin::Response;
 use crate::app::{udp_datagram, MgmtApp, MgmtCtx};
-use crate::config::{parse_vgroups, ChainConfig};
 use chain_switch::control::{self, Reply, Request};
 use chain_switch::node::{role, FailoverRule};
 use chain_switch::stage::{ChainCounters, ChainShared, ChainStage};

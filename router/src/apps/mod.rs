@@ -3,12 +3,15 @@
 //! config, its fast-path glue ([`WorkerApp`]) and its management-core side ([`MgmtApp`]).
 
 pub mod chain;
+pub mod chain_config;
 pub mod nfs;
+pub mod nfs_config;
 pub mod nfs_tcp;
 pub mod sal;
+pub mod sal_config;
 
 use crate::app::{publish_values, MgmtApp, WorkerApp};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::counters::{CoreCounters, Counter};
 use chain_switch::stage::{ChainCounters, ChainStage};
 use nfs_rewrite::datapath::{NfsCounters, NfsEvent, NfsStage};
@@ -19,6 +22,33 @@ use std::sync::{Arc, Mutex};
 
 /// Every application's name: its config section, its statistics section.
 pub const NAMES: [&str; 3] = ["nfs", "sal", "chain"];
+
+/// The applications' sections of the config file, each with its own checks.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct AppConfigs {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nfs: Option<nfs_config::NfsConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sal: Option<sal_config::SalConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<chain_config::ChainConfig>,
+}
+
+impl AppConfigs {
+    /// Each configured section's checks (they may read the router's sections: addresses).
+    pub fn validate(&self, cfg: &Config) -> Result<(), ConfigError> {
+        if let Some(n) = &self.nfs {
+            n.validate(cfg)?;
+        }
+        if let Some(s) = &self.sal {
+            s.validate(cfg)?;
+        }
+        if let Some(c) = &self.chain {
+            c.validate(cfg)?;
+        }
+        Ok(())
+    }
+}
 
 /// The configured applications, built from the config: their stages (before they are copied
 /// to the workers) and their management-core sides.
@@ -40,15 +70,15 @@ impl std::fmt::Debug for Apps {
 pub fn build(cfg: &Config, workers: usize) -> Result<Apps, String> {
     let mut stages = Stages::default();
     let mut mgmt: Vec<Box<dyn MgmtApp>> = Vec::new();
-    if let Some(n) = &cfg.nfs {
-        let shared = nfs::shared(n, cfg.nfs_limits());
+    if let Some(n) = &cfg.apps.nfs {
+        let shared = nfs::shared(n, n.limits(cfg));
         let rings = Arc::new(EventRings::new(cfg.dataplane.ring_size));
         let stage = NfsStage::new(shared.clone(), n.transactions, n.transaction_ttl_ms);
         stages.nfs = Some((stage, rings.clone()));
         let mtu = cfg.ports.iter().map(|p| p.mtu).min().unwrap_or(1500);
         mgmt.push(Box::new(nfs::NfsMgmt::new(n.clone(), shared, rings, mtu)));
     }
-    if let Some(sc) = &cfg.sal {
+    if let Some(sc) = &cfg.apps.sal {
         let shared = Arc::new(sal_forward::stage::SalShared::new(
             Arc::new(sal_forward::table::ServiceTable::new(sc.max_rules)),
             cfg.addresses().iter().map(|(_, a, _)| *a).collect(),
@@ -59,7 +89,7 @@ pub fn build(cfg: &Config, workers: usize) -> Result<Apps, String> {
             sal::SalMgmt::new(sc, shared).map_err(|e| format!("sal: {e}"))?,
         ));
     }
-    if let Some(c) = &cfg.chain {
+    if let Some(c) = &cfg.apps.chain {
         let m = chain::ChainMgmt::new(c).map_err(|e| format!("chain: {e}"))?;
         stages.chain = Some(ChainStage::new(m.shared.clone()));
         mgmt.push(Box::new(m));

@@ -1,0 +1,360 @@
+//! The `[nfs]` section: the virtual NFS server, the servers it aggregates, its handle key,
+//! tables, checkpoints and its TCP side (`[nfs.tcp]`).
+
+use crate::config::{d_true, invalid, Config, ConfigError};
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+
+fn d_nfs_port() -> u16 {
+    2049
+}
+fn d_mount_port() -> u16 {
+    20048
+}
+fn d_vfsid() -> u64 {
+    0x5649_5254_5541_4c31 // "VIRTUAL1"
+}
+fn d_transactions() -> usize {
+    65_536
+}
+fn d_tx_ttl() -> u64 {
+    10_000
+}
+fn d_handles() -> usize {
+    1 << 20
+}
+fn d_checkpoint_secs() -> u64 {
+    10
+}
+
+/// One aggregated NFS server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NfsServerConfig {
+    /// Server id (1..=65535), stored in every virtual handle: never reuse one for another server.
+    pub sid: u16,
+    /// The name its export has in the virtual root directory.
+    pub name: String,
+    pub address: Ipv4Addr,
+    #[serde(default = "d_nfs_port")]
+    pub nfs_port: u16,
+    #[serde(default = "d_mount_port")]
+    pub mount_port: u16,
+    /// The export path to mount on the server.
+    pub export: String,
+    /// "tcp" (the default): the router's mounts and recovery walks and TCP clients' calls go
+    /// over TCP, UDP clients' calls over UDP (rewritten on the fast path); "udp": all over
+    /// UDP; "tcp-only": the server has no UDP, UDP clients' calls go over TCP too (through
+    /// the management core).
+    #[serde(default)]
+    pub transport: NfsTransport,
+}
+
+/// The NFS handle secret. Fails closed: it can only be built from 32 hex digits, so a config
+/// without a valid one does not load, and no code path can fall back to a default key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HandleSecret {
+    hex: String,
+    key: nfs_rewrite::vfh::HandleKey,
+}
+
+impl HandleSecret {
+    const WHAT: &'static str =
+        "nfs.handle_secret: must be 32 hex digits (e.g. from `openssl rand -hex 16`)";
+
+    pub fn from_hex(hex: &str) -> Result<Self, String> {
+        let hex = hex.trim();
+        let ok = hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+        match nfs_rewrite::vfh::HandleKey::from_hex(hex) {
+            Some(key) if ok => Ok(HandleSecret {
+                hex: hex.to_string(),
+                key,
+            }),
+            _ => Err(Self::WHAT.to_string()),
+        }
+    }
+
+    pub fn key(&self) -> nfs_rewrite::vfh::HandleKey {
+        self.key
+    }
+}
+
+impl std::fmt::Debug for HandleSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HandleSecret(..)")
+    }
+}
+
+impl Serialize for HandleSecret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.hex)
+    }
+}
+
+impl<'de> Deserialize<'de> for HandleSecret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        HandleSecret::from_hex(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Mirage NFS virtualization: several NFSv3 servers seen by clients as one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NfsConfig {
+    /// The address clients mount: one of the router's own addresses.
+    pub virtual_address: Ipv4Addr,
+    #[serde(default = "d_nfs_port")]
+    pub nfs_port: u16,
+    #[serde(default = "d_mount_port")]
+    pub mount_port: u16,
+    /// 32 hex digits: the key of every handle's verification checksum. Keep it across restarts,
+    /// or clients' handles go stale.
+    pub handle_secret: HandleSecret,
+    /// The fsid clients see for the whole virtual file system.
+    #[serde(default = "d_vfsid")]
+    pub virtual_fsid: u64,
+    /// Calls in flight per worker.
+    #[serde(default = "d_transactions")]
+    pub transactions: usize,
+    /// How long a call waits for its reply (ms).
+    #[serde(default = "d_tx_ttl")]
+    pub transaction_ttl_ms: u64,
+    /// Handle-table slots (VIN → physical handle).
+    #[serde(default = "d_handles")]
+    pub handles: usize,
+    /// Largest READ/WRITE transfer clients are offered (FSINFO rtmax/wtmax) and READ counts are
+    /// clamped to, in bytes. Default: what fits the smallest port MTU without IP fragments.
+    #[serde(default)]
+    pub max_io: Option<u32>,
+    /// Where the handle table is checkpointed (written atomically; read at start-up so a
+    /// restarted router serves the handles clients hold). No file: recovery searches servers.
+    #[serde(default)]
+    pub checkpoint: Option<std::path::PathBuf>,
+    /// Seconds between checkpoints (0: only on `routerctl nfs checkpoint` and at stop).
+    #[serde(default = "d_checkpoint_secs")]
+    pub checkpoint_secs: u64,
+    /// The virtual server over TCP (`[nfs.tcp]`).
+    #[serde(default)]
+    pub tcp: NfsTcpConfig,
+    pub servers: Vec<NfsServerConfig>,
+}
+
+/// The virtual server over TCP: the router terminates clients' connections on the virtual
+/// address (portmap, MOUNT, NFS ports) and talks to servers over connections of its own.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NfsTcpConfig {
+    /// Listen on TCP at all (UDP is served either way).
+    #[serde(default = "d_true")]
+    pub enabled: bool,
+    /// READ/WRITE size offered to TCP clients (FSINFO rtmax/wtmax) and READ/READDIR counts
+    /// clamped to, in bytes: 4096..=1048576.
+    #[serde(default = "d_tcp_max_io")]
+    pub max_io: u32,
+    /// Client connections in all, and from one client address.
+    #[serde(default = "d_tcp_max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "d_tcp_max_per_client")]
+    pub max_per_client: usize,
+    /// Calls of one client connection at servers at once (more stay unread in its stream).
+    #[serde(default = "d_tcp_max_inflight")]
+    pub max_inflight: usize,
+    /// A client connection with no whole call for this long (and nothing in flight) is reset.
+    #[serde(default = "d_tcp_idle_secs")]
+    pub idle_secs: u64,
+    /// Receive and send buffer of each client connection, KiB (the window it offers).
+    #[serde(default = "d_tcp_client_buffer")]
+    pub client_buffer_kib: usize,
+    /// Receive and send buffer of each connection to a server, KiB.
+    #[serde(default = "d_tcp_server_buffer")]
+    pub server_buffer_kib: usize,
+}
+
+impl Default for NfsTcpConfig {
+    fn default() -> Self {
+        NfsTcpConfig {
+            enabled: true,
+            max_io: d_tcp_max_io(),
+            max_connections: d_tcp_max_connections(),
+            max_per_client: d_tcp_max_per_client(),
+            max_inflight: d_tcp_max_inflight(),
+            idle_secs: d_tcp_idle_secs(),
+            client_buffer_kib: d_tcp_client_buffer(),
+            server_buffer_kib: d_tcp_server_buffer(),
+        }
+    }
+}
+
+fn d_tcp_max_io() -> u32 {
+    1 << 20
+}
+fn d_tcp_max_connections() -> usize {
+    1024
+}
+fn d_tcp_max_per_client() -> usize {
+    64
+}
+fn d_tcp_max_inflight() -> usize {
+    64
+}
+fn d_tcp_idle_secs() -> u64 {
+    300
+}
+fn d_tcp_client_buffer() -> usize {
+    256
+}
+fn d_tcp_server_buffer() -> usize {
+    2048
+}
+
+/// How the router talks to a server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NfsTransport {
+    /// The router's own calls and TCP clients' calls over TCP; UDP clients' calls are
+    /// rewritten on the fast path and go over UDP.
+    #[default]
+    Tcp,
+    /// Everything over UDP.
+    Udp,
+    /// The server has no UDP at all: UDP clients' calls are carried over TCP too, by the
+    /// management core (the slow path).
+    #[serde(rename = "tcp-only")]
+    TcpOnly,
+}
+
+impl NfsConfig {
+    /// Checks beyond the TOML schema; errors name the key.
+    pub fn validate(&self, cfg: &Config) -> Result<(), ConfigError> {
+        let n = self;
+        if !cfg
+            .addresses()
+            .iter()
+            .any(|(_, a, _)| *a == n.virtual_address)
+        {
+            return Err(invalid(
+                "nfs.virtual_address",
+                "must be one of the router's port addresses (clients mount it)",
+            ));
+        }
+        if n.servers.is_empty() {
+            return Err(invalid("nfs.servers", "at least one server"));
+        }
+        for (i, s) in n.servers.iter().enumerate() {
+            let k = |f: &str| format!("nfs.servers[{i}].{f}");
+            if s.sid == 0 || n.servers.iter().filter(|t| t.sid == s.sid).count() > 1 {
+                return Err(invalid(k("sid"), format!("{} is 0 or not unique", s.sid)));
+            }
+            if s.name.is_empty()
+                || s.name.contains('/')
+                || n.servers.iter().filter(|t| t.name == s.name).count() > 1
+            {
+                return Err(invalid(
+                    k("name"),
+                    format!("{:?} is empty, has a '/', or is not unique", s.name),
+                ));
+            }
+            if !s.export.starts_with('/') {
+                return Err(invalid(
+                    k("export"),
+                    format!("{:?} is not an absolute path", s.export),
+                ));
+            }
+        }
+        if !(16..=1 << 24).contains(&n.transactions) {
+            return Err(invalid("nfs.transactions", "must be 16..=16777216"));
+        }
+        if !(16..=1 << 26).contains(&n.handles) {
+            return Err(invalid("nfs.handles", "must be 16..=67108864"));
+        }
+        if let Some(m) = n.max_io {
+            if !(512..=65_536).contains(&m) {
+                return Err(invalid("nfs.max_io", "must be 512..=65536 bytes"));
+            }
+        }
+        let t = &n.tcp;
+        if !(4096..=1 << 20).contains(&t.max_io) {
+            return Err(invalid("nfs.tcp.max_io", "must be 4096..=1048576 bytes"));
+        }
+        if !(1..=65_536).contains(&t.max_connections) {
+            return Err(invalid("nfs.tcp.max_connections", "must be 1..=65536"));
+        }
+        if t.max_per_client == 0 || t.max_per_client > t.max_connections {
+            return Err(invalid(
+                "nfs.tcp.max_per_client",
+                "must be 1..=max_connections",
+            ));
+        }
+        if !(1..=4096).contains(&t.max_inflight) {
+            return Err(invalid("nfs.tcp.max_inflight", "must be 1..=4096"));
+        }
+        if t.idle_secs == 0 {
+            return Err(invalid("nfs.tcp.idle_secs", "must be at least 1"));
+        }
+        for (key, v) in [
+            ("nfs.tcp.client_buffer_kib", t.client_buffer_kib),
+            ("nfs.tcp.server_buffer_kib", t.server_buffer_kib),
+        ] {
+            if !(16..=16_384).contains(&v) {
+                return Err(invalid(key, "must be 16..=16384 KiB"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The NFS transfer limits: `nfs.max_io` if set, otherwise derived from the smallest MTU.
+    pub fn limits(&self, cfg: &Config) -> nfs_rewrite::rewrite::Limits {
+        let mtu = cfg.ports.iter().map(|p| p.mtu).min().unwrap_or(1500);
+        let mut l = nfs_rewrite::rewrite::Limits::for_mtu(mtu);
+        if let Some(m) = self.max_io {
+            l.max_io = m;
+        }
+        l
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::GOOD;
+
+    #[test]
+    fn nfs_section() {
+        let nfs = r#"
+[nfs]
+virtual_address = "10.0.1.1"
+handle_secret = "000102030405060708090a0b0c0d0e0f"
+[[nfs.servers]]
+sid = 1
+name = "a"
+address = "10.0.2.2"
+export = "/srv/a"
+"#;
+        let c = Config::parse(&format!("{GOOD}{nfs}")).unwrap();
+        assert_eq!(c.apps.nfs.as_ref().unwrap().servers[0].nfs_port, 2049);
+        let e = Config::parse(&format!("{GOOD}{}", nfs.replace("10.0.1.1", "10.9.9.9")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("nfs.virtual_address"), "{e}");
+        let e = Config::parse(&format!("{GOOD}{}", nfs.replace("0e0f", "0e")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("nfs.handle_secret: must be 32 hex digits"),
+            "{e}"
+        );
+        let e = Config::parse(&format!("{GOOD}{}", nfs.replace("sid = 1", "sid = 0")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("nfs.servers[0].sid"), "{e}");
+        // Any worker layout: several run-to-completion workers hand calls and replies to the
+        // worker keeping the transaction.
+        let two = Config::parse(&format!(
+            "{}{nfs}",
+            GOOD.replace("workers = [0]", "workers = [0, 1]")
+        ))
+        .unwrap();
+        assert_eq!(two.dataplane.workers.len(), 2);
+    }
+}
