@@ -542,7 +542,7 @@ fn no_valid_handle_secret_no_router() {
             .to_string();
         assert!(err.contains("nfs.handle_secret"), "{bad:?}: {err}");
         assert!(
-            router::apps::nfs_config::HandleSecret::from_hex(bad).is_err(),
+            router::apps::nfs::config::HandleSecret::from_hex(bad).is_err(),
             "{bad:?}"
         );
     }
@@ -552,7 +552,7 @@ fn no_valid_handle_secret_no_router() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("handle_secret"), "{err}");
-    let good = router::apps::nfs_config::HandleSecret::from_hex(SECRET).unwrap();
+    let good = router::apps::nfs::config::HandleSecret::from_hex(SECRET).unwrap();
     assert_eq!(good.key(), HandleKey::from_hex(SECRET).unwrap());
 }
 

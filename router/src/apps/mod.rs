@@ -3,12 +3,8 @@
 //! config, its fast-path glue ([`WorkerApp`]) and its management-core side ([`MgmtApp`]).
 
 pub mod chain;
-pub mod chain_config;
 pub mod nfs;
-pub mod nfs_config;
-pub mod nfs_tcp;
 pub mod sal;
-pub mod sal_config;
 
 use crate::app::{publish_values, MgmtApp, WorkerApp};
 use crate::config::{Config, ConfigError};
@@ -27,11 +23,11 @@ pub const NAMES: [&str; 3] = ["nfs", "sal", "chain"];
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct AppConfigs {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nfs: Option<nfs_config::NfsConfig>,
+    pub nfs: Option<nfs::config::NfsConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sal: Option<sal_config::SalConfig>,
+    pub sal: Option<sal::config::SalConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub chain: Option<chain_config::ChainConfig>,
+    pub chain: Option<chain::config::ChainConfig>,
 }
 
 impl AppConfigs {
@@ -170,6 +166,45 @@ impl AppRequest {
             AppRequest::ChainNodes | AppRequest::ChainGroups { .. } | AppRequest::ChainStats => {
                 "NetChain is not configured (no [chain] section)"
             }
+        }
+    }
+}
+
+/// The applications' `routerctl` subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub enum AppCmd {
+    /// NFS virtualization.
+    Nfs {
+        #[command(subcommand)]
+        cmd: nfs::cli::NfsCmd,
+    },
+    /// Serval service routing.
+    Sal {
+        #[command(subcommand)]
+        cmd: sal::cli::SalCmd,
+    },
+    /// NetChain switch nodes.
+    Chain {
+        #[command(subcommand)]
+        cmd: chain::cli::ChainCmd,
+    },
+}
+
+impl AppCmd {
+    /// The admin request it sends.
+    pub fn request(&self) -> AppRequest {
+        match self {
+            AppCmd::Nfs { cmd } => cmd.request(),
+            AppCmd::Sal { cmd } => cmd.request(),
+            AppCmd::Chain { cmd } => cmd.request(),
+        }
+    }
+    /// Print the answer for an operator.
+    pub fn print(&self, data: &serde_json::Value) {
+        match self {
+            AppCmd::Nfs { cmd } => cmd.print(data),
+            AppCmd::Sal { cmd } => cmd.print(data),
+            AppCmd::Chain { cmd } => cmd.print(data),
         }
     }
 }

@@ -3,8 +3,12 @@
 //! calls the workers could not rewrite), reassembly of fragmented calls and replies, the
 //! TCP side (`[nfs.tcp]`), and the handle-table checkpoints.
 
-use super::nfs_config::{NfsConfig, NfsTransport};
-use super::nfs_tcp::{Buffers, NfsTcp};
+use config::{NfsConfig, NfsTransport};
+use tcp::{Buffers, NfsTcp};
+pub mod cli;
+pub mod config;
+pub mod tcp;
+
 use super::{AppRequest, EventRings};
 use crate::admin::Response;
 use crate::app::{udp_datagram, MgmtApp, MgmtCtx, Output};
@@ -605,7 +609,7 @@ impl MgmtApp for NfsMgmt {
 }
 
 /// What every worker's NFS stage shares, from the `[nfs]` section. Its key comes from the
-/// config's [`super::nfs_config::HandleSecret`], which exists only valid (never a default key every
+/// config's [`config::HandleSecret`], which exists only valid (never a default key every
 /// attacker knows).
 pub fn shared(n: &NfsConfig, limits: nfs_rewrite::rewrite::Limits) -> Arc<NfsShared> {
     let key = n.handle_secret.key();

@@ -2,10 +2,13 @@
 //! DELAY queue), operator rules, and what the stage hands over (DEMUX to the controller,
 //! DELAY, FORWARD to all targets, the original's RST for an unmatched datagram).
 
-use super::sal_config::SalConfig;
+pub mod cli;
+pub mod config;
+
 use super::AppRequest;
 use crate::admin::Response;
 use crate::app::{MgmtApp, MgmtCtx, Output};
+use config::SalConfig;
 use packet::{Buffer, Stage, Verdict};
 use sal_forward::controller::{Controller, Outcome, Settings};
 use sal_forward::ctrlmsg;
@@ -63,7 +66,7 @@ impl SalMgmt {
         if let Some(path) = &cfg.rules_file {
             let what = |e: String| format!("sal.rules_file {}: {e}", path.display());
             let text = std::fs::read_to_string(path).map_err(|e| what(e.to_string()))?;
-            let specs = super::sal_config::parse_sal_rules(&text).map_err(what)?;
+            let specs = config::parse_sal_rules(&text).map_err(what)?;
             let t0 = std::time::Instant::now();
             for spec in &specs {
                 rules

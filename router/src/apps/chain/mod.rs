@@ -1,7 +1,9 @@
 //! The management core's side of the NetChain switch nodes: the nodes' roles, keys and
 //! failover rules from the configuration, and what `routerctl chain` shows.
 
-use super::chain_config::{parse_vgroups, ChainConfig};
+pub mod cli;
+pub mod config;
+
 use super::AppRequest;
 use crate::admin::Response;
 use crate::app::{udp_datagram, MgmtApp, MgmtCtx};
@@ -10,6 +12,7 @@ use chain_switch::node::{role, FailoverRule};
 use chain_switch::stage::{ChainCounters, ChainShared, ChainStage};
 use chain_switch::store::StoreError;
 use chain_switch::wire;
+use config::{parse_vgroups, ChainConfig};
 use packet::Stage as _;
 use serde_json::json;
 use std::sync::Arc;

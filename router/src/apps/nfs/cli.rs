@@ -1,0 +1,184 @@
+//! `routerctl nfs …`: the virtual NFS server's servers, counters, checkpoint and TCP
+//! connections.
+
+use crate::apps::AppRequest;
+use crate::cli::plain;
+use crate::say;
+use serde_json::Value;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum NfsCmd {
+    /// The aggregated servers: address, export, mount state.
+    Servers,
+    /// Calls and replies per procedure, rewrites, handle table, recoveries, bad handles.
+    Stats,
+    /// Write the handle-table checkpoint now.
+    Checkpoint,
+    /// TCP connections: clients' (address, port, bytes, calls in flight, age) and the
+    /// router's own to each server.
+    Connections,
+}
+
+impl NfsCmd {
+    /// The admin request it sends.
+    pub fn request(&self) -> AppRequest {
+        match self {
+            NfsCmd::Servers => AppRequest::NfsServers,
+            NfsCmd::Stats => AppRequest::NfsStats,
+            NfsCmd::Checkpoint => AppRequest::NfsCheckpoint,
+            NfsCmd::Connections => AppRequest::NfsConnections,
+        }
+    }
+
+    /// Print the answer for an operator.
+    pub fn print(&self, data: &Value) {
+        match self {
+            NfsCmd::Servers => {
+                say!(
+                    "{:<5} {:<12} {:<21} {:<24} {:<8} {:<9} {:<14} {:>8} {:>10} last error",
+                    "sid",
+                    "name",
+                    "address",
+                    "export",
+                    "mounted",
+                    "transport",
+                    "walk",
+                    "rtmax",
+                    "files"
+                );
+                for s in data.as_array().into_iter().flatten() {
+                    say!(
+                        "{:<5} {:<12} {:<21} {:<24} {:<8} {:<9} {:<14} {:>8} {:>10} {}",
+                        plain(&s["sid"]),
+                        plain(&s["name"]),
+                        format!("{}:{}", plain(&s["address"]), plain(&s["nfs_port"])),
+                        plain(&s["export"]),
+                        plain(&s["mounted"]),
+                        plain(&s["transport"]),
+                        plain(&s["walk"]),
+                        plain(&s["fsinfo"]["rtmax"]),
+                        plain(&s["fsstat"]["tfiles"]),
+                        plain(&s["last_error"])
+                    );
+                }
+            }
+            NfsCmd::Stats => print_nfs_stats(data),
+            NfsCmd::Connections => {
+                say!(
+                    "{:<7} {:<21} {:<6} {:<11} {:>12} {:>12} {:>8} {:>10} {:>9}",
+                    "kind",
+                    "peer",
+                    "port",
+                    "state",
+                    "bytes in",
+                    "bytes out",
+                    "inflight",
+                    "queued",
+                    "age s"
+                );
+                for c in data.as_array().into_iter().flatten() {
+                    let port = if c["kind"] == "server" {
+                        format!("sid {}", plain(&c["sid"]))
+                    } else {
+                        plain(&c["local_port"])
+                    };
+                    say!(
+                        "{:<7} {:<21} {:<6} {:<11} {:>12} {:>12} {:>8} {:>10} {:>9.1}",
+                        plain(&c["kind"]),
+                        plain(&c["peer"]),
+                        port,
+                        plain(&c["state"]),
+                        plain(&c["bytes_in"]),
+                        plain(&c["bytes_out"]),
+                        plain(&c["inflight"]),
+                        plain(&c["queued"]),
+                        c["age_secs"].as_f64().unwrap_or(0.0)
+                    );
+                }
+            }
+            NfsCmd::Checkpoint => say!(
+                "wrote {} handles ({} bytes) to {} in {:.1} ms",
+                plain(&data["entries"]),
+                plain(&data["bytes"]),
+                plain(&data["path"]),
+                data["ms"].as_f64().unwrap_or(0.0)
+            ),
+        }
+    }
+}
+
+fn print_nfs_stats(d: &Value) {
+    say!(
+        "calls {}  replies {}  rewritten: calls {} replies {}",
+        plain(&d["calls"]),
+        plain(&d["replies"]),
+        plain(&d["calls_rewritten"]),
+        plain(&d["replies_rewritten"])
+    );
+    say!("{:<12} {:>12} {:>12}", "procedure", "calls", "replies");
+    for (p, n) in d["calls_by_proc"].as_object().into_iter().flatten() {
+        say!(
+            "{:<12} {:>12} {:>12}",
+            p,
+            plain(n),
+            plain(&d["replies_by_proc"][p.as_str()])
+        );
+    }
+    say!(
+        "handles {} of {} (inserts {}, evictions {}); servers mounted {} of {}",
+        plain(&d["handles"]),
+        plain(&d["handle_capacity"]),
+        plain(&d["handle_inserts"]),
+        plain(&d["handle_evictions"]),
+        plain(&d["servers_mounted"]),
+        plain(&d["servers"])
+    );
+    let c = &d["control"];
+    say!(
+        "answered here: virtual root {}, mount {}, portmap {}; refused: bad handles {}, stale {}, xdev {}",
+        plain(&c["virtual_root"]),
+        plain(&c["mount"]),
+        plain(&c["portmap"]),
+        plain(&c["bad_handles"]),
+        plain(&c["stale_handles"]),
+        plain(&c["xdev"])
+    );
+    let r = &d["recovery"];
+    say!(
+        "recovery: {} calls waited, {} handles recovered ({} failed), wait max {} ms, {} walks over {} dirs",
+        plain(&r["calls"]),
+        plain(&r["recovered"]),
+        plain(&r["failed"]),
+        plain(&r["wait_ms_max"]),
+        plain(&r["walks"]),
+        plain(&r["walk_dirs"])
+    );
+    let t = &d["tcp"];
+    if !t.is_null() {
+        say!(
+            "tcp: {} connections ({} accepted, refused {}+{} by limits, {} idle-closed, {} bad records); calls {} (answered {}, forwarded {}), replies {}; servers: {} connects, {} failures, {} resent",
+            plain(&t["connections"]),
+            plain(&t["accepted"]),
+            plain(&t["refused_total_limit"]),
+            plain(&t["refused_per_client_limit"]),
+            plain(&t["idle_closed"]),
+            plain(&t["bad_records"]),
+            plain(&t["calls"]),
+            plain(&t["answered"]),
+            plain(&t["forwarded"]),
+            plain(&t["replies"]),
+            plain(&t["server_connects"]),
+            plain(&t["server_failures"]),
+            plain(&t["resent"])
+        );
+    }
+    let k = &d["checkpoint"];
+    say!(
+        "checkpoint {}: loaded {}, written {} (last {} handles), failed {}",
+        plain(&k["path"]),
+        plain(&k["loaded"]),
+        plain(&k["written"]),
+        plain(&k["last_entries"]),
+        plain(&k["failed"])
+    );
+}
