@@ -205,6 +205,40 @@ pub struct PortConfig {
     /// (RFC 2644: off by default; when off they are dropped and counted).
     #[serde(default)]
     pub forward_directed_broadcast: bool,
+    /// 802.1Q VLAN sub-interfaces (`[[ports.vlans]]`), each a routed interface of its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vlans: Vec<VlanConfig>,
+}
+
+/// An 802.1Q VLAN on a port: frames tagged with its id are its interface's, and what the
+/// router sends out of that interface leaves the port tagged.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VlanConfig {
+    /// The VLAN id, 1..=4094.
+    pub id: u16,
+    /// The interface's name (routes' and neighbours' `port`, stats); `PORT.ID` by default.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Addresses with prefix length, e.g. `["10.0.10.1/24"]`.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// As for a port: directed broadcasts for its subnets from other interfaces go out on it.
+    #[serde(default)]
+    pub forward_directed_broadcast: bool,
+}
+
+/// A routed interface: a port (its untagged traffic), or a VLAN on one. Interfaces are
+/// numbered ports first (interface *i* is port *i*), then the VLANs in the file's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface<'a> {
+    pub name: String,
+    /// The port it is on.
+    pub port: u16,
+    /// Its VLAN id (None: the port's untagged traffic).
+    pub vlan: Option<u16>,
+    pub addresses: &'a [String],
+    pub forward_directed_broadcast: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -663,6 +697,7 @@ impl Config {
                 }
             }
         }
+        self.validate_vlans()?;
         for (i, _) in self.routes.iter().enumerate() {
             self.route_spec(i)?;
         }
@@ -708,19 +743,98 @@ impl Config {
         Ok(())
     }
 
-    /// Port id by name.
+    /// The VLANs' ids, names and addresses.
+    fn validate_vlans(&self) -> Result<(), ConfigError> {
+        let ifs = self.interfaces();
+        for (i, p) in self.ports.iter().enumerate() {
+            for (j, v) in p.vlans.iter().enumerate() {
+                if !(1..=4094).contains(&v.id) || p.vlans[..j].iter().any(|w| w.id == v.id) {
+                    return Err(invalid(
+                        format!("ports[{i}].vlans[{j}].id"),
+                        format!("{} is not 1..=4094 or is used twice on the port", v.id),
+                    ));
+                }
+            }
+        }
+        for (i, p) in self.ports.iter().enumerate() {
+            for (j, v) in p.vlans.iter().enumerate() {
+                let k = |f: &str| format!("ports[{i}].vlans[{j}].{f}");
+                let name = v
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("{}.{}", p.name, v.id));
+                if name.is_empty() || ifs.iter().filter(|f| f.name == name).count() > 1 {
+                    return Err(invalid(
+                        k("name"),
+                        format!("{name:?} is empty or not unique among the interfaces"),
+                    ));
+                }
+                for a in &v.addresses {
+                    match packet::ipv4::parse_prefix(a) {
+                        Some((_, l)) if a.contains('/') && l > 0 => {}
+                        _ => {
+                            return Err(invalid(
+                                k("addresses"),
+                                format!("{a:?} is not ADDRESS/LEN"),
+                            ))
+                        }
+                    }
+                }
+            }
+        }
+        if ifs.len() > 4096 {
+            return Err(invalid(
+                "ports",
+                "at most 4096 interfaces (ports and VLANs)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Interface id by name (a port's, or a VLAN's).
     pub fn port_id(&self, name: &str) -> Option<u16> {
-        self.ports
+        self.interfaces()
             .iter()
             .position(|p| p.name == name)
             .map(|i| i as u16)
     }
 
-    /// Every (port, address, prefix length).
+    /// Every routed interface: the ports, then their VLANs ([`Interface`]).
+    pub fn interfaces(&self) -> Vec<Interface<'_>> {
+        let mut v: Vec<Interface> = self
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Interface {
+                name: p.name.clone(),
+                port: i as u16,
+                vlan: None,
+                addresses: &p.addresses,
+                forward_directed_broadcast: p.forward_directed_broadcast,
+            })
+            .collect();
+        for (i, p) in self.ports.iter().enumerate() {
+            for vl in &p.vlans {
+                v.push(Interface {
+                    name: vl
+                        .name
+                        .clone()
+                        .unwrap_or_else(|| format!("{}.{}", p.name, vl.id)),
+                    port: i as u16,
+                    vlan: Some(vl.id),
+                    addresses: &vl.addresses,
+                    forward_directed_broadcast: vl.forward_directed_broadcast,
+                });
+            }
+        }
+        v
+    }
+
+    /// Every (interface, address, prefix length).
     pub fn addresses(&self) -> Vec<(u16, Ipv4Addr, u8)> {
         let mut v = Vec::new();
-        for (i, p) in self.ports.iter().enumerate() {
-            for a in &p.addresses {
+        for (i, p) in self.interfaces().iter().enumerate() {
+            for a in p.addresses {
                 if let Some((ip, l)) = packet::ipv4::parse_prefix(a) {
                     v.push((i as u16, ip, l));
                 }

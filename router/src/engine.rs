@@ -15,6 +15,7 @@ use crate::ipv4::Parsed;
 use crate::ipv4::{Ipv4Drop, Ipv4Stage};
 use crate::port::Backend;
 use crate::qsbr::Qsbr;
+use crate::vlan::VlanMap;
 use packet::claim::{ClaimSet, Claimed, Flow};
 use packet::{Buffer, DropReason, PuntReason, Stage, Verdict};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -401,13 +402,16 @@ impl<T: Buffer> Pipeline<T> {
 struct TxStage<T> {
     per_port: Vec<Vec<T>>,
     burst: usize,
+    /// Frames to a VLAN interface leave its port tagged.
+    vlans: Arc<VlanMap>,
 }
 
 impl<T: Buffer> TxStage<T> {
-    fn new(ports: usize, burst: usize) -> Self {
+    fn new(ports: usize, burst: usize, vlans: Arc<VlanMap>) -> Self {
         TxStage {
             per_port: (0..ports).map(|_| Vec::with_capacity(burst * 2)).collect(),
             burst,
+            vlans,
         }
     }
     #[inline]
@@ -416,9 +420,20 @@ impl<T: Buffer> TxStage<T> {
         be: &B,
         queue: u16,
         port: u16,
-        pkt: T,
+        mut pkt: T,
         c: &CoreCounters,
     ) {
+        let port = if usize::from(port) < self.per_port.len() {
+            port
+        } else {
+            match self.vlans.tx(port, &mut pkt) {
+                Some(p) => p,
+                None => {
+                    c.stages[0].drop(Ipv4Drop::BadPort.index());
+                    return;
+                }
+            }
+        };
         let Some(q) = self.per_port.get_mut(usize::from(port)) else {
             c.stages[0].drop(Ipv4Drop::BadPort.index());
             return;
@@ -515,6 +530,7 @@ impl Engine {
     ) -> std::io::Result<(Engine, MgmtRings<B::Buf>)> {
         let dp = &cfg.dataplane;
         let nports = backend.ports().len();
+        let vlans = Arc::new(VlanMap::new(cfg));
         let stop = Arc::new(AtomicBool::new(false));
         let workers = dp.workers.len();
         let mut threads = Vec::new();
@@ -570,6 +586,7 @@ impl Engine {
                     .get_mut(w)
                     .map(std::mem::take)
                     .unwrap_or_default(),
+                vlans: vlans.clone(),
             };
             let pinning = dp.pin;
             let body: Box<dyn FnOnce() + Send> = if split {
@@ -612,6 +629,7 @@ impl Engine {
                 from_workers,
                 inject: inject_rx.take(),
                 rpc_ports: pipeline.apps.iter().flat_map(|a| a.rpc_ports()).collect(),
+                vlans: vlans.clone(),
             };
             let pinning = dp.pin;
             threads.push(spawn(
@@ -695,6 +713,7 @@ struct WorkerCtx<B: Backend> {
     handoff_out: Vec<Option<rtrb::Producer<B::Buf>>>,
     /// Handoff rings from the other workers.
     handoff_in: Vec<rtrb::Consumer<B::Buf>>,
+    vlans: Arc<VlanMap>,
 }
 
 /// One burst in this many is timed, stage by stage, for the ns/packet and busy figures.
@@ -764,7 +783,7 @@ impl<B: Backend> WorkerCtx<B> {
         let nports = self.be.ports().len();
         let queue = self.id as u16;
         let mut burst: Vec<B::Buf> = Vec::with_capacity(self.burst);
-        let mut tx = TxStage::new(nports, self.burst);
+        let mut tx = TxStage::new(nports, self.burst, self.vlans.clone());
         let mut backoff = Backoff::new(self.idle_max);
         let be = self.be.clone();
         let c = self.c.clone();
@@ -773,7 +792,7 @@ impl<B: Backend> WorkerCtx<B> {
             let t0 = backoff.before_poll(&c);
             let mut got = 0;
             for port in 0..nports as u16 {
-                let n = rx_counted(&*be, port, queue, &mut burst, &c);
+                let n = rx_counted(&*be, port, queue, &mut burst, &c, &self.vlans);
                 if n == 0 {
                     continue;
                 }
@@ -851,9 +870,11 @@ struct IoCtx<B: Backend> {
     inject: Option<rtrb::Consumer<B::Buf>>,
     /// UDP ports of ONC RPC traffic steered by xid.
     rpc_ports: Vec<u16>,
+    vlans: Arc<VlanMap>,
 }
 
-/// Receive a burst from `port`/`queue` into `burst` and count it (packets, bytes).
+/// Receive a burst from `port`/`queue` into `burst` and count it (packets, bytes); frames of
+/// the port's VLANs become their interfaces'.
 #[inline]
 fn rx_counted<B: Backend>(
     be: &B,
@@ -861,12 +882,17 @@ fn rx_counted<B: Backend>(
     queue: u16,
     burst: &mut Vec<B::Buf>,
     c: &CoreCounters,
+    vlans: &VlanMap,
 ) -> usize {
     let n = be.rx_burst(port, queue, burst);
     if n > 0 {
         let pc = &c.ports[usize::from(port)];
         pc.rx.add(n as u64);
         pc.rx_bytes.add(burst.iter().map(|b| b.len() as u64).sum());
+        if vlans.on_port(port) {
+            let from = burst.len().saturating_sub(n);
+            vlans.rx(port, &mut burst[from..]);
+        }
     }
     n
 }
@@ -882,13 +908,13 @@ impl<B: Backend> IoCtx<B> {
         let nports = be.ports().len();
         let nworkers = self.to_workers.len() as u32;
         let mut burst: Vec<B::Buf> = Vec::with_capacity(self.burst);
-        let mut tx = TxStage::new(nports, self.burst);
+        let mut tx = TxStage::new(nports, self.burst, self.vlans.clone());
         let mut backoff = Backoff::new(self.idle_max);
         while !self.stop.load(Ordering::Relaxed) {
             let t0 = backoff.before_poll(&c);
             let mut got = 0;
             for port in 0..nports as u16 {
-                let n = rx_counted(&*be, port, 0, &mut burst, &c);
+                let n = rx_counted(&*be, port, 0, &mut burst, &c, &self.vlans);
                 if n == 0 {
                     continue;
                 }

@@ -27,6 +27,7 @@ drop_reasons! {
         IcmpBad = "icmp-bad",
         NoNeighbour = "no-neighbour",
         DirectedBroadcast = "directed-broadcast",
+        UnknownVlan = "unknown-vlan",
     }
 }
 
@@ -327,6 +328,9 @@ impl Ipv4Stage {
         match eth.ethertype() {
             ethertype::IPV4 => {}
             ethertype::ARP => return Parsed::Done(self.arp(in_port, info, &mut eth)),
+            // Tagged for a VLAN the port does not carry (its own VLANs' tags came off on
+            // receive), or stacked (802.1ad).
+            crate::vlan::TPID | 0x88a8 => return Parsed::Done(Ipv4Drop::UnknownVlan.drop()),
             _ => return Parsed::Done(Ipv4Drop::UnknownEthertype.drop()),
         }
         let ip = match Ipv4Packet::new_checked(eth.payload()) {

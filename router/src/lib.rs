@@ -19,6 +19,7 @@ pub mod port;
 pub mod preflight;
 pub mod qsbr;
 pub mod reasm;
+pub mod vlan;
 
 use config::Config;
 use engine::{Engine, Pipeline};

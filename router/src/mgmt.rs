@@ -131,25 +131,30 @@ impl<B: Backend> std::fmt::Debug for Mgmt<B> {
     }
 }
 
-/// Build the fast path's view of the ports.
+/// Build the fast path's view of the interfaces: the ports, then their VLANs (with their
+/// port's MAC and MTU).
 pub fn port_infos<B: Backend>(cfg: &Config, be: &B) -> Vec<PortInfo> {
-    be.ports()
+    let devs = be.ports();
+    cfg.interfaces()
         .iter()
-        .zip(&cfg.ports)
-        .map(|(d, pc)| PortInfo {
-            name: pc.name.clone(),
-            mac: pc
-                .mac
-                .as_deref()
-                .and_then(|m| m.parse().ok())
-                .unwrap_or(d.mac),
-            mtu: pc.mtu,
-            addrs: pc
-                .addresses
-                .iter()
-                .filter_map(|a| packet::ipv4::parse_prefix(a))
-                .collect(),
-            forward_directed_broadcast: pc.forward_directed_broadcast,
+        .filter_map(|f| {
+            let p = usize::from(f.port);
+            let (d, pc) = (devs.get(p)?, cfg.ports.get(p)?);
+            Some(PortInfo {
+                name: f.name.clone(),
+                mac: pc
+                    .mac
+                    .as_deref()
+                    .and_then(|m| m.parse().ok())
+                    .unwrap_or(d.mac),
+                mtu: pc.mtu,
+                addrs: f
+                    .addresses
+                    .iter()
+                    .filter_map(|a| packet::ipv4::parse_prefix(a))
+                    .collect(),
+                forward_directed_broadcast: f.forward_directed_broadcast,
+            })
         })
         .collect()
 }
@@ -1156,26 +1161,50 @@ impl<B: Backend> Mgmt<B> {
                 "neighbours": self.neigh.len(),
                 "metrics": self.metrics_addr.map(|a| format!("http://{a}/metrics")),
             })),
-            Request::Ports => Response::ok(json!(self
-                .be
-                .ports()
-                .iter()
-                .zip(self.ports.iter())
-                .enumerate()
-                .map(|(i, (d, p))| json!({"port": i, "name": p.name, "device": d.device, "driver": d.driver,
-                    "mac": p.mac.to_string(), "mtu": p.mtu,
-                    "addresses": p.addrs.iter().map(|(a, l)| format!("{a}/{l}")).collect::<Vec<_>>(),
-                    "rx_queues": d.rx_queues, "tx_queues": d.tx_queues}))
-                .collect::<Vec<_>>())),
+            Request::Ports => {
+                let devs = self.be.ports();
+                let ifs = self.cfg.interfaces();
+                Response::ok(json!(self
+                    .ports
+                    .iter()
+                    .zip(&ifs)
+                    .enumerate()
+                    .filter_map(|(i, (p, f))| {
+                        let d = devs.get(usize::from(f.port))?;
+                        Some(json!({"port": i, "name": p.name, "device": d.device, "driver": d.driver,
+                            "mac": p.mac.to_string(), "mtu": p.mtu,
+                            "addresses": p.addrs.iter().map(|(a, l)| format!("{a}/{l}")).collect::<Vec<_>>(),
+                            "vlan": f.vlan, "on": f.vlan.map(|_| self.ports.get(usize::from(f.port)).map(|x| x.name.clone())),
+                            "rx_queues": d.rx_queues, "tx_queues": d.tx_queues}))
+                    })
+                    .collect::<Vec<_>>()))
+            }
             Request::Stats => Response::ok(self.stats()),
-            Request::RouteAdd { prefix, via, port, blackhole } => {
-                match self.cfg.resolve_route(&prefix, via, port.as_deref(), blackhole) {
+            Request::RouteAdd {
+                prefix,
+                via,
+                port,
+                blackhole,
+            } => {
+                match self
+                    .cfg
+                    .resolve_route(&prefix, via, port.as_deref(), blackhole)
+                {
                     Ok(spec) => {
-                        if matches!(self.origins.get(&(u32::from(spec.prefix), spec.len)), Some(RouteOrigin::Connected | RouteOrigin::Local)) {
-                            return Response::err(format!("{}/{} is a connected or local route", spec.prefix, spec.len));
+                        if matches!(
+                            self.origins.get(&(u32::from(spec.prefix), spec.len)),
+                            Some(RouteOrigin::Connected | RouteOrigin::Local)
+                        ) {
+                            return Response::err(format!(
+                                "{}/{} is a connected or local route",
+                                spec.prefix, spec.len
+                            ));
                         }
-                        match add_route(&mut self.fib, &mut self.origins, spec, RouteOrigin::Static) {
-                            Ok(()) => Response::ok(json!({"added": format!("{}/{}", spec.prefix, spec.len)})),
+                        match add_route(&mut self.fib, &mut self.origins, spec, RouteOrigin::Static)
+                        {
+                            Ok(()) => Response::ok(
+                                json!({"added": format!("{}/{}", spec.prefix, spec.len)}),
+                            ),
                             Err(e) => Response::err(e),
                         }
                     }
@@ -1188,14 +1217,18 @@ impl<B: Backend> Mgmt<B> {
                 };
                 let ip = Ipv4Addr::from(u32::from(ip) & packet::ipv4::mask(len));
                 match self.origins.get(&(u32::from(ip), len)) {
-                    Some(RouteOrigin::Static | RouteOrigin::Neighbour) => match self.fib.del(ip, len) {
-                        Ok(()) => {
-                            self.origins.remove(&(u32::from(ip), len));
-                            Response::ok(json!({"deleted": format!("{ip}/{len}")}))
+                    Some(RouteOrigin::Static | RouteOrigin::Neighbour) => {
+                        match self.fib.del(ip, len) {
+                            Ok(()) => {
+                                self.origins.remove(&(u32::from(ip), len));
+                                Response::ok(json!({"deleted": format!("{ip}/{len}")}))
+                            }
+                            Err(e) => Response::err(e.to_string()),
                         }
-                        Err(e) => Response::err(e.to_string()),
-                    },
-                    Some(o) => Response::err(format!("{ip}/{len} is a {o:?} route; change the port addresses instead")),
+                    }
+                    Some(o) => Response::err(format!(
+                        "{ip}/{len} is a {o:?} route; change the port addresses instead"
+                    )),
                     None => Response::err(format!("no route {ip}/{len}")),
                 }
             }

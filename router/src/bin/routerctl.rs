@@ -179,7 +179,11 @@ fn real_main() -> Result<()> {
                         .map(|a| a.iter().map(plain).collect::<Vec<_>>().join(","))
                         .unwrap_or_default(),
                     plain(&p["rx_queues"]),
-                    plain(&p["device"])
+                    if p["vlan"].is_null() {
+                        plain(&p["device"])
+                    } else {
+                        format!("vlan {} on {}", plain(&p["vlan"]), plain(&p["on"]))
+                    }
                 );
             }
         }
