@@ -170,6 +170,16 @@ pub trait MgmtApp {
     }
     /// Every 100 ms.
     fn timer(&mut self, _ctx: &mut MgmtCtx) {}
+    /// A reload (SIGHUP, `routerctl reload`) with config `new`: check what it changes of
+    /// this application's live settings ([`crate::apps::LIVE_KEYS`]), keeping the result for
+    /// [`MgmtApp::commit_reload`]. An error refuses the whole reload (nothing changed).
+    fn prepare_reload(&mut self, _new: &crate::config::Config) -> Result<(), String> {
+        Ok(())
+    }
+    /// Apply what [`MgmtApp::prepare_reload`] checked; what changed, for the reload's answer.
+    fn commit_reload(&mut self, _ctx: &mut MgmtCtx) -> Option<serde_json::Value> {
+        None
+    }
     /// Its section of `routerctl stats`.
     fn stats(&self, ctx: &MgmtCtx) -> serde_json::Value;
     /// An admin request; None when it is another application's.

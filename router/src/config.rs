@@ -585,7 +585,7 @@ impl Config {
     /// The config as TOML without [`Config::LIVE_KEYS`].
     fn fixed_part(&self) -> Option<toml::Value> {
         let mut v = toml::Value::try_from(self).ok()?;
-        for key in Self::LIVE_KEYS {
+        for key in [&Self::LIVE_KEYS[..], &crate::apps::LIVE_KEYS[..]].concat() {
             let mut t = &mut v;
             let mut parts = key.split('.').peekable();
             while let Some(p) = parts.next() {
@@ -631,6 +631,7 @@ impl Config {
         self.log = new.log;
         self.icmp = new.icmp;
         self.source = new.source;
+        self.apps.take_live(new.apps);
     }
 
     /// Semantic checks beyond the TOML schema.

@@ -950,7 +950,7 @@ impl<B: Backend> Mgmt<B> {
     }
 
     /// Read the config file again and apply it: routes (the config's own, not those added by
-    /// `routerctl`), the log filter, the ICMP rate. A file that does not load, or that changes
+    /// `routerctl`), the log filter, the ICMP rate, the applications' live settings. A file that does not load, or that changes
     /// anything else, is refused with the reason (the key that needs a restart); the running
     /// config stays as it was.
     fn reload(&mut self) -> Response {
@@ -1009,6 +1009,10 @@ impl<B: Backend> Mgmt<B> {
                 grown, self.cfg.fib.max_routes
             ));
         }
+        // The applications' live settings are checked before anything is applied.
+        let new_ref = &new;
+        self.with_apps(|apps, _| apps.iter_mut().try_for_each(|a| a.prepare_reload(new_ref)))
+            .map_err(|e| format!("{e}; nothing changed"))?;
         if new.log.level != self.cfg.log.level {
             (self.set_log_level)(&new.log.level)
                 .map_err(|e| format!("log.level: {e}; nothing changed"))?;
@@ -1045,9 +1049,17 @@ impl<B: Backend> Mgmt<B> {
         self.config_routes = want;
         let level = new.log.level.clone();
         self.cfg.take_live(new);
-        let v = json!({"file": path.display().to_string(), "routes_added": added,
+        let mut v = json!({"file": path.display().to_string(), "routes_added": added,
                        "routes_changed": changed, "routes_removed": removed,
                        "routes": self.fib.len(), "log_level": level});
+        let applied: Vec<(&'static str, serde_json::Value)> = self.with_apps(|apps, ctx| {
+            apps.iter_mut()
+                .filter_map(|a| a.commit_reload(ctx).map(|r| (a.name(), r)))
+                .collect()
+        });
+        for (name, r) in applied {
+            v[name] = r;
+        }
         match failed {
             None => Ok(v),
             Some(e) => Err(format!(

@@ -561,3 +561,96 @@ fn a_registration_by_broadcast_works_like_a_unicast_one() {
     h.inject(0, &syn(CLIENT, ROUTER_C, 4001, 9));
     assert_eq!(dst(&h.expect_tx(1, 1)[0]), A);
 }
+
+/// Where the router sent a SYN for serviceID `id` (None: nowhere).
+fn syn_goes_to(h: &Harness, id: u32, flow: u32) -> Option<Ipv4Addr> {
+    h.inject(0, &syn(CLIENT, ROUTER_C, id, flow));
+    let deadline = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < deadline {
+        if let Some(f) = h.wires[1].take().first() {
+            return Some(
+                packet::ipv4::Ipv4Packet::new_checked(&f[14..])
+                    .unwrap()
+                    .dst_addr(),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    None
+}
+
+#[test]
+fn config_rules_follow_a_reload() {
+    let h = harness(
+        r#"[sal]
+[[sal.rules]]
+prefix = "16385"
+action = "forward"
+targets = ["10.77.2.2"]
+[[sal.rules]]
+prefix = "16386"
+action = "forward"
+targets = ["10.77.2.2"]
+"#,
+    );
+    assert_eq!(syn_goes_to(&h, 16385, 1), Some(A));
+    assert_eq!(syn_goes_to(&h, 16386, 2), Some(A));
+    // A rule of routerctl's own: a reload leaves it.
+    let r = h.call(Request::App(AppRequest::SalRuleAdd {
+        prefix: "16387".into(),
+        action: "forward".into(),
+        targets: vec!["10.77.2.3".into()],
+        priority: 0,
+        mode: None,
+    }));
+    assert_eq!(r["prefix"], "16387/32");
+
+    // The file now sends 16385 to B, drops its rule for 16386 and adds one for 16388.
+    let file = h.config_file();
+    let mut cfg: toml::Value = toml::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let rules: toml::Value = toml::from_str(
+        r#"[[rules]]
+prefix = "16385"
+action = "forward"
+targets = ["10.77.2.3"]
+[[rules]]
+prefix = "16388"
+action = "forward"
+targets = ["10.77.2.2"]
+"#,
+    )
+    .unwrap();
+    cfg["sal"]["rules"] = rules["rules"].clone();
+    let edited = toml::to_string(&cfg).unwrap();
+    std::fs::write(&file, &edited).unwrap();
+    let r = h.admin().call(&Request::Reload).unwrap();
+    assert!(r.ok, "{:?}", r.error);
+    let s = &r.data["sal"];
+    assert_eq!(
+        (&s["rules_added"], &s["rules_changed"], &s["rules_removed"]),
+        (&1.into(), &1.into(), &1.into()),
+        "{s}"
+    );
+    assert_eq!(syn_goes_to(&h, 16385, 3), Some(B));
+    assert_eq!(
+        syn_goes_to(&h, 16386, 4),
+        None,
+        "its rule went with the file's"
+    );
+    assert_eq!(syn_goes_to(&h, 16388, 5), Some(A));
+    assert_eq!(syn_goes_to(&h, 16387, 6), Some(B), "routerctl's rule stays");
+
+    // A rule that does not parse: refused, nothing changed.
+    std::fs::write(&file, edited.replacen("\"forward\"", "\"fly\"", 1)).unwrap();
+    let r = h.admin().call(&Request::Reload).unwrap();
+    assert!(!r.ok);
+    let e = r.error.unwrap();
+    assert!(e.contains("fly") && e.contains("nothing changed"), "{e}");
+    assert_eq!(syn_goes_to(&h, 16385, 7), Some(B));
+    // Other keys of the section still need a restart.
+    cfg["sal"]["max_rules"] = 4096.into();
+    std::fs::write(&file, toml::to_string(&cfg).unwrap()).unwrap();
+    let r = h.admin().call(&Request::Reload).unwrap();
+    let e = r.error.unwrap();
+    assert!(e.starts_with("sal.max_rules changed"), "{e}");
+}

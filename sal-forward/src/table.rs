@@ -752,18 +752,28 @@ impl Rules {
         mode: Mode,
         targets: &[Target],
     ) -> Result<(), TableError> {
-        Self::check(targets)?;
-        let mut merged = match self
+        let old = self
             .entries
-            .get(&prefix)
+            .get(&Prefix::new(prefix.id, prefix.len))
             .and_then(|e| e.sets.get(&priority))
-        {
-            // FORWARD and DEMUX sets grow; a DROP or DELAY set is replaced.
-            Some((_, old))
-                if old[0].action == targets[0].action
-                    && matches!(old[0].action, Action::Forward | Action::Demux) =>
+            .map(|(_, t)| t.as_slice());
+        let merged = Self::merged(old, targets)?;
+        self.set(prefix, priority, mode, merged)
+    }
+
+    /// The set [`Rules::add`] makes of `targets` and the set `old` already at that prefix and
+    /// priority: FORWARD and DEMUX sets grow (a target to the same address replaces its
+    /// weight); a DROP or DELAY set is replaced.
+    pub fn merged(old: Option<&[Target]>, targets: &[Target]) -> Result<Vec<Target>, TableError> {
+        Self::check(targets)?;
+        let mut merged = match old {
+            Some(old)
+                if old.first().is_some_and(|o| {
+                    o.action == targets[0].action
+                        && matches!(o.action, Action::Forward | Action::Demux)
+                }) =>
             {
-                old.clone()
+                old.to_vec()
             }
             _ => Vec::new(),
         };
@@ -777,7 +787,12 @@ impl Rules {
             }
         }
         Self::check(&merged)?;
-        self.set(prefix, priority, mode, merged)
+        Ok(merged)
+    }
+
+    /// Rule slots still free.
+    pub fn free_slots(&self) -> usize {
+        self.free.len()
     }
 
     /// Replace the set of `prefix` at `priority`.

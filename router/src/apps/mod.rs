@@ -19,6 +19,10 @@ use std::sync::{Arc, Mutex};
 /// Every application's name: its config section, its statistics section.
 pub const NAMES: [&str; 3] = ["nfs", "sal", "chain"];
 
+/// The applications' config keys a reload applies to the running router (beside the router's
+/// own, [`Config::LIVE_KEYS`]); any other change of their sections needs a restart.
+pub const LIVE_KEYS: [&str; 2] = ["sal.rules", "sal.rules_file"];
+
 /// The applications' sections of the config file, each with its own checks.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct AppConfigs {
@@ -31,6 +35,14 @@ pub struct AppConfigs {
 }
 
 impl AppConfigs {
+    /// Take what a reload changes ([`LIVE_KEYS`]) from `new`.
+    pub fn take_live(&mut self, new: AppConfigs) {
+        if let (Some(s), Some(n)) = (self.sal.as_mut(), new.sal) {
+            s.rules = n.rules;
+            s.rules_file = n.rules_file;
+        }
+    }
+
     /// Each configured section's checks (they may read the router's sections: addresses).
     pub fn validate(&self, cfg: &Config) -> Result<(), ConfigError> {
         if let Some(n) = &self.nfs {

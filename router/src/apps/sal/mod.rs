@@ -8,6 +8,7 @@ pub mod config;
 use super::AppRequest;
 use crate::admin::Response;
 use crate::app::{MgmtApp, MgmtCtx, Output};
+use crate::config::Config;
 use config::SalConfig;
 use packet::{Buffer, Stage, Verdict};
 use sal_forward::controller::{Controller, Outcome, Settings};
@@ -17,6 +18,7 @@ use sal_forward::stage::{SalShared, SalStage};
 use sal_forward::table::{Action, Mode, Rules, Target};
 use sal_forward::wire::{self, flags, Control, SalRepr};
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -42,6 +44,10 @@ pub enum Handled {
 #[derive(Debug)]
 pub struct SalMgmt {
     pub shared: Arc<SalShared>,
+    /// The rules the config installed (a reload replaces these, not `routerctl`'s).
+    installed: RuleSets,
+    /// A reload's rules, checked, until it is applied.
+    reloading: Option<RuleSets>,
     pub ctl: Controller,
     /// The management core's own stage instance (delayed packets, copies).
     stage: SalStage,
@@ -54,29 +60,55 @@ pub struct SalMgmt {
     pub control_send_failed: u64,
 }
 
+/// Rule sets by (prefix, priority).
+type RuleSets = BTreeMap<(Prefix, u32), (Mode, Vec<Target>)>;
+
+/// The rules a config installs — its `rules`, then its `rules_file`'s lines — merged per
+/// prefix and priority as [`Rules::add`] merges them. Errors name the rule.
+fn config_rules(cfg: &SalConfig) -> Result<RuleSets, String> {
+    let mut specs = Vec::new();
+    for (i, r) in cfg.rules.iter().enumerate() {
+        specs.push((
+            format!("sal.rules[{i}]"),
+            r.parse().map_err(|e| format!("sal.rules[{i}]: {e}"))?,
+        ));
+    }
+    if let Some(path) = &cfg.rules_file {
+        let what = |e: String| format!("sal.rules_file {}: {e}", path.display());
+        let text = std::fs::read_to_string(path).map_err(|e| what(e.to_string()))?;
+        let from = format!("sal.rules_file {}", path.display());
+        specs.extend(
+            config::parse_sal_rules(&text)
+                .map_err(what)?
+                .into_iter()
+                .map(|s| (from.clone(), s)),
+        );
+    }
+    let mut sets = RuleSets::new();
+    for (from, s) in specs {
+        let key = (Prefix::new(s.prefix.id, s.prefix.len), s.priority);
+        let old = sets.get(&key).map(|(_, t)| t.as_slice());
+        let merged =
+            Rules::merged(old, &s.targets).map_err(|e| format!("{from}: {}: {e}", s.prefix))?;
+        sets.insert(key, (s.mode, merged));
+    }
+    Ok(sets)
+}
+
 impl SalMgmt {
     pub fn new(cfg: &SalConfig, shared: Arc<SalShared>) -> Result<Self, String> {
         let mut rules = Rules::new(shared.table.clone());
-        for (i, r) in cfg.rules.iter().enumerate() {
-            let spec = r.parse().map_err(|e| format!("sal.rules[{i}]: {e}"))?;
+        let t0 = std::time::Instant::now();
+        let installed = config_rules(cfg)?;
+        for ((prefix, priority), (mode, targets)) in &installed {
             rules
-                .add(spec.prefix, spec.priority, spec.mode, &spec.targets)
-                .map_err(|e| format!("sal.rules[{i}]: {e}"))?;
+                .set(*prefix, *priority, *mode, targets.clone())
+                .map_err(|e| format!("sal rule {prefix} (priority {priority}): {e}"))?;
         }
-        if let Some(path) = &cfg.rules_file {
-            let what = |e: String| format!("sal.rules_file {}: {e}", path.display());
-            let text = std::fs::read_to_string(path).map_err(|e| what(e.to_string()))?;
-            let specs = config::parse_sal_rules(&text).map_err(what)?;
-            let t0 = std::time::Instant::now();
-            for spec in &specs {
-                rules
-                    .add(spec.prefix, spec.priority, spec.mode, &spec.targets)
-                    .map_err(|e| what(format!("{}: {e}", spec.prefix)))?;
-            }
+        if !installed.is_empty() {
             tracing::info!(
-                "sal: {} rules from {} in {:.2} s",
-                specs.len(),
-                path.display(),
+                "sal: {} rules from the config in {:.2} s",
+                installed.len(),
                 t0.elapsed().as_secs_f64()
             );
         }
@@ -124,6 +156,8 @@ impl SalMgmt {
                 },
             ),
             shared,
+            installed,
+            reloading: None,
             controller: cfg.controller,
             rst_sent: 0,
             control_messages: 0,
@@ -540,6 +574,60 @@ impl MgmtApp for SalMgmt {
         ip.set_dst_addr(me);
         ip.fill_checksum();
         self.frame(ctx, &frame, port)
+    }
+
+    /// The config's rules (`sal.rules`, `sal.rules_file` and its contents) can change live;
+    /// checked here, applied by [`MgmtApp::commit_reload`].
+    fn prepare_reload(&mut self, new: &Config) -> Result<(), String> {
+        let Some(cfg) = &new.apps.sal else {
+            return Ok(());
+        };
+        let sets = config_rules(cfg)?;
+        let rules = self.ctl.rules_ref();
+        let fresh = sets
+            .keys()
+            .filter(|(p, _)| rules.get(p).is_none())
+            .map(|(p, _)| p)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        if fresh > rules.free_slots() {
+            return Err(format!(
+                "the rules need {fresh} more prefixes and the service table has room for {} \
+                 (sal.max_rules: restart to grow it)",
+                rules.free_slots()
+            ));
+        }
+        self.reloading = Some(sets);
+        Ok(())
+    }
+
+    /// The config's rule sets that went are deleted, the new and changed ones set whole;
+    /// rules added since by `routerctl` or by registrations at other prefixes or priorities
+    /// stay.
+    fn commit_reload(&mut self, _ctx: &mut MgmtCtx) -> Option<serde_json::Value> {
+        let new = self.reloading.take()?;
+        let rules = self.ctl.rules();
+        let (mut added, mut changed, mut removed, mut failed) = (0usize, 0usize, 0usize, None);
+        for (prefix, priority) in self.installed.keys().filter(|k| !new.contains_key(k)) {
+            if rules.del(*prefix, Some(*priority), None).is_ok() {
+                removed += 1;
+            }
+        }
+        for (key, set) in &new {
+            match self.installed.get(key) {
+                Some(old) if old == set => continue,
+                Some(_) => changed += 1,
+                None => added += 1,
+            }
+            if let Err(e) = rules.set(key.0, key.1, set.0, set.1.clone()) {
+                failed.get_or_insert(format!("{} (priority {}): {e}", key.0, key.1));
+            }
+        }
+        self.installed = new;
+        Some(
+            json!({"rules_added": added, "rules_changed": changed, "rules_removed": removed,
+                    "rules": self.ctl.rules_ref().len(), "failed": failed}),
+        )
     }
 
     fn timer(&mut self, ctx: &mut MgmtCtx) {
