@@ -21,6 +21,17 @@ pub enum ConfigError {
     Invalid { key: String, msg: String },
 }
 
+/// Every entry of an `addresses` list is ADDRESS/LEN.
+fn check_addresses(key: &str, list: &[String]) -> Result<(), ConfigError> {
+    for a in list {
+        match packet::ipv4::parse_prefix(a) {
+            Some((_, l)) if a.contains('/') && l > 0 => {}
+            _ => return Err(invalid(key, format!("{a:?} is not ADDRESS/LEN"))),
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn invalid(key: impl Into<String>, msg: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
@@ -691,12 +702,7 @@ impl Config {
                 m.parse::<EthernetAddress>()
                     .map_err(|_| invalid(k("mac"), format!("{m:?} is not a MAC address")))?;
             }
-            for a in &p.addresses {
-                match packet::ipv4::parse_prefix(a) {
-                    Some((_, l)) if a.contains('/') && l > 0 => {}
-                    _ => return Err(invalid(k("addresses"), format!("{a:?} is not ADDRESS/LEN"))),
-                }
-            }
+            check_addresses(&k("addresses"), &p.addresses)?;
         }
         self.validate_vlans()?;
         for (i, _) in self.routes.iter().enumerate() {
@@ -770,17 +776,7 @@ impl Config {
                         format!("{name:?} is empty or not unique among the interfaces"),
                     ));
                 }
-                for a in &v.addresses {
-                    match packet::ipv4::parse_prefix(a) {
-                        Some((_, l)) if a.contains('/') && l > 0 => {}
-                        _ => {
-                            return Err(invalid(
-                                k("addresses"),
-                                format!("{a:?} is not ADDRESS/LEN"),
-                            ))
-                        }
-                    }
-                }
+                check_addresses(&k("addresses"), &v.addresses)?;
             }
         }
         if ifs.len() > 4096 {

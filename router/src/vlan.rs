@@ -104,18 +104,12 @@ impl VlanMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::tests::GOOD;
     use packet::HeapBuffer;
 
+    /// Port "a" carries VLAN 10 ("a.10") and VLAN 20 ("office").
     fn cfg() -> Config {
-        Config::parse(
-            r#"
-[dataplane]
-backend = "soft"
-workers = [0]
-[[ports]]
-name = "a"
-device = "memory"
-addresses = ["10.0.1.1/24"]
+        let vlans = r#"addresses = ["10.0.1.1/24"]
 [[ports.vlans]]
 id = 10
 addresses = ["10.0.10.1/24"]
@@ -123,13 +117,8 @@ addresses = ["10.0.10.1/24"]
 id = 20
 name = "office"
 addresses = ["10.0.20.1/24"]
-[[ports]]
-name = "b"
-device = "memory"
-addresses = ["10.0.2.1/24"]
-"#,
-        )
-        .unwrap()
+"#;
+        Config::parse(&GOOD.replace("addresses = [\"10.0.1.1/24\"]\n", vlans)).unwrap()
     }
 
     fn frame(tag: Option<u16>) -> HeapBuffer {
