@@ -423,18 +423,11 @@ impl<T: Buffer> TxStage<T> {
         mut pkt: T,
         c: &CoreCounters,
     ) {
-        let port = if usize::from(port) < self.per_port.len() {
-            port
-        } else {
-            match self.vlans.tx(port, &mut pkt) {
-                Some(p) => p,
-                None => {
-                    c.stages[0].drop(Ipv4Drop::BadPort.index());
-                    return;
-                }
-            }
-        };
-        let Some(q) = self.per_port.get_mut(usize::from(port)) else {
+        let Some((port, q)) = self
+            .vlans
+            .egress(port, &mut pkt)
+            .and_then(|p| Some((p, self.per_port.get_mut(usize::from(p))?)))
+        else {
             c.stages[0].drop(Ipv4Drop::BadPort.index());
             return;
         };

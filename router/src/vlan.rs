@@ -79,25 +79,21 @@ impl VlanMap {
         }
     }
 
-    /// A frame routed to interface `iface` (above the ports'): tag it for its VLAN and say
-    /// which port it leaves on. None when `iface` is no VLAN or the frame has no headroom.
+    /// The port a frame routed to interface `iface` leaves on: a port is its own; a VLAN's
+    /// frame is tagged for it on the way to its port. None: no such interface, or no headroom
+    /// for the tag.
     #[inline]
-    pub fn tx<T: Buffer>(&self, iface: u16, pkt: &mut T) -> Option<u16> {
-        let &(port, vid) = self.tx.get(usize::from(iface.checked_sub(self.ports)?))?;
+    pub fn egress<T: Buffer>(&self, iface: u16, pkt: &mut T) -> Option<u16> {
+        let Some(v) = iface.checked_sub(self.ports) else {
+            return Some(iface);
+        };
+        let &(port, vid) = self.tx.get(usize::from(v))?;
         pkt.prepend(TAG_LEN).ok()?;
         let d = pkt.data_mut();
         d.copy_within(TAG_LEN..TAG_LEN + 12, 0);
         d[12..14].copy_from_slice(&TPID.to_be_bytes());
         d[14..16].copy_from_slice(&vid.to_be_bytes());
         Some(port)
-    }
-
-    /// The (port, VLAN id) of a VLAN interface.
-    pub fn of(&self, iface: u16) -> Option<(u16, u16)> {
-        iface
-            .checked_sub(self.ports)
-            .and_then(|i| self.tx.get(usize::from(i)))
-            .copied()
     }
 }
 
@@ -174,9 +170,12 @@ addresses = ["10.0.20.1/24"]
         );
         assert_eq!(burst[3].port(), 2);
         let mut out = frame(None);
-        assert_eq!(m.tx(3, &mut out), Some(0));
+        assert_eq!(m.egress(3, &mut out), Some(0));
         assert_eq!(out.data(), frame(Some(20)).data());
-        assert_eq!(m.tx(1, &mut frame(None)), None);
-        assert_eq!(m.of(2), Some((0, 10)));
+        // A port's own frames leave untouched; an interface that does not exist, nowhere.
+        let mut plain = frame(None);
+        assert_eq!(m.egress(1, &mut plain), Some(1));
+        assert_eq!(plain.data(), frame(None).data());
+        assert_eq!(m.egress(4, &mut frame(None)), None);
     }
 }
