@@ -11,6 +11,7 @@
 //! - handles to recover: handed to [`Upstream`], which mounts the servers and walks them.
 
 use crate::datapath::{NfsShared, Transaction};
+use crate::policy::{self, Refusal};
 use crate::rewrite::{devirtualize_call, virtualize_reply, CallVerdict, Limits, ReplyVerdict};
 use crate::tables::{TransactionTable, TxKey};
 use crate::upstream::{Upstream, Want, CLIENT_PORT};
@@ -19,7 +20,7 @@ use crate::wire::nfs3::{self, stat, Proc};
 use crate::wire::rpc::{self, Writer};
 use crate::wire::{mount, Cursor, Field};
 use packet::{Buffer, HeapBuffer};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -36,8 +37,17 @@ pub struct Datagram {
 pub enum Peer {
     /// A UDP client: its address and port (its replies go back as datagrams).
     Udp(Ipv4Addr, u16),
-    /// A client connection of the stream (TCP) proxy, by its id.
-    Stream(u64),
+    /// A client connection of the stream (TCP) proxy, by its id, and the client's address.
+    Stream(u64, Ipv4Addr),
+}
+
+impl Peer {
+    /// The client's address.
+    pub fn addr(self) -> Ipv4Addr {
+        match self {
+            Peer::Udp(a, _) | Peer::Stream(_, a) => a,
+        }
+    }
 }
 
 /// What became of a call to the virtual server ([`Controller::decide`]).
@@ -94,7 +104,15 @@ mod accept {
 mod mountstat {
     pub const OK: u32 = 0;
     pub const NOENT: u32 = 2;
+    pub const ACCES: u32 = 13;
+    pub const SERVERFAULT: u32 = 10006;
 }
+
+/// auth_stat: rejected for security reasons (a flavor the policy does not take).
+const AUTH_TOOWEAK: u32 = 5;
+
+/// Mounts the management core records at most (addresses × paths).
+const MOUNTS_MAX: usize = 65_536;
 
 /// What the controller answered, by kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -129,6 +147,22 @@ pub struct ControlStats {
     /// (NFS3ERR_INVAL), above 255 bytes or a symlink target above 4096 (NFS3ERR_NAMETOOLONG).
     pub bad_names: u64,
     pub long_names: u64,
+    /// Calls to a program, version or procedure the virtual server does not have
+    /// (PROG_UNAVAIL, PROG_MISMATCH, PROC_UNAVAIL).
+    pub prog_unavail: u64,
+    pub prog_mismatch: u64,
+    pub proc_unavail: u64,
+    /// The export policy's refusals: a credential flavor it does not take (AUTH_TOOWEAK), a
+    /// handle of an export the client's network may not use (NFS3ERR_ACCES), a call from an
+    /// address that did not mount through the router (NFS3ERR_ACCES), a MNT refused
+    /// (MNT3ERR_ACCES), a MNT not recorded for lack of room (MNT3ERR_SERVERFAULT).
+    pub refused_flavor: u64,
+    pub refused_network: u64,
+    pub refused_unmounted: u64,
+    pub mount_refused: u64,
+    pub mount_table_full: u64,
+    /// Calls forwarded from here whose credential was squashed (the workers count theirs).
+    pub squashed: u64,
 }
 
 /// Answers for the virtual server.
@@ -152,6 +186,12 @@ pub struct Controller {
     pub tcp: bool,
     /// Field scratch for rewriting replies here (allocated once).
     scratch: Box<[Field]>,
+    /// What each client address mounted through the router (the MOUNT paths): the workers see
+    /// the addresses in the policy's [`MountedSet`](crate::policy::MountedSet).
+    mounts: BTreeMap<Ipv4Addr, BTreeSet<String>>,
+    mounts_total: usize,
+    /// The mounts changed since [`Controller::take_mounts_changed`].
+    mounts_changed: bool,
     pub stats: ControlStats,
 }
 
@@ -170,6 +210,9 @@ impl Controller {
             released: Vec::new(),
             tcp: true,
             scratch: vec![Field::FileId { at: 0 }; 8192].into_boxed_slice(),
+            mounts: BTreeMap::new(),
+            mounts_total: 0,
+            mounts_changed: false,
             stats: ControlStats::default(),
         }
     }
@@ -227,7 +270,7 @@ impl Controller {
                 self.stats.released += 1;
                 let client = match peer {
                     Peer::Udp(a, p) => (a, p),
-                    Peer::Stream(conn) => {
+                    Peer::Stream(conn, _) => {
                         self.released.push((conn, msg));
                         continue;
                     }
@@ -434,6 +477,7 @@ impl Controller {
             rpc::program::PORTMAP => {
                 self.stats.portmap += 1;
                 if c.vers != portmap::VERSION {
+                    self.stats.prog_mismatch += 1;
                     w.accepted_reply(c.xid, accept::PROG_MISMATCH)
                         .u32(portmap::VERSION)
                         .u32(portmap::VERSION);
@@ -460,6 +504,7 @@ impl Controller {
                         w.accepted_reply(c.xid, accept::SUCCESS).u32(port);
                     }
                     _ => {
+                        self.stats.proc_unavail += 1;
                         w.accepted_reply(c.xid, accept::PROC_UNAVAIL);
                     }
                 }
@@ -468,13 +513,16 @@ impl Controller {
             rpc::program::MOUNT => {
                 self.stats.mount += 1;
                 if c.vers != 3 {
+                    self.stats.prog_mismatch += 1;
                     w.accepted_reply(c.xid, accept::PROG_MISMATCH).u32(3).u32(3);
                     return reply(w);
                 }
                 let Ok((path, _)) = mount::walk_call(c.proc_, msg, c.args_at) else {
+                    let unavail = c.proc_ > mount::proc_::EXPORT;
+                    self.stats.proc_unavail += u64::from(unavail);
                     w.accepted_reply(
                         c.xid,
-                        if c.proc_ > mount::proc_::EXPORT {
+                        if unavail {
                             accept::PROC_UNAVAIL
                         } else {
                             accept::GARBAGE_ARGS
@@ -482,32 +530,51 @@ impl Controller {
                     );
                     return reply(w);
                 };
+                if c.proc_ != mount::proc_::NULL && !self.shared.policy.accepts(c.cred.flavor) {
+                    self.stats.refused_flavor += 1;
+                    w.auth_error(c.xid, AUTH_TOOWEAK);
+                    return reply(w);
+                }
                 w.accepted_reply(c.xid, accept::SUCCESS);
+                let client = peer.addr();
                 match c.proc_ {
                     mount::proc_::MNT => {
-                        if path == Some(b"/".as_slice()) {
-                            let root = self.root_handle();
-                            w.u32(mountstat::OK)
-                                .opaque(&root)
-                                .u32(1)
-                                .u32(rpc::auth::SYS);
-                        } else {
-                            w.u32(mountstat::NOENT);
+                        let path = String::from_utf8_lossy(path.unwrap_or_default()).into_owned();
+                        match self.mount(client, &path) {
+                            Ok(root) => {
+                                w.u32(mountstat::OK)
+                                    .opaque(&root)
+                                    .u32(1)
+                                    .u32(rpc::auth::SYS);
+                            }
+                            Err(st) => {
+                                w.u32(st);
+                            }
                         }
                     }
-                    mount::proc_::EXPORT => {
-                        // One export, "/", open to every host.
-                        w.bool(true).opaque(b"/").bool(false).bool(false);
-                    }
+                    mount::proc_::EXPORT => self.exports(&mut w),
                     mount::proc_::DUMP => {
+                        for (a, paths) in &self.mounts {
+                            for path in paths {
+                                w.bool(true)
+                                    .opaque(a.to_string().as_bytes())
+                                    .opaque(path.as_bytes());
+                            }
+                        }
                         w.bool(false);
                     }
-                    _ => {} // NULL, UMNT, UMNTALL: void
+                    mount::proc_::UMNT => {
+                        let path = String::from_utf8_lossy(path.unwrap_or_default()).into_owned();
+                        self.unmount(client, Some(&path));
+                    }
+                    mount::proc_::UMNTALL => self.unmount(client, None),
+                    _ => {} // NULL: void
                 }
                 reply(w)
             }
             rpc::program::NFS => self.nfs(&c, msg, peer, now, limits),
             _ => {
+                self.stats.prog_unavail += 1;
                 w.accepted_reply(c.xid, accept::PROG_UNAVAIL);
                 reply(w)
             }
@@ -525,10 +592,12 @@ impl Controller {
         let reply = |w: Writer| Some(Outcome::Reply(w.buf));
         let mut w = Writer::new();
         if c.vers != 3 {
+            self.stats.prog_mismatch += 1;
             w.accepted_reply(c.xid, accept::PROG_MISMATCH).u32(3).u32(3);
             return reply(w);
         }
         let Some(p) = Proc::from_u32(c.proc_) else {
+            self.stats.proc_unavail += 1;
             w.accepted_reply(c.xid, accept::PROC_UNAVAIL);
             return reply(w);
         };
@@ -537,6 +606,20 @@ impl Controller {
             w.accepted_reply(c.xid, accept::SUCCESS);
             return reply(w);
         }
+        match self.shared.policy.admit(peer.addr(), c.cred.flavor) {
+            Ok(()) => {}
+            Err(Refusal::Flavor) => {
+                self.stats.refused_flavor += 1;
+                w.auth_error(c.xid, AUTH_TOOWEAK);
+                return reply(w);
+            }
+            Err(Refusal::NotMounted) => {
+                self.stats.refused_unmounted += 1;
+                w.accepted_reply(c.xid, accept::SUCCESS).u32(stat::ACCES);
+                failure_body(&mut w, p);
+                return reply(w);
+            }
+        }
         // Classify the handles the way the fast path does, on a copy (the rewritten copy is
         // what a forwarded call sends).
         let shared = self.shared.clone();
@@ -544,9 +627,8 @@ impl Controller {
         let mut ctx = shared.ctx(&memo);
         ctx.limits = limits;
         let mut copy = roomy(msg);
-        let status = match devirtualize_call(&mut copy, 0, p, c.args_at, &ctx, |sid| {
-            shared.servers.iter().find(|s| s.sid == sid).map(|s| s.mch)
-        }) {
+        let exports = shared.exports_for(peer.addr());
+        let status = match devirtualize_call(&mut copy, 0, p, c.args_at, &ctx, exports) {
             CallVerdict::Refuse(st) => st,
             CallVerdict::Malformed => {
                 w.accepted_reply(c.xid, accept::GARBAGE_ARGS);
@@ -569,7 +651,12 @@ impl Controller {
             // The handle is known (for a UDP call: learned since the fast path punted it):
             // forward the rewritten copy; its reply is rewritten here too.
             CallVerdict::Forward { sid, dir_pfs, .. } => {
-                shared.server(sid)?;
+                let server = shared.server(sid)?;
+                let anon = (shared.policy.anonymous_uid, shared.policy.anonymous_gid);
+                let mut csum = packet::checksum::Adjust::default(); // sent from here: summed anew
+                if policy::squash(copy.data_mut(), server.squash, anon, &mut csum) {
+                    self.stats.squashed += 1;
+                }
                 self.stats.forwarded += 1;
                 let tx = Transaction {
                     proc_: p as u8,
@@ -583,7 +670,13 @@ impl Controller {
             }
             CallVerdict::Virtual => {
                 self.stats.virtual_root += 1;
-                return Some(Outcome::Reply(self.virtual_root(c, msg, p, limits)));
+                return Some(Outcome::Reply(self.virtual_root(
+                    c,
+                    msg,
+                    peer.addr(),
+                    p,
+                    limits,
+                )));
             }
             CallVerdict::NoHandle => {
                 self.stats.unanswered += 1;
@@ -596,11 +689,153 @@ impl Controller {
             nfs3::stat::XDEV => self.stats.xdev += 1,
             nfs3::stat::INVAL => self.stats.bad_names += 1,
             nfs3::stat::NAMETOOLONG => self.stats.long_names += 1,
+            nfs3::stat::ACCES => self.stats.refused_network += 1,
             _ => {}
         }
         w.accepted_reply(c.xid, accept::SUCCESS).u32(status);
         failure_body(&mut w, p);
         reply(w)
+    }
+}
+
+impl Controller {
+    /// Whether `client` may mount `path` ("/" for the virtual root, "/NAME" for an export):
+    /// Err is the mountstat3 to answer.
+    fn may_mount(&self, client: Ipv4Addr, path: &str) -> Result<Option<u16>, u32> {
+        let name = path.trim_end_matches('/').trim_start_matches('/');
+        if name.is_empty() {
+            // The virtual root: for a client that may use at least one export.
+            let servers = &self.shared.servers;
+            return if servers.is_empty() || servers.iter().any(|s| s.admits(client)) {
+                Ok(None)
+            } else {
+                Err(mountstat::ACCES)
+            };
+        }
+        match self.shared.servers.iter().find(|s| s.name == name) {
+            None => Err(mountstat::NOENT),
+            Some(s) if !s.admits(client) => Err(mountstat::ACCES),
+            Some(s) => Ok(Some(s.sid)),
+        }
+    }
+
+    /// MNT of `path` from `client`: the handle of the virtual root or of the export's root,
+    /// and the mount recorded; Err is the mountstat3 to answer.
+    fn mount(&mut self, client: Ipv4Addr, path: &str) -> Result<[u8; vfh::VFH_LEN], u32> {
+        let root = match self.may_mount(client, path) {
+            Ok(None) => self.root_handle(),
+            Ok(Some(sid)) => match self.export_entry(sid) {
+                Some(e) => e.handle,
+                // Configured, but the router has not mounted it yet.
+                None => return Err(mountstat::SERVERFAULT),
+            },
+            Err(st) => {
+                self.stats.mount_refused += u64::from(st == mountstat::ACCES);
+                return Err(st);
+            }
+        };
+        if !self.record_mount(client, path) && self.shared.policy.require_mount {
+            self.stats.mount_table_full += 1;
+            return Err(mountstat::SERVERFAULT);
+        }
+        Ok(root)
+    }
+
+    /// Remember that `client` mounted `path`; false if there was no room (the workers would
+    /// not know the address).
+    fn record_mount(&mut self, client: Ipv4Addr, path: &str) -> bool {
+        let paths = self.mounts.entry(client).or_default();
+        if !paths.contains(path) && self.mounts_total < MOUNTS_MAX {
+            paths.insert(path.to_string());
+            self.mounts_total += 1;
+            self.mounts_changed = true;
+        }
+        let known = !paths.is_empty();
+        if !known {
+            self.mounts.remove(&client);
+        }
+        known && self.shared.policy.mounted.insert(client)
+    }
+
+    /// UMNT of `path` (None: UMNTALL) from `client`.
+    fn unmount(&mut self, client: Ipv4Addr, path: Option<&str>) {
+        let Some(paths) = self.mounts.get_mut(&client) else {
+            return;
+        };
+        let before = paths.len();
+        match path {
+            Some(p) => {
+                paths.remove(p);
+            }
+            None => paths.clear(),
+        }
+        self.mounts_total -= before - paths.len();
+        self.mounts_changed |= before != paths.len();
+        if paths.is_empty() {
+            self.mounts.remove(&client);
+            self.shared.policy.mounted.remove(client);
+        }
+    }
+
+    /// EXPORT: "/" and every export by name, each with the client networks that may mount it
+    /// (none listed: every client).
+    fn exports(&self, w: &mut Writer) {
+        let servers = &self.shared.servers;
+        let open = servers.is_empty() || servers.iter().any(|s| s.clients.is_empty());
+        let mut all: Vec<_> = servers
+            .iter()
+            .flat_map(|s| s.clients.iter().copied())
+            .collect();
+        all.dedup();
+        let entry = |w: &mut Writer, dir: &str, groups: &[crate::policy::Network]| {
+            w.bool(true).opaque(dir.as_bytes());
+            for g in groups {
+                w.bool(true).opaque(g.to_string().as_bytes());
+            }
+            w.bool(false);
+        };
+        entry(w, "/", if open { &[] } else { &all });
+        for s in servers {
+            entry(w, &format!("/{}", s.name), &s.clients);
+        }
+        w.bool(false);
+    }
+
+    /// Mounts recorded (address, path), in order.
+    pub fn mounts(&self) -> impl Iterator<Item = (Ipv4Addr, &str)> {
+        self.mounts
+            .iter()
+            .flat_map(|(a, ps)| ps.iter().map(move |p| (*a, p.as_str())))
+    }
+
+    /// The mount table as text for the management core's disk (the router's rmtab): one
+    /// `ADDRESS PATH` line per mount.
+    pub fn mounts_text(&self) -> String {
+        self.mounts().map(|(a, p)| format!("{a} {p}\n")).collect()
+    }
+
+    /// Whether the mounts changed since the last call (they are to be saved).
+    pub fn take_mounts_changed(&mut self) -> bool {
+        std::mem::take(&mut self.mounts_changed)
+    }
+
+    /// A saved mount table, at start: the mounts the policy still allows are recorded again.
+    /// Returns (kept, dropped); a line that does not parse is dropped.
+    pub fn load_mounts(&mut self, text: &str) -> (usize, usize) {
+        let (mut kept, mut dropped) = (0, 0);
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let parsed = line
+                .split_once(' ')
+                .and_then(|(a, p)| Some((a.parse::<Ipv4Addr>().ok()?, p.trim())));
+            match parsed {
+                Some((a, p)) if self.may_mount(a, p).is_ok() && self.record_mount(a, p) => {
+                    kept += 1
+                }
+                _ => dropped += 1,
+            }
+        }
+        self.mounts_changed = dropped > 0;
+        (kept, dropped)
     }
 }
 
@@ -645,8 +880,9 @@ impl Controller {
         a
     }
 
-    /// The entries of the virtual root: ".", "..", then every mounted export.
-    fn root_entries(&self) -> Vec<Entry> {
+    /// The entries of the virtual root `client` sees: ".", "..", then every mounted export
+    /// the policy lets it use.
+    fn root_entries(&self, client: Ipv4Addr) -> Vec<Entry> {
         let (attr, handle) = (self.root_attr(), self.root_handle());
         let dot = |name: &[u8]| Entry {
             name: name.to_vec(),
@@ -655,7 +891,7 @@ impl Controller {
             handle,
         };
         let mut v = vec![dot(b"."), dot(b"..")];
-        for s in &self.shared.servers {
+        for s in self.shared.servers.iter().filter(|s| s.admits(client)) {
             if let Some(e) = self.export_entry(s.sid) {
                 v.push(e);
             }
@@ -689,7 +925,14 @@ impl Controller {
     }
 
     /// Answer a call on the virtual root directory.
-    fn virtual_root(&mut self, c: &rpc::Call<'_>, msg: &[u8], p: Proc, l: Limits) -> Vec<u8> {
+    fn virtual_root(
+        &mut self,
+        c: &rpc::Call<'_>,
+        msg: &[u8],
+        client: Ipv4Addr,
+        p: Proc,
+        l: Limits,
+    ) -> Vec<u8> {
         let mut w = Writer::new();
         let mut args = Cursor::at(msg, c.args_at);
         let garbage = |xid| {
@@ -720,7 +963,10 @@ impl Controller {
                 let Ok(name) = args.string(nfs3::NAME_MAX) else {
                     return garbage(c.xid);
                 };
-                let found = self.root_entries().into_iter().find(|e| e.name == name);
+                let found = self
+                    .root_entries(client)
+                    .into_iter()
+                    .find(|e| e.name == name);
                 match found {
                     Some(e) => {
                         w.u32(stat::OK)
@@ -731,15 +977,23 @@ impl Controller {
                             .fixed(&attr);
                     }
                     None => {
-                        // A configured server not mounted yet: "try again later".
-                        let pending = self
+                        // A configured server not mounted yet: "try again later"; one the
+                        // client may not use: "permission denied".
+                        let configured = self
                             .shared
                             .servers
                             .iter()
-                            .any(|s| s.name.as_bytes() == name);
-                        w.u32(if pending { stat::JUKEBOX } else { stat::NOENT })
-                            .bool(true)
-                            .fixed(&attr);
+                            .find(|s| s.name.as_bytes() == name);
+                        w.u32(match configured {
+                            Some(s) if !s.admits(client) => {
+                                self.stats.refused_network += 1;
+                                stat::ACCES
+                            }
+                            Some(_) => stat::JUKEBOX,
+                            None => stat::NOENT,
+                        })
+                        .bool(true)
+                        .fixed(&attr);
                     }
                 }
             }
@@ -756,7 +1010,7 @@ impl Controller {
                 let Ok(limit) = limit else {
                     return garbage(c.xid);
                 };
-                let entries = self.root_entries();
+                let entries = self.root_entries(client);
                 let mut body = Writer::new();
                 let mut n = 0;
                 let mut eof = true;
@@ -893,30 +1147,169 @@ pub(crate) mod tests {
     /// A controller for one server (sid 1, "a", 10.0.2.2, export /srv/a) under key (3, 4),
     /// virtual address 10.0.1.1 (the stream proxy's tests use it too).
     pub(crate) fn controller() -> Controller {
+        controller_with(|_| {})
+    }
+
+    /// The same, its shared state changed by `f` first (the export policy's tests).
+    fn controller_with(f: impl FnOnce(&mut NfsShared)) -> Controller {
         let key = HandleKey::new(3, 4);
         let mch = key.mount_checksum(1, b"/srv/a");
-        Controller::new(
-            Arc::new(NfsShared {
-                key,
-                handles: Arc::new(HandleTable::new(64)),
-                virtual_addr: Ipv4Addr::new(10, 0, 1, 1),
+        let mut shared = NfsShared {
+            key,
+            handles: Arc::new(HandleTable::new(64)),
+            virtual_addr: Ipv4Addr::new(10, 0, 1, 1),
+            nfs_port: 2049,
+            virtual_fsid: 77,
+            limits: Limits::for_mtu(1500),
+            servers: vec![Server {
+                sid: 1,
+                name: "a".into(),
+                addr: Ipv4Addr::new(10, 0, 2, 2),
                 nfs_port: 2049,
-                virtual_fsid: 77,
-                limits: Limits::for_mtu(1500),
-                servers: vec![Server {
-                    sid: 1,
-                    name: "a".into(),
-                    addr: Ipv4Addr::new(10, 0, 2, 2),
-                    nfs_port: 2049,
-                    mount_port: 20048,
-                    export: "/srv/a".into(),
-                    mch,
-                    bridge: false,
-                }],
-            }),
-            20048,
-            1_700_000_000,
-        )
+                mount_port: 20048,
+                export: "/srv/a".into(),
+                mch,
+                bridge: false,
+                clients: vec![],
+                squash: crate::policy::Squash::None,
+            }],
+            policy: Default::default(),
+        };
+        f(&mut shared);
+        Controller::new(Arc::new(shared), 20048, 1_700_000_000)
+    }
+
+    /// The MNT reply's status (and handle) for `path` from `client`.
+    fn mnt(k: &mut Controller, client: Ipv4Addr, path: &str) -> (u32, Option<Vec<u8>>) {
+        let mut w = Writer::new();
+        w.call_sys(5, rpc::program::MOUNT, 3, mount::proc_::MNT, 0, 0)
+            .opaque(path.as_bytes());
+        let r = k.answer(&w.buf, (client, 700), 0).unwrap();
+        let at = success_results(&r, 5);
+        let mut handle = None;
+        let (st, _) = mount::walk_reply(mount::proc_::MNT, &r, at, |f| {
+            if let Field::Handle { at, len } = f {
+                handle = Some(r[at + 4..at + 4 + len].to_vec());
+            }
+        })
+        .unwrap();
+        (st, handle)
+    }
+
+    #[test]
+    fn export_policy_at_the_border() {
+        let inside = Ipv4Addr::new(10, 0, 1, 2);
+        let outside = Ipv4Addr::new(192, 0, 2, 9);
+        let mut k = controller_with(|s| {
+            s.servers[0].clients = vec!["10.0.1.0/24".parse().unwrap()];
+            s.policy.auth_none = false;
+            s.policy.require_mount = true;
+        });
+        // MNT: from outside the export's networks, refused; the root and the export by name
+        // from inside (the export is not mounted by the router yet: SERVERFAULT).
+        assert_eq!(mnt(&mut k, outside, "/").0, mountstat::ACCES);
+        assert_eq!(mnt(&mut k, outside, "/a").0, mountstat::ACCES);
+        assert_eq!(mnt(&mut k, inside, "/nope").0, mountstat::NOENT);
+        assert_eq!(mnt(&mut k, inside, "/a").0, mountstat::SERVERFAULT);
+        let (st, root) = mnt(&mut k, inside, "/");
+        assert_eq!(
+            (st, root.map(|h| h.len())),
+            (mountstat::OK, Some(vfh::VFH_LEN))
+        );
+        assert_eq!(k.stats.mount_refused, 2);
+        assert!(k.shared.policy.mounted.contains(inside));
+        assert!(k.take_mounts_changed());
+        assert_eq!(k.mounts_text(), "10.0.1.2 /\n");
+        // An AUTH_NONE MNT: AUTH_TOOWEAK.
+        let mut w = Writer::new();
+        w.call(6, rpc::program::MOUNT, 3, mount::proc_::MNT)
+            .opaque(b"/");
+        let denied = |r: Vec<u8>| match rpc::parse(&r).unwrap() {
+            rpc::Message::Reply(rpc::Reply::Denied { stat, .. }) => stat,
+            m => panic!("{m:?}"),
+        };
+        assert_eq!(
+            denied(k.answer(&w.buf, (inside, 700), 0).unwrap()),
+            rpc::RejectStat::AuthError(AUTH_TOOWEAK)
+        );
+        // NFS calls: AUTH_NONE refused; from an address that did not mount, ACCES in the
+        // procedure's shape; NULL always answered.
+        let root = k.root_handle();
+        let getattr = |cred_sys: bool| {
+            let mut w = Writer::new();
+            if cred_sys {
+                w.call_sys(9, rpc::program::NFS, 3, 1, 0, 0);
+            } else {
+                w.call(9, rpc::program::NFS, 3, 1);
+            }
+            w.opaque(&root);
+            w.buf
+        };
+        assert_eq!(
+            denied(k.answer(&getattr(false), (inside, 700), 0).unwrap()),
+            rpc::RejectStat::AuthError(AUTH_TOOWEAK)
+        );
+        let r = k
+            .answer(&getattr(true), (Ipv4Addr::new(10, 0, 1, 3), 700), 0)
+            .unwrap();
+        let at = success_results(&r, 9);
+        assert_eq!(&r[at..], &[0, 0, 0, 13], "GETATTR's failure: ACCES alone");
+        let r = k.answer(&getattr(true), (inside, 700), 0).unwrap();
+        let at = success_results(&r, 9);
+        assert_eq!(
+            &r[at..at + 4],
+            &[0, 0, 0, 0],
+            "the mounted client gets the root's attributes"
+        );
+        let mut w = Writer::new();
+        w.call(10, rpc::program::NFS, 3, 0);
+        success_results(&k.answer(&w.buf, (outside, 700), 0).unwrap(), 10);
+        assert_eq!((k.stats.refused_flavor, k.stats.refused_unmounted), (2, 1));
+        // DUMP lists the mount; EXPORT lists "/" and "/a" with the network.
+        let mut w = Writer::new();
+        w.call_sys(11, rpc::program::MOUNT, 3, mount::proc_::DUMP, 0, 0);
+        let r = k.answer(&w.buf, (inside, 700), 0).unwrap();
+        let at = success_results(&r, 11);
+        let mut d = Writer::new();
+        d.bool(true).opaque(b"10.0.1.2").opaque(b"/").bool(false);
+        assert_eq!(&r[at..], &d.buf[..]);
+        let mut w = Writer::new();
+        w.call_sys(12, rpc::program::MOUNT, 3, mount::proc_::EXPORT, 0, 0);
+        let r = k.answer(&w.buf, (inside, 700), 0).unwrap();
+        let at = success_results(&r, 12);
+        assert_eq!(
+            mount::walk_reply(mount::proc_::EXPORT, &r, at, |_| {})
+                .unwrap()
+                .1,
+            r.len()
+        );
+        let mut e = Writer::new();
+        for dir in [&b"/"[..], b"/a"] {
+            e.bool(true)
+                .opaque(dir)
+                .bool(true)
+                .opaque(b"10.0.1.0/24")
+                .bool(false);
+        }
+        e.bool(false);
+        assert_eq!(&r[at..], &e.buf[..]);
+        // UMNTALL forgets the address; the saved table brings it back, minus what the policy
+        // no longer allows.
+        let mut w = Writer::new();
+        w.call_sys(13, rpc::program::MOUNT, 3, mount::proc_::UMNTALL, 0, 0);
+        k.answer(&w.buf, (inside, 700), 0).unwrap();
+        assert!(!k.shared.policy.mounted.contains(inside));
+        assert_eq!(k.mounts_text(), "");
+        assert_eq!(
+            k.load_mounts("10.0.1.2 /\n192.0.2.9 /a\n10.0.1.7 /a\ngarbage\n"),
+            (2, 2)
+        );
+        assert!(k.shared.policy.mounted.contains(Ipv4Addr::new(10, 0, 1, 7)));
+        assert!(!k.shared.policy.mounted.contains(outside));
+        assert!(
+            k.take_mounts_changed(),
+            "dropped lines: the file is rewritten"
+        );
     }
 
     fn success_results(reply: &[u8], xid: u32) -> usize {

@@ -17,8 +17,9 @@
 //! New handle id → PFH mappings learned from replies are queued in [`NfsStage::take_events`] for
 //! the handle table's single writer, with the transactions of replies that arrive fragmented.
 
+use crate::policy::{self, Network, Policy, Squash};
 use crate::rewrite::{
-    devirtualize_call, virtualize_reply, CallVerdict, Context, Limits, ReplyVerdict,
+    devirtualize_call, virtualize_reply, CallVerdict, Context, Exports, Limits, ReplyVerdict,
 };
 use crate::tables::{HandleTable, TransactionTable, TxKey, PFH_MAX};
 use crate::vfh::{HandleKey, MacMemo};
@@ -56,6 +57,18 @@ pub struct Server {
     /// The server has no UDP: UDP clients' calls for it go to the management core, which
     /// sends them over its TCP connection and answers the client by UDP (the slow path).
     pub bridge: bool,
+    /// The client networks that may use this export (empty: every client).
+    pub clients: Vec<Network>,
+    /// Whose ids are squashed before a call leaves for this server.
+    pub squash: Squash,
+}
+
+impl Server {
+    /// Whether `client` may use this export.
+    #[inline]
+    pub fn admits(&self, client: Ipv4Addr) -> bool {
+        self.clients.is_empty() || self.clients.iter().any(|n| n.contains(client))
+    }
 }
 
 /// What every worker's stage shares.
@@ -68,6 +81,28 @@ pub struct NfsShared {
     pub virtual_fsid: u64,
     pub limits: Limits,
     pub servers: Vec<Server>,
+    /// The export policy (open by default).
+    pub policy: Policy,
+}
+
+/// The exports as one client sees them: their mount checksums, and which it may use.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientExports<'a> {
+    shared: &'a NfsShared,
+    client: Ipv4Addr,
+}
+
+impl Exports for ClientExports<'_> {
+    #[inline]
+    fn mch(&self, sid: u16) -> Option<u32> {
+        self.shared.server(sid).map(|s| s.mch)
+    }
+    #[inline]
+    fn permits(&self, sid: u16) -> bool {
+        self.shared
+            .server(sid)
+            .is_some_and(|s| s.admits(self.client))
+    }
 }
 
 impl NfsShared {
@@ -79,6 +114,13 @@ impl NfsShared {
             handles: &self.handles,
             virtual_fsid: self.virtual_fsid,
             limits: self.limits,
+        }
+    }
+    /// The exports as `client` sees them (for [`devirtualize_call`]).
+    pub fn exports_for(&self, client: Ipv4Addr) -> ClientExports<'_> {
+        ClientExports {
+            shared: self,
+            client,
         }
     }
     /// The configured server `sid`.
@@ -121,15 +163,17 @@ pub struct NfsCounters {
     /// replies: routed untouched.
     pub direct_calls: u64,
     pub direct_replies: u64,
+    /// Calls whose credential the export policy squashed to the anonymous ids.
+    pub squashed: u64,
 }
 
 impl NfsCounters {
     /// Number of values in [`NfsCounters::values`].
-    pub const WIDTH: usize = 22 + 22 + 7;
+    pub const WIDTH: usize = 22 + 22 + 8;
 
     /// Every counter in one flat array: calls by procedure, replies by procedure,
     /// calls rewritten, replies rewritten, fragments passed, mappings (and transaction
-    /// hand-overs) dropped, fragments punted, direct calls and replies.
+    /// hand-overs) dropped, fragments punted, direct calls and replies, squashed calls.
     pub fn values(&self) -> [u64; Self::WIDTH] {
         let mut v = [0u64; Self::WIDTH];
         v[..22].copy_from_slice(&self.calls);
@@ -141,6 +185,7 @@ impl NfsCounters {
         v[48] = self.fragments_punted;
         v[49] = self.direct_calls;
         v[50] = self.direct_replies;
+        v[51] = self.squashed;
         v
     }
 
@@ -159,6 +204,7 @@ impl NfsCounters {
         c.fragments_punted = g(48);
         c.direct_calls = g(49);
         c.direct_replies = g(50);
+        c.squashed = g(51);
         c
     }
 }
@@ -361,19 +407,30 @@ impl NfsStage {
         let (xid, args_at) = (c.xid, c.args_at);
         self.counters.calls[p as usize] += 1;
         let shared: &NfsShared = &self.shared; // a borrow, not a clone: no atomic per packet
+        if p != Proc::Null && shared.policy.admit(client.0, c.cred.flavor).is_err() {
+            // The management core answers the refusal and counts it.
+            return Verdict::Punt(PuntReason::Application);
+        }
         let ctx = shared.ctx(&self.memo);
-        match devirtualize_call(pkt, msg_at, p, args_at, &ctx, |sid| {
-            shared.server(sid).map(|s| s.mch)
-        }) {
+        match devirtualize_call(pkt, msg_at, p, args_at, &ctx, shared.exports_for(client.0)) {
             CallVerdict::Forward {
                 sid,
                 delta,
                 dir_pfs,
-                csum,
+                mut csum,
             } => {
                 let Some(server) = shared.server(sid) else {
                     return NfsDrop::Malformed.drop();
                 };
+                if server.squash != Squash::None {
+                    let anon = (shared.policy.anonymous_uid, shared.policy.anonymous_gid);
+                    let Some(m) = pkt.data_mut().get_mut(msg_at..) else {
+                        return NfsDrop::Malformed.drop();
+                    };
+                    if policy::squash(m, server.squash, anon, &mut csum) {
+                        self.counters.squashed += 1;
+                    }
+                }
                 let key = TxKey {
                     client: u32::from(client.0),
                     port: client.1,

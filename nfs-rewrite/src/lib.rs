@@ -15,6 +15,7 @@
 pub mod checkpoint;
 pub mod control;
 pub mod datapath;
+pub mod policy;
 pub mod rewrite;
 pub mod stream;
 pub mod tables;

@@ -201,8 +201,27 @@ fn name_refusal(name: &[u8]) -> Option<u32> {
     }
 }
 
-/// Turn the VFHs of a call into physical handles. `mch_of(sid)` is the current mount checksum
-/// of a configured server.
+/// What the call rewrite asks about the configured servers' exports.
+pub trait Exports {
+    /// The current mount checksum of server `sid`; None: not configured (its handles are
+    /// stale).
+    fn mch(&self, sid: u16) -> Option<u32>;
+    /// Whether the caller may use server `sid`'s export (the export policy's client
+    /// networks); a handle of one it may not gets NFS3ERR_ACCES.
+    fn permits(&self, _sid: u16) -> bool {
+        true
+    }
+}
+
+/// A bare mount-checksum lookup: every export permitted.
+impl<F: Fn(u16) -> Option<u32>> Exports for F {
+    fn mch(&self, sid: u16) -> Option<u32> {
+        self(sid)
+    }
+}
+
+/// Turn the VFHs of a call into physical handles. `exports` knows the current mount checksum
+/// of every configured server and whether the caller may use it.
 ///
 /// Names and paths are checked first, as the border: an empty name, or one with `/` or NUL,
 /// is refused with NFS3ERR_INVAL, one above 255 bytes (or a symlink target above
@@ -213,7 +232,7 @@ pub fn devirtualize_call<B: Buffer>(
     proc_: Proc,
     args_at: usize,
     ctx: &Context<'_>,
-    mch_of: impl Fn(u16) -> Option<u32>,
+    exports: impl Exports,
 ) -> CallVerdict {
     let mut found = [(0usize, 0usize); 2];
     let mut n = 0;
@@ -261,7 +280,7 @@ pub fn devirtualize_call<B: Buffer>(
             return CallVerdict::Refuse(stat::BADHANDLE);
         }
         let bytes = &msg[at + 4..at + 4 + len];
-        let v = match VirtualHandle::decode_memo(ctx.key, ctx.memo, bytes, &mch_of) {
+        let v = match VirtualHandle::decode_memo(ctx.key, ctx.memo, bytes, |s| exports.mch(s)) {
             Ok(v) => v,
             Err(VfhError::BadHandle) => return CallVerdict::Refuse(stat::BADHANDLE),
             Err(VfhError::Stale) => return CallVerdict::Refuse(stat::STALE),
@@ -270,6 +289,7 @@ pub fn devirtualize_call<B: Buffer>(
             return CallVerdict::Virtual;
         }
         match sid {
+            None if !exports.permits(v.sid) => return CallVerdict::Refuse(stat::ACCES),
             None => sid = Some(v.sid),
             Some(s) if s != v.sid => return CallVerdict::Refuse(stat::XDEV),
             Some(_) => {}

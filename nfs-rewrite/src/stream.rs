@@ -459,7 +459,17 @@ impl StreamProxy {
             c.calls += 1;
         }
         let limits = self.cfg.limits;
-        match ctl.decide(msg, Peer::Stream(conn), now, limits) {
+        match ctl.decide(
+            msg,
+            Peer::Stream(
+                conn,
+                self.clients
+                    .get(&conn)
+                    .map_or(Ipv4Addr::UNSPECIFIED, |c| c.peer.0),
+            ),
+            now,
+            limits,
+        ) {
             Outcome::Reply(r) => {
                 self.stats.answered += 1;
                 self.queue_reply(conn, r);

@@ -570,7 +570,16 @@ mod stage {
 
     /// The stage's shared state: the capture's server as SID 1, no transfer limits.
     fn shared(handles: Arc<HandleTable>, mch: u32) -> Arc<NfsShared> {
-        Arc::new(NfsShared {
+        shared_with(handles, mch, |_| {})
+    }
+
+    /// The same, changed by `f` first (the export policy's tests).
+    fn shared_with(
+        handles: Arc<HandleTable>,
+        mch: u32,
+        f: impl FnOnce(&mut NfsShared),
+    ) -> Arc<NfsShared> {
+        let mut s = NfsShared {
             key: key(),
             handles,
             virtual_addr: VIRTUAL.0,
@@ -586,8 +595,96 @@ mod stage {
                 export: "/export".into(),
                 mch,
                 bridge: false,
+                clients: vec![],
+                squash: nfs_rewrite::policy::Squash::None,
             }],
-        })
+            policy: Default::default(),
+        };
+        f(&mut s);
+        Arc::new(s)
+    }
+
+    /// The capture's calls with handles, as a client of the virtual server sends them (the
+    /// handles virtual, known to `handles`), each with the physical call.
+    fn virtual_calls(w: &mut World, handles: &HandleTable) -> Vec<(Proc, Vec<u8>, Vec<u8>)> {
+        let frames = capture("nfs3-udp-ganesha.pcap").unwrap();
+        let mut out = Vec::new();
+        for m in messages(&frames) {
+            let rpc::Message::Call(c) = rpc::parse(&m.bytes).unwrap() else {
+                continue;
+            };
+            if c.prog != rpc::program::NFS {
+                continue;
+            }
+            let p = Proc::from_u32(c.proc_).unwrap();
+            let hs = call_handles(p, &m.bytes, c.args_at);
+            if hs.is_empty() {
+                continue;
+            }
+            for &(at, len) in &hs {
+                let pfh = &m.bytes[at + 4..at + 4 + len];
+                w.adopt(pfh);
+                let v = VirtualHandle::verify(&w.key, &w.vfh_of[pfh]).unwrap();
+                handles.insert(v.hid, pfh);
+            }
+            let virt = replace_handles(&m.bytes, &hs, |pfh| w.vfh_of[pfh].to_vec());
+            out.push((p, virt, m.bytes.clone()));
+        }
+        out
+    }
+
+    /// The export policy on the fast path: squashed credentials (checksums right), calls of
+    /// a network outside the export's and of unmounted addresses left to the management core
+    /// untouched.
+    #[test]
+    fn export_policy_on_the_fast_path() {
+        use nfs_rewrite::policy::{self, Squash};
+        let mut w = World::new();
+        let handles = Arc::new(HandleTable::new(4096));
+        let calls = virtual_calls(&mut w, &handles);
+        assert!(calls.len() >= 8);
+        let anon = (65534, 65533);
+        let squashing = shared_with(handles.clone(), w.mch, |s| {
+            s.servers[0].squash = Squash::All;
+            (s.policy.anonymous_uid, s.policy.anonymous_gid) = anon;
+        });
+        let mut stage = NfsStage::new(squashing, 1024, 1000);
+        for (p, virt, phys) in &calls {
+            let mut b = HeapBuffer::from_bytes(&frame(CLIENT, VIRTUAL, virt));
+            assert_eq!(stage.process(&mut b), Verdict::Next, "{}", p.name());
+            let (_, dst, payload) = open(b.data());
+            assert_eq!(dst, SERVER);
+            let mut want = phys.clone();
+            policy::squash(&mut want, Squash::All, anon, &mut Default::default());
+            assert_ne!(&want, phys, "the capture's client is not anonymous");
+            assert_eq!(payload, want, "{}: the physical call, squashed", p.name());
+        }
+        assert_eq!(stage.counters.squashed, calls.len() as u64);
+        // Outside the export's networks, or not mounted: punted as they came.
+        let elsewhere = shared_with(handles.clone(), w.mch, |s| {
+            s.servers[0].clients = vec!["192.0.2.0/24".parse().unwrap()];
+        });
+        let unmounted = shared_with(handles.clone(), w.mch, |s| {
+            s.policy.require_mount = true;
+        });
+        for shared in [elsewhere, unmounted.clone()] {
+            let mut stage = NfsStage::new(shared, 1024, 1000);
+            for (p, virt, _) in &calls {
+                let f = frame(CLIENT, VIRTUAL, virt);
+                let mut b = HeapBuffer::from_bytes(&f);
+                let v = stage.process(&mut b);
+                assert_eq!(v, Verdict::Punt(PuntReason::Application), "{}", p.name());
+                assert_eq!(b.data(), &f[..]);
+            }
+        }
+        // Once the client mounted, its calls go.
+        unmounted.policy.mounted.insert(CLIENT.0);
+        let mut stage = NfsStage::new(unmounted, 1024, 1000);
+        for (_, virt, phys) in &calls {
+            let mut b = HeapBuffer::from_bytes(&frame(CLIENT, VIRTUAL, virt));
+            assert_eq!(stage.process(&mut b), Verdict::Next);
+            assert_eq!(&open(b.data()).2, phys);
+        }
     }
 
     #[test]

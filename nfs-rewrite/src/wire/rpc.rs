@@ -235,6 +235,10 @@ impl Writer {
     pub fn accepted_reply(&mut self, xid: u32, stat: u32) -> &mut Self {
         self.u32(xid).u32(1).u32(0).u32(auth::NONE).u32(0).u32(stat)
     }
+    /// A reply denying the call for its credential: MSG_DENIED, AUTH_ERROR, `auth_stat`.
+    pub fn auth_error(&mut self, xid: u32, auth_stat: u32) -> &mut Self {
+        self.u32(xid).u32(1).u32(1).u32(1).u32(auth_stat)
+    }
     /// A call header with AUTH_SYS credentials (uid, gid; no machine name, no extra groups).
     pub fn call_sys(
         &mut self,

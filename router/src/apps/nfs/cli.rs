@@ -143,6 +143,47 @@ fn print_nfs_stats(d: &Value) {
         plain(&c["stale_handles"]),
         plain(&c["xdev"])
     );
+    say!(
+        "refused at the border: garbage args {}, bad names {}, long names {}, unknown program {}, version {}, procedure {}",
+        plain(&c["garbage_args"]),
+        plain(&c["bad_names"]),
+        plain(&c["long_names"]),
+        plain(&c["prog_unavail"]),
+        plain(&c["prog_mismatch"]),
+        plain(&c["proc_unavail"])
+    );
+    let p = &d["policy"];
+    say!(
+        "policy: AUTH_NONE {}, require mount {}, anonymous {}:{}; {} mounts; refused: flavor {}, network {}, unmounted {}, mounts {}; squashed {}",
+        if p["auth_none"].as_bool() == Some(true) { "accepted" } else { "refused" },
+        plain(&p["require_mount"]),
+        plain(&p["anonymous_uid"]),
+        plain(&p["anonymous_gid"]),
+        p["mounts"].as_array().map_or(0, Vec::len),
+        plain(&p["refused"]["flavor"]),
+        plain(&p["refused"]["network"]),
+        plain(&p["refused"]["unmounted"]),
+        plain(&p["refused"]["mount"]),
+        plain(&p["squashed"])
+    );
+    for e in p["exports"].as_array().into_iter().flatten() {
+        let nets: Vec<&str> = e["clients"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        say!(
+            "  /{:<14} clients {:<32} squash {}",
+            plain(&e["name"]),
+            if nets.is_empty() {
+                "any".to_string()
+            } else {
+                nets.join(",")
+            },
+            plain(&e["squash"])
+        );
+    }
     let r = &d["recovery"];
     say!(
         "recovery: {} calls waited, {} handles recovered ({} failed), wait max {} ms, {} walks over {} dirs",

@@ -48,6 +48,100 @@ pub struct NfsServerConfig {
     /// the management core).
     #[serde(default)]
     pub transport: NfsTransport,
+    /// The client networks that may mount and use this export (`"10.0.1.0/24"`, or an
+    /// address); none: every client. Others get MNT3ERR_ACCES and NFS3ERR_ACCES.
+    #[serde(default)]
+    pub clients: Vec<ClientNetwork>,
+    /// "none" (the default: credentials as the client sent them; the server's own export
+    /// policy applies), "root" (uid/gid 0 become `nfs.policy`'s anonymous ids before a call
+    /// leaves the router), "all" (every uid/gid does).
+    #[serde(default)]
+    pub squash: SquashConfig,
+}
+
+/// A client network of an export policy, `a.b.c.d/len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ClientNetwork(pub nfs_rewrite::policy::Network);
+
+impl TryFrom<String> for ClientNetwork {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse().map(ClientNetwork)
+    }
+}
+
+impl From<ClientNetwork> for String {
+    fn from(n: ClientNetwork) -> String {
+        n.0.to_string()
+    }
+}
+
+/// Whose ids are squashed (see [`NfsServerConfig::squash`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SquashConfig {
+    #[default]
+    None,
+    Root,
+    All,
+}
+
+impl From<SquashConfig> for nfs_rewrite::policy::Squash {
+    fn from(s: SquashConfig) -> Self {
+        match s {
+            SquashConfig::None => Self::None,
+            SquashConfig::Root => Self::Root,
+            SquashConfig::All => Self::All,
+        }
+    }
+}
+
+fn d_anonymous_id() -> u32 {
+    65534
+}
+fn d_max_mounts() -> usize {
+    4096
+}
+
+/// The virtual server's export policy (`[nfs.policy]`), checked at the router before a call
+/// reaches any server. The default is open: AUTH_SYS and AUTH_NONE, any address.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NfsPolicyConfig {
+    /// Accept AUTH_NONE credentials (AUTH_SYS always is; other flavors never are, since the
+    /// router cannot check them): refused calls get AUTH_ERROR / AUTH_TOOWEAK.
+    #[serde(default = "d_true")]
+    pub auth_none: bool,
+    /// The ids squashed credentials get (`squash` of each server).
+    #[serde(default = "d_anonymous_id")]
+    pub anonymous_uid: u32,
+    #[serde(default = "d_anonymous_id")]
+    pub anonymous_gid: u32,
+    /// Refuse (NFS3ERR_ACCES) calls from addresses that did not mount through the router.
+    /// Needs `mount_table`, so that a restarted router still knows who mounted.
+    #[serde(default)]
+    pub require_mount: bool,
+    /// Where the router keeps who mounted what (an rmtab: `ADDRESS PATH` lines, written
+    /// atomically on every change, read at start).
+    #[serde(default)]
+    pub mount_table: Option<std::path::PathBuf>,
+    /// Client addresses that may be mounted at once.
+    #[serde(default = "d_max_mounts")]
+    pub max_mounts: usize,
+}
+
+impl Default for NfsPolicyConfig {
+    fn default() -> Self {
+        NfsPolicyConfig {
+            auth_none: true,
+            anonymous_uid: d_anonymous_id(),
+            anonymous_gid: d_anonymous_id(),
+            require_mount: false,
+            mount_table: None,
+            max_mounts: d_max_mounts(),
+        }
+    }
 }
 
 /// The NFS handle secret. Fails closed: it can only be built from 32 hex digits, so a config
@@ -137,6 +231,9 @@ pub struct NfsConfig {
     /// The virtual server over TCP (`[nfs.tcp]`).
     #[serde(default)]
     pub tcp: NfsTcpConfig,
+    /// The export policy (`[nfs.policy]`).
+    #[serde(default)]
+    pub policy: NfsPolicyConfig,
     pub servers: Vec<NfsServerConfig>,
 }
 
@@ -262,6 +359,17 @@ impl NfsConfig {
                 ));
             }
         }
+        let p = &n.policy;
+        if p.require_mount && p.mount_table.is_none() {
+            return Err(invalid(
+                "nfs.policy.require_mount",
+                "needs nfs.policy.mount_table (a file: without it a restarted router would \
+                 refuse every client until it mounts again)",
+            ));
+        }
+        if !(1..=1 << 20).contains(&p.max_mounts) {
+            return Err(invalid("nfs.policy.max_mounts", "must be 1..=1048576"));
+        }
         if !(16..=1 << 24).contains(&n.transactions) {
             return Err(invalid("nfs.transactions", "must be 16..=16777216"));
         }
@@ -348,6 +456,31 @@ export = "/srv/a"
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("nfs.servers[0].sid"), "{e}");
+        // The export policy.
+        let policy = format!(
+            "{GOOD}{}",
+            nfs.replace(
+                "export = \"/srv/a\"",
+                "export = \"/srv/a\"\nclients = [\"10.0.1.0/24\", \"192.0.2.7\"]\nsquash = \"root\""
+            )
+        );
+        let c = Config::parse(&policy).unwrap();
+        let s = &c.apps.nfs.as_ref().unwrap().servers[0];
+        assert_eq!(s.squash, SquashConfig::Root);
+        assert_eq!(s.clients[1].0.to_string(), "192.0.2.7/32");
+        let e = Config::parse(&policy.replace("10.0.1.0/24", "10.0.1.1/24"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("host bits set") && e.contains("line"), "{e}");
+        let e = Config::parse(&format!("{policy}[nfs.policy]\nrequire_mount = true\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("nfs.policy.require_mount"), "{e}");
+        let c = Config::parse(&format!(
+            "{policy}[nfs.policy]\nrequire_mount = true\nmount_table = \"/tmp/x\"\nauth_none = false\n"
+        ))
+        .unwrap();
+        assert!(!c.apps.nfs.as_ref().unwrap().policy.auth_none);
         // Any worker layout: several run-to-completion workers hand calls and replies to the
         // worker keeping the transaction.
         let two = Config::parse(&format!(

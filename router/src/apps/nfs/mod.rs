@@ -40,6 +40,16 @@ struct Checkpoints {
     last_error: Option<String>,
 }
 
+/// The mount table's file (`nfs.policy.mount_table`).
+#[derive(Debug, Default)]
+struct MountTable {
+    loaded: usize,
+    dropped: usize,
+    written: u64,
+    failed: u64,
+    last_error: Option<String>,
+}
+
 /// The virtual NFS server on the management core.
 #[derive(Debug)]
 pub struct NfsMgmt {
@@ -53,6 +63,7 @@ pub struct NfsMgmt {
     /// The virtual server over TCP (`[nfs.tcp]`).
     tcp: Option<NfsTcp>,
     ckpt: Checkpoints,
+    mount_table: MountTable,
     /// Reassembly of the fragmented datagrams the workers punt.
     reasm: Reassembler,
     /// Calls the controller answered itself (portmap, MOUNT, the virtual root, errors).
@@ -81,11 +92,56 @@ impl NfsMgmt {
             ctl,
             tcp,
             ckpt: Checkpoints::default(),
+            mount_table: MountTable::default(),
             reasm: Reassembler::new(64, Duration::from_secs(2)),
             answered: 0,
         };
         m.load_checkpoint();
+        m.load_mount_table();
         m
+    }
+
+    /// Load the mount table named in the policy, if there is one: a restarted router knows
+    /// who mounted (mounts the policy no longer allows are dropped).
+    fn load_mount_table(&mut self) {
+        let Some(path) = self.cfg.policy.mount_table.clone() else {
+            return;
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let (kept, dropped) = self.ctl.load_mounts(&text);
+                self.mount_table.loaded = kept;
+                self.mount_table.dropped = dropped;
+                tracing::info!(
+                    "nfs: {kept} mounts loaded from {} ({dropped} dropped: refused by the policy or unreadable)",
+                    path.display()
+                );
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                self.mount_table.last_error = Some(format!("{}: {e}", path.display()));
+                tracing::warn!("nfs: mount table {}: {e}", path.display());
+            }
+        }
+    }
+
+    /// Save the mount table if it changed (a few lines: written here, atomically).
+    fn save_mount_table(&mut self) {
+        let Some(path) = self.cfg.policy.mount_table.as_ref() else {
+            return;
+        };
+        if !self.ctl.take_mounts_changed() {
+            return;
+        }
+        let text = self.ctl.mounts_text();
+        match nfs_rewrite::checkpoint::write_atomic(path, text.as_bytes()) {
+            Ok(()) => self.mount_table.written += 1,
+            Err(e) => {
+                self.mount_table.failed += 1;
+                self.mount_table.last_error = Some(format!("{}: {e}", path.display()));
+                tracing::warn!("nfs: mount table {}: {e}", path.display());
+            }
+        }
     }
 
     /// Load the handle-table checkpoint named in the config, if there is one.
@@ -491,6 +547,7 @@ impl MgmtApp for NfsMgmt {
         }
         self.flush(ctx);
         self.checkpoint_timer();
+        self.save_mount_table();
         self.reasm.expire(Instant::now());
     }
 
@@ -533,6 +590,35 @@ impl MgmtApp for NfsMgmt {
                    "packets_out": k.packets_out, "queue_full": k.queue_full,
                    "resets": k.resets, "max_io": t.proxy.cfg.limits.max_io})
         });
+        let control = json!({"portmap": c.portmap, "mount": c.mount, "nfs_null": c.nfs_null,
+                        "virtual_root": c.virtual_root, "bad_handles": c.bad_handles,
+                        "stale_handles": c.stale_handles, "xdev": c.xdev,
+                        "recover_waiting": c.recover_waiting, "unanswered": c.unanswered,
+                        "forwarded": c.forwarded, "replies_forwarded": c.replies_forwarded,
+                        "released": c.released, "held_now": ctl.held(), "hold_full": c.hold_full,
+                        "unmatched_replies": c.unmatched_replies, "adopted": c.adopted,
+                        "garbage_args": c.garbage_args, "bad_names": c.bad_names,
+                        "long_names": c.long_names, "prog_unavail": c.prog_unavail,
+                        "prog_mismatch": c.prog_mismatch, "proc_unavail": c.proc_unavail});
+        let policy = json!({
+            "auth_none": n.policy.auth_none,
+            "require_mount": n.policy.require_mount,
+            "anonymous_uid": n.policy.anonymous_uid,
+            "anonymous_gid": n.policy.anonymous_gid,
+            "exports": n.servers.iter().map(|s| json!({
+                "name": s.name,
+                "clients": s.clients.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+                "squash": format!("{:?}", s.squash).to_lowercase()})).collect::<Vec<_>>(),
+            "mounts": ctl.mounts().map(|(a, p)| json!({"client": a.to_string(), "path": p})).collect::<Vec<_>>(),
+            "refused": {"flavor": c.refused_flavor, "network": c.refused_network,
+                        "unmounted": c.refused_unmounted, "mount": c.mount_refused,
+                        "mount_table_full": c.mount_table_full},
+            "squashed": k.squashed + c.squashed,
+            "mount_table": {"path": self.cfg.policy.mount_table.as_ref().map(|p| p.display().to_string()),
+                            "loaded": self.mount_table.loaded, "dropped": self.mount_table.dropped,
+                            "written": self.mount_table.written, "failed": self.mount_table.failed,
+                            "last_error": self.mount_table.last_error},
+        });
         json!({
             "tcp": tcp,
             "calls": k.calls.iter().sum::<u64>(),
@@ -555,15 +641,8 @@ impl MgmtApp for NfsMgmt {
             "limits": {"max_io": n.limits.max_io, "max_dir": n.limits.max_dir},
             "fragments_punted": k.fragments_punted,
             "reassembly": {"pending": self.reasm.pending(), "stats": self.reasm.stats},
-            "control": {"portmap": c.portmap, "mount": c.mount, "nfs_null": c.nfs_null,
-                        "virtual_root": c.virtual_root, "bad_handles": c.bad_handles,
-                        "stale_handles": c.stale_handles, "xdev": c.xdev,
-                        "recover_waiting": c.recover_waiting, "unanswered": c.unanswered,
-                        "forwarded": c.forwarded, "replies_forwarded": c.replies_forwarded,
-                        "released": c.released, "held_now": ctl.held(), "hold_full": c.hold_full,
-                        "unmatched_replies": c.unmatched_replies, "adopted": c.adopted,
-                        "garbage_args": c.garbage_args, "bad_names": c.bad_names,
-                        "long_names": c.long_names},
+            "control": control,
+            "policy": policy,
             "recovery": {"calls": u.recovery_calls, "recovered": u.recovered,
                          "failed": u.recovery_failed, "waiting_now": ctl.upstream.waiting(),
                          "wait_ms_total": u.wait_ms_total, "wait_ms_max": u.wait_ms_max,
@@ -625,8 +704,11 @@ pub fn shared(n: &NfsConfig, limits: nfs_rewrite::rewrite::Limits) -> Arc<NfsSha
             export: s.export.clone(),
             mch: key.mount_checksum(s.sid, s.export.as_bytes()),
             bridge: s.transport == NfsTransport::TcpOnly,
+            clients: s.clients.iter().map(|c| c.0).collect(),
+            squash: s.squash.into(),
         })
         .collect();
+    let p = &n.policy;
     Arc::new(NfsShared {
         key,
         handles: Arc::new(nfs_rewrite::tables::HandleTable::new(n.handles)),
@@ -635,5 +717,12 @@ pub fn shared(n: &NfsConfig, limits: nfs_rewrite::rewrite::Limits) -> Arc<NfsSha
         virtual_fsid: n.virtual_fsid,
         limits,
         servers,
+        policy: nfs_rewrite::policy::Policy {
+            auth_none: p.auth_none,
+            require_mount: p.require_mount,
+            anonymous_uid: p.anonymous_uid,
+            anonymous_gid: p.anonymous_gid,
+            mounted: nfs_rewrite::policy::MountedSet::new(p.max_mounts),
+        },
     })
 }
