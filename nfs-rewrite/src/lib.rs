@@ -14,6 +14,7 @@
 
 pub mod checkpoint;
 pub mod control;
+pub mod corpus;
 pub mod datapath;
 pub mod policy;
 pub mod rewrite;

@@ -633,6 +633,38 @@ mod stage {
         out
     }
 
+    /// The fortification corpus on the fast path: no malformed call is forwarded; each goes
+    /// to the management core (which answers it) or, when its RPC header does not decode, is
+    /// dropped and counted.
+    #[test]
+    fn no_malformed_call_passes_the_fast_path() {
+        use nfs_rewrite::corpus::{generate, Expect};
+        let mut w = World::new();
+        let handles = Arc::new(HandleTable::new(4096));
+        let calls = virtual_calls(&mut w, &handles);
+        let vfhs: Vec<[u8; VFH_LEN]> = w.vfh_of.values().copied().collect();
+        let mut stage = NfsStage::new(shared(handles, w.mch), 1024, 1000);
+        let (mut punted, mut dropped) = (0, 0);
+        for m in generate(&vfhs[0], &vfhs[1], 10_000, 11, 1, 1400) {
+            let f = frame(CLIENT, VIRTUAL, &m.msg);
+            let mut b = HeapBuffer::from_bytes(&f);
+            match stage.process(&mut b) {
+                Verdict::Punt(PuntReason::Application) if m.expect != Expect::Silent => {
+                    assert_eq!(b.data(), &f[..], "{}: punted as it came", m.kind);
+                    punted += 1;
+                }
+                v if m.expect == Expect::Silent => {
+                    assert_eq!(v, NfsDrop::Malformed.drop(), "{}", m.kind);
+                    dropped += 1;
+                }
+                v => panic!("{} ({:?}): {v:?}", m.kind, m.expect),
+            }
+        }
+        assert_eq!(stage.counters.calls_rewritten, 0);
+        assert!(punted >= 8000 && dropped >= 900, "{punted} {dropped}");
+        assert!(!calls.is_empty());
+    }
+
     /// The export policy on the fast path: squashed credentials (checksums right), calls of
     /// a network outside the export's and of unmounted addresses left to the management core
     /// untouched.

@@ -4,7 +4,10 @@
 //! - `io`: create a file, WRITE `--size-mib` MiB in `--io`-byte transfers (UNSTABLE, then
 //!   COMMIT), READ it back and check every byte, remove it; prints MiB/s both ways;
 //! - `meta`: GETATTR and LOOKUP alternating for `--duration` seconds; prints operations per
-//!   second and latency percentiles.
+//!   second and latency percentiles;
+//! - `corpus`: `--count` malformed calls ([`nfs_rewrite::corpus`]) on the file and its
+//!   directory, each sent over TCP and over UDP; every answer is checked against the error
+//!   a server would give; prints the tally by kind (a fortification test, not a benchmark).
 //!
 //! Point it at the virtual server (`--export /` and `--dir NAME`: the export's name in the
 //! virtual root) or straight at a server (`--export /its/path`), with the same work, to
@@ -25,6 +28,7 @@ use std::time::{Duration, Instant};
 enum Mode {
     Io,
     Meta,
+    Corpus,
 }
 
 #[derive(Debug, Parser)]
@@ -57,6 +61,16 @@ struct Args {
     /// meta: seconds.
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
+    /// corpus: malformed calls per transport.
+    #[arg(long, default_value_t = 10_000)]
+    count: usize,
+    /// corpus: the generator's seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// corpus: the largest UDP call (long names are kept within it: one datagram, no IP
+    /// fragments).
+    #[arg(long, default_value_t = 1400)]
+    udp_max: usize,
 }
 
 /// One connection: calls out, replies in, matched by xid.
@@ -92,6 +106,19 @@ impl Conn {
 
     /// The next reply: (xid, results).
     fn recv(&mut self) -> Result<(u32, Vec<u8>)> {
+        let msg = self.recv_message()?;
+        match rpc::parse(&msg) {
+            Ok(rpc::Message::Reply(rpc::Reply::Accepted {
+                xid,
+                stat: rpc::AcceptStat::Success { results_at },
+                ..
+            })) => Ok((xid, msg[results_at..].to_vec())),
+            other => bail!("RPC error: {other:?}"),
+        }
+    }
+
+    /// The next whole message.
+    fn recv_message(&mut self) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; 256 * 1024];
         while self.ready.is_empty() {
             let n = self.s.read(&mut buf)?;
@@ -106,15 +133,7 @@ impl Conn {
                 })
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
-        let msg = self.ready.remove(0);
-        match rpc::parse(&msg) {
-            Ok(rpc::Message::Reply(rpc::Reply::Accepted {
-                xid,
-                stat: rpc::AcceptStat::Success { results_at },
-                ..
-            })) => Ok((xid, msg[results_at..].to_vec())),
-            other => bail!("RPC error: {other:?}"),
-        }
+        Ok(self.ready.remove(0))
     }
 
     fn call(&mut self, prog: u32, proc_: u32, args: &[u8]) -> Result<Vec<u8>> {
@@ -307,6 +326,12 @@ fn main() -> Result<()> {
                 "inflight": a.inflight, "write_s": write_s, "read_s": read_s,
                 "write_mib_s": mib / write_s, "read_mib_s": mib / read_s})
         }
+        Mode::Corpus => {
+            let tcp = corpus_over_tcp(&mut conn, &file, &dir, &a)?;
+            let udp = corpus_over_udp(SocketAddr::from((a.server, a.nfs_port)), &file, &dir, &a)?;
+            serde_json::json!({"mode": "corpus", "count": a.count, "seed": a.seed,
+                "tcp": tcp, "udp": udp})
+        }
         Mode::Meta => {
             let deadline = Instant::now() + Duration::from_secs_f64(a.duration);
             let t0 = Instant::now();
@@ -353,3 +378,159 @@ fn main() -> Result<()> {
     println!("{report}");
     Ok(())
 }
+
+/// The tally of one transport's corpus, by kind: sent, answered right, answered wrong,
+/// unanswered (right only for the calls whose header does not decode).
+#[derive(Default)]
+struct Tally(std::collections::BTreeMap<&'static str, [u64; 4]>);
+
+impl Tally {
+    fn count(&mut self, kind: &'static str, i: usize) {
+        self.0.entry(kind).or_default()[i] += 1;
+    }
+    fn json(&self) -> serde_json::Value {
+        let by_kind: serde_json::Map<String, serde_json::Value> = self
+            .0
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    serde_json::json!({"sent": v[0], "right": v[1], "wrong": v[2],
+                    "unanswered": v[3]}),
+                )
+            })
+            .collect();
+        let sum = |i: usize| self.0.values().map(|v| v[i]).sum::<u64>();
+        serde_json::json!({"sent": sum(0), "right": sum(1), "wrong": sum(2),
+            "unanswered": sum(3), "by_kind": by_kind})
+    }
+}
+
+fn xid_of(msg: &[u8]) -> u32 {
+    msg.get(..4)
+        .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// The corpus over the TCP connection, 32 calls in flight (the unanswerable ones are sent
+/// without waiting).
+fn corpus_over_tcp(
+    conn: &mut Conn,
+    file: &[u8],
+    dir: &[u8],
+    a: &Args,
+) -> Result<serde_json::Value> {
+    use nfs_rewrite::corpus::{answered_right, generate, Expect};
+    let corpus = generate(file, dir, a.count, a.seed, 0x7c00_0000, usize::MAX);
+    let mut t = Tally::default();
+    let mut out: HashMap<u32, usize> = HashMap::new();
+    let mut next = 0;
+    while next < corpus.len() || !out.is_empty() {
+        while next < corpus.len() && out.len() < 32 {
+            let m = &corpus[next];
+            conn.s.write_all(&frame(&m.msg))?;
+            t.count(m.kind, 0);
+            if m.expect == Expect::Silent {
+                t.count(m.kind, 3);
+            } else {
+                out.insert(xid_of(&m.msg), next);
+            }
+            next += 1;
+        }
+        if out.is_empty() {
+            continue;
+        }
+        let r = conn.recv_message()?;
+        let Some(i) = out.remove(&xid_of(&r)) else {
+            bail!(
+                "corpus over TCP: a reply to no call of ours (xid {:#x})",
+                xid_of(&r)
+            );
+        };
+        let m = &corpus[i];
+        t.count(
+            m.kind,
+            if answered_right(&r, xid_of(&m.msg), m.expect) {
+                1
+            } else {
+                2
+            },
+        );
+    }
+    Ok(t.json())
+}
+
+/// The corpus over UDP (calls of at most `--udp-max` bytes), one call at a time (each waits up to 2 s for its answer; one resend
+/// after 1 s, as a client would).
+fn corpus_over_udp(to: SocketAddr, file: &[u8], dir: &[u8], a: &Args) -> Result<serde_json::Value> {
+    use nfs_rewrite::corpus::{answered_right, generate, Expect};
+    let corpus = generate(file, dir, a.count, a.seed, 0x7d00_0000, a.udp_max);
+    let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    s.connect(to)?;
+    let mut t = Tally::default();
+    let mut buf = vec![0u8; 65536];
+    for m in &corpus {
+        t.count(m.kind, 0);
+        s.send(&m.msg)?;
+        if m.expect == Expect::Silent {
+            t.count(m.kind, 3);
+            continue;
+        }
+        let xid = xid_of(&m.msg);
+        let t0 = Instant::now();
+        let mut resent = false;
+        let got = loop {
+            let left = Duration::from_secs(2).saturating_sub(t0.elapsed());
+            if left.is_zero() {
+                break None;
+            }
+            s.set_read_timeout(Some(left.min(Duration::from_secs(1))))?;
+            match s.recv(&mut buf) {
+                Ok(n) if xid_of(&buf[..n]) == xid => break Some(buf[..n].to_vec()),
+                Ok(_) => {} // a late answer to an earlier call
+                Err(_) if !resent => {
+                    resent = true;
+                    s.send(&m.msg)?;
+                }
+                Err(_) => {}
+            }
+        };
+        match got {
+            Some(r) => t.count(
+                m.kind,
+                if answered_right(&r, xid, m.expect) {
+                    1
+                } else {
+                    2
+                },
+            ),
+            None => t.count(m.kind, 3),
+        }
+    }
+    // Then one valid GETATTR, xid CONTROL_XID: the one call of this client a server's capture
+    // should hold (it shows the capture would have seen the others).
+    let mut w = Writer::new();
+    w.call_sys(CONTROL_XID, program::NFS, 3, Proc::Getattr as u32, 0, 0)
+        .opaque(file);
+    s.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let mut control = false;
+    for _ in 0..5 {
+        s.send(&w.buf)?;
+        if let Ok(n) = s.recv(&mut buf) {
+            if xid_of(&buf[..n]) == CONTROL_XID {
+                control = answered_right(
+                    &buf[..n],
+                    CONTROL_XID,
+                    nfs_rewrite::corpus::Expect::Status(0),
+                );
+                break;
+            }
+        }
+    }
+    let mut j = t.json();
+    j["control_xid"] = serde_json::json!(format!("{CONTROL_XID:#x}"));
+    j["control_ok"] = serde_json::json!(control);
+    Ok(j)
+}
+
+/// The valid call after the UDP corpus.
+const CONTROL_XID: u32 = 0x7dff_ffff;

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Client of the NFS export-policy smoke test (nfs_policy_test.sh), on pyNfsClient over TCP as
+"""Client of the NFS export-policy smoke test (nfs_border_test.sh), on pyNfsClient over TCP as
 it comes, or over UDP through nfs_client.py's transport shim (the fast path).
 
-Usage: nfs_policy_client.py tcp|udp HOST MODE STATE [args]
+Usage: nfs_border_client.py tcp|udp HOST MODE STATE [args]
   owners NAME...        mount "/" and "/NAME", create and write a file as uid 0 under each
                         export; report the owner the server gave it and save the handles
   outsider OK DENIED    from an address outside DENIED's networks: MNT /DENIED refused,
