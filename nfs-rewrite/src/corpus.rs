@@ -221,7 +221,7 @@ pub fn generate(
             }
             "handle-length" => {
                 // Beyond FHSIZE3 (64) or beyond the datagram.
-                let len = if rng.next() % 2 == 0 {
+                let len = if rng.next().is_multiple_of(2) {
                     rng.range(65, 4096) as u32
                 } else {
                     u32::MAX - rng.range(0, 1 << 16) as u32
