@@ -782,11 +782,12 @@ impl Controller {
     fn exports(&self, w: &mut Writer) {
         let servers = &self.shared.servers;
         let open = servers.is_empty() || servers.iter().any(|s| s.clients.is_empty());
-        let mut all: Vec<_> = servers
-            .iter()
-            .flat_map(|s| s.clients.iter().copied())
-            .collect();
-        all.dedup();
+        let mut all = Vec::new();
+        for n in servers.iter().flat_map(|s| s.clients.iter()) {
+            if !all.contains(n) {
+                all.push(*n);
+            }
+        }
         let entry = |w: &mut Writer, dir: &str, groups: &[crate::policy::Network]| {
             w.bool(true).opaque(dir.as_bytes());
             for g in groups {
