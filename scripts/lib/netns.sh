@@ -202,6 +202,18 @@ topo_beta() {
 # and the router's [nfs] section: the virtual server at 10.0.1.1 aggregating both exports.
 #   client 10.0.1.2 --c0|r0-- router 10.0.1.1 (virtual server) --r1|s0-- alpha 10.0.2.2
 #                                                               --r2|b0-- beta  10.0.3.2
+# topo_need_nfs [TOOL...]: skip (exit 77, with the reason) unless nfs-ganesha, rpcbind, the
+# extra TOOLs and pyNfsClient (installed by scripts/deps into target/pylib) are here; puts
+# target/pylib on PYTHONPATH.
+topo_need_nfs() {
+	local bin
+	for bin in ganesha.nfsd rpcbind "$@"; do
+		command -v "$bin" >/dev/null || { echo "SKIP: $bin missing (apt-get install nfs-ganesha nfs-ganesha-vfs rpcbind nftables tshark)"; exit 77; }
+	done
+	export PYTHONPATH="$ROOT/target/pylib${PYTHONPATH:+:$PYTHONPATH}"
+	python3 -c 'import pyNfsClient' 2>/dev/null || { echo "SKIP: pyNfsClient missing (scripts/deps installs it into target/pylib)"; exit 77; }
+}
+
 topo_nfs() {
 	local beta_transport=tcp
 	[ -n "${NFS_BETA_TCP_ONLY:-}" ] && beta_transport=tcp-only

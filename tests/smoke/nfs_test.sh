@@ -15,11 +15,7 @@ set -euo pipefail
 LAYOUT=${1:-rtc1}
 source "$(dirname "$0")/../../scripts/lib/netns.sh"
 topo_need_root
-for bin in ganesha.nfsd rpcbind; do
-	command -v "$bin" >/dev/null || { echo "SKIP: $bin missing (apt-get install nfs-ganesha nfs-ganesha-vfs rpcbind)"; exit 77; }
-done
-export PYTHONPATH="$ROOT/target/pylib${PYTHONPATH:+:$PYTHONPATH}"
-python3 -c 'import pyNfsClient' 2>/dev/null || { echo "SKIP: pyNfsClient missing (scripts/deps installs it into target/pylib)"; exit 77; }
+topo_need_nfs
 trap topo_cleanup EXIT
 CLIENT_PY="$(cd "$(dirname "$0")" && pwd)/nfs_client.py"
 
