@@ -4,18 +4,19 @@
 //! the export's networks, root squash) on top of the rewrite.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use nfs_rewrite::admission::{Admission, Limits as AdmissionLimits};
+use nfs_rewrite::datapath::{NfsShared, Server};
+use nfs_rewrite::policy::{self, MountedSet, Policy, Squash};
 use nfs_rewrite::rewrite::{
     devirtualize_call, virtualize_reply, CallVerdict, Context, Limits, ReplyVerdict,
 };
-use nfs_rewrite::datapath::{NfsShared, Server};
-use nfs_rewrite::policy::{self, MountedSet, Policy, Squash};
 use nfs_rewrite::tables::HandleTable;
-use nfs_rewrite::wire::nfs3;
-use std::net::Ipv4Addr;
 use nfs_rewrite::vfh::{HandleKey, MacMemo, VirtualHandle};
+use nfs_rewrite::wire::nfs3;
 use nfs_rewrite::wire::nfs3::Proc;
 use nfs_rewrite::wire::{rpc, Field};
 use packet::{Buffer, HeapBuffer};
+use std::net::Ipv4Addr;
 
 fn bench(c: &mut Criterion) {
     let key = HandleKey::new(1, 2);
@@ -115,9 +116,11 @@ fn bench(c: &mut Criterion) {
         ("create", Proc::Create, &create, 60),
     ] {
         g.bench_function(format!("decode-call-{name}"), |b| {
-            b.iter(|| black_box(nfs3::walk_call(p, black_box(msg), at, |f| {
-                black_box(f);
-            })))
+            b.iter(|| {
+                black_box(nfs3::walk_call(p, black_box(msg), at, |f| {
+                    black_box(f);
+                }))
+            })
         });
     }
     // The export policy: AUTH_SYS as uid 0, a mount table of 1000 clients, the export open to
@@ -145,7 +148,10 @@ fn bench(c: &mut Criterion) {
             export: "/export".into(),
             mch,
             bridge: false,
-            clients: vec!["192.0.2.0/24".parse().unwrap(), "10.0.0.0/16".parse().unwrap()],
+            clients: vec![
+                "192.0.2.0/24".parse().unwrap(),
+                "10.0.0.0/16".parse().unwrap(),
+            ],
             squash: Squash::Root,
         }],
         policy: Policy {
@@ -156,7 +162,10 @@ fn bench(c: &mut Criterion) {
     };
     let client = Ipv4Addr::new(10, 0, 1, 77);
     for i in 0..1000u32 {
-        shared.policy.mounted.insert(Ipv4Addr::from(0x0a00_0000 + i * 7));
+        shared
+            .policy
+            .mounted
+            .insert(Ipv4Addr::from(0x0a00_0000 + i * 7));
     }
     shared.policy.mounted.insert(client);
     let ctx = Context { memo: &memo, ..ctx };
@@ -165,21 +174,57 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let mut buf = HeapBuffer::from_bytes(&sys_call);
             assert!(shared.policy.admit(client, rpc::auth::SYS).is_ok());
-            let r = devirtualize_call(&mut buf, 0, Proc::Read, 60, &ctx, shared.exports_for(client));
+            let r = devirtualize_call(
+                &mut buf,
+                0,
+                Proc::Read,
+                60,
+                &ctx,
+                shared.exports_for(client),
+            );
             let CallVerdict::Forward { mut csum, .. } = r else {
                 panic!("{r:?}")
             };
-            assert!(policy::squash(buf.data_mut(), Squash::Root, anon, &mut csum));
+            assert!(policy::squash(
+                buf.data_mut(),
+                Squash::Root,
+                anon,
+                &mut csum
+            ));
             black_box(buf.len())
         })
     });
     g.bench_function("policy-admit-and-squash", |b| {
         let mut msg = sys_call.clone();
         b.iter(|| {
-            assert!(shared.policy.admit(black_box(client), rpc::auth::SYS).is_ok());
+            assert!(shared
+                .policy
+                .admit(black_box(client), rpc::auth::SYS)
+                .is_ok());
             msg[40..48].fill(0); // uid, gid back to 0
             let mut csum = packet::checksum::Adjust::default();
             black_box(policy::squash(&mut msg, Squash::Root, anon, &mut csum))
+        })
+    });
+    // Fairness: one call admitted and its answer counted back, among 4096 clients (the
+    // table a worker keeps), with a share and a rate limit set.
+    let mut adm = Admission::new(
+        4096,
+        AdmissionLimits {
+            max_inflight: 64,
+            rate: 1_000_000,
+            burst: 1000,
+            ttl_ms: 10_000,
+        },
+    );
+    let mut i = 0u32;
+    g.bench_function("admission-admit-and-done", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            let client = 0x0a00_0000 + (i.wrapping_mul(2_654_435_761) >> 20); // 4096 clients
+            let now = u64::from(i >> 10);
+            assert!(adm.admit(black_box(client), now).is_ok());
+            adm.done(client, now);
         })
     });
     g.finish();

@@ -17,6 +17,7 @@
 //! New handle id → PFH mappings learned from replies are queued in [`NfsStage::take_events`] for
 //! the handle table's single writer, with the transactions of replies that arrive fragmented.
 
+use crate::admission::{Admission, Limit};
 use crate::policy::{self, Network, Policy, Squash};
 use crate::rewrite::{
     devirtualize_call, virtualize_reply, CallVerdict, Context, Exports, Limits, ReplyVerdict,
@@ -39,6 +40,10 @@ drop_reasons! {
         Malformed = "malformed",
         TransactionsFull = "transactions-full",
         NoRoom = "no-room",
+        /// The client has its share of calls at servers already (fairness).
+        ClientLimit = "client-limit",
+        /// The client's rate limit.
+        RateLimited = "rate-limited",
     }
 }
 
@@ -227,6 +232,9 @@ pub enum NfsEvent {
 /// Events a worker queues per burst before the engine drains them.
 pub const MAPPING_QUEUE: usize = 256;
 
+/// Client addresses a worker's admission table follows (40 bytes each).
+const ADMISSION_CLIENTS: usize = 4096;
+
 /// Entries of a worker's [`MacMemo`] (48 bytes each: 48 KiB, most of it stays in L2).
 const MAC_MEMO: usize = 1024;
 
@@ -239,6 +247,8 @@ pub struct NfsStage {
     events: Vec<NfsEvent>,
     /// MACs this worker computed lately (handles in calls and replies, VINs).
     memo: MacMemo,
+    /// Per-client admission (fairness), this worker's share.
+    admission: Admission,
     now: u64,
     pub counters: NfsCounters,
 }
@@ -247,11 +257,12 @@ impl NfsStage {
     /// `transactions` calls in flight at most, each kept `ttl` ticks (see [`NfsStage::set_now`]).
     pub fn new(shared: Arc<NfsShared>, transactions: usize, ttl: u64) -> Self {
         NfsStage {
-            shared,
             tx: TransactionTable::new(transactions, ttl),
             scratch: vec![Field::FileId { at: 0 }; 256].into_boxed_slice(),
             events: Vec::with_capacity(MAPPING_QUEUE),
             memo: MacMemo::new(MAC_MEMO),
+            admission: Admission::new(ADMISSION_CLIENTS, shared.policy.admission),
+            shared,
             now: 0,
             counters: NfsCounters::default(),
         }
@@ -441,6 +452,16 @@ impl NfsStage {
                     sid,
                     dir_pfs,
                 };
+                // Fairness: the client's share of calls at servers, and its rate. (Calls
+                // bridged to a TCP-only server are bounded by the management core's TCP side.)
+                if !server.bridge && self.admission.enabled() {
+                    if let Err(l) = self.admission.admit(key.client, self.now) {
+                        return match l {
+                            Limit::Inflight => NfsDrop::ClientLimit.drop(),
+                            Limit::Rate => NfsDrop::RateLimited.drop(),
+                        };
+                    }
+                }
                 if server.bridge {
                     // A server without UDP: the management core carries the rewritten call
                     // over TCP, with this transaction.
@@ -458,7 +479,13 @@ impl NfsStage {
                         None => NfsDrop::Malformed.drop(),
                     };
                 }
-                if !self.tx.insert(key, tx, self.now) {
+                let replaced = self.tx.stats.replaced;
+                let inserted = self.tx.insert(key, tx, self.now);
+                if !inserted || self.tx.stats.replaced != replaced {
+                    // Not in flight, or a retransmission of a call counted already.
+                    self.admission.done(key.client, self.now);
+                }
+                if !inserted {
                     return NfsDrop::TransactionsFull.drop();
                 }
                 let to = Readdress::Dst(server.addr, server.nfs_port);
@@ -518,6 +545,7 @@ impl NfsStage {
             self.counters.direct_replies += 1;
             return Verdict::Next;
         }
+        self.admission.done(key.client, self.now);
         if let Some(n) = self.counters.replies.get_mut(usize::from(t.proc_)) {
             *n += 1;
         }
@@ -601,6 +629,9 @@ impl NfsStage {
                     xid: u32::from_be_bytes([p[8], p[9], p[10], p[11]]),
                 };
                 if let Some(tx) = self.tx.take(key, self.now) {
+                    if tx.sid != DIRECT {
+                        self.admission.done(key.client, self.now);
+                    }
                     if self.events.len() < MAPPING_QUEUE {
                         self.events.push(NfsEvent::Transaction { key, tx });
                     } else {

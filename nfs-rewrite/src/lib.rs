@@ -12,6 +12,7 @@
 //! replies, recovery and checkpoints; IP fragment reassembly.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod checkpoint;
 pub mod control;
 pub mod corpus;

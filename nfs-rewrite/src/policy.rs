@@ -173,6 +173,8 @@ pub struct Policy {
     pub anonymous_uid: u32,
     pub anonymous_gid: u32,
     pub mounted: MountedSet,
+    /// Per-client admission on each worker (fairness; zeros: none).
+    pub admission: crate::admission::Limits,
 }
 
 impl Default for Policy {
@@ -185,6 +187,12 @@ impl Default for Policy {
             anonymous_uid: 65534,
             anonymous_gid: 65534,
             mounted: MountedSet::new(16),
+            admission: crate::admission::Limits {
+                max_inflight: 0,
+                rate: 0,
+                burst: 0,
+                ttl_ms: 10_000,
+            },
         }
     }
 }

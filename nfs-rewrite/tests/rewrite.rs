@@ -665,6 +665,53 @@ mod stage {
         assert!(!calls.is_empty());
     }
 
+    /// Fairness on the fast path: a client with its share of calls at servers has the next
+    /// one dropped (counted), another client is not affected, an answer makes room, a
+    /// retransmission is not counted twice.
+    #[test]
+    fn a_client_over_its_share_is_held_back() {
+        use nfs_rewrite::admission::Limits;
+        let mut w = World::new();
+        let handles = Arc::new(HandleTable::new(4096));
+        let (_, virt, _) = virtual_calls(&mut w, &handles).remove(0);
+        let shared = shared_with(handles, w.mch, |s| {
+            s.policy.admission = Limits {
+                max_inflight: 2,
+                rate: 0,
+                burst: 0,
+                ttl_ms: 1000,
+            };
+        });
+        let mut stage = NfsStage::new(shared, 1024, 1000);
+        let other = (Ipv4Addr::new(10, 0, 1, 3), 801);
+        let send = |stage: &mut NfsStage, from: (Ipv4Addr, u16), xid: u32| {
+            let mut m = virt.clone();
+            m[..4].copy_from_slice(&xid.to_be_bytes());
+            stage.process(&mut HeapBuffer::from_bytes(&frame(from, VIRTUAL, &m)))
+        };
+        let reply = |stage: &mut NfsStage, to: (Ipv4Addr, u16), xid: u32| {
+            let mut r = rpc::Writer::new();
+            r.accepted_reply(xid, 5); // SYSTEM_ERR: no results to rewrite
+            stage.process(&mut HeapBuffer::from_bytes(&frame(SERVER, to, &r.buf)))
+        };
+        assert_eq!(send(&mut stage, CLIENT, 1), Verdict::Next);
+        assert_eq!(
+            send(&mut stage, CLIENT, 1),
+            Verdict::Next,
+            "a retransmission"
+        );
+        assert_eq!(send(&mut stage, CLIENT, 2), Verdict::Next);
+        assert_eq!(send(&mut stage, CLIENT, 3), NfsDrop::ClientLimit.drop());
+        assert_eq!(send(&mut stage, other, 1), Verdict::Next, "another client");
+        assert_eq!(reply(&mut stage, CLIENT, 1), Verdict::Next);
+        assert_eq!(
+            send(&mut stage, CLIENT, 3),
+            Verdict::Next,
+            "an answer made room"
+        );
+        assert_eq!(send(&mut stage, CLIENT, 4), NfsDrop::ClientLimit.drop());
+    }
+
     /// The export policy on the fast path: squashed credentials (checksums right), calls of
     /// a network outside the export's and of unmounted addresses left to the management core
     /// untouched.

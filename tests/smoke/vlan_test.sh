@@ -56,11 +56,14 @@ log "ping ok: to the router on each interface, between the VLANs, VLAN to untagg
 
 # What the router sends to VLAN 20 leaves the trunk tagged 20 (the switch would not deliver
 # it otherwise; checked on the wire too).
-ip netns exec "$NS_T" tshark -q -i t0 -a duration:4 -w "$TOPO_DIR/trunk.pcapng" -f "vlan 20 and icmp" \
+ip netns exec "$NS_T" tshark -q -i t0 -a duration:8 -w "$TOPO_DIR/trunk.pcapng" -f "vlan 20 and icmp" \
 	>/dev/null 2>&1 &
 TSHARK=$!
-sleep 1.5
-ip netns exec "$NS_A" ping -c 2 -i 0.2 -W 2 10.0.20.2 >/dev/null || die "ping during the capture"
+TOPO_PIDS+=("$TSHARK")
+# The capture has started once its file has a header (a loaded machine can take seconds).
+for _ in $(seq 1 50); do [ -s "$TOPO_DIR/trunk.pcapng" ] && break; sleep 0.1; done
+sleep 0.5
+ip netns exec "$NS_A" ping -c 4 -i 0.2 -W 2 10.0.20.2 >/dev/null || die "ping during the capture"
 wait "$TSHARK" || true
 n=$(tshark -r "$TOPO_DIR/trunk.pcapng" -Y "vlan.id == 20 && icmp && eth.src == $(ip -n "$NS_R" -br link show r0 | awk '{print $3}')" 2>/dev/null | wc -l)
 [ "$n" -ge 2 ] || die "no ICMP tagged 20 from the router on the trunk ($n frames)"

@@ -7,7 +7,13 @@
 //!   second and latency percentiles;
 //! - `corpus`: `--count` malformed calls ([`nfs_rewrite::corpus`]) on the file and its
 //!   directory, each sent over TCP and over UDP; every answer is checked against the error
-//!   a server would give; prints the tally by kind (a fortification test, not a benchmark).
+//!   a server would give; prints the tally by kind (a fortification test, not a benchmark);
+//! - `getattr-udp`: GETATTR over UDP for `--duration` seconds, `--inflight` at once (resent
+//!   after 1 s, as a UDP client does): operations per second and latency percentiles;
+//! - `flood-udp`: GETATTR over UDP as fast as the socket takes them for `--duration` seconds,
+//!   never waiting: calls sent and answered per second (the flood of the fairness benchmark).
+//!
+//! The UDP modes send from `--bind` (an address of the client's host) if given.
 //!
 //! Point it at the virtual server (`--export /` and `--dir NAME`: the export's name in the
 //! virtual root) or straight at a server (`--export /its/path`), with the same work, to
@@ -29,6 +35,8 @@ enum Mode {
     Io,
     Meta,
     Corpus,
+    GetattrUdp,
+    FloodUdp,
 }
 
 #[derive(Debug, Parser)]
@@ -67,6 +75,9 @@ struct Args {
     /// corpus: the generator's seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// getattr-udp, flood-udp: the local address to send from.
+    #[arg(long)]
+    bind: Option<std::net::Ipv4Addr>,
     /// corpus: the largest UDP call (long names are kept within it: one datagram, no IP
     /// fragments).
     #[arg(long, default_value_t = 1400)]
@@ -332,6 +343,9 @@ fn main() -> Result<()> {
             serde_json::json!({"mode": "corpus", "count": a.count, "seed": a.seed,
                 "tcp": tcp, "udp": udp})
         }
+        Mode::GetattrUdp | Mode::FloodUdp => {
+            getattr_udp(SocketAddr::from((a.server, a.nfs_port)), &file, &a)?
+        }
         Mode::Meta => {
             let deadline = Instant::now() + Duration::from_secs_f64(a.duration);
             let t0 = Instant::now();
@@ -534,3 +548,92 @@ fn corpus_over_udp(to: SocketAddr, file: &[u8], dir: &[u8], a: &Args) -> Result<
 
 /// The valid call after the UDP corpus.
 const CONTROL_XID: u32 = 0x7dff_ffff;
+
+/// GETATTR on `file` over UDP for `--duration`: closed loop with `--inflight` calls out
+/// (getattr-udp), or open loop, sending without waiting (flood-udp).
+fn getattr_udp(to: SocketAddr, file: &[u8], a: &Args) -> Result<serde_json::Value> {
+    let flood = a.mode == Mode::FloodUdp;
+    let s = std::net::UdpSocket::bind((a.bind.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED), 0))?;
+    s.connect(to)?;
+    s.set_read_timeout(Some(Duration::from_millis(if flood { 1 } else { 100 })))?;
+    let mut call = Writer::new();
+    call.call_sys(0, program::NFS, 3, Proc::Getattr as u32, 0, 0)
+        .opaque(file);
+    let mut call = call.buf;
+    let base = (std::process::id() << 16) ^ 0x4741_0000;
+    let send = |s: &std::net::UdpSocket, call: &mut [u8], xid: u32| {
+        call[..4].copy_from_slice(&xid.to_be_bytes());
+        s.send(call)
+    };
+    // xid → (sent at, first sent at).
+    let mut out: HashMap<u32, (Instant, Instant)> = HashMap::new();
+    let (mut next, mut sent, mut answered, mut resent) = (0u32, 0u64, 0u64, 0u64);
+    let mut lat = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let t0 = Instant::now();
+    let end = t0 + Duration::from_secs_f64(a.duration);
+    while Instant::now() < end {
+        if flood {
+            // Send a burst, then take what has come back without waiting.
+            for _ in 0..64 {
+                next = next.wrapping_add(1);
+                if send(&s, &mut call, base.wrapping_add(next)).is_ok() {
+                    sent += 1;
+                }
+            }
+            s.set_nonblocking(true)?;
+            while let Ok(n) = s.recv(&mut buf) {
+                answered += u64::from(n >= 24);
+            }
+            s.set_nonblocking(false)?;
+            continue;
+        }
+        while out.len() < a.inflight {
+            next = next.wrapping_add(1);
+            let x = base.wrapping_add(next);
+            send(&s, &mut call, x)?;
+            sent += 1;
+            let now = Instant::now();
+            out.insert(x, (now, now));
+        }
+        match s.recv(&mut buf) {
+            Ok(n) if n >= 4 => {
+                if let Some((_, first)) = out.remove(&xid_of(&buf[..n])) {
+                    let Ok(rpc::Message::Reply(rpc::Reply::Accepted {
+                        stat: rpc::AcceptStat::Success { results_at },
+                        ..
+                    })) = rpc::parse(&buf[..n])
+                    else {
+                        bail!("GETATTR: not a successful RPC reply");
+                    };
+                    ok(&buf[results_at..n], "GETATTR")?;
+                    answered += 1;
+                    lat.push(first.elapsed().as_micros() as u64);
+                }
+            }
+            _ => {
+                let now = Instant::now();
+                for (x, (at, _)) in out.iter_mut() {
+                    if now.duration_since(*at) > Duration::from_secs(1) {
+                        *at = now;
+                        resent += 1;
+                        send(&s, &mut call, *x)?;
+                    }
+                }
+            }
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    Ok(
+        serde_json::json!({"mode": if flood { "flood-udp" } else { "getattr-udp" },
+        "inflight": a.inflight, "seconds": secs, "sent_per_sec": sent as f64 / secs,
+        "ops_per_sec": answered as f64 / secs, "resent": resent,
+        "p50_us": pct(0.5), "p99_us": pct(0.99)}),
+    )
+}

@@ -79,7 +79,7 @@ pub fn build(cfg: &Config, workers: usize) -> Result<Apps, String> {
     let mut stages = Stages::default();
     let mut mgmt: Vec<Box<dyn MgmtApp>> = Vec::new();
     if let Some(n) = &cfg.apps.nfs {
-        let shared = nfs::shared(n, n.limits(cfg));
+        let shared = nfs::shared(n, n.limits(cfg), workers);
         let rings = Arc::new(EventRings::new(cfg.dataplane.ring_size));
         let stage = NfsStage::new(shared.clone(), n.transactions, n.transaction_ttl_ms);
         stages.nfs = Some((stage, rings.clone()));

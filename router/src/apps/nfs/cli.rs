@@ -166,6 +166,13 @@ fn print_nfs_stats(d: &Value) {
         plain(&p["refused"]["mount"]),
         plain(&p["squashed"])
     );
+    say!(
+        "fairness: {} calls in flight per client (0: no limit), {} calls/s per client; dropped: over the share {}, over the rate {}",
+        plain(&p["client_max_inflight"]),
+        plain(&p["client_rate"]),
+        plain(&p["dropped"]["client_limit"]),
+        plain(&p["dropped"]["rate_limited"])
+    );
     for e in p["exports"].as_array().into_iter().flatten() {
         let nets: Vec<&str> = e["clients"]
             .as_array()

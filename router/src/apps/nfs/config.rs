@@ -129,6 +129,18 @@ pub struct NfsPolicyConfig {
     /// Client addresses that may be mounted at once.
     #[serde(default = "d_max_mounts")]
     pub max_mounts: usize,
+    /// Fairness: calls one client address may have at servers at once over UDP (spread over
+    /// the workers); more are dropped and counted (`client-limit`), and the client
+    /// retransmits. 0: no limit.
+    #[serde(default)]
+    pub client_max_inflight: u32,
+    /// Calls per second one client address may send over UDP (0: no limit), with bursts of
+    /// `client_burst` (default: a tenth of a second's worth, at least 1); more are dropped and
+    /// counted (`rate-limited`).
+    #[serde(default)]
+    pub client_rate: u32,
+    #[serde(default)]
+    pub client_burst: Option<u32>,
 }
 
 impl Default for NfsPolicyConfig {
@@ -140,6 +152,9 @@ impl Default for NfsPolicyConfig {
             require_mount: false,
             mount_table: None,
             max_mounts: d_max_mounts(),
+            client_max_inflight: 0,
+            client_rate: 0,
+            client_burst: None,
         }
     }
 }
@@ -367,6 +382,12 @@ impl NfsConfig {
                  refuse every client until it mounts again)",
             ));
         }
+        if p.client_burst.is_some() && p.client_rate == 0 {
+            return Err(invalid(
+                "nfs.policy.client_burst",
+                "needs nfs.policy.client_rate (a burst above no rate limit means nothing)",
+            ));
+        }
         if !(1..=1 << 20).contains(&p.max_mounts) {
             return Err(invalid("nfs.policy.max_mounts", "must be 1..=1048576"));
         }
@@ -481,6 +502,18 @@ export = "/srv/a"
         ))
         .unwrap();
         assert!(!c.apps.nfs.as_ref().unwrap().policy.auth_none);
+        let e = Config::parse(&format!("{policy}[nfs.policy]\nclient_burst = 10\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("nfs.policy.client_burst"), "{e}");
+        let c = Config::parse(&format!(
+            "{policy}[nfs.policy]\nclient_max_inflight = 33\nclient_rate = 1000\n"
+        ))
+        .unwrap();
+        let p = &c.apps.nfs.as_ref().unwrap().policy;
+        // Shared out over two workers, rounded up; the burst a tenth of the rate.
+        let l = super::super::admission_limits(p, 10_000, 2);
+        assert_eq!((l.max_inflight, l.rate, l.burst), (17, 500, 50));
         // Any worker layout: several run-to-completion workers hand calls and replies to the
         // worker keeping the transaction.
         let two = Config::parse(&format!(

@@ -570,6 +570,18 @@ impl MgmtApp for NfsMgmt {
         };
         let c = ctl.stats;
         let u = ctl.upstream.stats;
+        // The workers' drops of the NFS stage, by reason, summed.
+        let cores = ctx.cores();
+        let drop_of = |reason: &str| -> u64 {
+            cores
+                .iter()
+                .flat_map(|c| &c.stages)
+                .filter(|s| s.name == nfs_rewrite::datapath::NfsStage::NAME)
+                .flat_map(|s| &s.drops)
+                .filter(|(r, _)| r == reason)
+                .map(|(_, n)| n)
+                .sum()
+        };
         let tcp = self.tcp.as_ref().map(|t| {
             let s = t.proxy.stats;
             let k = t.counters;
@@ -614,6 +626,10 @@ impl MgmtApp for NfsMgmt {
                         "unmounted": c.refused_unmounted, "mount": c.mount_refused,
                         "mount_table_full": c.mount_table_full},
             "squashed": k.squashed + c.squashed,
+            "client_max_inflight": self.cfg.policy.client_max_inflight,
+            "client_rate": self.cfg.policy.client_rate,
+            "dropped": {"client_limit": drop_of("client-limit"),
+                        "rate_limited": drop_of("rate-limited")},
             "mount_table": {"path": self.cfg.policy.mount_table.as_ref().map(|p| p.display().to_string()),
                             "loaded": self.mount_table.loaded, "dropped": self.mount_table.dropped,
                             "written": self.mount_table.written, "failed": self.mount_table.failed,
@@ -690,7 +706,12 @@ impl MgmtApp for NfsMgmt {
 /// What every worker's NFS stage shares, from the `[nfs]` section. Its key comes from the
 /// config's [`config::HandleSecret`], which exists only valid (never a default key every
 /// attacker knows).
-pub fn shared(n: &NfsConfig, limits: nfs_rewrite::rewrite::Limits) -> Arc<NfsShared> {
+/// `workers`: how many workers run the stage (the per-client limits are shared out).
+pub fn shared(
+    n: &NfsConfig,
+    limits: nfs_rewrite::rewrite::Limits,
+    workers: usize,
+) -> Arc<NfsShared> {
     let key = n.handle_secret.key();
     let servers = n
         .servers
@@ -723,6 +744,25 @@ pub fn shared(n: &NfsConfig, limits: nfs_rewrite::rewrite::Limits) -> Arc<NfsSha
             anonymous_uid: p.anonymous_uid,
             anonymous_gid: p.anonymous_gid,
             mounted: nfs_rewrite::policy::MountedSet::new(p.max_mounts),
+            admission: admission_limits(p, n.transaction_ttl_ms, workers),
         },
     })
+}
+
+/// Each worker's share of the per-client limits (a client's calls spread over the workers by
+/// their xids; rounded up, so a limit never becomes 0 = none).
+fn admission_limits(
+    p: &config::NfsPolicyConfig,
+    ttl_ms: u64,
+    workers: usize,
+) -> nfs_rewrite::admission::Limits {
+    let w = u32::try_from(workers.max(1)).unwrap_or(u32::MAX);
+    let share = |v: u32| v.div_ceil(w);
+    let burst = p.client_burst.unwrap_or((p.client_rate / 10).max(1));
+    nfs_rewrite::admission::Limits {
+        max_inflight: share(p.client_max_inflight),
+        rate: share(p.client_rate),
+        burst: share(burst),
+        ttl_ms,
+    }
 }
