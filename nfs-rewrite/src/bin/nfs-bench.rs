@@ -375,15 +375,10 @@ fn main() -> Result<()> {
                 |i, res| ok(res, if i % 2 == 0 { "GETATTR" } else { "LOOKUP" }).map(|_| ()),
             )?;
             let secs = t0.elapsed().as_secs_f64();
-            lat.sort_unstable();
-            let pct = |p: f64| {
-                lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-                    .copied()
-                    .unwrap_or(0)
-            };
+            let (p50, p99) = percentiles(&mut lat);
             serde_json::json!({"mode": "meta", "inflight": a.inflight, "ops": lat.len(),
                 "seconds": secs, "ops_per_sec": lat.len() as f64 / secs,
-                "p50_us": pct(0.5), "p99_us": pct(0.99)})
+                "p50_us": p50, "p99_us": p99})
         }
     };
     conn.nfs(Proc::Remove, "REMOVE", |w| {
@@ -624,16 +619,22 @@ fn getattr_udp(to: SocketAddr, file: &[u8], a: &Args) -> Result<serde_json::Valu
         }
     }
     let secs = t0.elapsed().as_secs_f64();
+    let (p50, p99) = percentiles(&mut lat);
+    Ok(
+        serde_json::json!({"mode": if flood { "flood-udp" } else { "getattr-udp" },
+        "inflight": a.inflight, "seconds": secs, "sent_per_sec": sent as f64 / secs,
+        "ops_per_sec": answered as f64 / secs, "resent": resent,
+        "p50_us": p50, "p99_us": p99}),
+    )
+}
+
+/// The median and 99th percentile of latencies (µs; 0 when there are none).
+fn percentiles(lat: &mut [u64]) -> (u64, u64) {
     lat.sort_unstable();
     let pct = |p: f64| {
         lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
             .copied()
             .unwrap_or(0)
     };
-    Ok(
-        serde_json::json!({"mode": if flood { "flood-udp" } else { "getattr-udp" },
-        "inflight": a.inflight, "seconds": secs, "sent_per_sec": sent as f64 / secs,
-        "ops_per_sec": answered as f64 / secs, "resent": resent,
-        "p50_us": pct(0.5), "p99_us": pct(0.99)}),
-    )
+    (pct(0.5), pct(0.99))
 }
