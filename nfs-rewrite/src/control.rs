@@ -16,6 +16,7 @@ use crate::rewrite::{devirtualize_call, virtualize_reply, CallVerdict, Limits, R
 use crate::tables::{TransactionTable, TxKey};
 use crate::upstream::{Upstream, Want, CLIENT_PORT};
 use crate::vfh::{self, MacMemo, VirtualHandle};
+use crate::web::Web;
 use crate::wire::nfs3::{self, stat, Proc};
 use crate::wire::rpc::{self, Writer};
 use crate::wire::{mount, Cursor, Field};
@@ -127,6 +128,8 @@ pub struct ControlStats {
     pub recover_waiting: u64,
     /// Calls on the virtual root, answered here.
     pub virtual_root: u64,
+    /// Calls on web exports' handles, answered here (see [`Web`]).
+    pub web: u64,
     pub unanswered: u64,
     /// Calls rewritten and sent to a server from here (their handle was learned or recovered
     /// after the fast path punted them), and their replies rewritten back.
@@ -192,12 +195,19 @@ pub struct Controller {
     mounts_total: usize,
     /// The mounts changed since [`Controller::take_mounts_changed`].
     mounts_changed: bool,
+    /// The web exports (answered here, from their origins).
+    pub web: Web,
     pub stats: ControlStats,
 }
 
 impl Controller {
     /// `epoch_secs`: wall-clock seconds at start (the virtual root's times; also seeds xids).
     pub fn new(shared: Arc<NfsShared>, mount_port: u16, epoch_secs: u32) -> Self {
+        let web = Web::none(
+            shared.key,
+            shared.virtual_fsid,
+            vfh::root_handle(&shared.key, shared.virtual_fsid),
+        );
         Controller {
             upstream: Upstream::new(shared.clone(), epoch_secs.rotate_left(16)),
             shared,
@@ -213,8 +223,35 @@ impl Controller {
             mounts: BTreeMap::new(),
             mounts_total: 0,
             mounts_changed: false,
+            web,
             stats: ControlStats::default(),
         }
+    }
+
+    /// Take what the web exports' origins answered: the calls held for them are decided
+    /// again (UDP replies queued for [`Controller::drain`], stream calls for
+    /// [`Controller::take_released`]). Returns how many.
+    pub fn poll_web(&mut self, now: u64) -> usize {
+        if self.web.is_empty() {
+            return 0;
+        }
+        let ready = self.web.poll(now);
+        let n = ready.len();
+        for (peer, msg) in ready {
+            match peer {
+                Peer::Udp(a, p) => {
+                    if let Some(reply) = self.answer(&msg, (a, p), now) {
+                        self.outbox.push(Datagram {
+                            src: (self.shared.virtual_addr, self.shared.nfs_port),
+                            dst: (a, p),
+                            payload: reply,
+                        });
+                    }
+                }
+                Peer::Stream(conn, _) => self.released.push((conn, msg)),
+            }
+        }
+        n
     }
 
     /// Take over a worker's transaction (its reply arrives fragmented: it is reassembled and
@@ -669,6 +706,18 @@ impl Controller {
                 });
             }
             CallVerdict::Virtual => {
+                let first = Cursor::at(msg, c.args_at)
+                    .opaque_var(crate::wire::xdr::FHSIZE3)
+                    .ok()
+                    .and_then(|(_, h)| VirtualHandle::verify(&shared.key, h).ok())
+                    .filter(|v| v.flags & vfh::FLAG_WEB != 0);
+                if let Some(v) = first {
+                    self.stats.web += 1;
+                    return self
+                        .web
+                        .call(c.xid, p, msg, c.args_at, &v, peer, now, limits)
+                        .map(Outcome::Reply);
+                }
                 self.stats.virtual_root += 1;
                 return Some(Outcome::Reply(self.virtual_root(
                     c,
@@ -722,7 +771,11 @@ impl Controller {
     /// MNT of `path` from `client`: the handle of the virtual root or of the export's root,
     /// and the mount recorded; Err is the mountstat3 to answer.
     fn mount(&mut self, client: Ipv4Addr, path: &str) -> Result<[u8; vfh::VFH_LEN], u32> {
+        let web = self
+            .web
+            .mount(path.trim_end_matches('/').trim_start_matches('/'));
         let root = match self.may_mount(client, path) {
+            Err(mountstat::NOENT) if web.is_some() => web.unwrap_or([0; vfh::VFH_LEN]),
             Ok(None) => self.root_handle(),
             Ok(Some(sid)) => match self.export_entry(sid) {
                 Some(e) => e.handle,
@@ -799,6 +852,9 @@ impl Controller {
         for s in servers {
             entry(w, &format!("/{}", s.name), &s.clients);
         }
+        for name in self.web.names() {
+            entry(w, &format!("/{name}"), &[]);
+        }
         w.bool(false);
     }
 
@@ -829,7 +885,11 @@ impl Controller {
                 .split_once(' ')
                 .and_then(|(a, p)| Some((a.parse::<Ipv4Addr>().ok()?, p.trim())));
             match parsed {
-                Some((a, p)) if self.may_mount(a, p).is_ok() && self.record_mount(a, p) => {
+                Some((a, p))
+                    if (self.may_mount(a, p).is_ok()
+                        || self.web.mount(p.trim_matches('/')).is_some())
+                        && self.record_mount(a, p) =>
+                {
                     kept += 1
                 }
                 _ => dropped += 1,
@@ -861,7 +921,8 @@ impl Controller {
             .servers
             .iter()
             .filter(|s| s.mounted.is_some())
-            .count();
+            .count()
+            + self.web.names().count();
         w.u32(NF3DIR)
             .u32(0o555)
             .u32(2 + n as u32)
@@ -896,6 +957,14 @@ impl Controller {
             if let Some(e) = self.export_entry(s.sid) {
                 v.push(e);
             }
+        }
+        for (name, fileid, attr, handle) in self.web.root_entries() {
+            v.push(Entry {
+                name,
+                fileid,
+                attr,
+                handle,
+            });
         }
         v
     }
@@ -1098,7 +1167,7 @@ impl Controller {
 }
 
 /// The rest of a failed result (RFC 1813 `*3resfail`) with no attributes.
-fn failure_body(w: &mut Writer, p: Proc) {
+pub(crate) fn failure_body(w: &mut Writer, p: Proc) {
     let wcc = |w: &mut Writer| {
         w.bool(false).bool(false);
     };

@@ -23,4 +23,5 @@ pub mod stream;
 pub mod tables;
 pub mod upstream;
 pub mod vfh;
+pub mod web;
 pub mod wire;

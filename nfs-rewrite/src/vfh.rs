@@ -33,6 +33,8 @@ pub const VFH_LEN: usize = 40;
 const VERSION: u8 = 1;
 /// Flag: a handle of the router's own virtual directory tree.
 pub const FLAG_VIRTUAL_DIR: u8 = 1;
+/// Flag: a handle of a web export (the router answers for it; SID 0, PFS the export's id).
+pub const FLAG_WEB: u8 = 2;
 /// VIN of the virtual root directory.
 pub const ROOT_VIN: u64 = 1;
 
@@ -101,6 +103,22 @@ impl HandleKey {
     /// MAC of a handle-table checkpoint.
     pub fn checkpoint_mac(&self, body: &[u8]) -> u64 {
         self.mac(&[b"ckpt", body])
+    }
+
+    /// A web export's id (the PFS of its handles) and checksum (their MCH), from its name and
+    /// origin: a handle of an export renamed or moved to another origin is stale.
+    pub fn web_export(&self, name: &[u8], base: &[u8]) -> (u64, u32) {
+        let id = self.mac(&[b"webx", name, b"\0", base]);
+        (
+            id | (1 << 63),
+            (id >> 16) as u32 ^ self.mac(&[b"webm", base]) as u32,
+        )
+    }
+
+    /// The id of the resource at `path` (names joined by `/`; empty: the root) of web
+    /// export `export`: its handle's PIN and HID, the same after any restart.
+    pub fn web_pin(&self, export: u64, path: &[u8]) -> u64 {
+        self.mac(&[b"webp", &export.to_be_bytes(), path]) | (1 << 63)
     }
 
     /// Mount checksum of a server's export.

@@ -117,6 +117,8 @@ pub enum AppRequest {
     NfsCheckpoint,
     /// The virtual server's TCP connections: clients' and the router's own to servers.
     NfsConnections,
+    /// The web exports: origins, cache, hits, requests, errors.
+    NfsWeb,
     /// Add targets to a service rule (creating it).
     SalRuleAdd {
         prefix: String,
@@ -165,7 +167,8 @@ impl AppRequest {
             AppRequest::NfsServers
             | AppRequest::NfsStats
             | AppRequest::NfsCheckpoint
-            | AppRequest::NfsConnections => "NFS is not configured (no [nfs] section)",
+            | AppRequest::NfsConnections
+            | AppRequest::NfsWeb => "NFS is not configured (no [nfs] section)",
             AppRequest::SalRuleAdd { .. }
             | AppRequest::SalRuleDel { .. }
             | AppRequest::SalRuleList { .. }

@@ -17,6 +17,8 @@ pub enum NfsCmd {
     /// TCP connections: clients' (address, port, bytes, calls in flight, age) and the
     /// router's own to each server.
     Connections,
+    /// Web exports: origin, cache use, hits and misses, requests, errors.
+    Web,
 }
 
 impl NfsCmd {
@@ -27,6 +29,7 @@ impl NfsCmd {
             NfsCmd::Stats => AppRequest::NfsStats,
             NfsCmd::Checkpoint => AppRequest::NfsCheckpoint,
             NfsCmd::Connections => AppRequest::NfsConnections,
+            NfsCmd::Web => AppRequest::NfsWeb,
         }
     }
 
@@ -94,6 +97,60 @@ impl NfsCmd {
                         plain(&c["queued"]),
                         c["age_secs"].as_f64().unwrap_or(0.0)
                     );
+                }
+            }
+            NfsCmd::Web => {
+                for w in data.as_array().into_iter().flatten() {
+                    let mib = |v: &Value| v.as_f64().unwrap_or(0.0) / (1 << 20) as f64;
+                    say!(
+                        "/{} <- {}  (lifetime {} ms, timeout {} ms, {} connections)",
+                        plain(&w["name"]),
+                        plain(&w["url"]),
+                        plain(&w["lifetime_ms"]),
+                        plain(&w["timeout_ms"]),
+                        plain(&w["connections"])
+                    );
+                    say!(
+                        "  cache {:.1} of {:.0} MiB ({} blocks, {} evicted); {} resources known, {} calls held, {} requests running",
+                        mib(&w["cache"]["bytes"]),
+                        mib(&w["cache"]["max"]),
+                        plain(&w["cache"]["blocks"]),
+                        plain(&w["cache"]["evicted"]),
+                        plain(&w["resources"]),
+                        plain(&w["held"]),
+                        plain(&w["requests_running"])
+                    );
+                    say!(
+                        "  calls {}; reads: hits {}, misses {}; requests {} ({:.1} MiB, {:.1} ms avg), not modified {}, changed {}, gone {}",
+                        plain(&w["calls"]),
+                        plain(&w["hits"]),
+                        plain(&w["misses"]),
+                        plain(&w["fetches"]),
+                        mib(&w["fetched_bytes"]),
+                        w["fetch_ms_avg"].as_f64().unwrap_or(0.0),
+                        plain(&w["not_modified"]),
+                        plain(&w["changed"]),
+                        plain(&w["gone"])
+                    );
+                    let e = &w["errors"];
+                    let a = &w["answered"];
+                    say!(
+                        "  errors: timeout {}, connect {}, status {}, other {}; answered IO {}, STALE {}, ROFS {}; held full {}, queue full {}; walk {} pages, {} found",
+                        plain(&e["timeout"]),
+                        plain(&e["connect"]),
+                        plain(&e["status"]),
+                        plain(&e["other"]),
+                        plain(&a["io"]),
+                        plain(&a["stale"]),
+                        plain(&a["rofs"]),
+                        plain(&w["hold_full"]),
+                        plain(&w["queue_full"]),
+                        plain(&w["walk"]["pages"]),
+                        plain(&w["walk"]["found"])
+                    );
+                    if !w["last_error"].is_null() {
+                        say!("  last error: {}", plain(&w["last_error"]));
+                    }
                 }
             }
             NfsCmd::Checkpoint => say!(

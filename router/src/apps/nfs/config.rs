@@ -59,6 +59,66 @@ pub struct NfsServerConfig {
     pub squash: SquashConfig,
 }
 
+fn d_web_cache_mib() -> usize {
+    64
+}
+fn d_web_lifetime_secs() -> u64 {
+    30
+}
+fn d_web_timeout_ms() -> u64 {
+    5000
+}
+fn d_web_connections() -> usize {
+    4
+}
+
+/// A web export (`[[nfs.web]]`): an entry of the virtual root whose files are the HTTP
+/// resources of an origin server, read-only, answered by the router itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NfsWebConfig {
+    /// Its name in the virtual root (unique among servers and web exports).
+    pub name: String,
+    /// The origin base URL: `http://host[:port]/path/`. LOOKUP of `a/b` is `URL/a/b`; a
+    /// directory is a name whose page is an HTML index (autoindex). Plain HTTP only.
+    pub url: String,
+    /// File blocks cached, MiB (at least 4).
+    #[serde(default = "d_web_cache_mib")]
+    pub cache_mib: usize,
+    /// How long a response is used before the origin is asked whether it changed (seconds).
+    #[serde(default = "d_web_lifetime_secs")]
+    pub lifetime_secs: u64,
+    /// How long a request to the origin may take before the call fails with NFS3ERR_IO (ms).
+    #[serde(default = "d_web_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Requests to the origin at once (threads and keep-alive connections).
+    #[serde(default = "d_web_connections")]
+    pub connections: usize,
+}
+
+impl NfsWebConfig {
+    /// The base URL, ending in `/`.
+    pub fn base(&self) -> String {
+        let u = self.url.trim();
+        if u.ends_with('/') {
+            u.to_string()
+        } else {
+            format!("{u}/")
+        }
+    }
+
+    pub fn spec(&self) -> nfs_rewrite::web::WebSpec {
+        nfs_rewrite::web::WebSpec {
+            name: self.name.clone(),
+            base: self.base(),
+            cache_bytes: self.cache_mib << 20,
+            lifetime_ms: self.lifetime_secs * 1000,
+            timeout_ms: self.timeout_ms,
+            connections: self.connections,
+        }
+    }
+}
+
 /// A client network of an export policy, `a.b.c.d/len`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -249,7 +309,11 @@ pub struct NfsConfig {
     /// The export policy (`[nfs.policy]`).
     #[serde(default)]
     pub policy: NfsPolicyConfig,
+    #[serde(default)]
     pub servers: Vec<NfsServerConfig>,
+    /// Web exports (`[[nfs.web]]`).
+    #[serde(default)]
+    pub web: Vec<NfsWebConfig>,
 }
 
 /// The virtual server over TCP: the router terminates clients' connections on the virtual
@@ -350,8 +414,49 @@ impl NfsConfig {
                 "must be one of the router's port addresses (clients mount it)",
             ));
         }
-        if n.servers.is_empty() {
-            return Err(invalid("nfs.servers", "at least one server"));
+        if n.servers.is_empty() && n.web.is_empty() {
+            return Err(invalid(
+                "nfs.servers",
+                "at least one server (or one [[nfs.web]] export)",
+            ));
+        }
+        for (i, w) in n.web.iter().enumerate() {
+            let k = |f: &str| format!("nfs.web[{i}].{f}");
+            let taken = n.servers.iter().filter(|s| s.name == w.name).count()
+                + n.web.iter().filter(|t| t.name == w.name).count();
+            if w.name.is_empty() || w.name.contains('/') || w.name.len() > 255 || taken > 1 {
+                return Err(invalid(
+                    k("name"),
+                    format!(
+                        "{:?} is empty, has a '/', or is not unique among servers and web exports",
+                        w.name
+                    ),
+                ));
+            }
+            let base = w.base();
+            let host = base.strip_prefix("http://").unwrap_or("");
+            if host.is_empty() || host.starts_with('/') || base.contains(char::is_whitespace) {
+                return Err(invalid(
+                    k("url"),
+                    format!(
+                        "{:?} is not http://host[:port]/path/ (https is not supported: the \
+                         router speaks plain HTTP to origins)",
+                        w.url
+                    ),
+                ));
+            }
+            if !(4..=65_536).contains(&w.cache_mib) {
+                return Err(invalid(k("cache_mib"), "must be 4..=65536 MiB"));
+            }
+            if !(1..=86_400).contains(&w.lifetime_secs) {
+                return Err(invalid(k("lifetime_secs"), "must be 1..=86400"));
+            }
+            if !(100..=600_000).contains(&w.timeout_ms) {
+                return Err(invalid(k("timeout_ms"), "must be 100..=600000"));
+            }
+            if !(1..=64).contains(&w.connections) {
+                return Err(invalid(k("connections"), "must be 1..=64"));
+            }
         }
         for (i, s) in n.servers.iter().enumerate() {
             let k = |f: &str| format!("nfs.servers[{i}].{f}");
@@ -516,6 +621,23 @@ export = "/srv/a"
         assert_eq!((l.max_inflight, l.rate, l.burst), (17, 500, 50));
         // Any worker layout: several run-to-completion workers hand calls and replies to the
         // worker keeping the transaction.
+        // Web exports.
+        let web =
+            format!("{policy}[[nfs.web]]\nname = \"www\"\nurl = \"http://10.0.9.2:8080/pub\"\n");
+        let c = Config::parse(&web).unwrap();
+        let w = &c.apps.nfs.as_ref().unwrap().web[0];
+        assert_eq!(w.spec().base, "http://10.0.9.2:8080/pub/");
+        assert_eq!((w.cache_mib, w.lifetime_secs, w.timeout_ms), (64, 30, 5000));
+        for (from, to, key) in [
+            ("name = \"www\"", "name = \"a\"", "nfs.web[0].name"),
+            ("http://10.0.9.2:8080", "https://10.0.9.2", "nfs.web[0].url"),
+            ("/pub\"", "/pub\"\ncache_mib = 1", "nfs.web[0].cache_mib"),
+        ] {
+            let e = Config::parse(&web.replace(from, to))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(key), "{e}");
+        }
         let two = Config::parse(&format!(
             "{}{nfs}",
             GOOD.replace("workers = [0]", "workers = [0, 1]")

@@ -82,6 +82,9 @@ impl NfsMgmt {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as u32);
         let mut ctl = Controller::new(shared.clone(), cfg.mount_port, epoch);
+        for w in &cfg.web {
+            ctl.web.add(w.spec());
+        }
         let tcp = new_tcp(&cfg, mtu);
         ctl.tcp = tcp.is_some();
         let mut m = NfsMgmt {
@@ -436,6 +439,36 @@ impl NfsMgmt {
         Response::ok(json!(v))
     }
 
+    /// The web exports, as `routerctl nfs web` shows them.
+    fn web(&self) -> serde_json::Value {
+        let v: Vec<_> = self
+            .ctl
+            .web
+            .report()
+            .into_iter()
+            .map(|r| {
+                let s = r.stats;
+                json!({"name": r.name, "url": r.base, "lifetime_ms": r.lifetime_ms,
+                       "timeout_ms": r.timeout_ms, "connections": r.connections,
+                       "cache": {"bytes": r.cache_bytes, "max": r.cache_max,
+                                 "blocks": r.cache_blocks, "evicted": s.evicted},
+                       "resources": r.resources, "held": r.held,
+                       "requests_running": r.requests_running,
+                       "calls": s.calls, "hits": s.hits, "misses": s.misses,
+                       "fetches": s.fetches, "fetched_bytes": s.fetched_bytes,
+                       "fetch_ms_avg": if s.fetches > 0 { s.fetch_ms as f64 / s.fetches as f64 } else { 0.0 },
+                       "not_modified": s.not_modified, "changed": s.changed, "gone": s.gone,
+                       "errors": {"timeout": s.timeouts, "connect": s.connect_errors,
+                                  "status": s.status_errors, "other": s.other_errors},
+                       "answered": {"io": s.io_errors, "stale": s.stale, "rofs": s.rofs},
+                       "hold_full": s.hold_full, "queue_full": s.queue_full,
+                       "walk": {"pages": s.walk_pages, "found": s.walk_found},
+                       "last_error": r.last_error})
+            })
+            .collect();
+        json!(v)
+    }
+
     /// The client and server connections of the TCP side.
     fn connections(&self, now: u64) -> Response {
         let Some(t) = &self.tcp else {
@@ -534,7 +567,11 @@ impl MgmtApp for NfsMgmt {
     }
 
     fn poll(&mut self, ctx: &mut MgmtCtx) -> usize {
-        self.poll_events(ctx.now_ms, 1024) + self.flush_tcp(ctx)
+        let web = self.ctl.poll_web(ctx.now_ms);
+        if web > 0 {
+            self.flush(ctx);
+        }
+        web + self.poll_events(ctx.now_ms, 1024) + self.flush_tcp(ctx)
     }
 
     fn timer(&mut self, ctx: &mut MgmtCtx) {
@@ -603,7 +640,7 @@ impl MgmtApp for NfsMgmt {
                    "resets": k.resets, "max_io": t.proxy.cfg.limits.max_io})
         });
         let control = json!({"portmap": c.portmap, "mount": c.mount, "nfs_null": c.nfs_null,
-                        "virtual_root": c.virtual_root, "bad_handles": c.bad_handles,
+                        "virtual_root": c.virtual_root, "web": c.web, "bad_handles": c.bad_handles,
                         "stale_handles": c.stale_handles, "xdev": c.xdev,
                         "recover_waiting": c.recover_waiting, "unanswered": c.unanswered,
                         "forwarded": c.forwarded, "replies_forwarded": c.replies_forwarded,
@@ -680,6 +717,7 @@ impl MgmtApp for NfsMgmt {
             AppRequest::NfsServers => self.servers(ctx.now_ms),
             AppRequest::NfsStats => Response::ok(self.stats(ctx)),
             AppRequest::NfsConnections => self.connections(ctx.now_ms),
+            AppRequest::NfsWeb => Response::ok(self.web()),
             AppRequest::NfsCheckpoint => {
                 let t0 = Instant::now();
                 match self.checkpoint_now() {
