@@ -40,7 +40,7 @@ const READAHEAD: u64 = 8;
 const HOLD_PER_NODE: usize = 64;
 const HOLD_TOTAL: usize = 4096;
 /// Resources known at most, over all web exports.
-const NODES_MAX: usize = 1 << 20;
+const NODES_MAX: usize = 1 << 18;
 /// Index pages a walk for unknown handles reads at most.
 const WALK_MAX: u64 = 100_000;
 /// After a failed request, calls on the resource get NFS3ERR_IO for this long (ms) before
@@ -1256,4 +1256,39 @@ pub struct WebReport {
     pub connections: usize,
     pub stats: WebStats,
     pub last_error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_cache_is_bounded_and_lru() {
+        let mut c = BlockCache {
+            max: 3 * BLOCK as usize,
+            ..BlockCache::default()
+        };
+        let block = |b: u8| vec![b; BLOCK as usize];
+        for b in 0..3u8 {
+            assert_eq!(c.put((1, u64::from(b)), block(b)), 0);
+        }
+        // Block 0 used last: block 1 is the one evicted for block 3.
+        assert_eq!(c.touch((1, 0)).map(|d| d[0]), Some(0));
+        assert_eq!(c.put((1, 3), block(3)), 1);
+        assert!(c.contains((1, 0)) && !c.contains((1, 1)) && c.contains((1, 3)));
+        assert_eq!(c.used, 3 * BLOCK as usize);
+        // A file's last, short block; replacing a block does not count it twice.
+        c.put((2, 0), vec![9; 10]);
+        c.put((2, 0), vec![8; 20]);
+        assert!(c.used <= c.max && c.map.len() == c.lru.len());
+        c.drop_file(1, 4 * BLOCK);
+        assert_eq!((c.map.len(), c.used), (1, 20));
+        // A block larger than the whole cache is not stored.
+        let mut tiny = BlockCache {
+            max: 100,
+            ..BlockCache::default()
+        };
+        assert_eq!(tiny.put((1, 0), vec![0; 200]), 0);
+        assert!(tiny.map.is_empty() && tiny.used == 0);
+    }
 }
