@@ -345,7 +345,11 @@ fn web_export_on_python_http_server() {
     assert_eq!(cl.getattr(&forged).0, stat::BADHANDLE);
     assert_eq!(cl.getattr(&inner).0, stat::STALE);
     let report = &cl.c.web.report()[0];
-    assert!(report.stats.walk_found >= 1 && report.stats.walk_pages >= 1, "{:?}", report.stats);
+    assert!(
+        report.stats.walk_found >= 1 && report.stats.walk_pages >= 1,
+        "{:?}",
+        report.stats
+    );
 
     // The origin stopped: NFS3ERR_IO (after the lifetime, when it is asked again).
     origin.stop();

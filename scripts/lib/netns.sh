@@ -337,3 +337,45 @@ topo_netchain_master() {
 		done
 	} >"$TOPO_DIR/master.toml"
 }
+
+# topo_web TREE: an HTTP origin serving directory TREE (nginx, autoindex on) in its own
+# namespace "web" at 10.0.9.2:8080, linked to the router's namespace over a kernel veth (the
+# router's host side, 10.0.9.1 on rw: web exports are fetched with the host's own TCP). Its
+# config, logs and temp files go in $TOPO_DIR/nginx; its PID is in WEB_PID.
+topo_web() {
+	local tree=$1 d="$TOPO_DIR/nginx"
+	mkdir -p "$d/tmp"
+	# Its worker runs as root: $TOPO_DIR is private (mode 0700) to every other user.
+	cat >"$d/nginx.conf" <<CONF
+user root;
+worker_processes 1;
+pid $d/nginx.pid;
+error_log $d/error.log;
+events { worker_connections 256; }
+http {
+	access_log $d/access.log;
+	client_body_temp_path $d/tmp/body;
+	proxy_temp_path $d/tmp/proxy;
+	fastcgi_temp_path $d/tmp/fastcgi;
+	uwsgi_temp_path $d/tmp/uwsgi;
+	scgi_temp_path $d/tmp/scgi;
+	server {
+		listen 10.0.9.2:8080;
+		root $tree;
+		autoindex on;
+	}
+}
+CONF
+	topo_ns web NS_W
+	topo_veth "$NS_R" rw "$NS_W" w0
+	ip -n "$NS_R" addr add 10.0.9.1/24 dev rw
+	ip -n "$NS_W" addr add 10.0.9.2/24 dev w0
+	topo_bg "$NS_W" nginx -c "$d/nginx.conf" -g "daemon off;"
+	WEB_PID=$TOPO_LAST_PID
+	for _ in $(seq 1 50); do
+		ip netns exec "$NS_R" python3 -c 'import socket; socket.create_connection(("10.0.9.2", 8080), 1)' 2>/dev/null && return 0
+		sleep 0.1
+	done
+	cat "$d/error.log" >&2 || true
+	die "nginx did not start"
+}

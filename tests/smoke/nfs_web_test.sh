@@ -24,7 +24,7 @@ TIMEOUT_MS=2000
 
 # The origin's tree.
 WWW=$TOPO_DIR/www
-mkdir -p "$WWW/tree/dir500" "$WWW/tree/sub/nested" "$WWW/tmp"
+mkdir -p "$WWW/tree/dir500" "$WWW/tree/sub/nested"
 python3 - "$WWW/tree" <<'PY'
 import os, sys
 top = sys.argv[1]
@@ -40,42 +40,13 @@ put("sub/nested/deep.txt", b"deep\n" * 1000)
 for i in range(500):
     put(f"dir500/entry-{i:03d}.txt", f"entry {i}\n".encode() * (i + 1))
 PY
-cat >"$WWW/nginx.conf" <<CONF
-worker_processes 1;
-pid $WWW/nginx.pid;
-error_log $WWW/error.log;
-events { worker_connections 256; }
-http {
-	access_log $WWW/access.log;
-	client_body_temp_path $WWW/tmp/body;
-	proxy_temp_path $WWW/tmp/proxy;
-	fastcgi_temp_path $WWW/tmp/fastcgi;
-	uwsgi_temp_path $WWW/tmp/uwsgi;
-	scgi_temp_path $WWW/tmp/scgi;
-	server {
-		listen 10.0.9.2:8080;
-		root $WWW/tree;
-		autoindex on;
-	}
-}
-CONF
-
 topo_nfs "[[nfs.web]]
 name = \"www\"
 url = \"http://10.0.9.2:8080/\"
 lifetime_secs = $LIFETIME
 timeout_ms = $TIMEOUT_MS
 cache_mib = 16"
-topo_ns web NS_W
-topo_veth "$NS_R" rw "$NS_W" w0
-ip -n "$NS_R" addr add 10.0.9.1/24 dev rw
-ip -n "$NS_W" addr add 10.0.9.2/24 dev w0
-topo_bg "$NS_W" nginx -c "$WWW/nginx.conf" -g "daemon off;"
-NGINX_PID=$TOPO_LAST_PID
-for _ in $(seq 1 50); do
-	ip netns exec "$NS_R" python3 -c 'import socket; socket.create_connection(("10.0.9.2", 8080), 1)' 2>/dev/null && break
-	sleep 0.1
-done
+topo_web "$WWW/tree"
 "$ROUTER_BIN" check-config "$TOPO_DIR/router.toml" >/dev/null
 topo_start_router "$NS_R" "$TOPO_DIR/router.toml"
 topo_nfs_wait_mounted 2
@@ -143,8 +114,8 @@ for proto in tcp udp; do
 	log "$proto origin unreachable: $(last "$out")"
 done
 ip netns exec "$NS_W" nft delete table inet blackhole
-kill -TERM "$NGINX_PID"
-wait "$NGINX_PID" 2>/dev/null || true
+kill -TERM "$WEB_PID"
+wait "$WEB_PID" 2>/dev/null || true
 sleep $((LIFETIME + 1))
 for proto in tcp udp; do
 	out=$(client "$proto" down "$TIMEOUT_MS") || die "down ($proto): $out"
