@@ -153,12 +153,14 @@ fn bench(c: &mut Criterion) {
                 "10.0.0.0/16".parse().unwrap(),
             ],
             squash: Squash::Root,
+            pair: Default::default(),
         }],
         policy: Policy {
             require_mount: true,
             mounted: MountedSet::new(4096),
             ..Policy::default()
         },
+        replicated: vec![],
     };
     let client = Ipv4Addr::new(10, 0, 1, 77);
     for i in 0..1000u32 {

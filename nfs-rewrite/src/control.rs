@@ -12,6 +12,7 @@
 
 use crate::datapath::{NfsShared, Transaction};
 use crate::policy::{self, Refusal};
+use crate::replica::{self, Replication};
 use crate::rewrite::{devirtualize_call, virtualize_reply, CallVerdict, Limits, ReplyVerdict};
 use crate::tables::{TransactionTable, TxKey};
 use crate::upstream::{Upstream, Want, CLIENT_PORT};
@@ -197,6 +198,10 @@ pub struct Controller {
     mounts_changed: bool,
     /// The web exports (answered here, from their origins).
     pub web: Web,
+    /// Replicated exports: their logs and backups.
+    pub repl: Replication,
+    /// The time of the last call decided or timer (ms).
+    now: u64,
     pub stats: ControlStats,
 }
 
@@ -208,6 +213,7 @@ impl Controller {
             shared.virtual_fsid,
             vfh::root_handle(&shared.key, shared.virtual_fsid),
         );
+        let repl = Replication::new(&shared, epoch_secs.rotate_left(8));
         Controller {
             upstream: Upstream::new(shared.clone(), epoch_secs.rotate_left(16)),
             shared,
@@ -224,6 +230,8 @@ impl Controller {
             mounts_total: 0,
             mounts_changed: false,
             web,
+            repl,
+            now: 0,
             stats: ControlStats::default(),
         }
     }
@@ -283,18 +291,66 @@ impl Controller {
             dst: o.dst,
             payload: o.payload,
         }));
+        out.extend(
+            self.repl
+                .drain()
+                .into_iter()
+                .map(|(dst, payload)| Datagram { src, dst, payload }),
+        );
         out
+    }
+
+    /// Whether calls or replies wait in [`Controller::drain`].
+    pub fn has_output(&self) -> bool {
+        !self.outbox.is_empty() || self.repl.has_output()
     }
 
     /// Timers (every ~100 ms): the client's, expiry of forwarded calls.
     pub fn poll(&mut self, now: u64) {
+        self.now = now;
         self.upstream.poll(now);
         self.tx.sweep(now);
         self.release(now);
+        if !self.repl.is_empty() {
+            // A replicated export's backup can take calls once both roots are known.
+            for i in 0..self.repl.exports.len() {
+                let (sid, backup) = (self.repl.exports[i].sid, self.repl.exports[i].backup);
+                if self.repl.has_root(sid) {
+                    continue;
+                }
+                let (Some(p), Some(b), Some(s)) = (
+                    self.upstream.mounted(sid),
+                    self.upstream.mounted(backup),
+                    self.shared.server(sid),
+                ) else {
+                    continue;
+                };
+                let root = VirtualHandle::for_object(
+                    &self.shared.key,
+                    sid,
+                    s.mch,
+                    p.root_pfs,
+                    p.root_pin,
+                    &p.root_pfh,
+                );
+                let pfh = b.root_pfh.clone();
+                self.repl.set_root(sid, root.hid, &pfh);
+            }
+            let shared = self.shared.clone();
+            self.repl.poll(&shared, now);
+        }
     }
 
     /// A datagram that arrived at the management core's client port.
     pub fn upstream_reply(&mut self, msg: &[u8], now: u64) {
+        let xid = msg
+            .get(..4)
+            .map_or(0, |x| u32::from_be_bytes([x[0], x[1], x[2], x[3]]));
+        if self.repl.owns(xid) {
+            let shared = self.shared.clone();
+            self.repl.reply(msg, &shared, now);
+            return;
+        }
         self.upstream.reply(msg, now);
         self.release(now);
     }
@@ -390,7 +446,7 @@ impl Controller {
             }
         };
         let mut buf = HeapBuffer::from_vec(msg);
-        let out = match self.virtualize(&mut buf, results_at, t, limits) {
+        let mut out = match self.virtualize(&mut buf, results_at, t, limits) {
             ReplyVerdict::Rewritten { .. } => Some(buf.into_vec()),
             // No room to grow in place (the checks come before any edit): again with room.
             ReplyVerdict::SlowPath => {
@@ -402,8 +458,13 @@ impl Controller {
             }
             ReplyVerdict::Malformed => None,
         };
-        match out {
-            Some(_) => self.stats.replies_forwarded += 1,
+        match &mut out {
+            Some(r) => {
+                self.stats.replies_forwarded += 1;
+                if t.token != 0 {
+                    self.repl.replied(t.token, r, self.now);
+                }
+            }
             None => self.stats.unmatched_replies += 1,
         }
         out
@@ -488,6 +549,7 @@ impl Controller {
     /// with transfer sizes clamped to `limits` (the UDP path's MTU limits, or the stream
     /// proxy's). The UDP and the TCP virtual server both come through here.
     pub fn decide(&mut self, msg: &[u8], peer: Peer, now: u64, limits: Limits) -> Outcome {
+        self.now = now;
         match self.decide_call(msg, peer, now, limits) {
             Some(Outcome::Reply(r)) => {
                 if let Ok(rpc::Message::Reply(rpc::Reply::Accepted {
@@ -695,9 +757,16 @@ impl Controller {
                     self.stats.squashed += 1;
                 }
                 self.stats.forwarded += 1;
+                // A replicated export's change is logged when the primary has answered it.
+                let token = if shared.replicated.contains(&sid) && replica::tracked(p) {
+                    self.repl.track(p, sid, msg, now)
+                } else {
+                    0
+                };
                 let tx = Transaction {
                     proc_: p as u8,
                     sid,
+                    token,
                     dir_pfs,
                 };
                 return Some(Outcome::Forward {
@@ -761,7 +830,12 @@ impl Controller {
                 Err(mountstat::ACCES)
             };
         }
-        match self.shared.servers.iter().find(|s| s.name == name) {
+        match self
+            .shared
+            .servers
+            .iter()
+            .find(|s| s.name == name && s.listed())
+        {
             None => Err(mountstat::NOENT),
             Some(s) if !s.admits(client) => Err(mountstat::ACCES),
             Some(s) => Ok(Some(s.sid)),
@@ -849,7 +923,7 @@ impl Controller {
             w.bool(false);
         };
         entry(w, "/", if open { &[] } else { &all });
-        for s in servers {
+        for s in servers.iter().filter(|s| s.listed()) {
             entry(w, &format!("/{}", s.name), &s.clients);
         }
         for name in self.web.names() {
@@ -920,7 +994,9 @@ impl Controller {
             .upstream
             .servers
             .iter()
-            .filter(|s| s.mounted.is_some())
+            .filter(|s| {
+                s.mounted.is_some() && self.shared.server(s.sid).is_some_and(|x| x.listed())
+            })
             .count()
             + self.web.names().count();
         w.u32(NF3DIR)
@@ -953,7 +1029,12 @@ impl Controller {
             handle,
         };
         let mut v = vec![dot(b"."), dot(b"..")];
-        for s in self.shared.servers.iter().filter(|s| s.admits(client)) {
+        for s in self
+            .shared
+            .servers
+            .iter()
+            .filter(|s| s.admits(client) && s.listed())
+        {
             if let Some(e) = self.export_entry(s.sid) {
                 v.push(e);
             }
@@ -1053,7 +1134,7 @@ impl Controller {
                             .shared
                             .servers
                             .iter()
-                            .find(|s| s.name.as_bytes() == name);
+                            .find(|s| s.name.as_bytes() == name && s.listed());
                         w.u32(match configured {
                             Some(s) if !s.admits(client) => {
                                 self.stats.refused_network += 1;
@@ -1242,8 +1323,10 @@ pub(crate) mod tests {
                 bridge: false,
                 clients: vec![],
                 squash: crate::policy::Squash::None,
+                pair: Default::default(),
             }],
             policy: Default::default(),
+            replicated: vec![],
         };
         f(&mut shared);
         Controller::new(Arc::new(shared), 20048, 1_700_000_000)

@@ -66,9 +66,30 @@ pub struct Server {
     pub clients: Vec<Network>,
     /// Whose ids are squashed before a call leaves for this server.
     pub squash: Squash,
+    /// Replication: this server's export has a backup, or this server is one.
+    pub pair: Pair,
+}
+
+/// A server's part in replication.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Pair {
+    #[default]
+    None,
+    /// Its export is replicated to server `backup`: the calls that change it (and LOOKUPs,
+    /// whose names the backup's handles are found by) go through the management core.
+    Primary { backup: u16 },
+    /// The backup of server `primary`'s export: mounted by the router, not in the virtual
+    /// root, its handles never given to clients.
+    Backup { primary: u16 },
 }
 
 impl Server {
+    /// Whether its export is an entry of the virtual root (a backup's is not).
+    #[inline]
+    pub fn listed(&self) -> bool {
+        !matches!(self.pair, Pair::Backup { .. })
+    }
+
     /// Whether `client` may use this export.
     #[inline]
     pub fn admits(&self, client: Ipv4Addr) -> bool {
@@ -88,6 +109,8 @@ pub struct NfsShared {
     pub servers: Vec<Server>,
     /// The export policy (open by default).
     pub policy: Policy,
+    /// The SIDs of replicated exports (their primaries).
+    pub replicated: Vec<u16>,
 }
 
 /// The exports as one client sees them: their mount checksums, and which it may use.
@@ -145,6 +168,8 @@ impl NfsShared {
 pub struct Transaction {
     pub proc_: u8,
     pub sid: u16,
+    /// A replicated call's entry with the management core's replication (0: none).
+    pub token: u32,
     pub dir_pfs: u64,
 }
 
@@ -388,6 +413,7 @@ impl NfsStage {
         let direct = Transaction {
             proc_: 0,
             sid: DIRECT,
+            token: 0,
             dir_pfs: 0,
         };
         if self.tx.insert(key, direct, self.now) {
@@ -422,6 +448,16 @@ impl NfsStage {
             // The management core answers the refusal and counts it.
             return Verdict::Punt(PuntReason::Application);
         }
+        // A replicated export's changes (and LOOKUPs) are ordered and logged by the management
+        // core. The SID is read unverified: a punt is always safe, the core verifies.
+        if !shared.replicated.is_empty() && crate::replica::tracked(p) {
+            let sid = msg
+                .get(args_at + 6..args_at + 8)
+                .map(|b| u16::from_be_bytes([b[0], b[1]]));
+            if sid.is_some_and(|s| shared.replicated.contains(&s)) {
+                return Verdict::Punt(PuntReason::Application);
+            }
+        }
         let ctx = shared.ctx(&self.memo);
         match devirtualize_call(pkt, msg_at, p, args_at, &ctx, shared.exports_for(client.0)) {
             CallVerdict::Forward {
@@ -450,6 +486,7 @@ impl NfsStage {
                 let tx = Transaction {
                     proc_: p as u8,
                     sid,
+                    token: 0,
                     dir_pfs,
                 };
                 // Fairness: the client's share of calls at servers, and its rate. (Calls

@@ -18,6 +18,7 @@ pub mod control;
 pub mod corpus;
 pub mod datapath;
 pub mod policy;
+pub mod replica;
 pub mod rewrite;
 pub mod stream;
 pub mod tables;

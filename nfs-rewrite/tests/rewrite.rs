@@ -597,8 +597,10 @@ mod stage {
                 bridge: false,
                 clients: vec![],
                 squash: nfs_rewrite::policy::Squash::None,
+                pair: Default::default(),
             }],
             policy: Default::default(),
+            replicated: vec![],
         };
         f(&mut s);
         Arc::new(s)

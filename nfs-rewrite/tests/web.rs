@@ -91,6 +91,7 @@ fn controller(port: u16) -> Controller {
         limits: LIMITS,
         servers: vec![],
         policy: Default::default(),
+        replicated: vec![],
     });
     let mut c = Controller::new(shared, 20048, 1_700_000_000);
     c.web.add(WebSpec {

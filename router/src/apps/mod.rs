@@ -119,6 +119,8 @@ pub enum AppRequest {
     NfsConnections,
     /// The web exports: origins, cache, hits, requests, errors.
     NfsWeb,
+    /// Replicated exports: roles, log depth and lag, applied, conflicts.
+    NfsReplication,
     /// Add targets to a service rule (creating it).
     SalRuleAdd {
         prefix: String,
@@ -168,7 +170,8 @@ impl AppRequest {
             | AppRequest::NfsStats
             | AppRequest::NfsCheckpoint
             | AppRequest::NfsConnections
-            | AppRequest::NfsWeb => "NFS is not configured (no [nfs] section)",
+            | AppRequest::NfsWeb
+            | AppRequest::NfsReplication => "NFS is not configured (no [nfs] section)",
             AppRequest::SalRuleAdd { .. }
             | AppRequest::SalRuleDel { .. }
             | AppRequest::SalRuleList { .. }

@@ -19,6 +19,8 @@ pub enum NfsCmd {
     Connections,
     /// Web exports: origin, cache use, hits and misses, requests, errors.
     Web,
+    /// Replicated exports: each server's role, the log (depth, lag, last applied), conflicts.
+    Replication,
 }
 
 impl NfsCmd {
@@ -30,6 +32,7 @@ impl NfsCmd {
             NfsCmd::Checkpoint => AppRequest::NfsCheckpoint,
             NfsCmd::Connections => AppRequest::NfsConnections,
             NfsCmd::Web => AppRequest::NfsWeb,
+            NfsCmd::Replication => AppRequest::NfsReplication,
         }
     }
 
@@ -150,6 +153,69 @@ impl NfsCmd {
                     );
                     if !w["last_error"].is_null() {
                         say!("  last error: {}", plain(&w["last_error"]));
+                    }
+                }
+            }
+            NfsCmd::Replication => {
+                for r in data.as_array().into_iter().flatten() {
+                    let (p, b, l) = (&r["primary"], &r["backup"], &r["log"]);
+                    say!(
+                        "/{}: primary {} (sid {}, {}), backup {} (sid {}, {}{})",
+                        plain(&r["export"]),
+                        plain(&p["name"]),
+                        plain(&p["sid"]),
+                        if p["mounted"] == true {
+                            "mounted"
+                        } else {
+                            "not mounted"
+                        },
+                        plain(&b["name"]),
+                        plain(&b["sid"]),
+                        if b["mounted"] == true {
+                            "mounted"
+                        } else {
+                            "not mounted"
+                        },
+                        if b["ready"] == true {
+                            ""
+                        } else {
+                            ", not ready"
+                        }
+                    );
+                    say!(
+                        "  log: {} entries ({} bytes) waiting, logged {} applied up to {}, lag {} ms (max depth {}, max lag {} ms); at the backup: {}",
+                        plain(&l["depth"]),
+                        plain(&l["bytes"]),
+                        plain(&l["logged"]),
+                        plain(&l["acked"]),
+                        plain(&l["lag_ms"]),
+                        plain(&l["depth_max"]),
+                        plain(&l["lag_ms_max"]),
+                        if r["inflight"].is_null() {
+                            "nothing".to_string()
+                        } else {
+                            format!(
+                                "{} (sent {}x)",
+                                plain(&r["inflight"]["work"]),
+                                plain(&r["inflight"]["tries"])
+                            )
+                        }
+                    );
+                    say!(
+                        "  applied {}, conflicts {}, unresolved {}, backup handles found by name {}, resent {}, overflow {}; {} names, {} backup handles known; failovers {}, resyncs {}",
+                        plain(&r["applied"]),
+                        plain(&r["conflicts"]),
+                        plain(&r["unresolved"]),
+                        plain(&r["resolved"]),
+                        plain(&r["resends"]),
+                        plain(&r["overflow"]),
+                        plain(&r["names"]),
+                        plain(&b["handles"]),
+                        plain(&r["failovers"]),
+                        plain(&r["resyncs"])
+                    );
+                    if !r["last_error"].is_null() {
+                        say!("  last error: {}", plain(&r["last_error"]));
                     }
                 }
             }

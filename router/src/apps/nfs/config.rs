@@ -57,6 +57,12 @@ pub struct NfsServerConfig {
     /// leaves the router), "all" (every uid/gid does).
     #[serde(default)]
     pub squash: SquashConfig,
+    /// Replication: this server is the backup of the server of this name (its primary).
+    /// Every change to the primary's export is applied to this one too, in the primary's
+    /// order, from a log; this server is not in the virtual root. Both exports must start
+    /// with the same contents.
+    #[serde(default)]
+    pub backup_of: Option<String>,
 }
 
 fn d_web_cache_mib() -> usize {
@@ -419,6 +425,24 @@ impl NfsConfig {
                 "nfs.servers",
                 "at least one server (or one [[nfs.web]] export)",
             ));
+        }
+        for (i, s) in n.servers.iter().enumerate() {
+            let Some(p) = &s.backup_of else { continue };
+            let primary = n.servers.iter().find(|t| &t.name == p);
+            let taken = n
+                .servers
+                .iter()
+                .filter(|t| t.backup_of.as_deref() == Some(p))
+                .count();
+            if primary.is_none_or(|t| t.backup_of.is_some() || t.name == s.name) || taken > 1 {
+                return Err(invalid(
+                    format!("nfs.servers[{i}].backup_of"),
+                    format!(
+                        "{p:?} is not another server of this section, is a backup itself, or \
+                         has a backup already"
+                    ),
+                ));
+            }
         }
         for (i, w) in n.web.iter().enumerate() {
             let k = |f: &str| format!("nfs.web[{i}].{f}");

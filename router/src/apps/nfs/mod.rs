@@ -391,6 +391,9 @@ impl NfsMgmt {
             if let Some(reply) = self.ctl.server_reply(payload, sid, dst, ctx.now_ms) {
                 ctx.udp((virt, n.nfs_port), dst, reply);
             }
+            if self.ctl.has_output() {
+                self.flush(ctx);
+            }
             return true;
         }
         if dst.1 == nfs_rewrite::upstream::CLIENT_PORT {
@@ -437,6 +440,37 @@ impl NfsMgmt {
             })
             .collect();
         Response::ok(json!(v))
+    }
+
+    /// The replicated exports, as `routerctl nfs replication` shows them.
+    fn replication(&self, now: u64) -> serde_json::Value {
+        let name = |sid: u16| self.shared.server(sid).map(|s| s.name.clone());
+        let mounted = |sid: u16| self.ctl.upstream.mounted(sid).is_some();
+        let v: Vec<_> = self
+            .ctl
+            .repl
+            .report(now)
+            .into_iter()
+            .map(|r| {
+                let s = r.stats;
+                json!({"export": name(r.sid),
+                       "primary": {"sid": r.sid, "name": name(r.sid), "role": "primary",
+                                   "mounted": mounted(r.sid)},
+                       "backup": {"sid": r.backup, "name": name(r.backup), "role": "backup",
+                                  "mounted": mounted(r.backup), "ready": r.backup_ready,
+                                  "handles": r.backup_handles},
+                       "log": {"depth": r.depth, "bytes": r.log_bytes, "logged": r.logged_seq,
+                               "acked": r.acked, "lag_ms": r.lag_ms, "depth_max": s.depth_max,
+                               "lag_ms_max": s.lag_ms_max},
+                       "inflight": r.inflight.map(|(w, tries)| json!({"work": w, "tries": tries})),
+                       "logged": s.logged, "applied": s.applied, "conflicts": s.conflicts,
+                       "unresolved": s.unresolved, "resolved": s.resolved, "resends": s.resends,
+                       "overflow": s.overflow, "names": self.ctl.repl.names(),
+                       "failovers": 0, "resyncs": 0,
+                       "last_error": r.last_error})
+            })
+            .collect();
+        json!(v)
     }
 
     /// The web exports, as `routerctl nfs web` shows them.
@@ -568,7 +602,7 @@ impl MgmtApp for NfsMgmt {
 
     fn poll(&mut self, ctx: &mut MgmtCtx) -> usize {
         let web = self.ctl.poll_web(ctx.now_ms);
-        if web > 0 {
+        if web > 0 || self.ctl.has_output() {
             self.flush(ctx);
         }
         web + self.poll_events(ctx.now_ms, 1024) + self.flush_tcp(ctx)
@@ -718,6 +752,7 @@ impl MgmtApp for NfsMgmt {
             AppRequest::NfsStats => Response::ok(self.stats(ctx)),
             AppRequest::NfsConnections => self.connections(ctx.now_ms),
             AppRequest::NfsWeb => Response::ok(self.web()),
+            AppRequest::NfsReplication => Response::ok(self.replication(ctx.now_ms)),
             AppRequest::NfsCheckpoint => {
                 let t0 = Instant::now();
                 match self.checkpoint_now() {
@@ -751,7 +786,7 @@ pub fn shared(
     workers: usize,
 ) -> Arc<NfsShared> {
     let key = n.handle_secret.key();
-    let servers = n
+    let servers: Vec<nfs_rewrite::datapath::Server> = n
         .servers
         .iter()
         .map(|s| nfs_rewrite::datapath::Server {
@@ -765,7 +800,24 @@ pub fn shared(
             bridge: s.transport == NfsTransport::TcpOnly,
             clients: s.clients.iter().map(|c| c.0).collect(),
             squash: s.squash.into(),
+            pair: match (
+                &s.backup_of,
+                n.servers
+                    .iter()
+                    .find(|b| b.backup_of.as_deref() == Some(&s.name)),
+            ) {
+                (Some(p), _) => nfs_rewrite::datapath::Pair::Backup {
+                    primary: n.servers.iter().find(|x| &x.name == p).map_or(0, |x| x.sid),
+                },
+                (None, Some(b)) => nfs_rewrite::datapath::Pair::Primary { backup: b.sid },
+                (None, None) => nfs_rewrite::datapath::Pair::None,
+            },
         })
+        .collect();
+    let replicated = servers
+        .iter()
+        .filter(|s| matches!(s.pair, nfs_rewrite::datapath::Pair::Primary { .. }))
+        .map(|s| s.sid)
         .collect();
     let p = &n.policy;
     Arc::new(NfsShared {
@@ -784,6 +836,7 @@ pub fn shared(
             mounted: nfs_rewrite::policy::MountedSet::new(p.max_mounts),
             admission: admission_limits(p, n.transaction_ttl_ms, workers),
         },
+        replicated,
     })
 }
 
