@@ -19,6 +19,10 @@
 //!   MKDIR, SYMLINK, MKNOD), or found by name: every LOOKUP and every creation the primary
 //!   answered records the file's (directory, name), and a handle the backup's table lacks is
 //!   looked up on the backup along that chain from the export's root.
+//! - Everything a restarted router needs — the log's entries, what the backup acknowledged,
+//!   the backup's handles and the names — is appended to a **journal** on the management
+//!   core's disk as it happens (one `write` per record, not synced: it survives the router
+//!   process, not the machine), compacted into a snapshot when it grows, and read at start.
 
 use crate::datapath::{NfsShared, Pair};
 use crate::rewrite::{devirtualize_call, CallVerdict, Context, Limits};
@@ -29,7 +33,9 @@ use crate::wire::rpc::{self, Writer};
 use crate::wire::{Cursor, Field};
 use packet::{Buffer, HeapBuffer};
 use std::collections::{HashMap, VecDeque};
+use std::io::Write;
 use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 
 /// Whether the calls of procedure `p` on a replicated export go through the management core.
 #[inline]
@@ -173,6 +179,96 @@ struct Pending {
     at: u64,
 }
 
+/// Journal record kinds.
+mod rec {
+    /// sid u16, seq u64, proc u8, created u64 (0: none), then the call.
+    pub const ENTRY: u8 = b'E';
+    /// sid u16, seq u64: the backup answered every entry up to seq.
+    pub const ACK: u8 = b'A';
+    /// sid u16, hid u64, then the backup's handle.
+    pub const HANDLE: u8 = b'H';
+    /// obj u64, dir u64, then the name.
+    pub const NAME: u8 = b'N';
+    /// obj u64: its name is gone.
+    pub const UNNAME: u8 = b'R';
+    /// sid u16, next_seq u64, acked u64 (a snapshot's).
+    pub const SEQ: u8 = b'S';
+}
+
+/// The journal grows to this before it is compacted.
+const JOURNAL_COMPACT: u64 = 64 << 20;
+
+/// The journal file (see the module's text).
+#[derive(Debug)]
+pub struct Journal {
+    pub path: PathBuf,
+    file: Option<std::fs::File>,
+    /// Bytes in the file.
+    pub bytes: u64,
+    pub records: u64,
+    /// Records loaded at start, compactions, write failures.
+    pub loaded: u64,
+    pub compactions: u64,
+    pub failed: u64,
+    pub last_error: Option<String>,
+}
+
+impl Journal {
+    fn append(&mut self, kind: u8, body: &[u8]) {
+        let Some(f) = self.file.as_mut() else {
+            return;
+        };
+        let mut r = Vec::with_capacity(body.len() + 5);
+        r.push(kind);
+        r.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        r.extend_from_slice(body);
+        match f.write_all(&r) {
+            Ok(()) => {
+                self.bytes += r.len() as u64;
+                self.records += 1;
+            }
+            Err(e) => {
+                self.failed += 1;
+                self.last_error = Some(format!("{}: {e}", self.path.display()));
+            }
+        }
+    }
+}
+
+/// The records of a journal file, in order (a torn last one left out).
+fn records(bytes: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let kind = *bytes.get(at)?;
+        let len = u32::from_be_bytes(bytes.get(at + 1..at + 5)?.try_into().ok()?) as usize;
+        let body = bytes.get(at + 5..at + 5 + len)?;
+        at += 5 + len;
+        Some((kind, body))
+    })
+}
+
+/// Big-endian fields of a journal record.
+struct Rd<'a>(&'a [u8]);
+
+impl<'a> Rd<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (a, b) = (self.0.get(..n)?, self.0.get(n..)?);
+        self.0 = b;
+        Some(a)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+    }
+}
+
 /// Replication of every replicated export (the management core's).
 #[derive(Default)]
 pub struct Replication {
@@ -184,6 +280,7 @@ pub struct Replication {
     /// Object handle id → (directory handle id, name), and back.
     names: HashMap<u64, (u64, Vec<u8>)>,
     by_name: HashMap<(u64, Vec<u8>), u64>,
+    pub journal: Option<Journal>,
 }
 
 impl std::fmt::Debug for Replication {
@@ -352,6 +449,7 @@ impl Replication {
             (Proc::Remove | Proc::Rmdir, [dir], [name]) => {
                 if let Some(o) = self.by_name.remove(&(*dir, name.clone())) {
                     self.names.remove(&o);
+                    self.record(rec::UNNAME, &o.to_be_bytes());
                 }
             }
             (Proc::Rename, [from, to], [fname, tname]) => {
@@ -371,16 +469,190 @@ impl Replication {
             return;
         }
         x.log_bytes += pd.msg.len();
+        let created = if created { obj } else { None };
+        let mut body = Vec::with_capacity(pd.msg.len() + 19);
+        body.extend_from_slice(&x.sid.to_be_bytes());
+        body.extend_from_slice(&x.next_seq.to_be_bytes());
+        body.push(pd.proc_ as u8);
+        body.extend_from_slice(&created.unwrap_or(0).to_be_bytes());
+        body.extend_from_slice(&pd.msg);
         x.log.push_back(Entry {
             seq: x.next_seq,
             proc_: pd.proc_,
             msg: pd.msg,
-            created: if created { obj } else { None },
+            created,
             logged_at: now,
         });
         x.next_seq += 1;
         x.stats.logged += 1;
         x.stats.depth_max = x.stats.depth_max.max(x.log.len() as u64);
+        self.record(rec::ENTRY, &body);
+    }
+
+    fn record(&mut self, kind: u8, body: &[u8]) {
+        if let Some(j) = self.journal.as_mut() {
+            j.append(kind, body);
+        }
+    }
+
+    fn record_ack(&mut self, e: usize) {
+        let x = &self.exports[e];
+        let mut b = x.sid.to_be_bytes().to_vec();
+        b.extend_from_slice(&x.acked.to_be_bytes());
+        self.record(rec::ACK, &b);
+    }
+
+    fn record_handle(&mut self, e: usize, hid: u64, pfh: &[u8]) {
+        let mut b = self.exports[e].sid.to_be_bytes().to_vec();
+        b.extend_from_slice(&hid.to_be_bytes());
+        b.extend_from_slice(pfh);
+        self.record(rec::HANDLE, &b);
+    }
+
+    /// Open (or create) the journal at `path`: what it holds is loaded (entries not yet
+    /// acknowledged, the backups' handles, the names), then it is compacted. Call before any
+    /// traffic.
+    pub fn open_journal(&mut self, path: &Path) -> Result<u64, String> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let mut loaded = 0;
+        for (kind, body) in records(&bytes) {
+            if self.load_record(kind, body).is_some() {
+                loaded += 1;
+            }
+        }
+        self.journal = Some(Journal {
+            path: path.to_path_buf(),
+            file: None,
+            bytes: 0,
+            records: 0,
+            loaded,
+            compactions: 0,
+            failed: 0,
+            last_error: None,
+        });
+        self.compact()?;
+        Ok(loaded)
+    }
+
+    fn load_record(&mut self, kind: u8, body: &[u8]) -> Option<()> {
+        let mut r = Rd(body);
+        let export = |s: &Self, sid: u16| s.exports.iter().position(|x| x.sid == sid);
+        match kind {
+            rec::ENTRY => {
+                let e = export(self, r.u16()?)?;
+                let (seq, p, created) = (r.u64()?, Proc::from_u32(u32::from(r.u8()?))?, r.u64()?);
+                let x = &mut self.exports[e];
+                if seq > x.acked && x.log.back().is_none_or(|b| b.seq < seq) {
+                    x.log_bytes += r.0.len();
+                    x.log.push_back(Entry {
+                        seq,
+                        proc_: p,
+                        msg: r.0.to_vec(),
+                        created: (created != 0).then_some(created),
+                        logged_at: 0,
+                    });
+                }
+                x.next_seq = x.next_seq.max(seq + 1);
+            }
+            rec::ACK => {
+                let e = export(self, r.u16()?)?;
+                let seq = r.u64()?;
+                let x = &mut self.exports[e];
+                while x.log.front().is_some_and(|f| f.seq <= seq) {
+                    if let Some(f) = x.log.pop_front() {
+                        x.log_bytes -= f.msg.len();
+                    }
+                }
+                x.acked = x.acked.max(seq);
+                x.next_seq = x.next_seq.max(seq + 1);
+            }
+            rec::SEQ => {
+                let e = export(self, r.u16()?)?;
+                let (next, acked) = (r.u64()?, r.u64()?);
+                let x = &mut self.exports[e];
+                x.next_seq = x.next_seq.max(next);
+                x.acked = x.acked.max(acked);
+            }
+            rec::HANDLE => {
+                let e = export(self, r.u16()?)?;
+                let hid = r.u64()?;
+                self.exports[e].handles.insert(hid, r.0);
+            }
+            rec::NAME => {
+                let (obj, dir) = (r.u64()?, r.u64()?);
+                self.name(obj, dir, r.0.to_vec());
+            }
+            rec::UNNAME => {
+                let obj = r.u64()?;
+                if let Some((d, n)) = self.names.remove(&obj) {
+                    self.by_name.remove(&(d, n));
+                }
+            }
+            _ => return None,
+        }
+        Some(())
+    }
+
+    /// Write the state as a fresh journal (atomically) and append to it from now on.
+    fn compact(&mut self) -> Result<(), String> {
+        let Some(path) = self.journal.as_ref().map(|j| j.path.clone()) else {
+            return Ok(());
+        };
+        let mut out = Vec::new();
+        let mut put = |kind: u8, body: &[u8]| {
+            out.push(kind);
+            out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            out.extend_from_slice(body);
+        };
+        for x in &self.exports {
+            let mut b = x.sid.to_be_bytes().to_vec();
+            b.extend_from_slice(&x.next_seq.to_be_bytes());
+            b.extend_from_slice(&x.acked.to_be_bytes());
+            put(rec::SEQ, &b);
+            x.handles.for_each(|hid, pfh| {
+                let mut b = x.sid.to_be_bytes().to_vec();
+                b.extend_from_slice(&hid.to_be_bytes());
+                b.extend_from_slice(pfh);
+                put(rec::HANDLE, &b);
+            });
+            for en in &x.log {
+                let mut b = x.sid.to_be_bytes().to_vec();
+                b.extend_from_slice(&en.seq.to_be_bytes());
+                b.push(en.proc_ as u8);
+                b.extend_from_slice(&en.created.unwrap_or(0).to_be_bytes());
+                b.extend_from_slice(&en.msg);
+                put(rec::ENTRY, &b);
+            }
+        }
+        for (obj, (dir, name)) in &self.names {
+            let mut b = obj.to_be_bytes().to_vec();
+            b.extend_from_slice(&dir.to_be_bytes());
+            b.extend_from_slice(name);
+            put(rec::NAME, &b);
+        }
+        let len = out.len() as u64;
+        let opened = crate::checkpoint::write_atomic(&path, &out)
+            .and_then(|()| std::fs::OpenOptions::new().append(true).open(&path));
+        let j = self.journal.as_mut().ok_or("no journal")?;
+        match opened {
+            Ok(f) => {
+                j.file = Some(f);
+                j.bytes = len;
+                j.compactions += 1;
+                Ok(())
+            }
+            Err(e) => {
+                j.file = None;
+                j.failed += 1;
+                let msg = format!("{}: {e}", path.display());
+                j.last_error = Some(msg.clone());
+                Err(msg)
+            }
+        }
     }
 
     fn name(&mut self, obj: u64, dir: u64, name: Vec<u8>) {
@@ -389,6 +661,10 @@ impl Replication {
         } else if self.names.len() >= NAMES_MAX {
             return;
         }
+        let mut b = obj.to_be_bytes().to_vec();
+        b.extend_from_slice(&dir.to_be_bytes());
+        b.extend_from_slice(&name);
+        self.record(rec::NAME, &b);
         self.by_name.insert((dir, name.clone()), obj);
         self.names.insert(obj, (dir, name));
     }
@@ -416,6 +692,13 @@ impl Replication {
     pub fn poll(&mut self, shared: &NfsShared, now: u64) {
         self.pending
             .retain(|_, p| now.saturating_sub(p.at) < PENDING_MS);
+        if self
+            .journal
+            .as_ref()
+            .is_some_and(|j| j.bytes > JOURNAL_COMPACT)
+        {
+            let _ = self.compact(); // a failure is counted and shown
+        }
         for e in 0..self.exports.len() {
             let x = &mut self.exports[e];
             if let Some(i) = x.inflight.as_mut() {
@@ -513,6 +796,7 @@ impl Replication {
                 entry.seq,
                 entry.proc_.name()
             ));
+            self.record_ack(e);
         }
     }
 
@@ -594,6 +878,7 @@ impl Replication {
                     Some((stat::OK, handle)) => {
                         if let (Some(c), Some(h)) = (entry.created, handle) {
                             x.handles.insert(c, &h);
+                            self.record_handle(e, c, &h);
                         }
                     }
                     other => {
@@ -608,12 +893,14 @@ impl Replication {
                         ));
                     }
                 }
+                self.record_ack(e);
             }
             Work::Resolve(hid) => match reply_parts(Proc::Lookup, msg) {
                 Some((stat::OK, Some(h))) => {
                     let x = &mut self.exports[e];
                     x.handles.insert(hid, &h);
                     x.stats.resolved += 1;
+                    self.record_handle(e, hid, &h);
                 }
                 _ => self.skip(e, "its name is not on the backup"),
             },
@@ -653,5 +940,113 @@ impl Replication {
     /// (directory, name) records known.
     pub fn names(&self) -> usize {
         self.names.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::Server;
+    use crate::vfh::{HandleKey, VirtualHandle};
+
+    fn shared() -> NfsShared {
+        let server = |sid: u16, pair| Server {
+            sid,
+            name: format!("s{sid}"),
+            addr: Ipv4Addr::new(10, 0, 2, sid as u8),
+            nfs_port: 2049,
+            mount_port: 20048,
+            export: "/x".into(),
+            mch: 7,
+            bridge: false,
+            clients: vec![],
+            squash: crate::policy::Squash::None,
+            pair,
+        };
+        NfsShared {
+            key: HandleKey::new(1, 2),
+            handles: std::sync::Arc::new(HandleTable::new(64)),
+            virtual_addr: Ipv4Addr::new(10, 0, 1, 1),
+            nfs_port: 2049,
+            virtual_fsid: 9,
+            limits: Limits::UNLIMITED,
+            servers: vec![
+                server(1, Pair::Primary { backup: 2 }),
+                server(2, Pair::Backup { primary: 1 }),
+            ],
+            policy: Default::default(),
+            replicated: vec![1],
+        }
+    }
+
+    /// A WRITE of one byte on a handle of export 1, and the primary's NFS3_OK to it.
+    fn write_call(sh: &NfsShared, xid: u32) -> (Vec<u8>, Vec<u8>) {
+        let vfh = VirtualHandle::for_object(&sh.key, 1, 7, 3, 4, b"pfh").encode(&sh.key);
+        let mut c = Writer::new();
+        c.call_sys(xid, rpc::program::NFS, 3, Proc::Write as u32, 0, 0)
+            .opaque(&vfh)
+            .u64(0)
+            .u32(1)
+            .u32(2)
+            .opaque(b"x");
+        let mut r = Writer::new();
+        r.accepted_reply(xid, 0)
+            .u32(stat::OK)
+            .bool(false)
+            .bool(false)
+            .u32(1)
+            .u32(2)
+            .fixed(&[0; 8]);
+        (c.buf, r.buf)
+    }
+
+    #[test]
+    fn the_journal_keeps_the_log_the_names_and_the_handles() {
+        let dir = std::env::temp_dir().join(format!("nfs-repl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("j.replication");
+        let _ = std::fs::remove_file(&path);
+        let sh = shared();
+        let mut r = Replication::new(&sh, 1);
+        assert_eq!(r.open_journal(&path), Ok(0));
+        for xid in [10, 11] {
+            let (call, reply) = write_call(&sh, xid);
+            let t = r.track(Proc::Write, 1, &call, 5);
+            assert_ne!(t, 0);
+            r.replied(t, &reply, 6);
+        }
+        // Not replicated, or not a change: not logged.
+        assert_eq!(r.track(Proc::Write, 2, &[], 5), 0);
+        assert_eq!(r.track(Proc::Read, 1, &[], 5), 0);
+        r.name(50, 40, b"file".to_vec());
+        r.exports[0].handles.insert(40, b"backup-dir");
+        r.record_handle(0, 40, b"backup-dir");
+        assert_eq!(r.exports[0].log.len(), 2);
+        // A restarted router: all of it back.
+        let mut again = Replication::new(&sh, 1);
+        assert!(again.open_journal(&path).unwrap() >= 4);
+        let x = &again.exports[0];
+        assert_eq!((x.log.len(), x.next_seq, x.acked), (2, 3, 0));
+        assert_eq!(x.log[1].proc_, Proc::Write);
+        let mut pfh = [0u8; PFH_MAX];
+        assert_eq!(x.handles.get(40, &mut pfh), Some(10));
+        assert_eq!(again.names.get(&50), Some(&(40, b"file".to_vec())));
+        // One entry acknowledged (here: skipped), another restart: one left, numbering on.
+        again.skip(0, "test");
+        let mut third = Replication::new(&sh, 1);
+        third.open_journal(&path).unwrap();
+        let x = &third.exports[0];
+        assert_eq!(
+            (x.log.len(), x.log[0].seq, x.acked, x.next_seq),
+            (1, 2, 1, 3)
+        );
+        // A torn last record (a crash mid-write) is left out, the rest loads.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(&[rec::ENTRY, 0, 0, 1]);
+        std::fs::write(&path, &bytes).unwrap();
+        let mut torn = Replication::new(&sh, 1);
+        assert!(torn.open_journal(&path).is_ok());
+        assert_eq!(torn.exports[0].log.len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

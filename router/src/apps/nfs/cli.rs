@@ -202,7 +202,7 @@ impl NfsCmd {
                         }
                     );
                     say!(
-                        "  applied {}, conflicts {}, unresolved {}, backup handles found by name {}, resent {}, overflow {}; {} names, {} backup handles known; failovers {}, resyncs {}",
+                        "  applied {}, conflicts {}, unresolved {}, backup handles found by name {}, resent {}, overflow {}; {} names, {} backup handles known",
                         plain(&r["applied"]),
                         plain(&r["conflicts"]),
                         plain(&r["unresolved"]),
@@ -210,10 +210,20 @@ impl NfsCmd {
                         plain(&r["resends"]),
                         plain(&r["overflow"]),
                         plain(&r["names"]),
-                        plain(&b["handles"]),
-                        plain(&r["failovers"]),
-                        plain(&r["resyncs"])
+                        plain(&b["handles"])
                     );
+                    let j = &r["journal"];
+                    if !j.is_null() {
+                        say!(
+                            "  journal {}: {} bytes ({} records loaded at start, {} written, {} compactions, {} failed)",
+                            plain(&j["path"]),
+                            plain(&j["bytes"]),
+                            plain(&j["loaded"]),
+                            plain(&j["records"]),
+                            plain(&j["compactions"]),
+                            plain(&j["failed"])
+                        );
+                    }
                     if !r["last_error"].is_null() {
                         say!("  last error: {}", plain(&r["last_error"]));
                     }

@@ -306,6 +306,11 @@ pub struct NfsConfig {
     /// restarted router serves the handles clients hold). No file: recovery searches servers.
     #[serde(default)]
     pub checkpoint: Option<std::path::PathBuf>,
+    /// Where replication keeps its journal (the logs of changes not yet applied to the
+    /// backups, the backups' handles, the names): default beside `checkpoint`, with the
+    /// extension `.replication`. Needed when a server has a backup.
+    #[serde(default)]
+    pub replication_journal: Option<std::path::PathBuf>,
     /// Seconds between checkpoints (0: only on `routerctl nfs checkpoint` and at stop).
     #[serde(default = "d_checkpoint_secs")]
     pub checkpoint_secs: u64,
@@ -444,6 +449,13 @@ impl NfsConfig {
                 ));
             }
         }
+        if n.servers.iter().any(|s| s.backup_of.is_some()) && n.journal_path().is_none() {
+            return Err(invalid(
+                "nfs.replication_journal",
+                "needed with a backup (or nfs.checkpoint, beside which it is kept): a restarted \
+                 router must not lose the changes the backup has not applied yet",
+            ));
+        }
         for (i, w) in n.web.iter().enumerate() {
             let k = |f: &str| format!("nfs.web[{i}].{f}");
             let taken = n.servers.iter().filter(|s| s.name == w.name).count()
@@ -559,6 +571,15 @@ impl NfsConfig {
             }
         }
         Ok(())
+    }
+
+    /// Where replication's journal is (see `replication_journal`).
+    pub fn journal_path(&self) -> Option<std::path::PathBuf> {
+        self.replication_journal.clone().or_else(|| {
+            self.checkpoint
+                .as_ref()
+                .map(|c| c.with_extension("replication"))
+        })
     }
 
     /// The NFS transfer limits: `nfs.max_io` if set, otherwise derived from the smallest MTU.

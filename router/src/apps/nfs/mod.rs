@@ -85,6 +85,15 @@ impl NfsMgmt {
         for w in &cfg.web {
             ctl.web.add(w.spec());
         }
+        if let (false, Some(path)) = (ctl.repl.is_empty(), cfg.journal_path()) {
+            match ctl.repl.open_journal(&path) {
+                Ok(n) => tracing::info!(
+                    "nfs: replication journal {}: {n} records loaded",
+                    path.display()
+                ),
+                Err(e) => tracing::warn!("nfs: replication journal: {e} (kept in memory only)"),
+            }
+        }
         let tcp = new_tcp(&cfg, mtu);
         ctl.tcp = tcp.is_some();
         let mut m = NfsMgmt {
@@ -466,7 +475,11 @@ impl NfsMgmt {
                        "logged": s.logged, "applied": s.applied, "conflicts": s.conflicts,
                        "unresolved": s.unresolved, "resolved": s.resolved, "resends": s.resends,
                        "overflow": s.overflow, "names": self.ctl.repl.names(),
-                       "failovers": 0, "resyncs": 0,
+                       "journal": self.ctl.repl.journal.as_ref().map(|j| json!({
+                           "path": j.path.display().to_string(), "bytes": j.bytes,
+                           "records": j.records, "loaded": j.loaded,
+                           "compactions": j.compactions, "failed": j.failed,
+                           "last_error": j.last_error})),
                        "last_error": r.last_error})
             })
             .collect();
