@@ -195,7 +195,7 @@ mod rec {
     pub const SEQ: u8 = b'S';
 }
 
-/// The journal grows to this before it is compacted.
+/// The journal is compacted when it holds twice its last snapshot (and at least this).
 const JOURNAL_COMPACT: u64 = 64 << 20;
 
 /// The journal file (see the module's text).
@@ -203,8 +203,9 @@ const JOURNAL_COMPACT: u64 = 64 << 20;
 pub struct Journal {
     pub path: PathBuf,
     file: Option<std::fs::File>,
-    /// Bytes in the file.
+    /// Bytes in the file, and in it after the last compaction (the snapshot).
     pub bytes: u64,
+    pub snapshot: u64,
     pub records: u64,
     /// Records loaded at start, compactions, write failures.
     pub loaded: u64,
@@ -528,6 +529,7 @@ impl Replication {
             path: path.to_path_buf(),
             file: None,
             bytes: 0,
+            snapshot: 0,
             records: 0,
             loaded,
             compactions: 0,
@@ -642,6 +644,7 @@ impl Replication {
             Ok(f) => {
                 j.file = Some(f);
                 j.bytes = len;
+                j.snapshot = len;
                 j.compactions += 1;
                 Ok(())
             }
@@ -695,7 +698,7 @@ impl Replication {
         if self
             .journal
             .as_ref()
-            .is_some_and(|j| j.bytes > JOURNAL_COMPACT)
+            .is_some_and(|j| j.bytes > j.snapshot.max(JOURNAL_COMPACT) * 2)
         {
             let _ = self.compact(); // a failure is counted and shown
         }
