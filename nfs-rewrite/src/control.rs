@@ -1162,34 +1162,19 @@ impl Controller {
                     return garbage(c.xid);
                 };
                 let entries = self.root_entries(client);
-                let mut body = Writer::new();
-                let mut n = 0;
-                let mut eof = true;
-                // status, post_op_attr, cookieverf, the final "no more" and eof words.
-                let fixed = 4 + 4 + Field::FATTR_LEN + 8 + 8;
-                for (i, e) in entries.iter().enumerate().skip(cookie as usize) {
-                    let mut one = Writer::new();
-                    one.bool(true)
-                        .u64(e.fileid)
-                        .opaque(&e.name)
-                        .u64(i as u64 + 1);
+                dir_reply(&mut w, &attr, limit, cookie, entries.len(), |i, one| {
+                    let e = &entries[i];
+                    one.u64(e.fileid).opaque(&e.name);
                     if plus {
-                        one.bool(true).fixed(&e.attr).bool(true).opaque(&e.handle);
+                        one.u64(i as u64 + 1)
+                            .bool(true)
+                            .fixed(&e.attr)
+                            .bool(true)
+                            .opaque(&e.handle);
+                    } else {
+                        one.u64(i as u64 + 1);
                     }
-                    if fixed + body.buf.len() + one.buf.len() > limit as usize {
-                        eof = false;
-                        break;
-                    }
-                    body.buf.extend_from_slice(&one.buf);
-                    n += 1;
-                }
-                if n == 0 && !eof {
-                    w.u32(stat::TOOSMALL).bool(true).fixed(&attr);
-                } else {
-                    w.u32(stat::OK).bool(true).fixed(&attr).fixed(&[0; 8]);
-                    w.buf.extend_from_slice(&body.buf);
-                    w.bool(false).bool(eof);
-                }
+                });
             }
             Proc::Fsstat => {
                 let mut sums = [0u64; 6];
@@ -1245,6 +1230,42 @@ impl Controller {
         }
         w.buf
     }
+}
+
+/// A READDIR/READDIRPLUS result in `w` (after the reply header): NFS3_OK, the directory's
+/// attributes, a zero cookie verifier, the entries from `cookie` on (of `count`) that fit in
+/// `limit` bytes — `entry(i, w)` writes entry `i`'s fields after its "value follows" word —,
+/// the end and eof words; NFS3ERR_TOOSMALL when not even one fits.
+pub(crate) fn dir_reply(
+    w: &mut Writer,
+    attr: &[u8; Field::FATTR_LEN],
+    limit: u32,
+    cookie: u64,
+    count: usize,
+    mut entry: impl FnMut(usize, &mut Writer),
+) {
+    // status, post_op_attr, cookieverf, the final "no more" and eof words.
+    let fixed = 4 + 4 + Field::FATTR_LEN + 8 + 8;
+    let mut body = Writer::new();
+    let (mut n, mut eof) = (0, true);
+    for i in (cookie as usize)..count {
+        let mut one = Writer::new();
+        one.bool(true);
+        entry(i, &mut one);
+        if fixed + body.buf.len() + one.buf.len() > limit as usize {
+            eof = false;
+            break;
+        }
+        body.buf.extend_from_slice(&one.buf);
+        n += 1;
+    }
+    if n == 0 && !eof {
+        w.u32(stat::TOOSMALL).bool(true).fixed(attr);
+        return;
+    }
+    w.u32(stat::OK).bool(true).fixed(attr).fixed(&[0; 8]);
+    w.buf.extend_from_slice(&body.buf);
+    w.bool(false).bool(eof);
 }
 
 /// The rest of a failed result (RFC 1813 `*3resfail`) with no attributes.

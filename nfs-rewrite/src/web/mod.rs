@@ -138,6 +138,25 @@ struct Node {
 }
 
 impl Node {
+    /// A resource not asked about yet.
+    fn new(export: usize, path: Vec<u8>, parent: u64, kind: Kind, mtime: u64) -> Self {
+        Node {
+            export,
+            path,
+            parent,
+            kind,
+            size: if kind == Kind::Dir { 4096 } else { 0 },
+            mtime,
+            validators: Validators::default(),
+            checked: None,
+            digest: 0,
+            children: Vec::new(),
+            gone: false,
+            failed_until: 0,
+            meta_busy: false,
+        }
+    }
+
     fn name(&self) -> &[u8] {
         match self.path.iter().rposition(|&b| b == b'/') {
             Some(i) => &self.path[i + 1..],
@@ -306,21 +325,7 @@ impl Web {
         let export = self.exports.len();
         self.nodes.insert(
             root,
-            Node {
-                export,
-                path: Vec::new(),
-                parent: 0,
-                kind: Kind::Dir,
-                size: 4096,
-                mtime: self.epoch_secs,
-                validators: Validators::default(),
-                checked: None,
-                digest: 0,
-                children: Vec::new(),
-                gone: false,
-                failed_until: 0,
-                meta_busy: false,
-            },
+            Node::new(export, Vec::new(), 0, Kind::Dir, self.epoch_secs),
         );
         self.exports.push(Export {
             cache: BlockCache {
@@ -806,45 +811,30 @@ impl Web {
                 }
             }
         }
-        let fixed = 4 + 4 + Field::FATTR_LEN + 8 + 8;
-        let mut body = Writer::new();
-        let (mut count, mut eof) = (0, true);
-        for (i, (fileid, name, child)) in entries.iter().enumerate().skip(cookie as usize) {
-            let mut one = Writer::new();
-            one.bool(true).u64(*fileid).opaque(name).u64(i as u64 + 1);
-            if plus {
-                match child {
-                    Some(c) => {
-                        let known = self
-                            .nodes
-                            .get(c)
-                            .is_some_and(|cn| cn.checked.is_some() && cn.kind != Kind::Unknown);
-                        if known {
-                            one.bool(true).fixed(&self.attr(*c));
-                        } else {
-                            one.bool(false);
-                        }
-                        one.bool(true).opaque(&self.handle(e, *c));
+        crate::control::dir_reply(w, attr, limit, cookie, entries.len(), |i, one| {
+            let (fileid, name, child) = entries[i];
+            one.u64(fileid).opaque(name).u64(i as u64 + 1);
+            if !plus {
+                return;
+            }
+            match child {
+                Some(c) => {
+                    let known = self
+                        .nodes
+                        .get(&c)
+                        .is_some_and(|cn| cn.checked.is_some() && cn.kind != Kind::Unknown);
+                    if known {
+                        one.bool(true).fixed(&self.attr(c));
+                    } else {
+                        one.bool(false);
                     }
-                    None => {
-                        one.bool(false).bool(false);
-                    }
+                    one.bool(true).opaque(&self.handle(e, c));
+                }
+                None => {
+                    one.bool(false).bool(false);
                 }
             }
-            if fixed + body.buf.len() + one.buf.len() > limit as usize {
-                eof = false;
-                break;
-            }
-            body.buf.extend_from_slice(&one.buf);
-            count += 1;
-        }
-        if count == 0 && !eof {
-            w.u32(stat::TOOSMALL).bool(true).fixed(attr);
-            return;
-        }
-        w.u32(stat::OK).bool(true).fixed(attr).fixed(&[0; 8]);
-        w.buf.extend_from_slice(&body.buf);
-        w.bool(false).bool(eof);
+        });
     }
 
     /// READ of `count` bytes at `offset` of a current file: from the cache, or held while
@@ -1126,21 +1116,13 @@ impl Web {
                             None => {
                                 self.nodes.insert(
                                     c,
-                                    Node {
-                                        export: e,
-                                        path: p,
-                                        parent: pin,
-                                        kind: if l.dir { Kind::Dir } else { Kind::Unknown },
-                                        size: 0,
-                                        mtime: self.epoch_secs,
-                                        validators: Validators::default(),
-                                        checked: None,
-                                        digest: 0,
-                                        children: Vec::new(),
-                                        gone: false,
-                                        failed_until: 0,
-                                        meta_busy: false,
-                                    },
+                                    Node::new(
+                                        e,
+                                        p,
+                                        pin,
+                                        if l.dir { Kind::Dir } else { Kind::Unknown },
+                                        self.epoch_secs,
+                                    ),
                                 );
                             }
                         }
