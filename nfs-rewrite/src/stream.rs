@@ -121,6 +121,9 @@ pub struct StreamStats {
     pub timed_out: u64,
     /// The router's own calls (mounts, recovery walks) sent on legs.
     pub upstream_calls: u64,
+    /// The router's own calls sent again while the same call was in flight on its leg: not
+    /// queued twice (the leg sends what it has in flight again when it reconnects).
+    pub upstream_repeats: u64,
     /// UDP clients' calls carried on legs (servers without UDP).
     pub datagram_calls: u64,
     pub bytes_in: u64,
@@ -561,8 +564,22 @@ impl StreamProxy {
             return;
         };
         let xid = u32::from_be_bytes([x[0], x[1], x[2], x[3]]);
+        let origin = Origin::Upstream { xid };
+        // A retransmission (a replication entry or a recovery call sent again after its
+        // timeout) of a call this leg still has: the leg delivers it, or sends it again when
+        // it reconnects. Queued twice, a server that is down for minutes would get every
+        // retransmission at once when it returns.
+        let queued = self.legs.get(&dst).is_some_and(|l| {
+            l.order
+                .iter()
+                .any(|x| self.inflight.get(x).is_some_and(|f| f.origin == origin))
+        });
+        if queued {
+            self.stats.upstream_repeats += 1;
+            return;
+        }
         self.stats.upstream_calls += 1;
-        self.send_on_leg(dst, sid, Origin::Upstream { xid }, None, msg, now);
+        self.send_on_leg(dst, sid, origin, None, msg, now);
     }
 
     /// A UDP client's call (already rewritten for server `sid`, transaction `tx`) for a
@@ -998,6 +1015,28 @@ mod tests {
         let sent = records(p.leg_output(SERVER).unwrap());
         assert_eq!(sent.len(), 1);
         assert!(sent[0].ends_with(&data));
+    }
+
+    #[test]
+    fn a_retransmitted_call_of_the_routers_own_is_not_queued_twice() {
+        let (mut ctl, _) = controller();
+        let mut p = StreamProxy::new(StreamConfig::default(), 1);
+        let dst = (Ipv4Addr::new(10, 0, 2, 2), 2049);
+        let mut w = Writer::new();
+        w.call(0x5e00_0001, crate::wire::rpc::program::NFS, 3, 0);
+        for _ in 0..5 {
+            p.upstream_call(dst, 1, w.buf.clone(), 0);
+        }
+        assert_eq!((p.stats.upstream_calls, p.stats.upstream_repeats), (1, 4));
+        assert_eq!(p.calls_in_flight(), 1);
+        // Answered: the next one is a new call.
+        p.leg_up(dst, 0);
+        let mut r = Writer::new();
+        r.accepted_reply(p.next_xid, 0);
+        let out = p.leg_data(dst, &frame(&r.buf), &mut ctl, 1).unwrap();
+        assert_eq!(out.len(), 1);
+        p.upstream_call(dst, 1, w.buf.clone(), 2);
+        assert_eq!(p.stats.upstream_calls, 2);
     }
 
     #[test]
