@@ -161,6 +161,7 @@ fn bench(c: &mut Criterion) {
             ..Policy::default()
         },
         replicated: vec![],
+        diverted: Default::default(),
     };
     let client = Ipv4Addr::new(10, 0, 1, 77);
     for i in 0..1000u32 {

@@ -41,6 +41,7 @@ fuzz_target!(|data: &[u8]| {
             }],
         policy: Default::default(),
         replicated: vec![],
+        diverted: Default::default(),
         }),
         20048,
         0,

@@ -357,7 +357,9 @@ impl Controller {
 
     /// Forward the calls held for handles that were just recovered.
     fn release(&mut self, now: u64) {
-        for hid in self.upstream.take_recovered() {
+        let mut found = self.upstream.take_recovered();
+        found.extend(self.repl.take_recovered());
+        for hid in found {
             for (peer, msg) in self.held.remove(&hid).unwrap_or_default() {
                 self.held_total -= 1;
                 self.stats.released += 1;
@@ -477,10 +479,14 @@ impl Controller {
         t: Transaction,
         limits: Limits,
     ) -> ReplyVerdict {
-        let (Some(p), Some(server)) = (
-            Proc::from_u32(u32::from(t.proc_)),
-            self.shared.server(t.sid),
-        ) else {
+        // A backup serving a replicated export after a failover: its handles are the
+        // export's (the primary's SID) and go in the backup's table.
+        let (sid, table) = match self.repl.reply_route(t.sid) {
+            Some((sid, table)) => (sid, Some(table)),
+            None => (t.sid, None),
+        };
+        let (Some(p), Some(server)) = (Proc::from_u32(u32::from(t.proc_)), self.shared.server(sid))
+        else {
             return ReplyVerdict::Malformed;
         };
         let mch = server.mch;
@@ -493,13 +499,13 @@ impl Controller {
             0,
             p,
             results_at,
-            t.sid,
+            sid,
             mch,
             t.dir_pfs,
             &ctx,
             &mut self.scratch,
             |hid, pfh| {
-                shared.handles.insert(hid, pfh);
+                table.unwrap_or(&shared.handles).insert(hid, pfh);
             },
         )
     }
@@ -727,11 +733,35 @@ impl Controller {
         ctx.limits = limits;
         let mut copy = roomy(msg);
         let exports = shared.exports_for(peer.addr());
+        // A replicated export that failed over: its calls go to the backup, through the
+        // backup's handles.
+        let first_sid = msg
+            .get(c.args_at + 6..c.args_at + 8)
+            .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+        let diverted = self.repl.diverted(first_sid);
+        if let Some((_, table)) = diverted {
+            ctx.handles = table;
+        }
+        let active = diverted.map(|(a, _)| a);
         let status = match devirtualize_call(&mut copy, 0, p, c.args_at, &ctx, exports) {
             CallVerdict::Refuse(st) => st,
             CallVerdict::Malformed => {
                 w.accepted_reply(c.xid, accept::GARBAGE_ARGS);
                 return reply(w);
+            }
+            CallVerdict::Recover(v) if active.is_some() => {
+                if self.repl.want(v.sid, v.hid, &shared, now) {
+                    self.stats.recover_waiting += 1;
+                    let q = self.held.entry(v.hid).or_default();
+                    if q.len() < HOLD_PER_HANDLE && self.held_total < HOLD_TOTAL {
+                        q.push((peer, msg.to_vec()));
+                        self.held_total += 1;
+                    } else {
+                        self.stats.hold_full += 1;
+                    }
+                    return None;
+                }
+                stat::STALE
             }
             CallVerdict::Recover(v) => match self.upstream.want(&v, now) {
                 Want::Wait => {
@@ -750,6 +780,8 @@ impl Controller {
             // The handle is known (for a UDP call: learned since the fast path punted it):
             // forward the rewritten copy; its reply is rewritten here too.
             CallVerdict::Forward { sid, dir_pfs, .. } => {
+                let export = sid;
+                let sid = active.unwrap_or(sid);
                 let server = shared.server(sid)?;
                 let anon = (shared.policy.anonymous_uid, shared.policy.anonymous_gid);
                 let mut csum = packet::checksum::Adjust::default(); // sent from here: summed anew
@@ -758,8 +790,10 @@ impl Controller {
                 }
                 self.stats.forwarded += 1;
                 // A replicated export's change is logged when the primary has answered it.
-                let token = if shared.replicated.contains(&sid) && replica::tracked(p) {
-                    self.repl.track(p, sid, msg, now)
+                let stream = matches!(peer, Peer::Stream(..));
+                let token = if shared.replicated.contains(&export) && (replica::tracked(p) || stream)
+                {
+                    self.repl.track(p, export, msg, now, stream)
                 } else {
                     0
                 };
@@ -1348,6 +1382,7 @@ pub(crate) mod tests {
             }],
             policy: Default::default(),
             replicated: vec![],
+            diverted: Default::default(),
         };
         f(&mut shared);
         Controller::new(Arc::new(shared), 20048, 1_700_000_000)

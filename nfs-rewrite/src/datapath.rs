@@ -111,6 +111,9 @@ pub struct NfsShared {
     pub policy: Policy,
     /// The SIDs of replicated exports (their primaries).
     pub replicated: Vec<u16>,
+    /// A replicated export failed over to its backup: the workers hand all its calls to the
+    /// management core, which sends them to the backup.
+    pub diverted: std::sync::atomic::AtomicBool,
 }
 
 /// The exports as one client sees them: their mount checksums, and which it may use.
@@ -450,7 +453,10 @@ impl NfsStage {
         }
         // A replicated export's changes (and LOOKUPs) are ordered and logged by the management
         // core. The SID is read unverified: a punt is always safe, the core verifies.
-        if !shared.replicated.is_empty() && crate::replica::tracked(p) {
+        if !shared.replicated.is_empty()
+            && (crate::replica::tracked(p)
+                || shared.diverted.load(std::sync::atomic::Ordering::Relaxed))
+        {
             let sid = msg
                 .get(args_at + 6..args_at + 8)
                 .map(|b| u16::from_be_bytes([b[0], b[1]]));

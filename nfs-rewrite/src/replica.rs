@@ -68,8 +68,9 @@ const LOG_MAX_BYTES: usize = 256 << 20;
 /// An applied call not answered for this long is sent again (same xid: the backup's
 /// duplicate request cache answers a repeat).
 const RESEND_MS: u64 = 1000;
-/// Calls at the primary whose replies are awaited at most this long.
+/// Calls at the primary whose replies are awaited at most this long, and how many.
 const PENDING_MS: u64 = 60_000;
+const PENDING_MAX: usize = 1 << 16;
 /// (directory, name) records kept at most.
 const NAMES_MAX: usize = 1 << 20;
 /// The backup's handle table.
@@ -96,6 +97,14 @@ pub struct ReplStats {
     /// The most entries the log held, and the longest an entry waited for the backup (ms).
     pub depth_max: u64,
     pub lag_ms_max: u64,
+    /// Failovers (the active server stopped answering, the other took over), and how long
+    /// the last one took from the first unanswered probe (ms).
+    pub failovers: u64,
+    pub failover_ms: u64,
+    /// Probes of the active server unanswered in a row now.
+    pub misses: u64,
+    /// Handles of client calls found on the active server by name (after a failover).
+    pub recovered: u64,
 }
 
 struct Entry {
@@ -118,6 +127,8 @@ enum Work {
 
 struct Inflight {
     xid: u32,
+    /// The server it went to.
+    dst: (Ipv4Addr, u16),
     work: Work,
     payload: Vec<u8>,
     sent_at: u64,
@@ -129,6 +140,12 @@ pub struct Replicated {
     /// The primary's SID (the export's, in every handle clients hold) and the backup's.
     pub sid: u16,
     pub backup: u16,
+    /// The server that takes the export's calls now (the primary until a failover), the
+    /// other gets the log.
+    pub active: u16,
+    probe: Option<(u32, u64)>,
+    last_probe: u64,
+    first_miss: Option<u64>,
     /// The backup's handles, by handle id.
     handles: HandleTable,
     root: Option<u64>,
@@ -158,6 +175,7 @@ impl std::fmt::Debug for Replicated {
 pub struct ReplReport {
     pub sid: u16,
     pub backup: u16,
+    pub active: u16,
     pub backup_ready: bool,
     pub depth: usize,
     pub log_bytes: usize,
@@ -170,6 +188,11 @@ pub struct ReplReport {
     pub backup_handles: usize,
     pub stats: ReplStats,
     pub last_error: Option<String>,
+}
+
+/// Probes go to the active server this often (a tenth of `failover_ms`, at least 100 ms).
+fn probe_every(failover_ms: u64) -> u64 {
+    (failover_ms / 10).max(100)
 }
 
 struct Pending {
@@ -193,6 +216,8 @@ mod rec {
     pub const UNNAME: u8 = b'R';
     /// sid u16, next_seq u64, acked u64 (a snapshot's).
     pub const SEQ: u8 = b'S';
+    /// sid u16, active u16: the server that takes the export's calls (a failover).
+    pub const ACTIVE: u8 = b'F';
 }
 
 /// The journal is compacted when it holds twice its last snapshot (and at least this).
@@ -282,6 +307,14 @@ pub struct Replication {
     names: HashMap<u64, (u64, Vec<u8>)>,
     by_name: HashMap<(u64, Vec<u8>), u64>,
     pub journal: Option<Journal>,
+    /// Fail over after the active server left probes unanswered this long (ms); 0: never.
+    pub failover_ms: u64,
+    /// Client calls' handles looked up on the active server: xid → (export, handle id).
+    lookups: HashMap<u32, (usize, u64)>,
+    /// Handle ids found for client calls since the last [`Replication::take_recovered`].
+    recovered: Vec<u64>,
+    /// Servers failed over from since the last [`Replication::take_failovers`].
+    failed: Vec<u16>,
 }
 
 impl std::fmt::Debug for Replication {
@@ -340,6 +373,26 @@ fn reply_parts(p: Proc, msg: &[u8]) -> Option<(u32, Option<Vec<u8>>)> {
     Some((st, handle))
 }
 
+impl Replicated {
+    /// The server the log goes to.
+    pub fn passive(&self) -> u16 {
+        if self.active == self.sid {
+            self.backup
+        } else {
+            self.sid
+        }
+    }
+
+    /// The handle table of `member` (the primary's is the workers' table).
+    fn table<'a>(&'a self, shared: &'a NfsShared, member: u16) -> &'a HandleTable {
+        if member == self.sid {
+            &shared.handles
+        } else {
+            &self.handles
+        }
+    }
+}
+
 impl Replication {
     /// The replicated exports of `shared` (servers with a backup).
     pub fn new(shared: &NfsShared, xid_seed: u32) -> Self {
@@ -350,6 +403,10 @@ impl Replication {
                 Pair::Primary { backup } => Some(Replicated {
                     sid: s.sid,
                     backup,
+                    active: s.sid,
+                    probe: None,
+                    last_probe: 0,
+                    first_miss: None,
                     handles: HandleTable::new(BACKUP_HANDLES),
                     root: None,
                     log: VecDeque::new(),
@@ -384,22 +441,94 @@ impl Replication {
         std::mem::take(&mut self.outbox)
     }
 
-    /// Whether `xid` is the reply to replication's call at a backup now.
+    /// Whether `xid` is the reply to one of replication's calls (to a backup, a probe, a
+    /// lookup).
     pub fn owns(&self, xid: u32) -> bool {
         xid & 0xff00_0000 == XID_TAG
-            && self
-                .exports
-                .iter()
-                .any(|x| x.inflight.as_ref().is_some_and(|i| i.xid == xid))
+            && (self.lookups.contains_key(&xid)
+                || self.exports.iter().any(|x| {
+                    x.inflight.as_ref().is_some_and(|i| i.xid == xid)
+                        || x.probe.is_some_and(|(p, _)| p == xid)
+                }))
+    }
+
+    /// The server export `sid`'s calls go to now, and its handle table, if it is replicated
+    /// and failed over (None: the primary, through the workers' table).
+    pub fn diverted(&self, sid: u16) -> Option<(u16, &HandleTable)> {
+        self.exports
+            .iter()
+            .find(|x| x.sid == sid && x.active != x.sid)
+            .map(|x| (x.active, &x.handles))
+    }
+
+    /// For a reply from server `from`: the export's SID, and the table its handles go in if
+    /// it is not the workers' (a backup serving after a failover).
+    pub fn reply_route(&self, from: u16) -> Option<(u16, &HandleTable)> {
+        self.exports
+            .iter()
+            .find(|x| x.backup == from)
+            .map(|x| (x.sid, &x.handles))
+    }
+
+    /// A client's call on export `e` needs the active (backup) server's copy of `hid`: look it
+    /// up by name. False when its name is not known (the handle is stale to the client).
+    pub fn want(&mut self, sid: u16, hid: u64, shared: &NfsShared, now: u64) -> bool {
+        let Some(e) = self.exports.iter().position(|x| x.sid == sid) else {
+            return false;
+        };
+        if self.lookups.values().any(|&(x, h)| x == e && h == hid) {
+            return true;
+        }
+        let x = &self.exports[e];
+        let Some(server) = shared.server(x.active) else {
+            return false;
+        };
+        let dst = (server.addr, server.nfs_port);
+        let table = x.table(shared, x.active);
+        let mut h = hid;
+        for _ in 0..256 {
+            let Some((dir, name)) = self.names.get(&h).cloned() else {
+                return false;
+            };
+            let mut pfh = [0u8; PFH_MAX];
+            match table.get(dir, &mut pfh) {
+                Some(len) => {
+                    let xid = self.next_xid();
+                    let mut w = Writer::new();
+                    w.call_sys(xid, rpc::program::NFS, 3, Proc::Lookup as u32, 0, 0)
+                        .opaque(&pfh[..len])
+                        .opaque(&name);
+                    self.outbox.push((dst, w.buf));
+                    // The nearest missing ancestor first; the handle itself is asked again
+                    // when that one is found (the held call is decided again).
+                    self.lookups.insert(xid, (e, h));
+                    let _ = now;
+                    return true;
+                }
+                None => h = dir,
+            }
+        }
+        false
+    }
+
+    /// Handle ids found for client calls (their held calls can be decided again).
+    pub fn take_recovered(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.recovered)
+    }
+
+    /// Servers that were failed over from (their calls in flight are to be sent again).
+    pub fn take_failovers(&mut self) -> Vec<u16> {
+        std::mem::take(&mut self.failed)
     }
 
     /// A call `msg` of procedure `p` on export `sid`, about to be forwarded to the primary:
     /// the token its transaction carries to [`Replication::replied`] (0: not replicated).
-    pub fn track(&mut self, p: Proc, sid: u16, msg: &[u8], now: u64) -> u32 {
+    /// `any`: any procedure (a TCP client's call: sent again from here after a failover).
+    pub fn track(&mut self, p: Proc, sid: u16, msg: &[u8], now: u64, any: bool) -> u32 {
         let Some(export) = self.exports.iter().position(|x| x.sid == sid) else {
             return 0;
         };
-        if !tracked(p) {
+        if !tracked(p) && !(any && self.pending.len() < PENDING_MAX) {
             return 0;
         }
         self.next_token = self.next_token.wrapping_add(1).max(1);
@@ -415,12 +544,20 @@ impl Replication {
         self.next_token
     }
 
+    /// The call of `token` as the client sent it (for sending it again elsewhere), taken out.
+    pub fn take_call(&mut self, token: u32) -> Option<Vec<u8>> {
+        self.pending.remove(&token).map(|p| p.msg)
+    }
+
     /// The primary's reply (made virtual) to the call of `token`: names recorded, a change
     /// logged.
     pub fn replied(&mut self, token: u32, reply: &[u8], now: u64) {
         let Some(pd) = self.pending.remove(&token) else {
             return;
         };
+        if !tracked(pd.proc_) {
+            return;
+        }
         let Some((st, obj)) = reply_parts(pd.proc_, reply) else {
             return;
         };
@@ -579,6 +716,14 @@ impl Replication {
                 x.next_seq = x.next_seq.max(next);
                 x.acked = x.acked.max(acked);
             }
+            rec::ACTIVE => {
+                let e = export(self, r.u16()?)?;
+                let a = r.u16()?;
+                let x = &mut self.exports[e];
+                if a == x.sid || a == x.backup {
+                    x.active = a;
+                }
+            }
             rec::HANDLE => {
                 let e = export(self, r.u16()?)?;
                 let hid = r.u64()?;
@@ -615,6 +760,9 @@ impl Replication {
             b.extend_from_slice(&x.next_seq.to_be_bytes());
             b.extend_from_slice(&x.acked.to_be_bytes());
             put(rec::SEQ, &b);
+            let mut b = x.sid.to_be_bytes().to_vec();
+            b.extend_from_slice(&x.active.to_be_bytes());
+            put(rec::ACTIVE, &b);
             x.handles.for_each(|hid, pfh| {
                 let mut b = x.sid.to_be_bytes().to_vec();
                 b.extend_from_slice(&hid.to_be_bytes());
@@ -703,19 +851,70 @@ impl Replication {
             let _ = self.compact(); // a failure is counted and shown
         }
         for e in 0..self.exports.len() {
+            self.probe(e, shared, now);
             let x = &mut self.exports[e];
             if let Some(i) = x.inflight.as_mut() {
                 if now.saturating_sub(i.sent_at) >= RESEND_MS {
                     i.sent_at = now;
                     i.tries += 1;
                     x.stats.resends += 1;
-                    if let Some(s) = shared.server(x.backup) {
-                        self.outbox.push(((s.addr, s.nfs_port), i.payload.clone()));
-                    }
+                    self.outbox.push((i.dst, i.payload.clone()));
                 }
             }
             self.next(e, shared, now);
         }
+    }
+
+    /// Probe export `e`'s active server (NFS NULL); fail over when it has not answered for
+    /// `failover_ms` and the other server has every logged change.
+    fn probe(&mut self, e: usize, shared: &NfsShared, now: u64) {
+        if self.failover_ms == 0 || self.exports[e].root.is_none() {
+            return;
+        }
+        let every = probe_every(self.failover_ms);
+        let x = &mut self.exports[e];
+        if now.saturating_sub(x.last_probe) < every {
+            return;
+        }
+        x.last_probe = now;
+        if let Some((_, sent)) = x.probe {
+            if now.saturating_sub(sent) >= every {
+                let first = *x.first_miss.get_or_insert(sent);
+                x.stats.misses += 1;
+                let drained = x.log.is_empty() && x.inflight.is_none();
+                if now.saturating_sub(first) >= self.failover_ms && drained {
+                    let dead = x.active;
+                    x.active = x.passive();
+                    x.stats.failovers += 1;
+                    x.stats.failover_ms = now.saturating_sub(first);
+                    x.last_error = Some(format!(
+                        "failed over from server {dead} to {} after {} ms without an answer",
+                        x.active, x.stats.failover_ms
+                    ));
+                    x.probe = None;
+                    x.first_miss = None;
+                    x.stats.misses = 0;
+                    shared
+                        .diverted
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    self.failed.push(dead);
+                    let mut b = x.sid.to_be_bytes().to_vec();
+                    b.extend_from_slice(&x.active.to_be_bytes());
+                    self.record(rec::ACTIVE, &b);
+                    return;
+                }
+            }
+        }
+        let Some(server) = shared.server(self.exports[e].active) else {
+            return;
+        };
+        let xid = self.next_xid();
+        let mut w = Writer::new();
+        w.call_sys(xid, rpc::program::NFS, 3, Proc::Null as u32, 0, 0);
+        self.outbox.push(((server.addr, server.nfs_port), w.buf));
+        let x = &mut self.exports[e];
+        let sent = x.probe.map_or(now, |(_, s)| s);
+        x.probe = Some((xid, sent));
     }
 
     /// Send export `e`'s next call to its backup, if none is there.
@@ -730,7 +929,7 @@ impl Replication {
             };
             let (seq, proc_, msg) = (entry.seq, entry.proc_, entry.msg.clone());
             x.stats.lag_ms_max = x.stats.lag_ms_max.max(now.saturating_sub(entry.logged_at));
-            let (Some(primary), Some(backup)) = (shared.server(x.sid), shared.server(x.backup))
+            let (Some(primary), Some(backup)) = (shared.server(x.sid), shared.server(x.passive()))
             else {
                 return;
             };
@@ -747,7 +946,7 @@ impl Replication {
             let ctx = Context {
                 key: &shared.key,
                 memo: &memo,
-                handles: &x.handles,
+                handles: x.table(shared, x.passive()),
                 virtual_fsid: shared.virtual_fsid,
                 limits: Limits::UNLIMITED,
             };
@@ -773,7 +972,7 @@ impl Replication {
                     return;
                 }
                 CallVerdict::Recover(v) => {
-                    if !self.resolve(e, v.hid, (backup.addr, backup.nfs_port), now) {
+                    if !self.resolve(e, v.hid, shared, (backup.addr, backup.nfs_port), now) {
                         self.skip(e, "a handle whose name is not known");
                         continue;
                     }
@@ -805,14 +1004,22 @@ impl Replication {
 
     /// Look up the backup's copy of `hid` (the nearest ancestor whose copy is known first);
     /// false when its name chain is not known.
-    fn resolve(&mut self, e: usize, hid: u64, dst: (Ipv4Addr, u16), now: u64) -> bool {
+    fn resolve(
+        &mut self,
+        e: usize,
+        hid: u64,
+        shared: &NfsShared,
+        dst: (Ipv4Addr, u16),
+        now: u64,
+    ) -> bool {
         let mut h = hid;
         for _ in 0..256 {
             let Some((dir, name)) = self.names.get(&h).cloned() else {
                 return false;
             };
             let mut pfh = [0u8; PFH_MAX];
-            match self.exports[e].handles.get(dir, &mut pfh) {
+            let x = &self.exports[e];
+            match x.table(shared, x.passive()).get(dir, &mut pfh) {
                 Some(len) => {
                     let xid = self.next_xid();
                     let mut w = Writer::new();
@@ -845,6 +1052,7 @@ impl Replication {
         self.outbox.push((dst, payload.clone()));
         self.exports[e].inflight = Some(Inflight {
             xid,
+            dst,
             work,
             payload,
             sent_at: now,
@@ -858,6 +1066,31 @@ impl Replication {
             return;
         };
         let xid = r.xid();
+        if let Some(x) = self
+            .exports
+            .iter_mut()
+            .find(|x| x.probe.is_some_and(|(p, _)| p == xid))
+        {
+            // The active server answered its probe.
+            x.probe = None;
+            x.first_miss = None;
+            x.stats.misses = 0;
+            return;
+        }
+        if let Some((e, hid)) = self.lookups.remove(&xid) {
+            if let Some((stat::OK, Some(h))) = reply_parts(Proc::Lookup, msg) {
+                let x = &mut self.exports[e];
+                x.table(shared, x.active).insert(hid, &h);
+                x.stats.recovered += 1;
+                if x.active != x.sid {
+                    self.record_handle(e, hid, &h);
+                }
+            }
+            // Found or not: the held calls are decided again (a child is asked next, or the
+            // handle is stale).
+            self.recovered.push(hid);
+            return;
+        }
         let Some(e) = self
             .exports
             .iter()
@@ -880,8 +1113,10 @@ impl Replication {
                 match reply_parts(entry.proc_, msg) {
                     Some((stat::OK, handle)) => {
                         if let (Some(c), Some(h)) = (entry.created, handle) {
-                            x.handles.insert(c, &h);
-                            self.record_handle(e, c, &h);
+                            x.table(shared, x.passive()).insert(c, &h);
+                            if x.passive() != x.sid {
+                                self.record_handle(e, c, &h);
+                            }
                         }
                     }
                     other => {
@@ -901,9 +1136,11 @@ impl Replication {
             Work::Resolve(hid) => match reply_parts(Proc::Lookup, msg) {
                 Some((stat::OK, Some(h))) => {
                     let x = &mut self.exports[e];
-                    x.handles.insert(hid, &h);
+                    x.table(shared, x.passive()).insert(hid, &h);
                     x.stats.resolved += 1;
-                    self.record_handle(e, hid, &h);
+                    if x.passive() != x.sid {
+                        self.record_handle(e, hid, &h);
+                    }
                 }
                 _ => self.skip(e, "its name is not on the backup"),
             },
@@ -918,6 +1155,7 @@ impl Replication {
             .map(|x| ReplReport {
                 sid: x.sid,
                 backup: x.backup,
+                active: x.active,
                 backup_ready: x.root.is_some(),
                 depth: x.log.len(),
                 log_bytes: x.log_bytes,
@@ -979,6 +1217,7 @@ mod tests {
             ],
             policy: Default::default(),
             replicated: vec![1],
+            diverted: Default::default(),
         }
     }
 

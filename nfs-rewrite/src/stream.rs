@@ -751,6 +751,47 @@ impl StreamProxy {
         }
     }
 
+    /// Server `sid` was failed over from (replication): the clients' calls in flight on its
+    /// legs are decided again from the calls as the clients sent them (so they go to the
+    /// server that took over); the router's own are dropped (they are retried by their
+    /// owner), as are UDP clients' (they retransmit).
+    pub fn abandon(&mut self, sid: u16, ctl: &mut Controller, now: u64) -> usize {
+        let keys: Vec<LegKey> = self
+            .legs
+            .iter()
+            .filter(|(_, l)| l.sid == sid)
+            .map(|(k, _)| *k)
+            .collect();
+        let mut again = Vec::new();
+        for key in keys {
+            let Some(l) = self.legs.get_mut(&key) else {
+                continue;
+            };
+            l.out.clear();
+            for xid in std::mem::take(&mut l.order) {
+                let Some(f) = self.inflight.remove(&xid) else {
+                    continue;
+                };
+                if let Origin::Client { conn, .. } = f.origin {
+                    if let Some(c) = self.clients.get_mut(&conn) {
+                        c.inflight = c.inflight.saturating_sub(1);
+                    }
+                    let call = f.tx.and_then(|t| (t.token != 0).then_some(t.token));
+                    if let Some(msg) = call.and_then(|t| ctl.repl.take_call(t)) {
+                        again.push((conn, msg));
+                    }
+                }
+            }
+        }
+        let n = again.len();
+        for (conn, msg) in again {
+            if self.clients.contains_key(&conn) {
+                self.call(conn, &msg, ctl, now);
+            }
+        }
+        n
+    }
+
     /// Calls held for a recovery that finished: decided again, as if they had just come.
     pub fn released(&mut self, ctl: &mut Controller, now: u64) {
         for (conn, msg) in ctl.take_released() {

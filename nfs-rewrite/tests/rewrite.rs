@@ -601,6 +601,7 @@ mod stage {
             }],
             policy: Default::default(),
             replicated: vec![],
+            diverted: Default::default(),
         };
         f(&mut s);
         Arc::new(s)

@@ -92,6 +92,7 @@ fn controller(port: u16) -> Controller {
         servers: vec![],
         policy: Default::default(),
         replicated: vec![],
+        diverted: Default::default(),
     });
     let mut c = Controller::new(shared, 20048, 1_700_000_000);
     c.web.add(WebSpec {

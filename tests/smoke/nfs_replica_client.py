@@ -5,6 +5,8 @@ of the virtual server (its backup, beta, is not in the virtual root).
 
 Usage: nfs_replica_client.py tcp|udp HOST MODE [args]
   root            the virtual root's entries
+  loop TAG S SIZE for S seconds: CREATE, WRITE, rewrite the head, READ back and check, GETATTR
+                  files of SIZE bytes under alpha/TAG; prints them and the longest step
   pre             change pre/deeper/data.txt (on both servers before the router started) and
                   create a file beside it
   work TAG SIZE   under alpha: MKDIR TAG, TAG/sub; CREATE files and write them (one of SIZE
@@ -15,6 +17,7 @@ Prints one JSON object on the last line of stdout.
 """
 import json
 import sys
+import time
 
 PROTO = sys.argv[1]
 if PROTO == "udp":
@@ -80,11 +83,41 @@ def pre(host):
     print(json.dumps({"pre": True}))
 
 
+def loop(host, tag, seconds, size):
+    """For SECONDS: create a file, write it, read it back and check it, rewrite its start;
+    every call must succeed (retransmissions allowed). Prints the files and the longest time
+    one step took."""
+    nfs, root = connect(host)
+    rtmax, wtmax = limits(nfs, root)
+    alpha = lookup(nfs, root, "alpha")
+    d = fh(check(nfs.mkdir(alpha, tag, mode=0o755), "MKDIR")["obj"])
+    end = time.monotonic() + seconds
+    files, stall, i = {}, 0.0, 0
+    while time.monotonic() < end:
+        t0 = time.monotonic()
+        name = f"f{i:04d}.bin"
+        f = fh(check(nfs.create(d, name, UNCHECKED, mode=0o644), f"CREATE {name}")["obj"])
+        data = content(f"{tag}-{i}", size)
+        write_all(nfs, f, data, wtmax)
+        head = content(f"{tag}-{i}-head", min(100, size))
+        write_all(nfs, f, head, wtmax)
+        want = (head + data[len(head):]).encode()
+        got = read_all(nfs, f, size, rtmax)
+        assert got == want, f"{name}: read back {len(got)} bytes, not what was written"
+        assert check(nfs.getattr(f), "GETATTR")["attributes"]["size"] == size
+        files[name] = [f"{tag}-{i}", size]
+        stall = max(stall, time.monotonic() - t0)
+        i += 1
+    print(json.dumps({"tag": tag, "files": files, "max_step_s": round(stall, 2)}))
+
+
 def main():
     host, mode = sys.argv[2], sys.argv[3]
     if mode == "root":
         nfs, root = connect(host)
         print(json.dumps({"root": sorted(names_of(nfs, root))}))
+    elif mode == "loop":
+        loop(host, sys.argv[4], float(sys.argv[5]), int(sys.argv[6]))
     elif mode == "pre":
         pre(host)
     elif mode == "work":

@@ -159,28 +159,22 @@ impl NfsCmd {
             NfsCmd::Replication => {
                 for r in data.as_array().into_iter().flatten() {
                     let (p, b, l) = (&r["primary"], &r["backup"], &r["log"]);
+                    let up = |v: &Value| if v == true { "mounted" } else { "not mounted" };
                     say!(
-                        "/{}: primary {} (sid {}, {}), backup {} (sid {}, {}{})",
+                        "/{}: primary {} (sid {}, {}, {}), backup {} (sid {}, {}, {}{}); failovers {} (last took {} ms), probes unanswered {}",
                         plain(&r["export"]),
                         plain(&p["name"]),
                         plain(&p["sid"]),
-                        if p["mounted"] == true {
-                            "mounted"
-                        } else {
-                            "not mounted"
-                        },
+                        plain(&p["role"]),
+                        up(&p["mounted"]),
                         plain(&b["name"]),
                         plain(&b["sid"]),
-                        if b["mounted"] == true {
-                            "mounted"
-                        } else {
-                            "not mounted"
-                        },
-                        if b["ready"] == true {
-                            ""
-                        } else {
-                            ", not ready"
-                        }
+                        plain(&b["role"]),
+                        up(&b["mounted"]),
+                        if b["ready"] == true { "" } else { ", not ready" },
+                        plain(&r["failovers"]),
+                        plain(&r["failover_ms"]),
+                        plain(&r["probe_misses"])
                     );
                     say!(
                         "  log: {} entries ({} bytes) waiting, logged {} applied up to {}, lag {} ms (max depth {}, max lag {} ms); at the backup: {}",

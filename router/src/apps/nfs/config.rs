@@ -23,6 +23,9 @@ fn d_tx_ttl() -> u64 {
 fn d_handles() -> usize {
     1 << 20
 }
+fn d_failover_ms() -> u64 {
+    2000
+}
 fn d_checkpoint_secs() -> u64 {
     10
 }
@@ -311,6 +314,10 @@ pub struct NfsConfig {
     /// extension `.replication`. Needed when a server has a backup.
     #[serde(default)]
     pub replication_journal: Option<std::path::PathBuf>,
+    /// Replication: fail a replicated export over to its backup when its active server has
+    /// answered no probe (NFS NULL, every tenth of this) for this long, ms (0: never).
+    #[serde(default = "d_failover_ms")]
+    pub failover_ms: u64,
     /// Seconds between checkpoints (0: only on `routerctl nfs checkpoint` and at stop).
     #[serde(default = "d_checkpoint_secs")]
     pub checkpoint_secs: u64,

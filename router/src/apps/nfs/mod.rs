@@ -85,6 +85,7 @@ impl NfsMgmt {
         for w in &cfg.web {
             ctl.web.add(w.spec());
         }
+        ctl.repl.failover_ms = cfg.failover_ms;
         if let (false, Some(path)) = (ctl.repl.is_empty(), cfg.journal_path()) {
             match ctl.repl.open_journal(&path) {
                 Ok(n) => tracing::info!(
@@ -92,6 +93,11 @@ impl NfsMgmt {
                     path.display()
                 ),
                 Err(e) => tracing::warn!("nfs: replication journal: {e} (kept in memory only)"),
+            }
+            if ctl.repl.exports.iter().any(|x| x.active != x.sid) {
+                shared
+                    .diverted
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
             }
         }
         let tcp = new_tcp(&cfg, mtu);
@@ -462,12 +468,15 @@ impl NfsMgmt {
             .into_iter()
             .map(|r| {
                 let s = r.stats;
-                json!({"export": name(r.sid),
-                       "primary": {"sid": r.sid, "name": name(r.sid), "role": "primary",
+                let role = |sid: u16| if sid == r.active { "active" } else { "passive" };
+                json!({"export": name(r.sid), "active": name(r.active),
+                       "primary": {"sid": r.sid, "name": name(r.sid), "role": role(r.sid),
                                    "mounted": mounted(r.sid)},
-                       "backup": {"sid": r.backup, "name": name(r.backup), "role": "backup",
+                       "backup": {"sid": r.backup, "name": name(r.backup), "role": role(r.backup),
                                   "mounted": mounted(r.backup), "ready": r.backup_ready,
                                   "handles": r.backup_handles},
+                       "failovers": s.failovers, "failover_ms": s.failover_ms,
+                       "probe_misses": s.misses, "recovered": s.recovered,
                        "log": {"depth": r.depth, "bytes": r.log_bytes, "logged": r.logged_seq,
                                "acked": r.acked, "lag_ms": r.lag_ms, "depth_max": s.depth_max,
                                "lag_ms_max": s.lag_ms_max},
@@ -623,6 +632,15 @@ impl MgmtApp for NfsMgmt {
 
     fn timer(&mut self, ctx: &mut MgmtCtx) {
         self.ctl.poll(ctx.now_ms);
+        for dead in self.ctl.repl.take_failovers() {
+            let again = self
+                .tcp
+                .as_mut()
+                .map_or(0, |t| t.proxy.abandon(dead, &mut self.ctl, ctx.now_ms));
+            tracing::warn!(
+                "nfs: server {dead} stopped answering: failed over to its pair ({again} TCP calls sent again)"
+            );
+        }
         // TCP clients are offered what every server takes (FSINFO), up to the config's.
         if let Some(t) = self.tcp.as_mut() {
             let cap = self.cfg.tcp.max_io;
@@ -851,6 +869,7 @@ pub fn shared(
             admission: admission_limits(p, n.transaction_ttl_ms, workers),
         },
         replicated,
+        diverted: Default::default(),
     })
 }
 
