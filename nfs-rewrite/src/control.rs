@@ -750,7 +750,7 @@ impl Controller {
                 return reply(w);
             }
             CallVerdict::Recover(v) if active.is_some() => {
-                if self.repl.want(v.sid, v.hid, &shared, now) {
+                if self.repl.want(v.sid, v.hid, &shared) {
                     self.stats.recover_waiting += 1;
                     let q = self.held.entry(v.hid).or_default();
                     if q.len() < HOLD_PER_HANDLE && self.held_total < HOLD_TOTAL {
@@ -791,12 +791,12 @@ impl Controller {
                 self.stats.forwarded += 1;
                 // A replicated export's change is logged when the primary has answered it.
                 let stream = matches!(peer, Peer::Stream(..));
-                let token = if shared.replicated.contains(&export) && (replica::tracked(p) || stream)
-                {
-                    self.repl.track(p, export, msg, now, stream)
-                } else {
-                    0
-                };
+                let token =
+                    if shared.replicated.contains(&export) && (replica::tracked(p) || stream) {
+                        self.repl.track(p, export, msg, now, stream)
+                    } else {
+                        0
+                    };
                 let tx = Transaction {
                     proc_: p as u8,
                     sid,

@@ -19,6 +19,14 @@
 //!   MKDIR, SYMLINK, MKNOD), or found by name: every LOOKUP and every creation the primary
 //!   answered records the file's (directory, name), and a handle the backup's table lacks is
 //!   looked up on the backup along that chain from the export's root.
+//! - **Failover:** the active server is probed (NFS NULL, every tenth of `failover_ms`); when
+//!   it has answered none for `failover_ms` and the other server has every logged change, the
+//!   other server becomes the active one: the workers hand every call of the export to the
+//!   management core, which translates its handles through that server's table (the handles
+//!   clients hold keep working) and sends it there; a TCP client's calls in flight on the
+//!   dead server's connection are decided again from the calls as the client sent them. The
+//!   log then flows the other way: when the old server answers again, it gets every change
+//!   made without it, and stays the passive one (roles do not switch back by themselves).
 //! - Everything a restarted router needs — the log's entries, what the backup acknowledged,
 //!   the backup's handles and the names — is appended to a **journal** on the management
 //!   core's disk as it happens (one `write` per record, not synced: it survives the router
@@ -309,8 +317,11 @@ pub struct Replication {
     pub journal: Option<Journal>,
     /// Fail over after the active server left probes unanswered this long (ms); 0: never.
     pub failover_ms: u64,
-    /// Client calls' handles looked up on the active server: xid → (export, handle id).
-    lookups: HashMap<u32, (usize, u64)>,
+    /// Client calls' handles looked up on the active server: xid → (export, the handle id
+    /// looked up, the one the held calls wait for).
+    lookups: HashMap<u32, (usize, u64, u64)>,
+    /// Handle ids a lookup on the active server did not find (stale to clients).
+    lost: std::collections::HashSet<u64>,
     /// Handle ids found for client calls since the last [`Replication::take_recovered`].
     recovered: Vec<u64>,
     /// Servers failed over from since the last [`Replication::take_failovers`].
@@ -470,13 +481,16 @@ impl Replication {
             .map(|x| (x.sid, &x.handles))
     }
 
-    /// A client's call on export `e` needs the active (backup) server's copy of `hid`: look it
-    /// up by name. False when its name is not known (the handle is stale to the client).
-    pub fn want(&mut self, sid: u16, hid: u64, shared: &NfsShared, now: u64) -> bool {
+    /// A client's call on export `sid` needs the active (backup) server's copy of `hid`: look
+    /// it up by name. False when its name is not known (the handle is stale to the client).
+    pub fn want(&mut self, sid: u16, hid: u64, shared: &NfsShared) -> bool {
         let Some(e) = self.exports.iter().position(|x| x.sid == sid) else {
             return false;
         };
-        if self.lookups.values().any(|&(x, h)| x == e && h == hid) {
+        if self.lost.contains(&hid) {
+            return false;
+        }
+        if self.lookups.values().any(|&(x, _, w)| x == e && w == hid) {
             return true;
         }
         let x = &self.exports[e];
@@ -501,8 +515,7 @@ impl Replication {
                     self.outbox.push((dst, w.buf));
                     // The nearest missing ancestor first; the handle itself is asked again
                     // when that one is found (the held call is decided again).
-                    self.lookups.insert(xid, (e, h));
-                    let _ = now;
+                    self.lookups.insert(xid, (e, h, hid));
                     return true;
                 }
                 None => h = dir,
@@ -528,7 +541,7 @@ impl Replication {
         let Some(export) = self.exports.iter().position(|x| x.sid == sid) else {
             return 0;
         };
-        if !tracked(p) && !(any && self.pending.len() < PENDING_MAX) {
+        if !(tracked(p) || (any && self.pending.len() < PENDING_MAX)) {
             return 0;
         }
         self.next_token = self.next_token.wrapping_add(1).max(1);
@@ -1077,7 +1090,7 @@ impl Replication {
             x.stats.misses = 0;
             return;
         }
-        if let Some((e, hid)) = self.lookups.remove(&xid) {
+        if let Some((e, hid, wanted)) = self.lookups.remove(&xid) {
             if let Some((stat::OK, Some(h))) = reply_parts(Proc::Lookup, msg) {
                 let x = &mut self.exports[e];
                 x.table(shared, x.active).insert(hid, &h);
@@ -1085,10 +1098,12 @@ impl Replication {
                 if x.active != x.sid {
                     self.record_handle(e, hid, &h);
                 }
+            } else if self.lost.len() < 65_536 {
+                self.lost.insert(wanted);
             }
-            // Found or not: the held calls are decided again (a child is asked next, or the
-            // handle is stale).
-            self.recovered.push(hid);
+            // Found or not: the held calls are decided again (the next name down is asked
+            // then, or the handle is stale).
+            self.recovered.push(wanted);
             return;
         }
         let Some(e) = self
@@ -1253,13 +1268,20 @@ mod tests {
         assert_eq!(r.open_journal(&path), Ok(0));
         for xid in [10, 11] {
             let (call, reply) = write_call(&sh, xid);
-            let t = r.track(Proc::Write, 1, &call, 5);
+            let t = r.track(Proc::Write, 1, &call, 5, false);
             assert_ne!(t, 0);
             r.replied(t, &reply, 6);
         }
         // Not replicated, or not a change: not logged.
-        assert_eq!(r.track(Proc::Write, 2, &[], 5), 0);
-        assert_eq!(r.track(Proc::Read, 1, &[], 5), 0);
+        assert_eq!(r.track(Proc::Write, 2, &[], 5, false), 0);
+        assert_eq!(r.track(Proc::Read, 1, &[], 5, false), 0);
+        // A TCP client's read is kept (to be sent again after a failover), never logged.
+        let (call, reply) = write_call(&sh, 12);
+        let t = r.track(Proc::Read, 1, &call, 5, true);
+        assert_ne!(t, 0);
+        assert_eq!(r.take_call(t).as_deref(), Some(&call[..]));
+        let t = r.track(Proc::Read, 1, &call, 5, true);
+        r.replied(t, &reply, 6);
         r.name(50, 40, b"file".to_vec());
         r.exports[0].handles.insert(40, b"backup-dir");
         r.record_handle(0, 40, b"backup-dir");
