@@ -382,6 +382,19 @@ impl Controller {
         }
     }
 
+    /// Hold `msg` from `peer` until handle `hid` is found (bounded: the client's
+    /// retransmission is served instead).
+    fn hold(&mut self, hid: u64, peer: Peer, msg: &[u8]) {
+        self.stats.recover_waiting += 1;
+        let q = self.held.entry(hid).or_default();
+        if q.len() < HOLD_PER_HANDLE && self.held_total < HOLD_TOTAL {
+            q.push((peer, msg.to_vec()));
+            self.held_total += 1;
+        } else {
+            self.stats.hold_full += 1;
+        }
+    }
+
     /// Held calls of stream peers whose handles were recovered since the last call: the
     /// proxy decides them again.
     pub fn take_released(&mut self) -> Vec<(u64, Vec<u8>)> {
@@ -749,30 +762,17 @@ impl Controller {
                 w.accepted_reply(c.xid, accept::GARBAGE_ARGS);
                 return reply(w);
             }
+            // After a failover the handle is looked up on the server that took over, by name.
             CallVerdict::Recover(v) if active.is_some() => {
                 if self.repl.want(v.sid, v.hid, &shared) {
-                    self.stats.recover_waiting += 1;
-                    let q = self.held.entry(v.hid).or_default();
-                    if q.len() < HOLD_PER_HANDLE && self.held_total < HOLD_TOTAL {
-                        q.push((peer, msg.to_vec()));
-                        self.held_total += 1;
-                    } else {
-                        self.stats.hold_full += 1;
-                    }
+                    self.hold(v.hid, peer, msg);
                     return None;
                 }
                 stat::STALE
             }
             CallVerdict::Recover(v) => match self.upstream.want(&v, now) {
                 Want::Wait => {
-                    self.stats.recover_waiting += 1;
-                    let q = self.held.entry(v.hid).or_default();
-                    if q.len() < HOLD_PER_HANDLE && self.held_total < HOLD_TOTAL {
-                        q.push((peer, msg.to_vec()));
-                        self.held_total += 1;
-                    } else {
-                        self.stats.hold_full += 1;
-                    }
+                    self.hold(v.hid, peer, msg);
                     return None;
                 }
                 Want::Stale => stat::STALE,

@@ -498,30 +498,35 @@ impl Replication {
             return false;
         };
         let dst = (server.addr, server.nfs_port);
-        let table = x.table(shared, x.active);
+        let Some((h, mut call)) = self.nearest(x.table(shared, x.active), hid) else {
+            return false;
+        };
+        let xid = self.next_xid();
+        call[..4].copy_from_slice(&xid.to_be_bytes());
+        self.outbox.push((dst, call));
+        // The nearest missing ancestor first; the handle itself is asked again when that one
+        // is found (the held call is decided again).
+        self.lookups.insert(xid, (e, h, hid));
+        true
+    }
+
+    /// Walking up the recorded names from `hid`: the first handle id whose directory's copy
+    /// `table` has, and the LOOKUP call for it there (its xid to be set).
+    fn nearest(&self, table: &HandleTable, hid: u64) -> Option<(u64, Vec<u8>)> {
         let mut h = hid;
         for _ in 0..256 {
-            let Some((dir, name)) = self.names.get(&h).cloned() else {
-                return false;
-            };
+            let (dir, name) = self.names.get(&h)?;
             let mut pfh = [0u8; PFH_MAX];
-            match table.get(dir, &mut pfh) {
-                Some(len) => {
-                    let xid = self.next_xid();
-                    let mut w = Writer::new();
-                    w.call_sys(xid, rpc::program::NFS, 3, Proc::Lookup as u32, 0, 0)
-                        .opaque(&pfh[..len])
-                        .opaque(&name);
-                    self.outbox.push((dst, w.buf));
-                    // The nearest missing ancestor first; the handle itself is asked again
-                    // when that one is found (the held call is decided again).
-                    self.lookups.insert(xid, (e, h, hid));
-                    return true;
-                }
-                None => h = dir,
+            if let Some(len) = table.get(*dir, &mut pfh) {
+                let mut w = Writer::new();
+                w.call_sys(0, rpc::program::NFS, 3, Proc::Lookup as u32, 0, 0)
+                    .opaque(&pfh[..len])
+                    .opaque(name);
+                return Some((h, w.buf));
             }
+            h = *dir;
         }
-        false
+        None
     }
 
     /// Handle ids found for client calls (their held calls can be decided again).
@@ -1025,27 +1030,14 @@ impl Replication {
         dst: (Ipv4Addr, u16),
         now: u64,
     ) -> bool {
-        let mut h = hid;
-        for _ in 0..256 {
-            let Some((dir, name)) = self.names.get(&h).cloned() else {
-                return false;
-            };
-            let mut pfh = [0u8; PFH_MAX];
-            let x = &self.exports[e];
-            match x.table(shared, x.passive()).get(dir, &mut pfh) {
-                Some(len) => {
-                    let xid = self.next_xid();
-                    let mut w = Writer::new();
-                    w.call_sys(xid, rpc::program::NFS, 3, Proc::Lookup as u32, 0, 0)
-                        .opaque(&pfh[..len])
-                        .opaque(&name);
-                    self.send(e, dst, xid, Work::Resolve(h), w.buf, now);
-                    return true;
-                }
-                None => h = dir,
-            }
-        }
-        false
+        let x = &self.exports[e];
+        let Some((h, mut call)) = self.nearest(x.table(shared, x.passive()), hid) else {
+            return false;
+        };
+        let xid = self.next_xid();
+        call[..4].copy_from_slice(&xid.to_be_bytes());
+        self.send(e, dst, xid, Work::Resolve(h), call, now);
+        true
     }
 
     fn next_xid(&mut self) -> u32 {
