@@ -246,18 +246,7 @@ impl Controller {
         let ready = self.web.poll(now);
         let n = ready.len();
         for (peer, msg) in ready {
-            match peer {
-                Peer::Udp(a, p) => {
-                    if let Some(reply) = self.answer(&msg, (a, p), now) {
-                        self.outbox.push(Datagram {
-                            src: (self.shared.virtual_addr, self.shared.nfs_port),
-                            dst: (a, p),
-                            payload: reply,
-                        });
-                    }
-                }
-                Peer::Stream(conn, _) => self.released.push((conn, msg)),
-            }
+            self.decide_again(peer, msg, now);
         }
         n
     }
@@ -363,22 +352,26 @@ impl Controller {
             for (peer, msg) in self.held.remove(&hid).unwrap_or_default() {
                 self.held_total -= 1;
                 self.stats.released += 1;
-                let client = match peer {
-                    Peer::Udp(a, p) => (a, p),
-                    Peer::Stream(conn, _) => {
-                        self.released.push((conn, msg));
-                        continue;
-                    }
-                };
-                if let Some(reply) = self.answer(&msg, client, now) {
-                    // Refused after all (e.g. the other handle of a RENAME is stale).
+                self.decide_again(peer, msg, now);
+            }
+        }
+    }
+
+    /// A call that was held, decided again: a UDP client's answer (or forward) is queued for
+    /// [`Controller::drain`], a stream call goes back to the proxy
+    /// ([`Controller::take_released`]).
+    fn decide_again(&mut self, peer: Peer, msg: Vec<u8>, now: u64) {
+        match peer {
+            Peer::Udp(a, p) => {
+                if let Some(reply) = self.answer(&msg, (a, p), now) {
                     self.outbox.push(Datagram {
                         src: (self.shared.virtual_addr, self.shared.nfs_port),
-                        dst: client,
+                        dst: (a, p),
                         payload: reply,
                     });
                 }
             }
+            Peer::Stream(conn, _) => self.released.push((conn, msg)),
         }
     }
 

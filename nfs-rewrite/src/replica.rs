@@ -79,6 +79,8 @@ const RESEND_MS: u64 = 1000;
 /// Calls at the primary whose replies are awaited at most this long, and how many.
 const PENDING_MS: u64 = 60_000;
 const PENDING_MAX: usize = 1 << 16;
+/// Bytes of calls kept only to be sent again after a failover (TCP clients' reads), at most.
+const PENDING_SPARE_BYTES: usize = 64 << 20;
 /// (directory, name) records kept at most.
 const NAMES_MAX: usize = 1 << 20;
 /// The backup's handle table.
@@ -308,6 +310,8 @@ impl<'a> Rd<'a> {
 pub struct Replication {
     pub exports: Vec<Replicated>,
     pending: HashMap<u32, Pending>,
+    /// Bytes of the pending calls.
+    pending_bytes: usize,
     next_token: u32,
     xid: u32,
     outbox: Vec<((Ipv4Addr, u16), Vec<u8>)>,
@@ -546,10 +550,14 @@ impl Replication {
         let Some(export) = self.exports.iter().position(|x| x.sid == sid) else {
             return 0;
         };
-        if !(tracked(p) || (any && self.pending.len() < PENDING_MAX)) {
+        let spare = any
+            && self.pending.len() < PENDING_MAX
+            && self.pending_bytes + msg.len() <= PENDING_SPARE_BYTES;
+        if !(tracked(p) || spare) {
             return 0;
         }
         self.next_token = self.next_token.wrapping_add(1).max(1);
+        self.pending_bytes += msg.len();
         self.pending.insert(
             self.next_token,
             Pending {
@@ -564,13 +572,19 @@ impl Replication {
 
     /// The call of `token` as the client sent it (for sending it again elsewhere), taken out.
     pub fn take_call(&mut self, token: u32) -> Option<Vec<u8>> {
-        self.pending.remove(&token).map(|p| p.msg)
+        self.take_pending(token).map(|p| p.msg)
+    }
+
+    fn take_pending(&mut self, token: u32) -> Option<Pending> {
+        let p = self.pending.remove(&token)?;
+        self.pending_bytes -= p.msg.len();
+        Some(p)
     }
 
     /// The primary's reply (made virtual) to the call of `token`: names recorded, a change
     /// logged.
     pub fn replied(&mut self, token: u32, reply: &[u8], now: u64) {
-        let Some(pd) = self.pending.remove(&token) else {
+        let Some(pd) = self.take_pending(token) else {
             return;
         };
         if !tracked(pd.proc_) {
@@ -859,8 +873,14 @@ impl Replication {
     /// Timers: calls to the backups sent again, the next entries sent, old pending calls
     /// dropped.
     pub fn poll(&mut self, shared: &NfsShared, now: u64) {
-        self.pending
-            .retain(|_, p| now.saturating_sub(p.at) < PENDING_MS);
+        let bytes = &mut self.pending_bytes;
+        self.pending.retain(|_, p| {
+            let keep = now.saturating_sub(p.at) < PENDING_MS;
+            if !keep {
+                *bytes -= p.msg.len();
+            }
+            keep
+        });
         if self
             .journal
             .as_ref()

@@ -124,6 +124,9 @@ pub struct StreamStats {
     /// The router's own calls sent again while the same call was in flight on its leg: not
     /// queued twice (the leg sends what it has in flight again when it reconnects).
     pub upstream_repeats: u64,
+    /// Clients' calls in flight on a failed-over server's leg that could not be sent again
+    /// (no copy kept: over the bound of copies); those clients time out and retry.
+    pub abandoned: u64,
     /// UDP clients' calls carried on legs (servers without UDP).
     pub datagram_calls: u64,
     pub bytes_in: u64,
@@ -777,8 +780,9 @@ impl StreamProxy {
                         c.inflight = c.inflight.saturating_sub(1);
                     }
                     let call = f.tx.and_then(|t| (t.token != 0).then_some(t.token));
-                    if let Some(msg) = call.and_then(|t| ctl.repl.take_call(t)) {
-                        again.push((conn, msg));
+                    match call.and_then(|t| ctl.repl.take_call(t)) {
+                        Some(msg) => again.push((conn, msg)),
+                        None => self.stats.abandoned += 1,
                     }
                 }
             }

@@ -699,6 +699,7 @@ impl MgmtApp for NfsMgmt {
                    "server_connects": s.leg_connects, "server_failures": s.leg_failures,
                    "resent": s.resent, "timed_out": s.timed_out,
                    "router_calls": s.upstream_calls, "router_repeats": s.upstream_repeats,
+                   "abandoned": s.abandoned,
                    "datagram_calls": s.datagram_calls,
                    "bytes_in": s.bytes_in,
                    "bytes_out": s.bytes_out, "packets_in": k.packets_in,
